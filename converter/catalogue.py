@@ -1,0 +1,108 @@
+"""The catalogue of variant kinds: one table drives conversion, the default recipe, docs and tests.
+
+Each kind names its export format, the precision it ships in, the backend module that builds
+it, the runtime that validates it and the options a recipe may set (with their defaults).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class VariantKind:
+    """One kind of variant the converter can build.
+
+    Attributes:
+        kind: catalogue key, also the default variant id (``onnx-int8-static``).
+        format: ``onnx``, ``tflite`` or ``coreml``.
+        precision: manifest precision (``fp32``, ``fp16``, ``int8``, ``int8-dynamic``, ...).
+        backend: module under ``converter.export`` that builds it.
+        runtime: runtime that executes it on a device (``onnxruntime``, ``litert``, ``coreml``).
+        options: recipe options this kind accepts, with their defaults.
+        summary: one line for docs and ``edgeship convert --list-variants``.
+    """
+
+    kind: str
+    format: str
+    precision: str
+    backend: str
+    runtime: str
+    options: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    summary: str = ""
+
+
+def _kind(kind: str, fmt: str, precision: str, runtime: str, summary: str, **options: Any):
+    return VariantKind(
+        kind=kind,
+        format=fmt,
+        precision=precision,
+        backend=f"converter.export.{fmt}",
+        runtime=runtime,
+        options=MappingProxyType(options),
+        summary=summary,
+    )
+
+
+_ORT, _LITERT, _COREML = "onnxruntime", "litert", "coreml"
+
+VARIANT_KINDS: MappingProxyType = MappingProxyType(
+    {
+        k.kind: k
+        for k in (
+            _kind("onnx-fp32", "onnx", "fp32", _ORT, "ONNX export, float32", opset=18),
+            _kind(
+                "onnx-fp16", "onnx", "fp16", _ORT,
+                "float16 weights and compute, float32 inputs/outputs", keep_io_types=True,
+            ),
+            _kind(
+                "onnx-int8-dynamic", "onnx", "int8-dynamic", _ORT,
+                "int8 weights, activations quantized at run time (onnxruntime quantize_dynamic)",
+                per_channel=False,
+            ),
+            _kind(
+                "onnx-int8-static", "onnx", "int8", _ORT,
+                "QDQ int8 weights and activations from calibration (quantize_static)",
+                calibration="minmax", per_channel=True, percentile=99.999,
+                activation_type="uint8",
+            ),
+            _kind(
+                "onnx-int8-weights", "onnx", "int8-weights", _ORT,
+                "weight-only int8: blockwise MatMul weights and embedding tables, float activations",
+                block_size=32, quantize_embeddings=True,
+            ),
+            _kind("tflite-fp32", "tflite", "fp32", _LITERT, "litert-torch export, float32"),
+            _kind(
+                "tflite-fp16", "tflite", "fp16", _LITERT,
+                "float16 weights (ai-edge-quantizer FLOAT_CASTING), float compute",
+            ),
+            _kind(
+                "tflite-int8-dynamic", "tflite", "int8-dynamic", _LITERT,
+                "int8 weights, dynamic-range activations (ai-edge-quantizer)",
+            ),
+            _kind(
+                "tflite-int8", "tflite", "int8", _LITERT,
+                "full-integer int8 from calibration (ai-edge-quantizer static)",
+                integer_io=False,
+            ),
+            _kind(
+                "coreml-fp16", "coreml", "fp16", _COREML,
+                "ML Program, float16 compute precision",
+            ),
+            _kind(
+                "coreml-int8-weights", "coreml", "int8-weights", _COREML,
+                "ML Program, linear int8 weights (coremltools.optimize)",
+                granularity="per_channel",
+            ),
+            _kind(
+                "coreml-palettized-4bit", "coreml", "palettized-4bit", _COREML,
+                "ML Program, 4-bit k-means palettized weights (coremltools.optimize)",
+                nbits=4, mode="kmeans",
+            ),
+        )
+    }
+)
+
+FORMATS: tuple[str, ...] = ("onnx", "tflite", "coreml")

@@ -1,0 +1,75 @@
+"""Model runtimes behind one interface: ONNX (onnxruntime), TFLite (LiteRT), CoreML.
+
+The converter validates every variant through these same runners, so what passed the gate is
+what a device executes. Each runner lives in its own module and imports its runtime lazily.
+
+Example:
+    >>> runner = open_runner(Path("model.onnx"), "onnx", input_names=["image"])
+    >>> outputs = runner.run({"image": batch})   # list of arrays, in the model's output order
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The runtime for this format is not installed or cannot run on this host."""
+
+
+class Runner(Protocol):
+    """A loaded model ready for inference.
+
+    Attributes:
+        runtime: ``onnxruntime``, ``litert`` or ``coreml``.
+        version: version of the runtime package that runs it.
+    """
+
+    runtime: str
+    version: str
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one batch. ``feeds`` is keyed by input name with float/int arrays as specified
+        in the manifest; outputs come back as float32 (dequantized) arrays in output order."""
+        ...
+
+
+def open_runner(
+    path: Path,
+    format: str,
+    input_names: Sequence[str],
+    io: dict[str, list[dict[str, Any]]] | None = None,
+    threads: int | None = None,
+) -> Runner:
+    """Load ``path`` on the runtime for ``format``.
+
+    Args:
+        path: the artifact file.
+        format: ``onnx``, ``tflite`` or ``coreml``.
+        input_names: input names in the model's positional order (runtimes that rename inputs,
+            such as TFLite, are fed by position).
+        io: the manifest's ``io`` block for full-integer models (scale and zero point per
+            tensor); the runner quantizes inputs and dequantizes outputs with it.
+        threads: intra-op threads; ``None`` lets the runtime choose.
+
+    Raises:
+        RuntimeUnavailable: no runtime for this format on this host.
+        ValueError: unknown format.
+    """
+    if format == "onnx":
+        from edge_agent.runtimes.onnx import OnnxRunner
+
+        return OnnxRunner(path, input_names, threads=threads)
+    if format == "tflite":
+        from edge_agent.runtimes.litert import LiteRTRunner
+
+        return LiteRTRunner(path, input_names, io=io, threads=threads)
+    if format == "coreml":
+        from edge_agent.runtimes.coreml import CoreMLRunner
+
+        return CoreMLRunner(path, input_names)
+    raise ValueError(f"unknown model format {format!r}")
