@@ -61,10 +61,15 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="Ed25519 private key (default: $EDGESHIP_SIGNING_KEY)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--verbose", action="store_true", help="keep the toolchains' own logs and warnings")
     p.set_defaults(run=_run_convert)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        from converter.quiet import quiet_toolchains
+
+        quiet_toolchains()
     from converter.pipeline import NoVariantPassed, run_conversion
     from converter.progress import Progress
     from converter.report import format_table

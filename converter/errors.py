@@ -6,6 +6,10 @@ with a non-zero code. ``ValueError`` subclasses keep the bad value in the messag
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
 
 class ConverterError(Exception):
     """Base class: a conversion that cannot go on. ``str(err)`` is a one-line reason."""
@@ -55,3 +59,13 @@ class UnsupportedModelError(ConverterError):
 
 class VariantBuildError(ConverterError):
     """One variant could not be built; the others go on."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, without ANSI codes, cut at ``limit``.
+
+    Toolchains raise multi-line messages (graphs, tracebacks); errors here are one line.
+    """
+    text = _ANSI.sub("", str(exc))
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -43,7 +43,15 @@ def load_model(source: str) -> torch.nn.Module:
         raise ModelLoadError(
             f"model {source!r} gave a {type(model).__name__}, not a torch.nn.Module"
         )
-    return model.eval()
+    return as_eval(model)
+
+
+def as_eval(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch to eval mode; modules from ``torch.export`` are already fixed and refuse it."""
+    try:
+        return model.eval()
+    except NotImplementedError:
+        return model
 
 
 def _call_factory(source: str) -> object:

@@ -23,7 +23,7 @@ from converter.errors import ConverterError, UnsupportedModelError, VariantBuild
 from converter.export.base import ExportContext, NotApplicable
 from converter.gates import gate_failures
 from converter.golden import sha256_file, write_golden
-from converter.loading import load_model
+from converter.loading import as_eval, load_model
 from converter.manifest import MODEL_NAME_PATTERN, Manifest, VariantEntry
 from converter.progress import Progress
 from converter.recipe import Recipe, VariantPlan, load_recipe
@@ -66,7 +66,7 @@ def convert(*args: Any, **kwargs: Any) -> Manifest:
 
 
 def run_conversion(
-    model: str | torch.nn.Module,
+    model: str | Path | torch.nn.Module,
     inputs: Sequence[str | TensorSpec],
     eval_data: str | Path,
     out: str | Path,
@@ -111,8 +111,8 @@ def run_conversion(
         raise ConverterError("at least one --input NAME:SHAPE:DTYPE is required")
     _check_manifest_names(model_name, version)
 
-    progress.say(f"loading model {model if isinstance(model, str) else type(model).__name__}")
-    module = load_model(model) if isinstance(model, str) else model.eval()
+    progress.say(f"loading model {type(model).__name__ if hasattr(model, 'forward') else model}")
+    module = as_eval(model) if hasattr(model, "forward") else load_model(str(model))
     eval_set = load_samples(eval_data, specs, "evaluation").head(recipe.validation.max_samples)
     calib_set = load_samples(calib_data, specs, "calibration") if calib_data else eval_set
     calib_set = calib_set.head(recipe.validation.calibration_samples)

@@ -92,13 +92,14 @@ def markdown(manifest: Manifest, results: list[VariantResult], plotted: bool) ->
         header, rule, *body, "",
     ]
     if plotted:
-        lines += ["![size vs accuracy vs latency](report.png)", ""]
+        lines += ["![size, latency and accuracy per variant](report.png)", ""]
     return "\n".join(lines)
 
 
 def write_plot(path: Path, results: list[VariantResult], reference_accuracy: float | None) -> bool:
-    """Size (x) against accuracy or agreement (y), marker area by p50 latency; False when
-    matplotlib is missing or nothing was measured."""
+    """Two panels: size against p50 latency (left) and accuracy, or agreement without labels,
+    per variant (right). Red marks a variant that failed a gate. Returns False when matplotlib
+    is missing or nothing was measured."""
     measured = [r for r in results if r.metrics.get("agreement") is not None and r.size_bytes]
     if not measured:
         return False
@@ -109,28 +110,35 @@ def write_plot(path: Path, results: list[VariantResult], reference_accuracy: flo
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    use_acc = all(r.metrics.get("accuracy") is not None for r in measured)
-    metric = "accuracy" if use_acc else "agreement"
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    p50s = [(r.metrics.get("latency_ms") or {}).get("p50") or 0.0 for r in measured]
-    scale = 900.0 / max(max(p50s), 1e-9)
+    metric = "accuracy" if all(r.metrics.get("accuracy") is not None for r in measured) else "agreement"
     colors = {"onnx": "tab:blue", "tflite": "tab:orange", "coreml": "tab:green"}
-    for r, p50 in zip(measured, p50s, strict=True):
-        ax.scatter(r.size_bytes / 1024, r.metrics[metric], s=40 + p50 * scale, alpha=0.6,
-                   color=colors.get(r.format, "tab:gray"),
-                   edgecolors="black" if r.shipped else "red", linewidths=1.5)
-        ax.annotate(f"{r.id}\n{p50:.2f} ms", (r.size_bytes / 1024, r.metrics[metric]),
-                    fontsize=7, xytext=(5, 4), textcoords="offset points")
-    if use_acc and reference_accuracy is not None:
-        ax.axhline(reference_accuracy, color="gray", linestyle="--", linewidth=1,
-                   label="PyTorch reference")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("file size (KiB, log scale)")
-    ax.set_ylabel(metric)
-    ax.set_title("Variants: size vs " + metric + " (marker area = p50 latency; red edge = gate failed)")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.35 * len(measured) + 3.5))
+    for r in measured:
+        p50 = (r.metrics.get("latency_ms") or {}).get("p50") or 0.0
+        left.scatter(r.size_bytes / 1024, p50, s=60, color=colors.get(r.format, "tab:gray"),
+                     edgecolors="red" if not r.shipped else "black", linewidths=1.5)
+        left.annotate(r.id, (r.size_bytes / 1024, p50), fontsize=7, xytext=(4, 3),
+                      textcoords="offset points")
+    left.set_xscale("log")
+    left.set_xlabel("file size (KiB, log scale)")
+    left.set_ylabel("latency p50 (ms, one sample)")
+    left.set_title("size vs latency")
+    ordered = sorted(measured, key=lambda r: r.metrics[metric])
+    values = [r.metrics[metric] for r in ordered]
+    right.barh([r.id for r in ordered], values,
+               color=[colors.get(r.format, "tab:gray") for r in ordered],
+               edgecolor=["black" if r.shipped else "red" for r in ordered], linewidth=1.5)
+    if metric == "accuracy" and reference_accuracy is not None:
+        right.axvline(reference_accuracy, color="gray", linestyle="--", linewidth=1,
+                      label=f"PyTorch reference {reference_accuracy:.4f}")
+        right.legend(loc="lower right", fontsize=8)
+    low = min(values + ([reference_accuracy] if reference_accuracy is not None else []))
+    right.set_xlim(max(0.0, low - max(0.02, (1 - low) * 0.5)), 1.0)
+    right.set_xlabel(metric)
+    right.set_title(f"{metric} per variant (red edge: gate failed)")
+    right.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 

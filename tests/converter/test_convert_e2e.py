@@ -1,0 +1,192 @@
+"""The whole converter on the real toolchain: CLI and Python API, good and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from converter.golden import sha256_file
+from converter.manifest import Manifest
+from converter.signing import key_id, load_public_key, verify_manifest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def edgeship(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "converter.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+
+
+def verify_release(out: Path, public_key: Path) -> dict:
+    data = json.loads((out / "manifest.json").read_text())
+    Manifest.from_dict(data)
+    pub = load_public_key(public_key)
+    assert verify_manifest(data, {key_id(pub): pub}) == key_id(pub)
+    for entry in [*data["variants"], data["golden"]]:
+        path = out / entry["file"]
+        assert sha256_file(path) == entry["sha256"]
+    for entry in data["variants"]:
+        assert (out / entry["file"]).stat().st_size == entry["size_bytes"]
+    return data
+
+
+@pytest.fixture(scope="module")
+def digits_release(digits_dir, signing_key, tmp_path_factory):
+    out = tmp_path_factory.mktemp("release") / "digits-cnn-1"
+    proc = edgeship(
+        "convert", "--model", digits_dir / "digits_cnn.pt", "--input", "image:1x1x8x8:float32",
+        "--calib", digits_dir / "calib.npz", "--eval", digits_dir / "eval.npz",
+        "--model-name", "digits-cnn", "--version", "1", "--signing-key", signing_key, "--out", out,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_digits_default_recipe_ships_validated_signed_variants(digits_release, signing_key):
+    out, proc = digits_release
+    data = verify_release(out, signing_key.with_suffix(".pub"))
+    report = json.loads((out / "report.json").read_text())
+    status = {v["id"]: v["status"] for v in report["variants"]}
+    # every kind the catalogue lists was attempted; the CNN has nothing for weight-only MatMul int8
+    assert status.pop("onnx-int8-weights") == "skipped"
+    for variant_id in ("onnx-fp32", "onnx-fp16", "onnx-int8-dynamic", "onnx-int8-static",
+                       "tflite-fp32", "tflite-fp16", "tflite-int8-dynamic", "tflite-int8"):
+        assert status[variant_id] == "passed", report
+    for variant_id in ("coreml-fp16", "coreml-int8-weights", "coreml-palettized-4bit"):
+        assert status[variant_id] == "not_validated"
+    shipped = {v["id"]: v for v in data["variants"]}
+    assert set(shipped) == {k for k, s in status.items() if s in ("passed", "not_validated")}
+    for variant in shipped.values():
+        if variant["format"] == "coreml":
+            assert "macOS" in variant["reason"] and "metrics" in variant
+            continue
+        m = variant["metrics"]
+        assert m["agreement"] >= 0.99 and m["accuracy_drop"] <= 0.005
+        assert m["latency_ms"]["p95"] >= m["latency_ms"]["p50"] > 0
+        assert m["peak_rss_bytes"] > 0
+        if variant["precision"] == "fp32":
+            assert m["max_abs_err"] <= 1e-4
+    fp32 = shipped["onnx-fp32"]["size_bytes"]
+    assert shipped["onnx-int8-static"]["size_bytes"] < 0.5 * fp32
+    assert "io" not in shipped["tflite-int8"]  # default: float inputs/outputs, int8 inside
+    # the table printed on stdout names every variant
+    for variant_id in status:
+        assert variant_id in proc.stdout
+
+
+def test_digits_golden_set_and_report(digits_release):
+    out, _ = digits_release
+    data = json.loads((out / "manifest.json").read_text())
+    with np.load(out / "golden.npz") as golden:
+        assert golden["input:image"].shape == (data["golden"]["count"], 1, 8, 8)
+        assert golden["output:output"].shape == (data["golden"]["count"], 10)
+        assert len(golden["labels"]) == data["golden"]["count"]
+    assert data["reference"]["params"] > 10_000 and data["reference"]["macs"] > 0
+    assert 0.9 < data["reference"]["accuracy"] <= 1.0
+    md = (out / "report.md").read_text()
+    assert "| onnx-int8-static | passed |" in md and "report.png" in md
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no staging left
+
+
+def test_tiny_bert_with_integer_inputs_through_the_api(tmp_path, signing_key):
+    from converter import run_conversion
+    from examples.tiny_bert import INPUT_SPECS, build_example
+
+    data_dir = tmp_path / "bert"
+    build_example(data_dir, epochs=3)
+    conversion = run_conversion(
+        data_dir / "tiny_bert.pt", list(INPUT_SPECS), data_dir / "eval.npz", tmp_path / "release",
+        calib_data=data_dir / "calib.npz", model_name="tiny-bert", version="1",
+        signing_key=signing_key,
+    )
+    results = {r.id: r for r in conversion.results}
+    # every kind produced a real artifact; a failure may only be a measured gate miss
+    for r in results.values():
+        assert r.size_bytes, (r.id, r.reason)
+        if r.status == "failed":
+            assert r.metrics and ("agreement" in r.reason or "accuracy" in r.reason), (r.id, r.reason)
+    assert results["onnx-int8-weights"].status == "passed"
+    assert results["onnx-int8-weights"].size_bytes < 0.5 * results["onnx-fp32"].size_bytes
+    assert results["onnx-fp32"].metrics["max_abs_err"] <= 1e-4
+    assert results["tflite-fp32"].metrics["max_abs_err"] <= 1e-4
+    assert conversion.manifest.task["inputs"][0] == {
+        "name": "input_ids", "shape": [1, 16], "dtype": "int64"}
+    verify_release(tmp_path / "release", signing_key.with_suffix(".pub"))
+
+
+def test_one_format_refusing_an_op_does_not_stop_the_others(tmp_path, signing_key):
+    np.savez(tmp_path / "eval.npz", x=np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[[variants]]\nkind = "tflite-fp32"\n[[variants]]\nkind = "coreml-fp16"\n')
+    out = tmp_path / "release"
+    proc = edgeship("convert", "--model", "tests.fixtures.op_models:cumprod", "--input", "x:1x4:float32",
+                    "--eval", tmp_path / "eval.npz", "--recipe", recipe, "--signing-key", signing_key,
+                    "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = {v["id"]: v for v in json.loads((out / "report.json").read_text())["variants"]}
+    assert report["tflite-fp32"]["status"] == "failed"
+    assert "unsupported op 'aten.cumprod'" in report["tflite-fp32"]["reason"]
+    assert report["coreml-fp16"]["status"] == "not_validated"
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    return proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [("factory", "cannot import 'examples.nope'"),
+     ("shape", "do not fit the model"),
+     ("nan", "calibration data calib.npz: 'image' holds 3 NaN/Inf values"),
+     ("op", "unsupported op"),
+     ("output", "cannot create"),
+     ("key", "no signing key")],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(case, fragment, digits_dir, signing_key, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.delenv("EDGESHIP_SIGNING_KEY", raising=False)
+    model, spec = str(digits_dir / "digits_cnn.pt"), "image:1x1x8x8:float32"
+    calib, out, key = digits_dir / "calib.npz", tmp_path / "out" / "release", str(signing_key)
+    eval_file = digits_dir / "eval.npz"
+    if case == "factory":
+        model = "examples.nope:build"
+    elif case == "shape":
+        spec = "image:1x1x12x12:float32"
+        np.savez(tmp_path / "e9.npz", image=np.zeros((4, 1, 12, 12), np.float32))
+        eval_file = calib = tmp_path / "e9.npz"
+    elif case == "nan":
+        with np.load(calib) as c:
+            image = c["image"].copy()
+        image[5, 0, 0, :3] = np.nan
+        calib = tmp_path / "calib.npz"
+        np.savez(calib, image=image)
+    elif case == "op":
+        model, spec = "tests.fixtures.op_models:lgamma", "x:1x4:float32"
+        np.savez(tmp_path / "e4.npz", x=np.ones((4, 4), np.float32))
+        eval_file = calib = tmp_path / "e4.npz"
+    elif case == "output":
+        (tmp_path / "file").write_text("in the way")
+        out = tmp_path / "file" / "release"
+    elif case == "key":
+        key = ""
+    args = ["convert", "--model", model, "--input", spec, "--calib", calib, "--eval", eval_file,
+            "--out", out]
+    proc = edgeship(*args, *(["--signing-key", key] if key else []))
+    assert proc.returncode != 0
+    last = _last_line(proc)
+    assert last.startswith("edgeship convert: error: ") and fragment in last, proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    if case == "op":
+        for fmt in ("onnx", "tflite", "coreml"):
+            assert f"{fmt}: unsupported op" in last

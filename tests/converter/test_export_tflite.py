@@ -1,0 +1,243 @@
+"""TFLite backend on the real toolchain: litert-torch export, ai-edge-quantizer, LiteRT runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_quantizer")
+
+from torch import nn  # noqa: E402
+
+from converter.catalogue import VARIANT_KINDS  # noqa: E402
+from converter.errors import UnsupportedModelError, VariantBuildError  # noqa: E402
+from converter.export import tflite  # noqa: E402
+from converter.export.base import ExportContext, VariantRequest  # noqa: E402
+from converter.specs import TensorSpec  # noqa: E402
+from edge_agent.runtimes.litert import LiteRTRunner  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SEQ, VOCAB = 16, 64
+
+
+class TinyCNN(nn.Module):
+    """Two conv + BatchNorm blocks and a linear head: 10 classes from 3x16x16 images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class Block(nn.Module):
+    """One post-norm transformer encoder block with an additive attention-mask bias."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim))
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, s, d = h.shape
+        qkv = self.qkv(h).reshape(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5 + bias, dim=-1)
+        h = self.ln1(h + self.proj((att @ v).transpose(1, 2).reshape(b, s, d)))
+        return self.ln2(h + self.ff(h))
+
+
+class TinyBert(nn.Module):
+    """BERT-style encoder: int64 ``input_ids`` + ``attention_mask`` -> (logits, hidden)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(VOCAB, 32), nn.Embedding(SEQ, 32)
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        h = self.tok(input_ids) + self.pos(torch.arange(input_ids.shape[1]).unsqueeze(0))
+        bias = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * -1e4
+        for block in self.blocks:
+            h = block(h, bias)
+        return self.head(h[:, 0]), h
+
+
+class Cumprod(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumprod(x, dim=-1)
+
+
+def _cnn_samples(n: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(n)]
+
+
+def _bert_samples(n: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(4, SEQ + 1))
+        mask = (np.arange(SEQ) < length).astype(np.int64)[None]
+        ids = rng.integers(1, VOCAB, (1, SEQ)).astype(np.int64) * mask
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def _context(model, inputs, samples, work_dir: Path) -> ExportContext:
+    example = samples[0]
+    with torch.no_grad():
+        ref = model(*(torch.from_numpy(example[s.name]) for s in inputs))
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    outputs = [TensorSpec(f"out{i}", tuple(r.shape), "float32") for i, r in enumerate(ref)]
+    return ExportContext(
+        model=model, inputs=inputs, outputs=outputs, example=example,
+        calibration=lambda: iter(samples), calibration_count=len(samples), work_dir=work_dir,
+    )
+
+
+def _torch_outputs(ctx: ExportContext, sample) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = ctx.model(*(torch.from_numpy(sample[s.name]) for s in ctx.inputs))
+    return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def _build(ctx: ExportContext, base: Path, kind: str, vid: str | None = None, **options):
+    spec = VARIANT_KINDS[kind]
+    request = VariantRequest(vid or kind, spec, {**spec.options, **options})
+    return tflite.build_variant(request, base, ctx)
+
+
+def _runner(ctx: ExportContext, built) -> LiteRTRunner:
+    return LiteRTRunner(built.path, [s.name for s in ctx.inputs], io=built.io, threads=1)
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    for bn in (model.bn1, model.bn2):  # non-trivial BatchNorm statistics to fold
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    inputs = [TensorSpec("image", (1, 3, 16, 16), "float32")]
+    ctx = _context(model, inputs, _cnn_samples(16, 0), tmp_path_factory.mktemp("cnn"))
+    return ctx, tflite.export_base(ctx)
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyBert().eval()
+    inputs = [TensorSpec("input_ids", (1, SEQ), "int64"),
+              TensorSpec("attention_mask", (1, SEQ), "int64")]
+    ctx = _context(model, inputs, _bert_samples(16, 0), tmp_path_factory.mktemp("bert"))
+    return ctx, tflite.export_base(ctx)
+
+
+@pytest.mark.parametrize("which, samples", [("cnn", _cnn_samples), ("bert", _bert_samples)])
+def test_fp32_matches_torch(which, samples, request):
+    ctx, base = request.getfixturevalue(which)
+    built = _build(ctx, base, "tflite-fp32")
+    assert built.path.name == "tflite-fp32.tflite" and built.io is None
+    runner = _runner(ctx, built)
+    assert runner.runtime == "litert"
+    for sample in samples(4, 1):
+        got, want = runner.run(sample), _torch_outputs(ctx, sample)
+        assert [g.shape for g in got] == [w.shape for w in want]  # output order kept
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == np.float32
+            assert np.max(np.abs(g - w)) <= 1e-4
+
+
+@pytest.mark.parametrize("kind, tol", [("tflite-fp16", 1e-2), ("tflite-int8-dynamic", 0.15)])
+@pytest.mark.parametrize("which, samples", [("cnn", _cnn_samples), ("bert", _bert_samples)])
+def test_weight_quantized_variants_run(kind, tol, which, samples, request):
+    ctx, base = request.getfixturevalue(which)
+    built = _build(ctx, base, kind)
+    assert built.io is None and built.compression
+    assert built.path.stat().st_size < base.stat().st_size
+    runner = _runner(ctx, built)
+    for sample in samples(3, 2):
+        for g, w in zip(runner.run(sample), _torch_outputs(ctx, sample), strict=True):
+            assert np.max(np.abs(g - w)) <= tol * max(1.0, float(np.max(np.abs(w))))
+
+
+def test_cnn_int8_full_integer(cnn):
+    ctx, base = cnn
+    built = _build(ctx, base, "tflite-int8")
+    assert built.compression == ["quant:static:int8:per-channel"]
+    assert built.io is None  # float I/O, QUANTIZE/DEQUANTIZE inside the model
+    assert built.details["ops"].get("QUANTIZE") and built.details["ops"].get("DEQUANTIZE")
+    assert built.path.stat().st_size < base.stat().st_size
+    runner = _runner(ctx, built)
+    samples = _cnn_samples(32, 3)
+    agree = 0
+    for sample in samples:
+        got, want = runner.run(sample)[0], _torch_outputs(ctx, sample)[0]
+        agree += int(np.argmax(got) == np.argmax(want))
+        assert np.max(np.abs(got - want)) <= 0.1 * np.max(np.abs(want)) + 0.05
+    assert agree / len(samples) >= 0.8
+
+
+def test_cnn_int8_integer_io(cnn):
+    ctx, base = cnn
+    built = _build(ctx, base, "tflite-int8", "cnn-int8-io", integer_io=True)
+    (inp,), (out,) = built.io["inputs"], built.io["outputs"]
+    assert inp["name"] == "image" and inp["dtype"] == "int8" and inp["scale"] > 0
+    assert out["name"] == "out0" and out["dtype"] == "int8" and -128 <= out["zero_point"] <= 127
+    float_io = _runner(ctx, _build(ctx, base, "tflite-int8"))
+    runner = _runner(ctx, built)  # quantizes the float feed with the io block
+    own_params = LiteRTRunner(built.path, ["image"])  # scale/zero point read from the model
+    for sample in _cnn_samples(4, 4):
+        got, want = runner.run(sample)[0], float_io.run(sample)[0]
+        assert got.dtype == np.float32 and np.max(np.abs(got - want)) <= 3 * out["scale"]
+        np.testing.assert_array_equal(own_params.run(sample)[0], got)
+
+
+def test_bert_int8_keeps_token_ids_integer(bert):
+    ctx, base = bert
+    built = _build(ctx, base, "tflite-int8")
+    assert built.io is None and built.path.stat().st_size < base.stat().st_size
+    runner = _runner(ctx, built)
+    samples, agree = _bert_samples(16, 5), 0
+    for sample in samples:
+        got, want = runner.run(sample), _torch_outputs(ctx, sample)
+        assert [g.shape for g in got] == [w.shape for w in want]
+        assert np.all(np.isfinite(got[0])) and np.all(np.isfinite(got[1]))
+        agree += int(np.argmax(got[0]) == np.argmax(want[0]))
+    # int8 LayerNorm/softmax lose more than CNNs do (mean |err| ~0.3 on logits ~1 here)
+    assert agree / len(samples) >= 0.75
+    io = _build(ctx, base, "tflite-int8", "bert-int8-io", integer_io=True).io
+    assert [e["scale"] for e in io["inputs"]] == [None, None]
+    assert [e["dtype"] for e in io["inputs"]] == ["int32", "int32"]
+    assert all(e["dtype"] == "int8" and e["scale"] > 0 for e in io["outputs"])
+
+
+def test_unsupported_op_is_named(tmp_path):
+    inputs = [TensorSpec("x", (1, 8), "float32")]
+    ctx = _context(Cumprod().eval(), inputs, [{"x": np.ones((1, 8), np.float32)}], tmp_path)
+    with pytest.raises(UnsupportedModelError) as info:
+        tflite.export_base(ctx)
+    assert info.value.op == "aten.cumprod" and info.value.format == "tflite"
+    assert "\n" not in str(info.value)
+
+
+def test_quantizer_failure_is_a_variant_build_error(cnn, tmp_path):
+    ctx, _ = cnn
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a tflite model")
+    with pytest.raises(VariantBuildError, match=r"^tflite-int8-dynamic: ai-edge-quantizer: "):
+        _build(ctx, bad, "tflite-int8-dynamic")
