@@ -27,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"edgeship {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_convert(sub)
+    _add_variants(sub)
     _add_keys(sub)
     return parser
 
@@ -88,6 +92,20 @@ def _run_convert(args: argparse.Namespace) -> int:
     shipped = sum(r.shipped for r in conversion.results)
     print(f"\n{shipped}/{len(conversion.results)} variants in the release: {conversion.out}"
           f" (report: {conversion.out / 'report.md'})")
+    return 0
+
+
+def _add_variants(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("variants", help="list the variant kinds a recipe can ask for")
+    p.set_defaults(run=_run_variants)
+
+
+def _run_variants(args: argparse.Namespace) -> int:
+    from converter.catalogue import VARIANT_KINDS
+
+    for kind in VARIANT_KINDS.values():
+        options = ", ".join(f"{k}={v!r}" for k, v in kind.options.items()) or "no options"
+        print(f"{kind.kind:<24} {kind.precision:<16} {kind.summary}\n{'':<41} options: {options}")
     return 0
 
 

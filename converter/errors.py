@@ -61,11 +61,15 @@ class VariantBuildError(ConverterError):
     """One variant could not be built; the others go on."""
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
+def first_line(exc: BaseException, limit: int = 300, innermost: bool = False) -> str:
     """The first non-empty line of an exception's message, without ANSI codes, cut at ``limit``.
 
-    Toolchains raise multi-line messages (graphs, tracebacks); errors here are one line.
+    Toolchains raise multi-line messages (graphs, tracebacks); errors here are one line. With
+    ``innermost`` the message comes from the deepest ``__cause__`` (exporters wrap the error
+    that names the op in several layers).
     """
+    while innermost and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = _ANSI.sub("", str(exc))
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(exc).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from converter import signing
 from converter.data import SampleSet, load_samples
-from converter.errors import ConverterError, UnsupportedModelError, VariantBuildError
+from converter.errors import ConverterError, UnsupportedModelError, VariantBuildError, first_line
 from converter.export.base import ExportContext, NotApplicable
 from converter.gates import gate_failures
 from converter.golden import sha256_file, write_golden
@@ -174,6 +174,8 @@ def _build_all(recipe: Recipe, ctx: ExportContext, stage: Path, progress: Progre
             refused[fmt] = f"{fmt} toolchain not installed: {err}"
         except UnsupportedModelError as err:
             refused[fmt] = str(err)
+        except Exception as err:  # a toolchain crash refuses this format, not the conversion
+            refused[fmt] = f"{fmt}: export failed: {type(err).__name__}: {first_line(err)}"
         if fmt in refused:
             progress.say(f"{fmt}: cannot take the model: {refused[fmt]}")
     if len(refused) == len(recipe.formats):
@@ -198,8 +200,7 @@ def _build_all(recipe: Recipe, ctx: ExportContext, stage: Path, progress: Progre
             result.reason = str(err)
             continue
         except Exception as err:  # a toolchain bug in one variant must not sink the others
-            first_line = (str(err).strip().splitlines() or [""])[0]
-            result.reason = f"{type(err).__name__}: {first_line}"
+            result.reason = f"{type(err).__name__}: {first_line(err)}"
             continue
         result.build_seconds = round(time.monotonic() - started, 2)
         target = stage / built.path.name

@@ -6,9 +6,12 @@ one line that matters when something fails. ``edgeship convert --verbose`` keeps
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 
 #: environment read by the toolchains at import time.
 QUIET_ENV = {
@@ -28,3 +31,14 @@ def quiet_toolchains() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name if name != "root" else None).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+
+
+@contextlib.contextmanager
+def hidden_progress_bars() -> Iterator[None]:
+    """Send what toolchains print on ``sys.stderr`` (tqdm bars) nowhere while the block runs.
+
+    :class:`converter.progress.Progress` keeps the stream it was made with, so the converter's
+    own progress lines still show.
+    """
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield

@@ -22,12 +22,29 @@ def baseline_for(result: VariantResult, results: list[VariantResult]) -> Variant
     return (same or fp32 or [None])[0]
 
 
+def latency_ratio(result: VariantResult, results: list[VariantResult]) -> float | None:
+    """p50 latency of ``result`` over its fp32 baseline's, measured in the same run."""
+    base = baseline_for(result, results)
+    p50 = (result.metrics.get("latency_ms") or {}).get("p50")
+    base_p50 = (base.metrics.get("latency_ms") or {}).get("p50") if base else None
+    return p50 / base_p50 if p50 and base_p50 else None
+
+
+def notes(results: list[VariantResult]) -> dict[str, str]:
+    """Things worth knowing that are not gate failures: int8 variants slower than fp32 here."""
+    found = {}
+    for r in results:
+        ratio = latency_ratio(r, results)
+        if r.precision.startswith("int8") and ratio is not None and ratio > 1.0:
+            found[r.id] = f"int8 slower than fp32 on this host (p50 ×{ratio:.2f})"
+    return found
+
+
 def table_rows(results: list[VariantResult]) -> list[list[str]]:
     rows = []
     for r in results:
         m, base = r.metrics, baseline_for(r, results)
         lat = m.get("latency_ms") or {}
-        base_p50 = ((base.metrics.get("latency_ms") or {}).get("p50") if base else None)
         rows.append([
             r.id, r.status,
             _num(r.size_bytes / 1024 if r.size_bytes else None, "{:.1f}"),
@@ -39,7 +56,7 @@ def table_rows(results: list[VariantResult]) -> list[list[str]]:
             _num(m.get("cosine"), "{:.6f}"),
             _num(lat.get("p50"), "{:.3f}"),
             _num(lat.get("p95"), "{:.3f}"),
-            _num(lat["p50"] / base_p50 if lat.get("p50") and base_p50 else None, "{:.2f}"),
+            _num(latency_ratio(r, results), "{:.2f}"),
             _num(m["peak_rss_bytes"] / 2**20 if m.get("peak_rss_bytes") else None, "{:.0f}"),
         ])
     return rows
@@ -52,7 +69,12 @@ def format_table(results: list[VariantResult]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     reasons = [f"  {r.id}: {r.reason}" for r in results if r.reason]
-    return "\n".join(lines + (["", "reasons:", *reasons] if reasons else []))
+    flagged = [f"  {variant_id}: {note}" for variant_id, note in notes(results).items()]
+    if reasons:
+        lines += ["", "reasons:", *reasons]
+    if flagged:
+        lines += ["", "notes:", *flagged]
+    return "\n".join(lines)
 
 
 def write_report(
@@ -70,10 +92,12 @@ def write_report(
 
 def markdown(manifest: Manifest, results: list[VariantResult], plotted: bool) -> str:
     ref = manifest.reference
-    header = "| " + " | ".join((*COLUMNS, "reason")) + " |"
+    header = "| " + " | ".join((*COLUMNS, "reason / note")) + " |"
     rule = "|" + "---|" * (len(COLUMNS) + 1)
+    flagged = notes(results)
     body = [
-        "| " + " | ".join((*row, (r.reason or "").replace("|", "/"))) + " |"
+        "| " + " | ".join((*row, "; ".join(filter(None, (r.reason, flagged.get(r.id)))).replace("|", "/")))
+        + " |"
         for row, r in zip(table_rows(results), results, strict=True)
     ]
     shipped = [r.id for r in results if r.shipped]

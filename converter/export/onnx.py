@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.errors import UnsupportedModelError, VariantBuildError
+from converter.errors import UnsupportedModelError, VariantBuildError, first_line
 from converter.export.base import BuiltVariant, ExportContext, VariantRequest
 
 #: opset the base model is exported at (the catalogue's default for ``onnx-fp32``).
@@ -134,13 +134,14 @@ def _export_with_fallback(ctx: ExportContext, path: Path, opset: int) -> str:
         _run_export(ctx, path, opset, dynamo=True)
         return "dynamo"
     except Exception as dynamo_err:
-        ctx.progress.say(f"onnx: dynamo export failed ({_one_line(dynamo_err)}); trying TorchScript")
+        reason = first_line(dynamo_err, 200, innermost=True)
+        ctx.progress.say(f"onnx: dynamo export failed ({reason}); trying TorchScript")
         try:
             _run_export(ctx, path, opset, dynamo=False)
             return "torchscript"
         except Exception as ts_err:
             op = find_unsupported_op(dynamo_err) or find_unsupported_op(ts_err)
-            raise UnsupportedModelError("onnx", _one_line(dynamo_err), op=op) from dynamo_err
+            raise UnsupportedModelError("onnx", reason, op=op) from dynamo_err
 
 
 def _run_export(ctx: ExportContext, path: Path, opset: int, *, dynamo: bool) -> None:
@@ -212,7 +213,7 @@ def _finalize(path: Path, exporter: str) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as err:
-        raise UnsupportedModelError("onnx", f"onnx.checker: {_one_line(err)}") from err
+        raise UnsupportedModelError("onnx", f"onnx.checker: {first_line(err, 200, innermost=True)}") from err
     onnx.save(model, str(path))
     for extra in path.parent.glob(path.name + ".data"):
         extra.unlink()
@@ -231,7 +232,7 @@ def _check_runtime(path: Path, ctx: ExportContext) -> None:
     except Exception as err:  # any load/run failure: the export is unusable
         match = _ORT_MISSING_KERNEL.search(str(err))
         raise UnsupportedModelError(
-            "onnx", f"onnxruntime cannot run the export: {_one_line(err)}",
+            "onnx", f"onnxruntime cannot run the export: {first_line(err, 200, innermost=True)}",
             op=match.group(1) if match else None,
         ) from err
 
@@ -255,16 +256,6 @@ def find_unsupported_op(err: BaseException) -> str | None:
             name = "::".join(match.groups()) if len(match.groups()) > 1 else match.group(1)
             return name.replace(".", "::", 1) if "::" not in name else name
     return None
-
-
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    """The most telling single line of an exporter error (the innermost cause's first line)."""
-    current = err
-    while current.__cause__ is not None:
-        current = current.__cause__
-    lines = [ln.strip() for ln in _ANSI.sub("", str(current)).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(current).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- helpers

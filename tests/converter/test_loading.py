@@ -49,3 +49,14 @@ def test_fit_check_names_inputs_that_do_not_fit():
         fit_check(model, [spec], {"x": torch.zeros(1, 5).numpy()})
     (out,) = fit_check(model, [parse_input_spec("x:1x4:float32")], {"x": torch.zeros(1, 4).numpy()})
     assert (out.name, out.shape) == ("output", (1, 2))
+
+
+def test_digits_example_factory_loads_trained_weights(digits_dir, monkeypatch):
+    import numpy as np
+
+    from examples.digits import evaluate
+
+    monkeypatch.setenv("EDGESHIP_DIGITS_DIR", str(digits_dir))
+    model = load_model("examples.digits:trained_model")
+    with np.load(digits_dir / "eval.npz") as data:
+        assert evaluate(model, data["image"], data["labels"]) > 0.9
