@@ -22,7 +22,7 @@ class VariantKind:
         backend: module under ``converter.export`` that builds it.
         runtime: runtime that executes it on a device (``onnxruntime``, ``litert``, ``coreml``).
         options: recipe options this kind accepts, with their defaults.
-        summary: one line for docs and ``edgeship convert --list-variants``.
+        summary: one line for docs and ``edgeship variants``.
     """
 
     kind: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,14 @@ def _call_factory(source: str) -> object:
         raise ModelLoadError(f"model factory {source!r} failed: {type(err).__name__}: {err}") from err
 
 
+def _fixed_mode(module: torch.nn.Module) -> torch.nn.Module:
+    """A ``torch.export`` module keeps the mode it was exported in and raises on ``eval()``;
+    exporters call ``eval()`` on whatever they get, so make ``train``/``eval`` no-ops."""
+    module.train = types.MethodType(lambda self, mode=True: self, module)  # type: ignore[method-assign]
+    module.eval = types.MethodType(lambda self: self, module)  # type: ignore[method-assign]
+    return module
+
+
 def _load_file(path: Path) -> object:
     import torch
 
@@ -80,7 +89,7 @@ def _load_file(path: Path) -> object:
         raise ModelLoadError(f"model file {str(path)!r} does not exist")
     try:
         if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module()
+            return _fixed_mode(torch.export.load(str(path)).module())
         # weights_only=False unpickles code: only load model files you trust.
         loaded = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as err:

@@ -1,9 +1,10 @@
 """The conversion pipeline: one PyTorch model in, a signed release of validated variants out.
 
-Order of work: check the output and the inputs (cheap) → reference run → export each format
-once (the format's preflight: an unsupported op fails that format fast, the others go on) →
-build every variant → validate each on its real runtime → gates → golden set, manifest,
-signature, report → rename the staged directory into place.
+Order of work: check the output, key, recipe, model and data (cheap; bad input fails here) →
+export each format once (the format's preflight: an unsupported op fails that format fast,
+the others go on) → reference run → build every variant (calibration) → validate each on its
+real runtime → gates → golden set, manifest, signature, report → rename the staged directory
+into place.
 """
 
 from __future__ import annotations
@@ -120,7 +121,6 @@ def run_conversion(
         progress.say("no --calib given: calibrating on the evaluation set")
     output_specs = fit_check(module, specs, eval_set.sample(0))
     task_kind = task or ("classification" if eval_set.labels is not None else "generic")
-    reference = compute_reference(module, specs, output_specs, eval_set, progress)
 
     with staged_directory(out, force) as stage:
         scratch = stage / ".build"
@@ -130,7 +130,9 @@ def run_conversion(
             calibration=lambda: iter(calib_set), calibration_count=len(calib_set),
             work_dir=scratch, progress=progress,
         )
-        results = _build_all(recipe, ctx, stage, progress)
+        bases, refused = _preflight(recipe.formats, ctx)
+        reference = compute_reference(module, specs, output_specs, eval_set, progress)
+        results = _build_variants(recipe, bases, refused, ctx, stage)
         eval_inputs = write_eval_inputs(eval_set, scratch / "eval_inputs.npz")
         for plan, result in zip(recipe.variants, results, strict=True):
             if result.built is not None:
@@ -160,12 +162,20 @@ def reference_accuracy(reference: Reference, samples: SampleSet, task_kind: str)
     return accuracy(reference.outputs[0], samples.labels)
 
 
-def _build_all(recipe: Recipe, ctx: ExportContext, stage: Path, progress: Progress) -> list[VariantResult]:
-    """Export each format once (its preflight), then build every variant of the formats that
-    took the model. Results come back in recipe order."""
+def _preflight(formats: list[str], ctx: ExportContext) -> tuple[dict[str, Any], dict[str, str]]:
+    """Export the model once per format before any long step.
+
+    Returns:
+        ``(bases, refused)``: each format's base export, and the reason for each format that
+        cannot take the model (its variants fail with that reason; the others go on).
+
+    Raises:
+        UnsupportedModelError: no format can take the model.
+    """
+    progress = ctx.progress
     bases: dict[str, Any] = {}
     refused: dict[str, str] = {}
-    for fmt in recipe.formats:
+    for fmt in formats:
         progress.say(f"{fmt}: exporting the model (preflight)")
         try:
             backend = importlib.import_module(f"converter.export.{fmt}")
@@ -178,8 +188,16 @@ def _build_all(recipe: Recipe, ctx: ExportContext, stage: Path, progress: Progre
             refused[fmt] = f"{fmt}: export failed: {type(err).__name__}: {first_line(err)}"
         if fmt in refused:
             progress.say(f"{fmt}: cannot take the model: {refused[fmt]}")
-    if len(refused) == len(recipe.formats):
+    if len(refused) == len(formats):
         raise UnsupportedModelError("all formats", "; ".join(refused.values()))
+    return bases, refused
+
+
+def _build_variants(
+    recipe: Recipe, bases: dict[str, Any], refused: dict[str, str], ctx: ExportContext, stage: Path
+) -> list[VariantResult]:
+    """Build every variant of the formats that took the model, in recipe order."""
+    progress = ctx.progress
     results = []
     for plan in recipe.variants:
         kind = plan.request.kind

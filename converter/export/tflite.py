@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from converter.errors import UnsupportedModelError, VariantBuildError
+from converter.errors import UnsupportedModelError, VariantBuildError, first_line
 from converter.export.base import BuiltVariant, ExportContext, NotApplicable, VariantRequest
 
 FORMAT = "tflite"
@@ -48,13 +48,6 @@ def op_from_error(message: str) -> str | None:
                 name = ".".join(name.split(".")[:2])
             return name
     return None
-
-
-def first_line(error: BaseException, limit: int = 200) -> str:
-    """A one-line reason from an exception: its first non-empty line, shortened."""
-    text = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), "")
-    text = text or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _quiet_toolchain() -> None:

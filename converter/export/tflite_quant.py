@@ -22,13 +22,15 @@ import numpy as np
 
 from converter.errors import VariantBuildError
 from converter.export.base import BuiltVariant, ExportContext, NotApplicable, VariantRequest
+from converter.quiet import hidden_progress_bars
 
 
 def _quantize(quantizer: Any, out: Path, calibration: Any = None) -> None:
     """Run the quantizer and write the model to ``out``."""
-    result = quantizer.quantize(
-        calibration, enable_progress_bar=False, enable_progress_report=False
-    )
+    with hidden_progress_bars():  # tensor transformations still draw a bar
+        result = quantizer.quantize(
+            calibration, enable_progress_bar=False, enable_progress_report=False
+        )
     out.write_bytes(bytes(result.quantized_model))
 
 
@@ -108,7 +110,7 @@ def build_int8_static(
             )
     dataset = CalibrationSet(base, ctx)
     ctx.progress.say(f"{request.id}: calibrating on {ctx.calibration_count} samples")
-    with warnings.catch_warnings():  # the calibrator keeps all tensors on purpose
+    with warnings.catch_warnings(), hidden_progress_bars():  # it keeps all tensors on purpose
         warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
         stats = q.calibrate({dataset.key: dataset}, num_threads=min(4, os.cpu_count() or 1))
         if not stats:

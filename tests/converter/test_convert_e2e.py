@@ -190,3 +190,20 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(case, fragment, digits_d
     if case == "op":
         for fmt in ("onnx", "tflite", "coreml"):
             assert f"{fmt}: unsupported op" in last
+
+
+def test_torch_export_file_converts_in_every_format(digits_dir, signing_key, tmp_path):
+    import torch
+
+    model = torch.load(digits_dir / "digits_cnn.pt", weights_only=False).eval()
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 8, 8),)), tmp_path / "m.pt2")
+    recipe = tmp_path / "recipe.toml"
+    kinds = ("onnx-fp32", "tflite-fp32", "coreml-fp16")
+    recipe.write_text("".join(f'[[variants]]\nkind = "{k}"\n' for k in kinds))
+    proc = edgeship("convert", "--model", tmp_path / "m.pt2", "--input", "image:1x1x8x8:float32",
+                    "--eval", digits_dir / "eval.npz", "--recipe", recipe, "--signing-key", signing_key,
+                    "--out", tmp_path / "release", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status = {v["id"]: v["validation"] for v in verify_release(
+        tmp_path / "release", signing_key.with_suffix(".pub"))["variants"]}
+    assert status == {"onnx-fp32": "passed", "tflite-fp32": "passed", "coreml-fp16": "not_validated"}

@@ -37,6 +37,7 @@ def test_saved_module_export_and_state_dict_files(tmp_path):
     loaded = load_model(str(tmp_path / "m.pt2"))
     x = torch.randn(1, 4)
     assert torch.allclose(loaded(x), model(x))
+    assert loaded.eval() is loaded  # exporters call eval(); torch.export modules refuse it
     torch.save(model.state_dict(), tmp_path / "sd.pt")
     with pytest.raises(ModelLoadError, match="state_dict"):
         load_model(str(tmp_path / "sd.pt"))
