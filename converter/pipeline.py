@@ -248,6 +248,7 @@ def _validate(
         measurement = measure_on_runtime(
             built, result.format, eval_set, eval_inputs,
             recipe.validation.threads, recipe.validation.warmup,
+            [s.name for s in reference.output_specs],
         )
     except Exception as err:
         result.status, result.reason = "failed", f"runtime: {err}"

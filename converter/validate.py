@@ -53,6 +53,7 @@ def measure_on_runtime(
     inputs_file: Path,
     threads: int,
     warmup: int,
+    output_names: list[str],
 ) -> Measurement:
     """Run ``built`` on its runtime in a child process over every sample in ``inputs_file``.
 
@@ -66,6 +67,7 @@ def measure_on_runtime(
             "format": format,
             "inputs": str(inputs_file),
             "input_names": [s.name for s in samples.specs],
+            "output_names": output_names,
             "batch": samples.batch,
             "io": built.io,
             "threads": threads,

@@ -44,6 +44,7 @@ def open_runner(
     input_names: Sequence[str],
     io: dict[str, list[dict[str, Any]]] | None = None,
     threads: int | None = None,
+    output_names: Sequence[str] | None = None,
 ) -> Runner:
     """Load ``path`` on the runtime for ``format``.
 
@@ -55,6 +56,8 @@ def open_runner(
         io: the manifest's ``io`` block for full-integer models (scale and zero point per
             tensor); the runner quantizes inputs and dequantizes outputs with it.
         threads: intra-op threads; ``None`` lets the runtime choose.
+        output_names: output names in the model's order; runtimes that key outputs by name
+            (TFLite signatures of dict-returning models) return them in this order.
 
     Raises:
         RuntimeUnavailable: no runtime for this format on this host.
@@ -67,7 +70,7 @@ def open_runner(
     if format == "tflite":
         from edge_agent.runtimes.litert import LiteRTRunner
 
-        return LiteRTRunner(path, input_names, io=io, threads=threads)
+        return LiteRTRunner(path, input_names, io=io, threads=threads, output_names=output_names)
     if format == "coreml":
         from edge_agent.runtimes.coreml import CoreMLRunner
 

@@ -120,6 +120,14 @@ def _override(entries: list[dict[str, Any]] | None, i: int, name: str | None) ->
     return float(entry["scale"]), int(entry.get("zero_point") or 0)
 
 
+def _in_named_order(outputs: list[dict[str, Any]], names: Sequence[str] | None) -> list[dict[str, Any]]:
+    """``outputs`` reordered to ``names`` when the signature names them all; else unchanged."""
+    by_name = {d.get("signature_name"): d for d in outputs}
+    if names and len(names) == len(outputs) and set(names) == set(by_name):
+        return [by_name[n] for n in names]
+    return outputs
+
+
 class LiteRTRunner:
     """A ``.tflite`` model loaded once and run many times.
 
@@ -141,6 +149,7 @@ class LiteRTRunner:
         input_names: Sequence[str],
         io: dict[str, list[dict[str, Any]]] | None = None,
         threads: int | None = None,
+        output_names: Sequence[str] | None = None,
     ) -> None:
         """Load ``path`` and allocate its tensors.
 
@@ -150,6 +159,9 @@ class LiteRTRunner:
             io: the manifest's ``io`` block; its scales and zero points override the ones
                 stored in the model.
             threads: interpreter threads; ``None`` lets the runtime choose.
+            output_names: output names in the model's order. A model that returns a dict gets
+                signature outputs named after its keys (sorted by the signature, not in the
+                model's order): when the names match, outputs come back in this order.
 
         Raises:
             RuntimeUnavailable: no TFLite interpreter is installed.
@@ -160,6 +172,7 @@ class LiteRTRunner:
         self._interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
         self._interpreter.allocate_tensors()
         inputs, outputs = signature_io(self._interpreter)
+        outputs = _in_named_order(outputs, output_names)
         if len(inputs) != len(self.input_names):
             raise ValueError(
                 f"{path}: model has {len(inputs)} inputs, expected {len(self.input_names)} "

@@ -52,6 +52,7 @@ def measure(request: dict) -> dict:
     runner = open_runner(
         Path(request["model"]), request["format"], names,
         io=request.get("io"), threads=request.get("threads"),
+        output_names=request.get("output_names"),
     )
 
     def sample(i: int) -> dict[str, np.ndarray]:

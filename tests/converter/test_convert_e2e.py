@@ -207,3 +207,24 @@ def test_torch_export_file_converts_in_every_format(digits_dir, signing_key, tmp
     status = {v["id"]: v["validation"] for v in verify_release(
         tmp_path / "release", signing_key.with_suffix(".pub"))["variants"]}
     assert status == {"onnx-fp32": "passed", "tflite-fp32": "passed", "coreml-fp16": "not_validated"}
+
+
+def test_two_inputs_and_dict_outputs_keep_their_names_and_order(signing_key, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "eval.npz", image=rng.normal(size=(24, 1, 6, 6)).astype(np.float32),
+             extra=rng.normal(size=(24, 3)).astype(np.float32))
+    recipe = tmp_path / "recipe.toml"
+    kinds = ("onnx-fp32", "tflite-fp32", "tflite-int8", "coreml-fp16")
+    recipe.write_text("".join(f'[[variants]]\nkind = "{k}"\n' for k in kinds))
+    proc = edgeship("convert", "--model", "tests.fixtures.op_models:two_heads",
+                    "--input", "image:1x1x6x6:float32", "--input", "extra:1x3:float32",
+                    "--eval", tmp_path / "eval.npz", "--recipe", recipe, "--signing-key", signing_key,
+                    "--out", tmp_path / "release", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = verify_release(tmp_path / "release", signing_key.with_suffix(".pub"))
+    assert [o["name"] for o in data["task"]["outputs"]] == ["logits", "embedding"]
+    assert data["task"]["kind"] == "generic"  # no labels
+    variants = {v["id"]: v for v in data["variants"]}
+    assert set(variants) == set(kinds)
+    for variant_id in ("onnx-fp32", "tflite-fp32"):
+        assert variants[variant_id]["metrics"]["max_abs_err"] <= 1e-4
