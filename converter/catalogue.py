@@ -85,7 +85,7 @@ VARIANT_KINDS: MappingProxyType = MappingProxyType(
             _kind(
                 "tflite-int8", "tflite", "int8", _LITERT,
                 "full-integer int8 from calibration (ai-edge-quantizer static)",
-                integer_io=False,
+                integer_io=False, float_output_layer=True, calibration="minmax",
             ),
             _kind(
                 "coreml-fp16", "coreml", "fp16", _COREML,
