@@ -1,0 +1,1 @@
+"""edgeship rollout server: model registry, gray releases, statistical guards, automatic rollback."""

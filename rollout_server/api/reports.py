@@ -1,0 +1,108 @@
+"""Report ingestion: batched window aggregates from devices, each report id accepted once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from monitoring.buckets import BUCKET_COUNT
+from rollout_server.auth import current_device
+from rollout_server.db import db
+from rollout_server.errors import ApiError
+from rollout_server.models import Device, Model, Release, Report, Rollout
+from rollout_server.validation import NAME, count, field, json_body, short_text, timestamp
+
+bp = Blueprint("reports", __name__, url_prefix="/v1")
+ERROR_REASONS = ("load_failed", "runtime_error", "golden_mismatch", "timeout", "other")
+MAX_BATCH = 100
+
+
+@bp.post("/reports")
+def post_reports():
+    """Store a batch of reports atomically: all valid or none stored.
+
+    Body: ``{"reports": [report, ...]}``. Returns the ids accepted now and the ids already
+    seen (a retry after a lost response is not an error).
+    """
+    limit = current_app.config["MAX_REPORT_BYTES"]
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(f"report body over {limit} bytes", 413, "payload_too_large")
+    device = current_device()
+    body = json_body()
+    items = field(body, "reports", list)
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise ApiError(f"field 'reports' must hold 1 to {MAX_BATCH} reports")
+    session = db()
+    parsed = [_parse(item, i, device) for i, item in enumerate(items)]
+    ids = [r.report_id for r in parsed]
+    if len(set(ids)) != len(ids):
+        raise ApiError("report ids repeat within the batch")
+    seen = set(session.scalars(select(Report.report_id).where(
+        Report.device_id == device.id, Report.report_id.in_(ids))))
+    fresh = [r for r in parsed if r.report_id not in seen]
+    session.add_all(fresh)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent retry of the same batch won the race
+        session.rollback()
+        raise ApiError("some reports were stored concurrently; retry the batch", 409, "conflict") from None
+    return jsonify(accepted=[r.report_id for r in fresh], duplicates=sorted(seen)), 200
+
+
+def _parse(item: Any, index: int, device: Device) -> Report:
+    if not isinstance(item, dict):
+        raise ApiError(f"reports[{index}] must be an object")
+    try:
+        return _report(item, device)
+    except ApiError as err:
+        raise ApiError(f"reports[{index}]: {err.detail}", err.status, err.error) from None
+
+
+def _report(data: dict[str, Any], device: Device) -> Report:
+    session = db()
+    model = session.scalar(select(Model).where(Model.name == short_text(data, "model", pattern=NAME)))
+    if model is None:
+        raise ApiError("field 'model' names no known model")
+    version = short_text(data, "version", max_length=64)
+    release = session.scalar(select(Release).where(Release.model_id == model.id,
+                                                   Release.version == version))
+    if release is None:
+        raise ApiError(f"field 'version': {model.name} has no release {version!r}")
+    rollout_id = field(data, "rollout_id", int, required=False)
+    if rollout_id is not None and session.get(Rollout, rollout_id) is None:
+        raise ApiError("field 'rollout_id' names no rollout")
+    cohort = short_text(data, "cohort", max_length=8)
+    if cohort not in ("stable", "canary"):
+        raise ApiError("field 'cohort' must be 'stable' or 'canary'")
+    start, end = timestamp(data, "window_start"), timestamp(data, "window_end")
+    if end < start:
+        raise ApiError("window_end is before window_start")
+    errors = field(data, "errors", dict, required=False, default={})
+    unknown = set(errors) - set(ERROR_REASONS)
+    if unknown:
+        raise ApiError(f"field 'errors' has unknown reasons {sorted(unknown)}; known: {list(ERROR_REASONS)}")
+    error_counts = {reason: count(errors, reason, required=False) for reason in ERROR_REASONS}
+    latency = field(data, "latency_counts", list)
+    if len(latency) != BUCKET_COUNT or not all(
+        isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 10**12 for c in latency
+    ):
+        raise ApiError(f"field 'latency_counts' must be {BUCKET_COUNT} non-negative integers")
+    inferences = count(data, "inferences")
+    if sum(latency) > inferences:
+        raise ApiError("latency_counts hold more samples than inferences")
+    labelled, correct = count(data, "labelled", required=False), count(data, "correct", required=False)
+    shadow, agree = count(data, "shadow_samples", required=False), count(data, "shadow_agree", required=False)
+    if correct > labelled or agree > shadow:
+        raise ApiError("correct must not exceed labelled, nor shadow_agree shadow_samples")
+    return Report(
+        report_id=short_text(data, "id", max_length=64), device_id=device.id, model_id=model.id,
+        release_id=release.id, variant_id=short_text(data, "variant", max_length=64),
+        rollout_id=rollout_id, cohort=cohort, device_class=device.device_class,
+        window_start=start, window_end=end, inferences=inferences, errors=error_counts,
+        latency_counts=latency, labelled=labelled, correct=correct, shadow_samples=shadow,
+        shadow_agree=agree, peak_rss_bytes=count(data, "peak_rss_bytes", required=False) or None,
+        dropped_windows=count(data, "dropped_windows", required=False, maximum=10**6),
+    )

@@ -1,0 +1,41 @@
+"""The Flask app factory: ``create_app(config=None)``.
+
+Example:
+    >>> app = create_app({"DATA_DIR": "/tmp/edgeship", "CONTROLLER_ENABLED": False})
+    >>> app.test_client().get("/healthz").json
+    {'status': 'ok'}
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from rollout_server.auth import ensure_first_tokens
+from rollout_server.config import apply_config
+from rollout_server.db import init_db, session_scope
+from rollout_server.errors import register_error_handlers
+
+#: API modules under ``rollout_server.api``, each with a blueprint named ``bp``.
+BLUEPRINTS = ("health", "devices", "reports", "releases", "artifacts", "rollouts", "admin")
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: defaults → ``EDGESHIP_*`` environment → ``config``.
+
+    On first start it creates the tables and an admin and an enrollment token, written to
+    ``DATA_DIR/first-start-tokens.txt`` (see :func:`rollout_server.auth.ensure_first_tokens`).
+    """
+    app = Flask("rollout_server")
+    apply_config(app, config)
+    Path(app.config["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    register_error_handlers(app)
+    init_db(app)
+    with session_scope(app) as session:
+        app.extensions["edgeship.first_start_file"] = ensure_first_tokens(app, session)
+    for name in BLUEPRINTS:
+        app.register_blueprint(importlib.import_module(f"rollout_server.api.{name}").bp)
+    return app

@@ -1,0 +1,110 @@
+"""Bearer tokens: operator roles, enrollment tokens and per-device credentials.
+
+Tokens are 32 random bytes (urlsafe base64); only their sha256 is stored. Roles are ordered
+``viewer < publisher < operator < admin``; an enrollment token can only register devices and a
+device credential only reads its own assignment, downloads artifacts and posts its reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+from flask import Flask, g, request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from rollout_server.db import db
+from rollout_server.errors import Forbidden, Unauthorized
+from rollout_server.models import AuditEntry, Device, Token
+
+ROLES = ("viewer", "publisher", "operator", "admin")
+ENROLL = "enroll"
+FIRST_START_FILE = "first-start-tokens.txt"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("send 'Authorization: Bearer <token>'")
+    return value.strip()
+
+
+def create_token(session: Session, name: str, role: str) -> str:
+    """Create a token and return its secret (shown once, stored hashed)."""
+    if role not in (*ROLES, ENROLL):
+        raise ValueError(f"role {role!r} is not one of {', '.join((*ROLES, ENROLL))}")
+    secret = new_secret()
+    session.add(Token(name=name, role=role, token_hash=hash_secret(secret)))
+    return secret
+
+
+def operator_token(minimum: str) -> Token:
+    """The request's operator token with at least role ``minimum``."""
+    token = db().scalar(select(Token).where(Token.token_hash == hash_secret(bearer())))
+    if token is None or token.revoked or token.role == ENROLL:
+        raise Unauthorized("unknown or revoked token")
+    if ROLES.index(token.role) < ROLES.index(minimum):
+        raise Forbidden(f"role {token.role!r} may not do this; needs {minimum!r} or higher")
+    return token
+
+
+def requires_role(minimum: str) -> Callable[[F], F]:
+    """Decorator: the view runs only for a valid operator token of role ``minimum`` or above."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            g.actor = operator_token(minimum)
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def current_device(device_id: str | None = None) -> Device:
+    """The device whose credential the request carries; it may only act as itself."""
+    device = db().scalar(select(Device).where(Device.credential_hash == hash_secret(bearer())))
+    if device is None or device.revoked:
+        raise Unauthorized("unknown or revoked device credential")
+    if device_id is not None and not hmac.compare_digest(device.id, device_id):
+        raise Forbidden("a device may only act as itself")
+    return device
+
+
+def audit(action: str, target: str, **detail: Any) -> None:
+    """Record an admin action by the request's operator token (committed with the request)."""
+    actor = getattr(g, "actor", None)
+    db().add(AuditEntry(actor=actor.name if actor else "system", action=action, target=target,
+                        detail=detail))
+
+
+def ensure_first_tokens(app: Flask, session: Session) -> Path | None:
+    """On first start (no tokens yet) create an admin and an enrollment token and write them to
+    ``DATA_DIR/first-start-tokens.txt`` (mode 0600). Returns the file, or None if not first."""
+    if session.scalar(select(Token.id).limit(1)) is not None:
+        return None
+    admin = create_token(session, "admin", "admin")
+    enroll = create_token(session, "enrollment", ENROLL)
+    path = Path(app.config["DATA_DIR"]) / FIRST_START_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"EDGESHIP_ADMIN_TOKEN={admin}\nEDGESHIP_ENROLL_TOKEN={enroll}\n")
+    return path

@@ -1,0 +1,175 @@
+"""Database models (SQLAlchemy 2). The same models run on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Model(Base):
+    """A registry name; ``stable_release`` is what devices run outside a rollout."""
+
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    stable_release_id: Mapped[int | None] = mapped_column(
+        ForeignKey("releases.id", use_alter=True, name="fk_model_stable_release"), nullable=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stable_release: Mapped[Release | None] = relationship(foreign_keys=[stable_release_id], post_update=True)
+
+
+class Release(Base):
+    """One uploaded, verified release: its signed manifest and its variants."""
+
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    version: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    signed_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    model: Mapped[Model] = relationship(foreign_keys=[model_id])
+    variants: Mapped[list[Variant]] = relationship(back_populates="release", order_by="Variant.id")
+
+
+class Variant(Base):
+    __tablename__ = "variants"
+    __table_args__ = (UniqueConstraint("release_id", "variant_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
+    variant_id: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(16))
+    precision: Mapped[str] = mapped_column(String(32))
+    runtime: Mapped[str] = mapped_column(String(32))
+    runtime_min_version: Mapped[str] = mapped_column(String(64), default="")
+    validation: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    release: Mapped[Release] = relationship(back_populates="variants")
+
+
+class Token(Base):
+    """Operator tokens (viewer < publisher < operator < admin) and enrollment tokens."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    device_class: Mapped[str] = mapped_column(String(32), index=True)
+    arch: Mapped[str] = mapped_column(String(32))
+    os: Mapped[str] = mapped_column(String(64))
+    ram_bytes: Mapped[int] = mapped_column(BigInteger)
+    runtimes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    credential_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Rollout(Base):
+    """A gray release of ``candidate`` against ``baseline`` (the stable release at creation)."""
+
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
+    baseline_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
+    salt: Mapped[str] = mapped_column(String(64))
+    phase: Mapped[str] = mapped_column(String(16), index=True)
+    stage_index: Mapped[int] = mapped_column(Integer, default=0)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # stages, guards, stratify, shadow
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # controller bookkeeping
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stage_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    analyzed_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    model: Mapped[Model] = relationship(foreign_keys=[model_id])
+    candidate: Mapped[Release] = relationship(foreign_keys=[candidate_id])
+    baseline: Mapped[Release] = relationship(foreign_keys=[baseline_id])
+
+
+class Verdict(Base):
+    """One guard's verdict for one scope (device class or pooled) in one analysis window."""
+
+    __tablename__ = "verdicts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    window_end: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    stage_index: Mapped[int] = mapped_column(Integer)
+    guard: Mapped[str] = mapped_column(String(32))
+    scope: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    decision: Mapped[str] = mapped_column(String(16))
+
+
+class Report(Base):
+    """One device's aggregates for one reporting window; ``(device_id, report_id)`` is unique."""
+
+    __tablename__ = "reports"
+    __table_args__ = (UniqueConstraint("device_id", "report_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    release_id: Mapped[int | None] = mapped_column(ForeignKey("releases.id"), nullable=True)
+    variant_id: Mapped[str] = mapped_column(String(64))
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"), nullable=True, index=True)
+    cohort: Mapped[str] = mapped_column(String(8))
+    device_class: Mapped[str] = mapped_column(String(32))
+    window_start: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    inferences: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[dict[str, Any]] = mapped_column(JSON)
+    latency_counts: Mapped[list[Any]] = mapped_column(JSON)
+    labelled: Mapped[int] = mapped_column(BigInteger, default=0)
+    correct: Mapped[int] = mapped_column(BigInteger, default=0)
+    shadow_samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    shadow_agree: Mapped[int] = mapped_column(BigInteger, default=0)
+    peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    dropped_windows: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,54 @@
+"""``edgeship server``: run the app under gunicorn (several workers) or werkzeug (one)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rollout_server.auth import FIRST_START_FILE
+
+
+def wsgi_app(config: dict[str, Any] | None = None):
+    """The WSGI app for gunicorn (``rollout_server.serve:wsgi_app()``)."""
+    from rollout_server.app import create_app
+
+    return create_app(config)
+
+
+def serve(host: str, port: int, workers: int, db_url: str | None, data_dir: str) -> None:
+    """Start the server in the foreground; prints where the first-start tokens are."""
+    os.environ["EDGESHIP_DATA_DIR"] = data_dir
+    if db_url:
+        os.environ["EDGESHIP_DATABASE_URL"] = db_url
+    app = wsgi_app()  # creates tables and first-start tokens once, before workers fork
+    tokens = app.extensions.get("edgeship.first_start_file")
+    if tokens:
+        print(f"first start: admin and enrollment tokens written to {tokens}", flush=True)
+    else:
+        print(f"tokens from the first start are in {Path(data_dir).resolve() / FIRST_START_FILE}", flush=True)
+    print(f"edgeship server on http://{host}:{port} ({app.config['DATABASE_URL'].split('://')[0]}, "
+          f"{workers} worker{'s' if workers > 1 else ''})", flush=True)
+    if workers <= 1:
+        from werkzeug.serving import run_simple
+
+        run_simple(host, port, app, threaded=True, use_reloader=False)
+        return
+    _gunicorn(host, port, workers)
+
+
+def _gunicorn(host: str, port: int, workers: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class _App(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", 4)
+            self.cfg.set("accesslog", None)
+
+        def load(self):
+            return wsgi_app()
+
+    _App().run()

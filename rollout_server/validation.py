@@ -1,0 +1,73 @@
+"""Checking JSON request bodies: a bad field is a 400 naming the field, never a 500."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from flask import request
+
+from rollout_server.errors import ApiError
+
+NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object body."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError("the body must be a JSON object (Content-Type: application/json)")
+    return data
+
+
+def field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], *, required: bool = True,
+          default: Any = None) -> Any:
+    """``data[key]`` checked against ``kind`` (bools are never ints here)."""
+    if key not in data or data[key] is None:
+        if required:
+            raise ApiError(f"field {key!r} is required")
+        return default
+    value = data[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ApiError(f"field {key!r} must be {_names(kinds)}, not a boolean")
+    if not isinstance(value, kinds):
+        raise ApiError(f"field {key!r} must be {_names(kinds)}")
+    return value
+
+
+def count(data: dict[str, Any], key: str, *, required: bool = True, maximum: int = 10**12) -> int:
+    value = field(data, key, int, required=required, default=0)
+    if not 0 <= value <= maximum:
+        raise ApiError(f"field {key!r} must be between 0 and {maximum}")
+    return value
+
+
+def short_text(data: dict[str, Any], key: str, *, max_length: int = 64, required: bool = True,
+               pattern: re.Pattern[str] | None = None) -> str | None:
+    value = field(data, key, str, required=required)
+    if value is None:
+        return None
+    if not value or len(value) > max_length:
+        raise ApiError(f"field {key!r} must be 1 to {max_length} characters")
+    if pattern is not None and not pattern.match(value):
+        raise ApiError(f"field {key!r} has a bad format")
+    return value
+
+
+def timestamp(data: dict[str, Any], key: str) -> dt.datetime:
+    value = field(data, key, str)
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(f"field {key!r} must be an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    labels = {str: "a string", int: "an integer", float: "a number", dict: "an object",
+              list: "a list", bool: "a boolean"}
+    return " or ".join(labels.get(k, k.__name__) for k in kinds)

@@ -1,0 +1,93 @@
+"""Fixtures for the rollout server: a fresh app per test, its first-start tokens, devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flask")
+
+from rollout_server.app import create_app
+from rollout_server.auth import FIRST_START_FILE
+from rollout_server.db import session_scope
+from rollout_server.models import Model, Release, Variant
+
+
+@pytest.fixture
+def app(tmp_path: Path):
+    return create_app({"DATA_DIR": str(tmp_path / "server"), "CONTROLLER_ENABLED": False})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def tokens(app) -> dict[str, str]:
+    text = (Path(app.config["DATA_DIR"]) / FIRST_START_FILE).read_text()
+    pairs = dict(line.split("=", 1) for line in text.split())
+    return {"admin": pairs["EDGESHIP_ADMIN_TOKEN"], "enroll": pairs["EDGESHIP_ENROLL_TOKEN"]}
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def fake_manifest(version: str, variants: list[dict]) -> dict:
+    """A manifest-shaped dict for tests that seed the database directly (not signed)."""
+    return {
+        "schema": "edgeship.manifest/v1", "model": "digits-cnn", "version": version,
+        "task": {"kind": "classification",
+                 "inputs": [{"name": "image", "shape": [1, 1, 8, 8], "dtype": "float32"}],
+                 "outputs": [{"name": "output", "shape": [1, 10], "dtype": "float32"}]},
+        "reference": {"format": "torch", "sha256": "0" * 64, "params": 1, "macs": 1},
+        "golden": {"file": "golden.npz", "sha256": "f" * 64, "count": 4},
+        "variants": variants,
+    }
+
+
+def variant_entry(variant_id: str, runtime: str, p50: float, sha: str, validation: str = "passed",
+                  size: int = 1000, peak: int = 50_000_000) -> dict:
+    fmt = {"onnxruntime": "onnx", "litert": "tflite", "coreml": "coreml"}[runtime]
+    return {"id": variant_id, "format": fmt, "precision": "int8", "compression": [],
+            "file": f"{variant_id}.bin", "sha256": sha, "size_bytes": size,
+            "runtime": {"name": runtime, "min_version": "1.0"}, "validation": validation,
+            "metrics": {"agreement": 1.0, "latency_ms": {"p50": p50, "p95": p50}, "peak_rss_bytes": peak}}
+
+
+def seed_release(app, version: str, variants: list[dict], stable: bool = False) -> int:
+    """Insert a release (and the model) straight into the database; returns the release id."""
+    with session_scope(app) as session:
+        model = session.query(Model).filter_by(name="digits-cnn").one_or_none()
+        if model is None:
+            model = Model(name="digits-cnn")
+            session.add(model)
+            session.flush()
+        release = Release(model_id=model.id, version=version, manifest=fake_manifest(version, variants),
+                          signed_by="test")
+        session.add(release)
+        session.flush()
+        for entry in variants:
+            session.add(Variant(
+                release_id=release.id, variant_id=entry["id"], format=entry["format"],
+                precision=entry["precision"], runtime=entry["runtime"]["name"],
+                runtime_min_version=entry["runtime"]["min_version"], validation=entry["validation"],
+                sha256=entry["sha256"], size_bytes=entry["size_bytes"],
+                peak_rss_bytes=entry["metrics"]["peak_rss_bytes"],
+            ))
+        if stable:
+            model.stable_release_id = release.id
+        return release.id
+
+
+def register(client, enroll: str, device_class: str = "rpi4", runtimes: dict | None = None,
+             ram_bytes: int = 4 * 2**30) -> tuple[str, str]:
+    response = client.post("/v1/devices/register", json={
+        "enrollment_token": enroll, "device_class": device_class, "arch": "aarch64",
+        "os": "Raspberry Pi OS 12", "ram_bytes": ram_bytes,
+        "runtimes": runtimes if runtimes is not None else {"onnxruntime": "1.20.1", "litert": "2.3.0"},
+    })
+    assert response.status_code == 201, response.json
+    return response.json["device_id"], response.json["credential"]
