@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_variants(sub)
     _add_keys(sub)
-    _add_publish(sub)
+    from rollout_server.cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -128,44 +130,6 @@ def _run_keys_generate(args: argparse.Namespace) -> int:
           f"key id:      {kid}")
     return 0
 
-
-
-def _add_publish(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "publish", help="upload a signed release directory to the rollout server",
-        description="Upload a release directory (manifest.json and the files it lists). The server "
-        "checks the signature and every file's sha256 and size, and stores all or nothing.",
-    )
-    p.add_argument("dir", metavar="DIR", help="release directory written by `edgeship convert`")
-    p.add_argument("--server", default=None, metavar="URL",
-                   help="server base URL, e.g. http://127.0.0.1:8080 (default: $EDGESHIP_SERVER)")
-    p.add_argument("--token", default=None,
-                   help="operator token with the publisher role (default: $EDGESHIP_TOKEN)")
-    p.set_defaults(run=_run_publish)
-
-
-def _run_publish(args: argparse.Namespace) -> int:
-    import os
-
-    from rollout_server.client import ENV_SERVER, ENV_TOKEN, ClientError, ServerClient, default_token
-
-    server = args.server or os.environ.get(ENV_SERVER)
-    token = default_token(args.token)
-    if not server:
-        raise ClientError(0, "usage", f"no server: pass --server URL or set {ENV_SERVER}")
-    if not token:
-        raise ClientError(0, "usage", f"no token: pass --token or set {ENV_TOKEN}")
-    result = ServerClient(server, token).publish(args.dir)
-    state = "published" if result.get("created", True) else "already published (identical manifest)"
-    print(f"{state}: {result['model']} version {result['version']} (signed by {result['signed_by']})")
-    for v in result["variants"]:
-        runtime = f"{v['runtime']['name']}>={v['runtime']['min_version']}"
-        print(f"  {v['id']:<24} {runtime:<24} {v['validation']:<14} {v['size_bytes']:>12,} B  "
-              f"{v['sha256'][:16]}")
-    golden = result.get("golden") or {}
-    if golden.get("sha256"):
-        print(f"  golden set: {golden['file']} ({golden['sha256'][:16]})")
-    return 0
 
 
 if __name__ == "__main__":
