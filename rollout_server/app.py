@@ -38,4 +38,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.extensions["edgeship.first_start_file"] = ensure_first_tokens(app, session)
     for name in BLUEPRINTS:
         app.register_blueprint(importlib.import_module(f"rollout_server.api.{name}").bp)
+    if app.config["CONTROLLER_ENABLED"]:
+        from rollout_server.controller import start_controller
+
+        start_controller(app)
     return app

@@ -14,8 +14,8 @@ whose measured peak memory fits in half the device's RAM,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from rollout_server.analysis import RolloutState
 from rollout_server.bucketing import assign_cohort
 from rollout_server.models import Device, Release, Rollout, Variant
 
@@ -73,7 +73,7 @@ def choose_variant(release: Release, device: Device) -> Variant | None:
 
 
 def cohort_for(device: Device, rollout: Rollout) -> str:
-    stages: list[dict[str, Any]] = rollout.spec["stages"]
-    percent = float(stages[min(rollout.stage_index, len(stages) - 1)]["percent"])
+    """``canary`` or ``stable`` at the rollout's current share (sticky, see bucketing)."""
+    percent = RolloutState.from_dict(rollout.state).canary_percent
     device_class = device.device_class if rollout.spec.get("stratify") else None
     return assign_cohort(rollout.salt, device.id, percent, device_class)

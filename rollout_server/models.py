@@ -18,6 +18,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from monitoring.buckets import BUCKET_COUNT
+
+#: error reasons of the device protocol (DESIGN.md ``POST /v1/reports``).
+ERROR_REASONS: tuple[str, ...] = ("load_failed", "runtime_error", "golden_mismatch", "timeout", "other")
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
@@ -114,7 +119,6 @@ class Rollout(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    stage_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     analyzed_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     model: Mapped[Model] = relationship(foreign_keys=[model_id])
     candidate: Mapped[Release] = relationship(foreign_keys=[candidate_id])
@@ -155,14 +159,28 @@ class Report(Base):
     window_end: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     inferences: Mapped[int] = mapped_column(BigInteger)
-    errors: Mapped[dict[str, Any]] = mapped_column(JSON)
-    latency_counts: Mapped[list[Any]] = mapped_column(JSON)
     labelled: Mapped[int] = mapped_column(BigInteger, default=0)
     correct: Mapped[int] = mapped_column(BigInteger, default=0)
     shadow_samples: Mapped[int] = mapped_column(BigInteger, default=0)
     shadow_agree: Mapped[int] = mapped_column(BigInteger, default=0)
     peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     dropped_windows: Mapped[int] = mapped_column(Integer, default=0)
+
+    @property
+    def errors(self) -> dict[str, int]:
+        return {reason: getattr(self, f"err_{reason}") for reason in ERROR_REASONS}
+
+    @property
+    def latency_counts(self) -> list[int]:
+        return [getattr(self, f"lat_{i}") for i in range(BUCKET_COUNT)]
+
+
+# Errors by reason and latency buckets are plain integer columns, so the controller and
+# /metrics aggregate them with SQL SUM instead of reading every report.
+for _reason in ERROR_REASONS:
+    setattr(Report, f"err_{_reason}", mapped_column(f"err_{_reason}", BigInteger, default=0))
+for _i in range(BUCKET_COUNT):
+    setattr(Report, f"lat_{_i}", mapped_column(f"lat_{_i}", BigInteger, default=0))
 
 
 class AuditEntry(Base):

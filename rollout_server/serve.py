@@ -21,7 +21,9 @@ def serve(host: str, port: int, workers: int, db_url: str | None, data_dir: str)
     os.environ["EDGESHIP_DATA_DIR"] = data_dir
     if db_url:
         os.environ["EDGESHIP_DATABASE_URL"] = db_url
-    app = wsgi_app()  # creates tables and first-start tokens once, before workers fork
+    # Creates the tables and first-start tokens once, before workers fork; with workers, each
+    # worker runs its own controller loop (windows are claimed, so no rollout advances twice).
+    app = wsgi_app({"CONTROLLER_ENABLED": workers <= 1})
     tokens = app.extensions.get("edgeship.first_start_file")
     if tokens:
         print(f"first start: admin and enrollment tokens written to {tokens}", flush=True)

@@ -12,11 +12,10 @@ from monitoring.buckets import BUCKET_COUNT
 from rollout_server.auth import current_device
 from rollout_server.db import db
 from rollout_server.errors import ApiError
-from rollout_server.models import Device, Model, Release, Report, Rollout
+from rollout_server.models import ERROR_REASONS, Device, Model, Release, Report, Rollout
 from rollout_server.validation import NAME, count, field, json_body, short_text, timestamp
 
 bp = Blueprint("reports", __name__, url_prefix="/v1")
-ERROR_REASONS = ("load_failed", "runtime_error", "golden_mismatch", "timeout", "other")
 MAX_BATCH = 100
 
 
@@ -101,8 +100,10 @@ def _report(data: dict[str, Any], device: Device) -> Report:
         report_id=short_text(data, "id", max_length=64), device_id=device.id, model_id=model.id,
         release_id=release.id, variant_id=short_text(data, "variant", max_length=64),
         rollout_id=rollout_id, cohort=cohort, device_class=device.device_class,
-        window_start=start, window_end=end, inferences=inferences, errors=error_counts,
-        latency_counts=latency, labelled=labelled, correct=correct, shadow_samples=shadow,
-        shadow_agree=agree, peak_rss_bytes=count(data, "peak_rss_bytes", required=False) or None,
+        window_start=start, window_end=end, inferences=inferences, labelled=labelled, correct=correct,
+        shadow_samples=shadow, shadow_agree=agree,
+        peak_rss_bytes=count(data, "peak_rss_bytes", required=False) or None,
         dropped_windows=count(data, "dropped_windows", required=False, maximum=10**6),
+        **{f"err_{reason}": n for reason, n in error_counts.items()},
+        **{f"lat_{i}": n for i, n in enumerate(latency)},
     )

@@ -1,0 +1,258 @@
+"""One comparison of canary against stable per metric, for one slice (pooled or one device class).
+
+Every check returns a :class:`Check`: ``inconclusive`` below the guard's minimum samples; for a
+limit, ``fail`` only when the canary is *significantly* beyond it at the look-corrected level,
+``inconclusive`` when the point estimate is beyond it but not yet significantly (hold, gather
+more), ``pass`` when the point estimate is within it; for a required gain, ``pass`` only when
+the gain is significant, otherwise ``inconclusive``. Gains never fail.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitoring.buckets import quantile
+from rollout_server.analysis.latency import latencies_above, quantile_seconds
+from rollout_server.analysis.spec import Guard, Metric, Mode
+from rollout_server.analysis.stats import binomial_above, binomial_below, excess_test
+from rollout_server.analysis.verdict import Outcome
+from rollout_server.analysis.window import ArmWindow
+
+
+@dataclass(frozen=True)
+class Check:
+    """Outcome of one guard on one slice; ``enough`` is False when it lacked samples."""
+
+    outcome: Outcome
+    reason: str
+    stats: dict[str, Any] = field(default_factory=dict)
+    enough: bool = True
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.3g}%"
+
+
+def _too_few(what: str, canary: int, stable: int | None, need: int, stats: dict[str, Any]) -> Check:
+    have = f"canary {canary:,}" + ("" if stable is None else f", stable {stable:,}")
+    each = "" if stable is None else " in each arm"
+    return Check(Outcome.INCONCLUSIVE, f"too few {what}: {have} (need {need:,}{each})", stats, enough=False)
+
+
+def _rate_limit(
+    what: str, x_c: int, n_c: int, x_s: int, n_s: int, guard: Guard, alpha: float, stats: dict[str, Any]
+) -> Check:
+    """Shared by error rate and load failures: relative + absolute margin over stable, and a cap."""
+    r_c, r_s = x_c / n_c, x_s / n_s
+    scale = 1.0 + (guard.relative_margin or 0.0)
+    margin = guard.threshold or 0.0
+    cap = guard.cap if guard.cap is not None else 1.0
+    bound = scale * r_s + margin
+    z, p = excess_test(x_c, n_c, x_s, n_s, scale, margin)
+    p_cap = binomial_above(x_c, n_c, cap)
+    stats.update(
+        canary_rate=r_c, stable_rate=r_s, limit=bound, cap=cap, z=z, p_value=p, p_cap=p_cap, alpha=alpha
+    )
+    head = f"canary {what} {_pct(r_c)} ({x_c:,}/{n_c:,}) vs stable {_pct(r_s)} ({x_s:,}/{n_s:,})"
+    limit_text = f"{_pct(bound)} (stable × {scale:g} + {_pct(margin)})"
+    if r_c > cap and p_cap < alpha:
+        return Check(
+            Outcome.FAIL,
+            f"{head}: above the {_pct(cap)} cap (exact binomial p = {p_cap:.2g} < α = {alpha:.2g})",
+            stats,
+        )
+    if r_c > bound and p < alpha:
+        return Check(
+            Outcome.FAIL,
+            f"{head}: significantly above the limit {limit_text} "
+            f"(z = {z:.2f}, p = {p:.2g} < α = {alpha:.2g})",
+            stats,
+        )
+    if r_c > bound or r_c > cap:
+        return Check(
+            Outcome.INCONCLUSIVE,
+            f"{head}: above the limit {limit_text} or cap {_pct(cap)} but not "
+            f"significantly yet (p = {min(p, p_cap):.2g}, α = {alpha:.2g})",
+            stats,
+        )
+    return Check(Outcome.PASS, f"{head}: within the limit {limit_text} and cap {_pct(cap)}", stats)
+
+
+def check_error_rate(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:
+    """Canary error rate against stable's, with margin and cap (one-sided tests)."""
+    reasons = guard.reasons or ()
+    n_c, n_s = canary.inferences, stable.inferences
+    x_c, x_s = canary.error_count(reasons), stable.error_count(reasons)
+    stats: dict[str, Any] = {
+        "canary_errors": x_c,
+        "canary_inferences": n_c,
+        "stable_errors": x_s,
+        "stable_inferences": n_s,
+    }
+    if min(n_c, n_s) < (guard.min_samples or 1):
+        return _too_few("inferences", n_c, n_s, guard.min_samples or 1, stats)
+    return _rate_limit("error rate", x_c, n_c, x_s, n_s, guard, alpha, stats)
+
+
+def check_load_failures(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:
+    """Share of devices whose model failed to load or its golden check, against stable's."""
+    n_c, n_s = canary.devices_reporting, stable.devices_reporting
+    x_c, x_s = canary.devices_load_failed, stable.devices_load_failed
+    stats: dict[str, Any] = {
+        "canary_failed_devices": x_c,
+        "canary_devices": n_c,
+        "stable_failed_devices": x_s,
+        "stable_devices": n_s,
+    }
+    if min(n_c, n_s) < (guard.min_samples or 1):
+        return _too_few("devices", n_c, n_s, guard.min_samples or 1, stats)
+    return _rate_limit("load/golden failure share", x_c, n_c, x_s, n_s, guard, alpha, stats)
+
+
+def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:
+    """Ratio of canary to stable quantile from the merged histograms, with an exact binomial test.
+
+    Canary's quantile q is above ``t`` exactly when more than ``1 - q`` of its latencies are
+    above ``t``; so with ``t = threshold × stable quantile`` the test is on the count of
+    canary latencies above ``t`` (interpolated in the bucket like the quantile itself).
+    """
+    q = guard.quantile or 0.95
+    label = f"p{100 * q:g}"
+    n_c, n_s = canary.latency_samples, stable.latency_samples
+    stats: dict[str, Any] = {"quantile": q, "canary_samples": n_c, "stable_samples": n_s}
+    if min(n_c, n_s) < (guard.min_samples or 1):
+        return _too_few("latency samples", n_c, n_s, guard.min_samples or 1, stats)
+    q_s, q_c = quantile_seconds(stable.latency_counts, q), quantile_seconds(canary.latency_counts, q)
+    if not q_s or q_c is None:  # unreachable with samples; kept so no-data never passes
+        return Check(Outcome.INCONCLUSIVE, f"stable {label} is zero: no ratio", stats, enough=False)
+    ratio = q_c / q_s
+    tail = 1.0 - q
+    head = f"canary {label} {1000 * q_c:.1f} ms vs stable {1000 * q_s:.1f} ms (ratio {ratio:.2f})"
+    # Prometheus' linear rule, for comparison with the dashboards (not used to decide).
+    prom_s, prom_c = quantile(stable.latency_counts, q), quantile(canary.latency_counts, q)
+    stats.update(
+        canary_quantile_seconds=q_c,
+        stable_quantile_seconds=q_s,
+        ratio=ratio,
+        alpha=alpha,
+        prometheus_ratio=prom_c / prom_s if prom_c and prom_s else None,
+    )
+    threshold = guard.threshold or 0.0
+    if guard.mode is Mode.LIMIT:
+        above = latencies_above(canary.latency_counts, threshold * q_s)
+        p = binomial_above(math.floor(above), n_c, tail)
+        stats.update(max_ratio=threshold, canary_above=above, p_value=p)
+        if ratio > threshold and p < alpha:
+            return Check(
+                Outcome.FAIL,
+                f"{head}: significantly above {threshold:g}× stable ({above:,.0f} of "
+                f"{n_c:,} above {1000 * threshold * q_s:.1f} ms, p = {p:.2g} "
+                f"< α = {alpha:.2g})",
+                stats,
+            )
+        if ratio > threshold:
+            return Check(
+                Outcome.INCONCLUSIVE,
+                f"{head}: above {threshold:g}× stable but not significantly yet "
+                f"(p = {p:.2g}, α = {alpha:.2g})",
+                stats,
+            )
+        return Check(Outcome.PASS, f"{head}: within {threshold:g}× stable", stats)
+    max_ratio = 1.0 - threshold
+    above = latencies_above(canary.latency_counts, max_ratio * q_s)
+    p = binomial_below(math.ceil(above), n_c, tail)
+    stats.update(required_ratio=max_ratio, canary_above=above, p_value=p)
+    if ratio <= max_ratio and p < alpha:
+        return Check(
+            Outcome.PASS,
+            f"{head}: at least {_pct(threshold)} lower, significantly (p = {p:.2g} < α = {alpha:.2g})",
+            stats,
+        )
+    return Check(
+        Outcome.INCONCLUSIVE,
+        f"{head}: required gain not shown, need ratio ≤ {max_ratio:.2f} "
+        f"significantly (p = {p:.2g}, α = {alpha:.2g})",
+        stats,
+    )
+
+
+def check_accuracy(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:
+    """Accuracy on labelled/golden samples: drop below stable's (limit) or gain over it (gain)."""
+    n_c, n_s = canary.labelled_samples, stable.labelled_samples
+    x_c, x_s = canary.labelled_correct, stable.labelled_correct
+    stats: dict[str, Any] = {
+        "canary_correct": x_c,
+        "canary_labelled": n_c,
+        "stable_correct": x_s,
+        "stable_labelled": n_s,
+    }
+    if min(n_c, n_s) < (guard.min_samples or 1):
+        return _too_few("labelled samples", n_c, n_s, guard.min_samples or 1, stats)
+    acc_c, acc_s = x_c / n_c, x_s / n_s
+    threshold = guard.threshold or 0.0
+    head = f"canary accuracy {_pct(acc_c)} ({x_c:,}/{n_c:,}) vs stable {_pct(acc_s)} ({x_s:,}/{n_s:,})"
+    stats.update(canary_accuracy=acc_c, stable_accuracy=acc_s, alpha=alpha)
+    if guard.mode is Mode.LIMIT:
+        drop = acc_s - acc_c
+        z, p = excess_test(x_s, n_s, x_c, n_c, 1.0, threshold)
+        stats.update(drop=drop, max_drop=threshold, z=z, p_value=p)
+        points = f"drop {100 * drop:.2f} points, limit {100 * threshold:.2f}"
+        if drop > threshold and p < alpha:
+            return Check(
+                Outcome.FAIL,
+                f"{head}: {points}, significant (z = {z:.2f}, p = {p:.2g} < α = {alpha:.2g})",
+                stats,
+            )
+        if drop > threshold:
+            return Check(
+                Outcome.INCONCLUSIVE,
+                f"{head}: {points}, not significant yet (p = {p:.2g}, α = {alpha:.2g})",
+                stats,
+            )
+        return Check(Outcome.PASS, f"{head}: {points}", stats)
+    gain = acc_c - acc_s
+    z, p = excess_test(x_c, n_c, x_s, n_s, 1.0, threshold)
+    stats.update(gain=gain, min_gain=threshold, z=z, p_value=p)
+    if gain > threshold and p < alpha:
+        return Check(
+            Outcome.PASS,
+            f"{head}: gain {100 * gain:.2f} points > {100 * threshold:.2f}, significant "
+            f"(p = {p:.2g} < α = {alpha:.2g})",
+            stats,
+        )
+    return Check(
+        Outcome.INCONCLUSIVE,
+        f"{head}: required gain of {100 * threshold:.2f} points not shown (p = {p:.2g}, α = {alpha:.2g})",
+        stats,
+    )
+
+
+def check_agreement(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:
+    """Shadow mode: top-1 agreement of candidate with stable (both arms' shadow samples) ≥ threshold."""
+    n = stable.shadow_samples + canary.shadow_samples
+    x = stable.shadow_agreements + canary.shadow_agreements
+    stats: dict[str, Any] = {"shadow_samples": n, "shadow_agreements": x}
+    if n < (guard.min_samples or 1):
+        return _too_few("shadow samples", n, None, guard.min_samples or 1, stats)
+    agreement = x / n
+    threshold = guard.threshold or 0.0
+    p = binomial_below(x, n, threshold)
+    stats.update(agreement=agreement, min_agreement=threshold, p_value=p, alpha=alpha)
+    head = f"agreement with stable {_pct(agreement)} ({x:,}/{n:,}), minimum {_pct(threshold)}"
+    if agreement < threshold and p < alpha:
+        return Check(Outcome.FAIL, f"{head}: significantly below (p = {p:.2g} < α = {alpha:.2g})", stats)
+    if agreement < threshold:
+        return Check(Outcome.INCONCLUSIVE, f"{head}: below but not significantly yet (p = {p:.2g})", stats)
+    return Check(Outcome.PASS, head, stats)
+
+
+CHECKS: dict[Metric, Callable[[Guard, ArmWindow, ArmWindow, float], Check]] = {
+    Metric.ERROR_RATE: check_error_rate,
+    Metric.LATENCY: check_latency,
+    Metric.ACCURACY: check_accuracy,
+    Metric.LOAD_FAILURES: check_load_failures,
+    Metric.AGREEMENT: check_agreement,
+}

@@ -1,0 +1,282 @@
+"""The rollout state machine: ``decide`` and the manual transitions, all pure.
+
+Usage::
+
+    state = start(RolloutState(), now).state                 # pending → running, stage 0
+    verdicts = assess(spec, measurements)                    # measurements.look = state.windows + 1
+    decision = decide(state, verdicts, now, canary_samples=stage_canary_inferences)
+    store(decision.state, verdicts); alert() if decision.alert else None
+
+Phases (DESIGN.md): ``pending → running(stage k) ⇄ paused → promoted | rolled_back | aborted``.
+A stage at 100% has no stable arm left to compare with, so it is not analysed: passing the
+stage before it promotes (with the default 10 → 50 → 100, passing 50% promotes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any
+
+from rollout_server.analysis.stages import DEFAULT_STAGES, Stage, check_stages, parse_stages
+from rollout_server.analysis.verdict import Outcome, Verdict, worst
+
+#: consecutive ``error`` windows after which a running rollout pauses and an alert fires.
+ERROR_WINDOWS_TO_PAUSE = 4
+
+
+class Phase(str, Enum):
+    """Rollout phase."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Promoted, rolled back or aborted: nothing moves any more."""
+        return self in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED)
+
+    @property
+    def is_active(self) -> bool:
+        """Running or paused: canary devices run the candidate (one active rollout per model)."""
+        return self in (Phase.RUNNING, Phase.PAUSED)
+
+
+class Action(str, Enum):
+    """What a decision did, for the audit log and metrics."""
+
+    NONE = "none"
+    START = "start"
+    HOLD = "hold"
+    ADVANCE = "advance"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ABORT = "abort"
+
+
+class InvalidTransition(ValueError):
+    """A manual action that the current phase does not allow (e.g. resume a rolled-back rollout)."""
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Everything ``decide`` needs to remember between windows (store it as a dict).
+
+    Attributes:
+        stages: the ramp.
+        phase: current phase.
+        stage_index: index into ``stages`` while running or paused.
+        stage_started_at: epoch seconds when the current stage began (data are cumulative from it).
+        windows: analyses applied so far; the next one is look ``windows + 1``.
+        consecutive_error_windows: windows in a row with an ``error`` verdict.
+        reason: why the last transition happened.
+    """
+
+    stages: tuple[Stage, ...] = DEFAULT_STAGES
+    phase: Phase = Phase.PENDING
+    stage_index: int = 0
+    stage_started_at: float | None = None
+    windows: int = 0
+    consecutive_error_windows: int = 0
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        check_stages(self.stages)
+        if not 0 <= self.stage_index < len(self.stages):
+            raise ValueError(f"stage_index {self.stage_index} outside the {len(self.stages)} stages")
+
+    @property
+    def stage(self) -> Stage:
+        """The current stage."""
+        return self.stages[self.stage_index]
+
+    @property
+    def canary_percent(self) -> float:
+        """Share the assignment should use now: stage percent while active, 100 once promoted, else 0."""
+        if self.phase.is_active:
+            return self.stage.percent
+        return 100.0 if self.phase is Phase.PROMOTED else 0.0
+
+    @property
+    def next_look(self) -> int:
+        """``Measurements.look`` for the next analysis."""
+        return self.windows + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (the inverse of :meth:`from_dict`)."""
+        return {
+            "stages": [s.to_dict() for s in self.stages],
+            "phase": self.phase.value,
+            "stage_index": self.stage_index,
+            "stage_started_at": self.stage_started_at,
+            "windows": self.windows,
+            "consecutive_error_windows": self.consecutive_error_windows,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RolloutState:
+        """Read back a stored state.
+
+        Raises:
+            ValueError: a field is missing or invalid.
+        """
+        try:
+            phase = Phase(data.get("phase", "pending"))
+        except ValueError:
+            raise ValueError(
+                f"phase must be one of {[p.value for p in Phase]}, got {data.get('phase')!r}"
+            ) from None
+        started = data.get("stage_started_at")
+        try:
+            return cls(
+                stages=parse_stages(data.get("stages")),
+                phase=phase,
+                stage_index=int(data.get("stage_index", 0)),
+                stage_started_at=None if started is None else float(started),
+                windows=int(data.get("windows", 0)),
+                consecutive_error_windows=int(data.get("consecutive_error_windows", 0)),
+                reason=str(data.get("reason", "")),
+            )
+        except TypeError as exc:
+            raise ValueError(f"rollout state has a field of the wrong type: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The new state and what happened.
+
+    Attributes:
+        state: state after the decision (equal to the input when nothing changed).
+        action: what was done.
+        reason: a sentence for the audit log and status.
+        alert: True when an operator must be alerted (paused after repeated errors).
+    """
+
+    state: RolloutState
+    action: Action
+    reason: str
+    alert: bool = False
+
+
+def decide(
+    state: RolloutState,
+    verdicts: Sequence[Verdict],
+    now: float,
+    *,
+    canary_samples: int,
+    error_windows_to_pause: int = ERROR_WINDOWS_TO_PAUSE,
+) -> Decision:
+    """Apply one analysis window's verdicts.
+
+    Rules, in order: any ``fail`` rolls back at once (running or paused); while running, an
+    ``error`` counts towards a pause after ``error_windows_to_pause`` windows in a row (with an
+    alert) and otherwise holds; ``inconclusive`` (or no verdict at all) holds; all ``pass``
+    advances once the stage's minimum duration and sample count are reached, and passing the
+    last analysed stage promotes. Paused rollouts only count the window.
+
+    Args:
+        state: current state.
+        verdicts: this window's verdicts (``assess``).
+        now: epoch seconds.
+        canary_samples: canary inferences collected since the stage started.
+        error_windows_to_pause: see :data:`ERROR_WINDOWS_TO_PAUSE`.
+    """
+    if not state.phase.is_active:
+        return Decision(state, Action.NONE, f"rollout is {state.phase.value}: window not applied")
+    outcome = worst(v.outcome for v in verdicts)
+    counted = replace(state, windows=state.windows + 1)
+    if outcome is Outcome.FAIL:
+        reason = "; ".join(v.reason for v in verdicts if v.outcome is Outcome.FAIL)
+        return Decision(replace(counted, phase=Phase.ROLLED_BACK, reason=reason), Action.ROLLBACK, reason)
+    if state.phase is Phase.PAUSED:
+        return Decision(counted, Action.NONE, "rollout is paused: no fail, nothing to do")
+    if outcome is Outcome.ERROR:
+        errors = state.consecutive_error_windows + 1
+        counted = replace(counted, consecutive_error_windows=errors)
+        detail = "; ".join(v.reason for v in verdicts if v.outcome is Outcome.ERROR)
+        if errors >= error_windows_to_pause:
+            reason = f"{errors} consecutive error windows, pausing: {detail}"
+            return Decision(
+                replace(counted, phase=Phase.PAUSED, reason=reason), Action.PAUSE, reason, alert=True
+            )
+        return Decision(
+            counted, Action.HOLD, f"error window {errors}/{error_windows_to_pause}, holding: {detail}"
+        )
+    counted = replace(counted, consecutive_error_windows=0)
+    if outcome is Outcome.INCONCLUSIVE:
+        detail = "; ".join(v.reason for v in verdicts if v.outcome is Outcome.INCONCLUSIVE) or "no verdicts"
+        return Decision(counted, Action.HOLD, f"holding stage {state.stage_index + 1}: {detail}")
+    return _maybe_advance(counted, now, canary_samples)
+
+
+def _maybe_advance(state: RolloutState, now: float, canary_samples: int) -> Decision:
+    stage = state.stage
+    elapsed = now - (state.stage_started_at if state.stage_started_at is not None else now)
+    waiting = []
+    if elapsed < stage.min_duration_seconds:
+        waiting.append(f"{elapsed:.0f}/{stage.min_duration_seconds:.0f} s")
+    if canary_samples < stage.min_samples:
+        waiting.append(f"{canary_samples:,}/{stage.min_samples:,} canary samples")
+    if waiting:
+        return Decision(
+            state, Action.HOLD, f"all guards pass at {stage.percent:g}%, waiting for " + ", ".join(waiting)
+        )
+    following = state.stage_index + 1
+    passed = f"all guards passed the {stage.percent:g}% stage ({elapsed:.0f} s, {canary_samples:,} samples)"
+    if following >= len(state.stages) or state.stages[following].percent >= 100:
+        reason = f"{passed}: promoted"
+        return Decision(replace(state, phase=Phase.PROMOTED, reason=reason), Action.PROMOTE, reason)
+    reason = f"{passed}: advancing to {state.stages[following].percent:g}%"
+    advanced = replace(state, stage_index=following, stage_started_at=now, reason=reason)
+    return Decision(advanced, Action.ADVANCE, reason)
+
+
+def _require(state: RolloutState, action: str, *allowed: Phase) -> None:
+    if state.phase not in allowed:
+        names = " or ".join(p.value for p in allowed)
+        raise InvalidTransition(f"cannot {action} a {state.phase.value} rollout (only {names})")
+
+
+def start(state: RolloutState, now: float) -> Decision:
+    """pending → running at the first stage."""
+    _require(state, "start", Phase.PENDING)
+    reason = f"started at {state.stages[0].percent:g}%"
+    return Decision(
+        replace(state, phase=Phase.RUNNING, stage_index=0, stage_started_at=now, reason=reason),
+        Action.START,
+        reason,
+    )
+
+
+def pause(state: RolloutState, now: float, reason: str = "paused by operator") -> Decision:
+    """running → paused (canary devices keep their assignment; a fail still rolls back)."""
+    _require(state, "pause", Phase.RUNNING)
+    return Decision(replace(state, phase=Phase.PAUSED, reason=reason), Action.PAUSE, reason)
+
+
+def resume(state: RolloutState, now: float, reason: str = "resumed by operator") -> Decision:
+    """paused → running, same stage and stage clock, error count reset."""
+    _require(state, "resume", Phase.PAUSED)
+    return Decision(
+        replace(state, phase=Phase.RUNNING, consecutive_error_windows=0, reason=reason), Action.RESUME, reason
+    )
+
+
+def promote(state: RolloutState, now: float, reason: str = "promoted by operator") -> Decision:
+    """running or paused → promoted (manual override of the remaining stages)."""
+    _require(state, "promote", Phase.RUNNING, Phase.PAUSED)
+    return Decision(replace(state, phase=Phase.PROMOTED, reason=reason), Action.PROMOTE, reason)
+
+
+def abort(state: RolloutState, now: float, reason: str = "aborted by operator") -> Decision:
+    """pending, running or paused → aborted (every device back to stable)."""
+    _require(state, "abort", Phase.PENDING, Phase.RUNNING, Phase.PAUSED)
+    return Decision(replace(state, phase=Phase.ABORTED, reason=reason), Action.ABORT, reason)

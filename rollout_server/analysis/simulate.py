@@ -1,0 +1,269 @@
+"""A fleet simulator that drives ``assess`` and ``decide`` through a whole rollout.
+
+Usage::
+
+    result = simulate_rollout(GuardSpec.default(), ArmProfile(), ArmProfile(error_rate=0.02), seed=1)
+    result.phase, result.canary_inferences        # Phase.ROLLED_BACK, 3_800
+
+Real statistics, nothing mocked: each window every device reports with some probability,
+draws Poisson inferences, binomial errors at its arm's rate (optionally with per-device
+heterogeneity), latencies from a log-normal per arm binned on ``monitoring.buckets`` (exact
+multinomial on the bucket probabilities, so no per-request sampling), labelled samples and
+correct predictions. Devices are canary while their uniform bucket is below percent × 100,
+the same sticky rule as ``rollout_server.bucketing`` (uniform draws stand in for the hash to
+keep thousands of rollouts fast). Data are cumulative within a stage, as the server does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy.special import ndtr
+
+from monitoring.buckets import LATENCY_BUCKETS_SECONDS
+from rollout_server.analysis.assess import assess
+from rollout_server.analysis.rollout import Action, Phase, RolloutState, decide, start
+from rollout_server.analysis.spec import GuardSpec
+from rollout_server.analysis.stages import Stage
+from rollout_server.analysis.verdict import Outcome
+from rollout_server.analysis.window import ArmWindow, Measurements
+
+#: how inference errors split over reasons in the simulation.
+ERROR_SPLIT = {"runtime_error": 0.6, "timeout": 0.3, "other": 0.1}
+#: stages of the simulated rollouts: 30 min and a few thousand canary inferences per stage.
+SIM_STAGES: tuple[Stage, ...] = (Stage(10, 1800, 2000), Stage(50, 1800, 5000), Stage(100, 0, 0))
+
+
+@dataclass(frozen=True)
+class ArmProfile:
+    """How one model behaves on devices.
+
+    Attributes:
+        error_rate: probability an inference fails.
+        latency_median_seconds: median of the log-normal latency.
+        latency_sigma: log-normal shape (0.5 puts p95 at about 2.3× the median).
+        accuracy: probability a labelled sample is correct.
+        load_failure_rate: probability a reporting device had a load / golden-check failure.
+        shadow_agreement: probability candidate and stable agree top-1 (shadow mode).
+    """
+
+    error_rate: float = 0.01
+    latency_median_seconds: float = 0.04
+    latency_sigma: float = 0.5
+    accuracy: float = 0.9
+    load_failure_rate: float = 0.002
+    shadow_agreement: float = 0.99
+
+    def bucket_probabilities(self) -> np.ndarray:
+        """Probability of each latency bucket (``BUCKET_COUNT`` long, summing to 1)."""
+        bounds = np.log(np.asarray(LATENCY_BUCKETS_SECONDS))
+        cdf = ndtr((bounds - np.log(self.latency_median_seconds)) / self.latency_sigma)
+        return np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The simulated fleet and its reporting.
+
+    Attributes:
+        devices: fleet size.
+        classes: device classes with their share of the fleet.
+        inferences_per_window: mean inferences per device per window (Poisson).
+        labelled_fraction: share of inferences with a label.
+        shadow_fraction: share of inferences also run by the other model (shadow mode).
+        report_probability: chance a device reports in a window.
+        error_dispersion: 0 for identical devices; otherwise each device's error rate is the
+            arm's times a Gamma(1/d, d) factor (mean 1, variance d): real fleets are clumpy.
+        window_seconds: analysis window.
+    """
+
+    devices: int = 1000
+    classes: Mapping[str, float] = field(default_factory=lambda: {"rpi4": 0.5, "android": 0.3, "ios": 0.2})
+    inferences_per_window: float = 20.0
+    labelled_fraction: float = 0.2
+    shadow_fraction: float = 0.0
+    report_probability: float = 0.95
+    error_dispersion: float = 0.0
+    window_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """How one simulated rollout ended.
+
+    Attributes:
+        phase: final phase (``running`` when it still held at ``max_windows``).
+        windows: analysis windows run.
+        canary_inferences: canary inferences served over the whole rollout.
+        reason: the last decision's reason.
+        failed_guards: guards that failed in the last window.
+        stage_index: stage reached.
+    """
+
+    phase: Phase
+    windows: int
+    canary_inferences: int
+    reason: str
+    failed_guards: tuple[str, ...]
+    stage_index: int
+
+
+@dataclass
+class _Devices:
+    """Per-device state fixed for a rollout: class, sticky bucket, error-rate factor."""
+
+    device_class: np.ndarray
+    bucket: np.ndarray
+    error_factor: np.ndarray
+
+    @classmethod
+    def draw(cls, fleet: Fleet, rng: np.random.Generator) -> _Devices:
+        shares = np.asarray(list(fleet.classes.values()), dtype=float)
+        device_class = rng.choice(len(shares), size=fleet.devices, p=shares / shares.sum())
+        if fleet.error_dispersion > 0:
+            k = 1.0 / fleet.error_dispersion
+            factor = rng.gamma(k, fleet.error_dispersion, size=fleet.devices)
+        else:
+            factor = np.ones(fleet.devices)
+        return cls(device_class, rng.integers(0, 10_000, size=fleet.devices), factor)
+
+
+def _profiles(
+    classes: Sequence[str], stable: ArmProfile, canary: ArmProfile, canary_by_class: Mapping[str, ArmProfile]
+) -> list[ArmProfile]:
+    """One profile per group, group = arm × n_classes + class (arm 0 stable, 1 canary)."""
+    return [stable for _ in classes] + [canary_by_class.get(c, canary) for c in classes]
+
+
+def simulate_window(
+    rng: np.random.Generator,
+    fleet: Fleet,
+    devices: _Devices,
+    profiles: Sequence[ArmProfile],
+    percent: float,
+    look: int,
+) -> Measurements:
+    """One window of reports from the whole fleet, aggregated per arm and class."""
+    names = list(fleet.classes)
+    n_classes = len(names)
+    groups = 2 * n_classes
+    reporting = rng.random(fleet.devices) < fleet.report_probability
+    inferences = rng.poisson(fleet.inferences_per_window, size=fleet.devices) * reporting
+    group = (devices.bucket < round(percent * 100)).astype(int) * n_classes + devices.device_class
+    rates = np.array([p.error_rate for p in profiles])[group] * devices.error_factor
+    errors = rng.binomial(inferences, np.clip(rates, 0.0, 1.0))
+    inf_g = np.bincount(group, weights=inferences, minlength=groups).astype(np.int64)
+    err_g = np.bincount(group, weights=errors, minlength=groups).astype(np.int64)
+    dev_g = np.bincount(group, weights=reporting, minlength=groups).astype(np.int64)
+    split = rng.multinomial(err_g, list(ERROR_SPLIT.values()))
+    latency = rng.multinomial(inf_g, np.stack([p.bucket_probabilities() for p in profiles]))
+    labelled = rng.binomial(inf_g, fleet.labelled_fraction)
+    correct = rng.binomial(labelled, [p.accuracy for p in profiles])
+    load_failed = rng.binomial(dev_g, [p.load_failure_rate for p in profiles])
+    shadow = rng.binomial(inf_g, fleet.shadow_fraction)
+    agree = rng.binomial(shadow, [p.shadow_agreement for p in profiles])
+    windows = [
+        ArmWindow(
+            inferences=int(inf_g[g]),
+            errors=dict(zip(ERROR_SPLIT, map(int, split[g]), strict=True)),
+            latency_counts=tuple(int(c) for c in latency[g]),
+            labelled_samples=int(labelled[g]),
+            labelled_correct=int(correct[g]),
+            devices_reporting=int(dev_g[g]),
+            devices_load_failed=int(load_failed[g]),
+            shadow_samples=int(shadow[g]),
+            shadow_agreements=int(agree[g]),
+        )
+        for g in range(groups)
+    ]
+    stable = {name: windows[i] for i, name in enumerate(names)}
+    canary = {
+        name: windows[n_classes + i]
+        for i, name in enumerate(names)
+        if windows[n_classes + i].devices_reporting
+    }
+    return Measurements.from_classes(stable, canary, look=look)
+
+
+def simulate_rollout(
+    spec: GuardSpec,
+    stable: ArmProfile,
+    canary: ArmProfile,
+    *,
+    seed: int | Sequence[int] = 0,
+    fleet: Fleet | None = None,
+    stages: Sequence[Stage] = SIM_STAGES,
+    max_windows: int = 60,
+    canary_by_class: Mapping[str, ArmProfile] | None = None,
+) -> SimResult:
+    """Run one rollout window by window until it is promoted, rolled back, paused or times out.
+
+    Args:
+        spec: the guards.
+        stable: behaviour of the stable model.
+        canary: behaviour of the candidate.
+        seed: seed (or seed sequence) of the random generator.
+        fleet: fleet and reporting; ``Fleet()`` when omitted.
+        stages: the ramp.
+        max_windows: give up (phase stays ``running``) after this many windows.
+        canary_by_class: candidate behaviour overridden for some device classes.
+
+    Returns:
+        How the rollout ended and how many canary inferences it served.
+    """
+    fleet = fleet or Fleet()
+    rng = np.random.default_rng(seed)
+    devices = _Devices.draw(fleet, rng)
+    profiles = _profiles(list(fleet.classes), stable, canary, canary_by_class or {})
+    now = 0.0
+    state = start(RolloutState(stages=tuple(stages)), now).state
+    cumulative: Measurements | None = None
+    served = 0
+    decision = None
+    verdicts: tuple = ()
+    for _ in range(max_windows):
+        now += fleet.window_seconds
+        window = simulate_window(rng, fleet, devices, profiles, state.stage.percent, state.next_look)
+        served += window.canary.inferences
+        cumulative = window if cumulative is None else cumulative + window
+        verdicts = assess(spec, cumulative)
+        decision = decide(state, verdicts, now, canary_samples=cumulative.canary.inferences)
+        state = decision.state
+        if decision.action is Action.ADVANCE:
+            cumulative = None  # the next stage starts its own cumulative data
+        if state.phase.is_terminal or state.phase is Phase.PAUSED:
+            break
+    failed = tuple(v.guard for v in verdicts if v.outcome is Outcome.FAIL)
+    reason = decision.reason if decision else ""
+    return SimResult(state.phase, state.windows, served, reason, failed, state.stage_index)
+
+
+def run_rollouts(
+    count: int, spec: GuardSpec, stable: ArmProfile, canary: ArmProfile, *, seed: int = 0, **kwargs: object
+) -> list[SimResult]:
+    """``count`` independent rollouts seeded ``(seed, i)``; kwargs go to :func:`simulate_rollout`."""
+    return [simulate_rollout(spec, stable, canary, seed=(seed, i), **kwargs) for i in range(count)]  # type: ignore[arg-type]
+
+
+def summarize(results: Sequence[SimResult]) -> dict[str, float | int | None]:
+    """Shares of each ending and canary inferences to rollback (median, p90)."""
+    n = len(results)
+    rolled_back = [r.canary_inferences for r in results if r.phase is Phase.ROLLED_BACK]
+    share = {phase.value: sum(r.phase is phase for r in results) / n for phase in Phase if n}
+    return {
+        "rollouts": n,
+        "rolled_back_rate": share.get("rolled_back", 0.0),
+        "promoted_rate": share.get("promoted", 0.0),
+        "held_rate": share.get("running", 0.0),
+        "paused_rate": share.get("paused", 0.0),
+        "median_canary_inferences_to_rollback": float(np.median(rolled_back)) if rolled_back else None,
+        "p90_canary_inferences_to_rollback": float(np.percentile(rolled_back, 90)) if rolled_back else None,
+        "median_windows": float(np.median([r.windows for r in results])) if n else None,
+    }
+
+
+def with_latency_factor(profile: ArmProfile, factor: float) -> ArmProfile:
+    """The profile with every latency multiplied by ``factor`` (so every quantile is)."""
+    return replace(profile, latency_median_seconds=profile.latency_median_seconds * factor)

@@ -1,0 +1,236 @@
+"""What one analysis window measured: aggregates per cohort (arm), pooled and per device class.
+
+Usage::
+
+    stable = ArmWindow(inferences=9_000, errors={"runtime_error": 90}, latency_counts=hist_s)
+    canary = ArmWindow(inferences=1_000, errors={"runtime_error": 20}, latency_counts=hist_c)
+    m = Measurements.from_classes({"rpi4": stable}, {"rpi4": canary}, look=3)
+
+Windows add up (``a + b``): the server merges a stage's windows into stage-cumulative data and
+device classes into the pooled arm. Construction never raises on inconsistent numbers (a
+report pipeline bug must become an ``error`` verdict, not a crash); :meth:`ArmWindow.problems`
+lists them and :func:`rollout_server.analysis.assess` turns them into that verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import zip_longest
+from typing import Any
+
+from monitoring.buckets import BUCKET_COUNT
+
+#: error reasons of the device protocol (DESIGN.md, ``POST /v1/reports``).
+ERROR_REASONS: tuple[str, ...] = ("load_failed", "runtime_error", "golden_mismatch", "timeout", "other")
+#: reasons counted per inference (the others are per install: a model that fails to load or
+#: fails its golden check is counted by ``devices_load_failed``).
+INFERENCE_ERROR_REASONS: tuple[str, ...] = ("runtime_error", "timeout", "other")
+
+_COUNT_FIELDS = (
+    "inferences",
+    "labelled_samples",
+    "labelled_correct",
+    "devices_reporting",
+    "devices_load_failed",
+    "shadow_samples",
+    "shadow_agreements",
+)
+
+
+@dataclass(frozen=True)
+class ArmWindow:
+    """Aggregates of one cohort (stable or canary) over one window, for one class or pooled.
+
+    Attributes:
+        inferences: inference attempts (failed ones included).
+        errors: error counts by reason (keys from :data:`ERROR_REASONS`).
+        latency_counts: non-cumulative counts on ``monitoring.buckets`` (``BUCKET_COUNT`` long).
+        labelled_samples: inferences with a known label (labelled traffic or golden probes).
+        labelled_correct: of those, how many the model got right.
+        devices_reporting: devices that reported (device-windows once windows are added; the
+            server may put distinct counts here for stage-cumulative data).
+        devices_load_failed: of those, devices whose model failed to load or its golden check.
+        shadow_samples: inputs on which candidate and stable both ran (shadow mode).
+        shadow_agreements: of those, inputs where their top-1 outputs agreed.
+    """
+
+    inferences: int = 0
+    errors: Mapping[str, int] = field(default_factory=dict)
+    latency_counts: tuple[int, ...] = (0,) * BUCKET_COUNT
+    labelled_samples: int = 0
+    labelled_correct: int = 0
+    devices_reporting: int = 0
+    devices_load_failed: int = 0
+    shadow_samples: int = 0
+    shadow_agreements: int = 0
+
+    def __add__(self, other: ArmWindow) -> ArmWindow:
+        if not isinstance(other, ArmWindow):
+            return NotImplemented
+        reasons = dict(self.errors)
+        for reason, count in other.errors.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+        # zip_longest keeps a wrong-length histogram wrong-length, so problems() still sees it.
+        latency = tuple(a + b for a, b in zip_longest(self.latency_counts, other.latency_counts, fillvalue=0))
+        sums = {name: getattr(self, name) + getattr(other, name) for name in _COUNT_FIELDS}
+        return ArmWindow(errors=reasons, latency_counts=latency, **sums)
+
+    def error_count(self, reasons: Iterable[str] = INFERENCE_ERROR_REASONS) -> int:
+        """Errors summed over ``reasons``."""
+        return sum(self.errors.get(reason, 0) for reason in reasons)
+
+    @property
+    def latency_samples(self) -> int:
+        """How many latencies the histogram holds."""
+        return sum(self.latency_counts)
+
+    def problems(self) -> list[str]:
+        """Inconsistencies in the numbers, as sentences; empty when the window is usable."""
+        found = [
+            f"{name} is negative ({getattr(self, name)})" for name in _COUNT_FIELDS if getattr(self, name) < 0
+        ]
+        for reason, count in sorted(self.errors.items()):
+            if reason not in ERROR_REASONS:
+                found.append(f"unknown error reason {reason!r}")
+            if count < 0:
+                found.append(f"errors[{reason}] is negative ({count})")
+        if len(self.latency_counts) != BUCKET_COUNT:
+            found.append(f"latency histogram has {len(self.latency_counts)} buckets, expected {BUCKET_COUNT}")
+        if any(count < 0 for count in self.latency_counts):
+            found.append("latency histogram has a negative count")
+        if self.labelled_correct > self.labelled_samples:
+            found.append(
+                f"labelled_correct {self.labelled_correct} > labelled_samples {self.labelled_samples}"
+            )
+        if self.devices_load_failed > self.devices_reporting:
+            found.append(
+                f"devices_load_failed {self.devices_load_failed} > devices_reporting {self.devices_reporting}"
+            )
+        if self.shadow_agreements > self.shadow_samples:
+            found.append(f"shadow_agreements {self.shadow_agreements} > shadow_samples {self.shadow_samples}")
+        if self.error_count() > self.inferences:
+            found.append(f"inference errors {self.error_count()} > inferences {self.inferences}")
+        if self.latency_samples > self.inferences:
+            found.append(f"latency samples {self.latency_samples} > inferences {self.inferences}")
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (the inverse of :meth:`from_dict`)."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in _COUNT_FIELDS}
+        out["errors"] = dict(self.errors)
+        out["latency_counts"] = list(self.latency_counts)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArmWindow:
+        """Build from a plain dict; missing fields are zero.
+
+        Raises:
+            ValueError: a field has the wrong type or is unknown (naming the field). Values
+                that are merely inconsistent are accepted and reported by :meth:`problems`.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"arm window must be an object, got {type(data).__name__}")
+        unknown = set(data) - {*_COUNT_FIELDS, "errors", "latency_counts"}
+        if unknown:
+            raise ValueError(f"unknown arm window field(s): {', '.join(sorted(unknown))}")
+        counts = {name: _int(data.get(name, 0), name) for name in _COUNT_FIELDS}
+        errors = data.get("errors", {})
+        if not isinstance(errors, Mapping):
+            raise ValueError(f"errors must be an object of counts, got {errors!r}")
+        latency = data.get("latency_counts", [0] * BUCKET_COUNT)
+        if not isinstance(latency, (list, tuple)):
+            raise ValueError(f"latency_counts must be a list of counts, got {latency!r}")
+        return cls(
+            errors={str(k): _int(v, f"errors.{k}") for k, v in errors.items()},
+            latency_counts=tuple(_int(v, f"latency_counts[{i}]") for i, v in enumerate(latency)),
+            **counts,
+        )
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def pool(windows: Iterable[ArmWindow]) -> ArmWindow:
+    """Sum of windows (pooled classes or stage-cumulative data); empty input → empty window."""
+    total = ArmWindow()
+    for window in windows:
+        total = total + window
+    return total
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """Stable and canary aggregates for one analysis, pooled and per device class.
+
+    Attributes:
+        stable: the stable arm pooled over classes.
+        canary: the canary arm pooled over classes.
+        stable_by_class: the stable arm per device class.
+        canary_by_class: the canary arm per device class.
+        look: 1-based index of this analysis in the rollout (``RolloutState.windows + 1``);
+            the significance level is corrected for it (docs/rollout-analysis.md).
+    """
+
+    stable: ArmWindow
+    canary: ArmWindow
+    stable_by_class: Mapping[str, ArmWindow] = field(default_factory=dict)
+    canary_by_class: Mapping[str, ArmWindow] = field(default_factory=dict)
+    look: int = 1
+
+    @classmethod
+    def from_classes(
+        cls, stable_by_class: Mapping[str, ArmWindow], canary_by_class: Mapping[str, ArmWindow], look: int = 1
+    ) -> Measurements:
+        """Per-class windows, with the pooled arms computed as their sums."""
+        return cls(
+            stable=pool(stable_by_class.values()),
+            canary=pool(canary_by_class.values()),
+            stable_by_class=dict(stable_by_class),
+            canary_by_class=dict(canary_by_class),
+            look=look,
+        )
+
+    @property
+    def classes(self) -> list[str]:
+        """Device classes seen in either arm, sorted."""
+        return sorted(set(self.stable_by_class) | set(self.canary_by_class))
+
+    def arms(self, device_class: str | None = None) -> tuple[ArmWindow, ArmWindow]:
+        """``(stable, canary)`` for a class (an empty window where an arm has none), or pooled."""
+        if device_class is None:
+            return self.stable, self.canary
+        empty = ArmWindow()
+        return self.stable_by_class.get(device_class, empty), self.canary_by_class.get(device_class, empty)
+
+    def __add__(self, other: Measurements) -> Measurements:
+        """Merge two analyses' data (stage-cumulative); the look is the later one's."""
+        if not isinstance(other, Measurements):
+            return NotImplemented
+        classes = set(self.classes) | set(other.classes)
+        stable = {c: self.arms(c)[0] + other.arms(c)[0] for c in classes}
+        canary = {c: self.arms(c)[1] + other.arms(c)[1] for c in classes}
+        return Measurements(
+            stable=self.stable + other.stable,
+            canary=self.canary + other.canary,
+            stable_by_class=stable,
+            canary_by_class=canary,
+            look=max(self.look, other.look),
+        )
+
+    def problems(self) -> list[str]:
+        """Inconsistencies of every window, prefixed with where they are."""
+        found = [f"stable: {p}" for p in self.stable.problems()] + [
+            f"canary: {p}" for p in self.canary.problems()
+        ]
+        for device_class in self.classes:
+            stable, canary = self.arms(device_class)
+            found += [f"stable/{device_class}: {p}" for p in stable.problems()]
+            found += [f"canary/{device_class}: {p}" for p in canary.problems()]
+        if self.look < 1:
+            found.append(f"look must be >= 1, got {self.look}")
+        return found

@@ -1,0 +1,150 @@
+"""The rollout controller: once per analysis window, load the data, assess, decide, apply.
+
+The decision itself is pure (:mod:`rollout_server.analysis`); this module does the I/O around
+it. It is safe with several workers and replicas: a window is *claimed* with a conditional
+``UPDATE ... WHERE analyzed_until is older than one window``; only the process whose update
+hits the row analyses it, inside the same transaction (SQLite serializes writers; PostgreSQL
+re-checks the condition after the row lock), so each rollout advances exactly once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+from flask import Flask
+from sqlalchemy import case, distinct, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from monitoring.buckets import BUCKET_COUNT
+from rollout_server.analysis import (
+    Action,
+    ArmWindow,
+    Decision,
+    GuardSpec,
+    Measurements,
+    RolloutState,
+    assess,
+    decide,
+)
+from rollout_server.db import session_scope
+from rollout_server.models import ERROR_REASONS, AuditEntry, Report, Rollout, Verdict, utcnow
+
+ACTIVE = ("running", "paused")
+LOAD_FAILURES = ("load_failed", "golden_mismatch")
+
+
+def apply_decision(
+    session: Session, rollout: Rollout, decision: Decision, actor: str, now: dt.datetime
+) -> None:
+    """Store the new state (and its queryable copies); promote makes the candidate stable."""
+    state = decision.state
+    rollout.state = state.to_dict()
+    rollout.phase = state.phase.value
+    rollout.stage_index = state.stage_index
+    rollout.reason = state.reason or rollout.reason
+    rollout.updated_at = now
+    if decision.action is Action.PROMOTE:
+        rollout.model.stable_release_id = rollout.candidate_id
+    if decision.action not in (Action.NONE, Action.HOLD):
+        session.add(AuditEntry(actor=actor, action=f"rollout.{decision.action.value}",
+                               target=f"rollout:{rollout.id}",
+                               detail={"reason": decision.reason, "alert": decision.alert}))
+
+
+def claim_window(session: Session, rollout_id: int, now: dt.datetime, window_seconds: float) -> bool:
+    """Mark this window as being analysed; False when another process already did it."""
+    cutoff = now - dt.timedelta(seconds=window_seconds)
+    result = session.execute(
+        update(Rollout)
+        .where(Rollout.id == rollout_id, Rollout.phase.in_(ACTIVE),
+               or_(Rollout.analyzed_until.is_(None), Rollout.analyzed_until <= cutoff))
+        .values(analyzed_until=now)
+    )
+    return result.rowcount == 1
+
+
+def load_measurements(session: Session, rollout: Rollout, state: RolloutState) -> Measurements:
+    """Stage-cumulative aggregates per cohort and device class: one GROUP BY over the reports."""
+    since = (dt.datetime.fromtimestamp(state.stage_started_at, dt.timezone.utc)
+             if state.stage_started_at is not None else rollout.created_at)
+    load_failed = or_(*(getattr(Report, f"err_{reason}") > 0 for reason in LOAD_FAILURES))
+    columns = [
+        func.sum(Report.inferences), func.sum(Report.labelled), func.sum(Report.correct),
+        func.sum(Report.shadow_samples), func.sum(Report.shadow_agree),
+        func.count(distinct(Report.device_id)),
+        func.count(distinct(case((load_failed, Report.device_id)))),
+        *(func.sum(getattr(Report, f"err_{reason}")) for reason in ERROR_REASONS),
+        *(func.sum(getattr(Report, f"lat_{i}")) for i in range(BUCKET_COUNT)),
+    ]
+    rows = session.execute(
+        select(Report.cohort, Report.device_class, *columns)
+        .where(Report.rollout_id == rollout.id, Report.window_end > since)
+        .group_by(Report.cohort, Report.device_class)
+    )
+    by_cohort: dict[str, dict[str, ArmWindow]] = {"stable": {}, "canary": {}}
+    for cohort, device_class, *sums in rows:
+        values = [int(v or 0) for v in sums]
+        inferences, labelled, correct, shadow, agree, devices, failed = values[:7]
+        errors = dict(zip(ERROR_REASONS, values[7 : 7 + len(ERROR_REASONS)], strict=True))
+        by_cohort[cohort][device_class] = ArmWindow(
+            inferences=inferences, errors=errors, latency_counts=tuple(values[7 + len(ERROR_REASONS):]),
+            labelled_samples=labelled, labelled_correct=correct, devices_reporting=devices,
+            devices_load_failed=failed, shadow_samples=shadow, shadow_agreements=agree,
+        )
+    return Measurements.from_classes(by_cohort["stable"], by_cohort["canary"], look=state.next_look)
+
+
+def step_rollout(
+    session: Session, rollout_id: int, now: dt.datetime, window_seconds: float
+) -> Decision | None:
+    """Analyse one window of one rollout if it is due; returns the decision, or None when not due."""
+    if not claim_window(session, rollout_id, now, window_seconds):
+        return None
+    rollout = session.get(Rollout, rollout_id)
+    state = RolloutState.from_dict(rollout.state)
+    measurements = load_measurements(session, rollout, state)
+    verdicts = assess(GuardSpec.from_dict(rollout.spec.get("guards")), measurements)
+    decision = decide(state, verdicts, now.timestamp(), canary_samples=measurements.canary.inferences)
+    for verdict in verdicts:
+        session.add(Verdict(
+            rollout_id=rollout.id, window_end=now, stage_index=state.stage_index,
+            guard=verdict.guard[:32],
+            scope=(",".join(verdict.stats.get("failing_classes") or []) or "all")[:32],
+            outcome=verdict.outcome.value,
+            reason=verdict.reason, stats=verdict.to_dict()["stats"], decision=decision.action.value,
+        ))
+    apply_decision(session, rollout, decision, "controller", now)
+    return decision
+
+
+def step_all(app: Flask, now: dt.datetime | None = None) -> dict[int, Decision]:
+    """One controller pass over every active rollout; each in its own transaction."""
+    now = now or utcnow()
+    window = float(app.config["ANALYSIS_WINDOW_SECONDS"])
+    with session_scope(app) as session:
+        ids = list(session.scalars(select(Rollout.id).where(Rollout.phase.in_(ACTIVE))))
+    decisions = {}
+    for rollout_id in ids:
+        with session_scope(app) as session:
+            decision = step_rollout(session, rollout_id, now, window)
+        if decision is not None:
+            decisions[rollout_id] = decision
+    return decisions
+
+
+def start_controller(app: Flask) -> threading.Thread:
+    """Run :func:`step_all` every ``CONTROLLER_INTERVAL_SECONDS`` in a daemon thread."""
+    stop = threading.Event()
+    app.extensions["edgeship.controller_stop"] = stop
+
+    def loop() -> None:
+        while not stop.wait(float(app.config["CONTROLLER_INTERVAL_SECONDS"])):
+            try:
+                step_all(app)
+            except Exception:  # keep the loop alive; the error is logged and retried next pass
+                app.logger.exception("controller pass failed")
+
+    thread = threading.Thread(target=loop, name="edgeship-controller", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,241 @@
+"""Guards on hand-computable cases: each metric, per-class fails, inconsistent data, the primitives."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from monitoring.buckets import BUCKET_COUNT
+from rollout_server.analysis import (
+    ArmWindow,
+    Guard,
+    GuardSpec,
+    Measurements,
+    Metric,
+    Mode,
+    Outcome,
+    assess,
+    assess_guard,
+    look_alpha,
+    worst,
+)
+from rollout_server.analysis.latency import latencies_above, quantile_seconds
+from rollout_server.analysis.simulate import ArmProfile
+from rollout_server.analysis.stats import binomial_above, binomial_below, count_above, excess_test
+
+ALPHA = 0.01
+
+
+def errors_window(errors: int, inferences: int) -> ArmWindow:
+    return ArmWindow(inferences=inferences, errors={"runtime_error": errors})
+
+
+def labelled(correct: int, total: int) -> ArmWindow:
+    return ArmWindow(inferences=total, labelled_samples=total, labelled_correct=correct)
+
+
+def latency_window(median_seconds: float, n: int = 100_000) -> ArmWindow:
+    probabilities = ArmProfile(latency_median_seconds=median_seconds).bucket_probabilities()
+    counts = tuple(round(float(p) * n) for p in probabilities)
+    return ArmWindow(inferences=sum(counts), latency_counts=counts)
+
+
+def run(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float = ALPHA) -> Outcome:
+    return assess_guard(guard, Measurements(stable, canary), alpha).outcome
+
+
+# -- primitives -------------------------------------------------------------------------------
+
+
+def test_look_alpha_spends_alpha_over_any_number_of_looks():
+    assert look_alpha(0.05, 1) == pytest.approx(0.025)
+    assert look_alpha(0.05, 2, tests=2) == pytest.approx(0.05 / 12)
+    assert sum(look_alpha(0.05, k) for k in range(1, 100_000)) < 0.05
+    with pytest.raises(ValueError):
+        look_alpha(0.05, 0)
+
+
+def test_excess_test_is_the_agresti_caffo_statistic():
+    z, p = excess_test(20, 1000, 10, 1000)
+    pa, pb = 21 / 1002, 11 / 1002
+    expected = (pa - pb) / math.sqrt(pa * (1 - pa) / 1002 + pb * (1 - pb) / 1002)
+    assert z == pytest.approx(expected) and z == pytest.approx(1.7835, abs=1e-3)
+    assert p == pytest.approx(0.5 * math.erfc(expected / math.sqrt(2)))
+    z_margin, _ = excess_test(20, 1000, 10, 1000, scale=1.0, margin=0.01)
+    assert z_margin < 0  # 2% is not above 1% + 1 point
+
+
+def test_binomial_tails_are_exact():
+    assert binomial_above(1, 10, 0.1) == pytest.approx(1 - 0.9**10)
+    assert binomial_below(0, 10, 0.1) == pytest.approx(0.9**10)
+    assert binomial_above(0, 10, 0.1) == 1.0 and binomial_below(10, 10, 0.1) == 1.0
+
+
+def test_count_above_interpolates_linearly_inside_the_bucket():
+    counts = [0] * BUCKET_COUNT
+    counts[7] = 100  # the (0.05, 0.075] bucket
+    counts[-1] = 7  # +Inf: always above
+    assert count_above(counts, 0.0625) == pytest.approx(57)
+    assert count_above(counts, 0.01) == pytest.approx(107)
+
+
+def test_smooth_quantile_recovers_a_lognormal_p95_across_a_wide_bucket():
+    # p95 of LogNormal(median m, sigma 0.5) is m·e^(0.5·1.645); 0.06 puts it inside (0.1, 0.25].
+    for median in (0.02, 0.04, 0.06, 0.1):
+        window = latency_window(median, n=1_000_000)
+        assert quantile_seconds(window.latency_counts, 0.95) == pytest.approx(
+            median * math.exp(0.5 * 1.6449), rel=0.03
+        )
+        p95 = quantile_seconds(window.latency_counts, 0.95)
+        assert latencies_above(window.latency_counts, p95) == pytest.approx(50_000, rel=0.01)
+
+
+def test_outcomes_are_ordered_and_no_data_is_not_a_pass():
+    assert worst([Outcome.PASS, Outcome.FAIL, Outcome.INCONCLUSIVE]) is Outcome.FAIL
+    assert worst([Outcome.PASS, Outcome.ERROR, Outcome.INCONCLUSIVE]) is Outcome.ERROR
+    assert worst([]) is Outcome.INCONCLUSIVE
+
+
+# -- error rate ------------------------------------------------------------------------------------
+
+
+def test_error_rate_guard():
+    guard = Guard(Metric.ERROR_RATE)  # limit = stable × 1.1 + 0.1 point, cap 5%
+    stable = errors_window(100, 10_000)
+    assert run(guard, stable, errors_window(100, 10_000)) is Outcome.PASS
+    assert run(guard, stable, errors_window(300, 10_000)) is Outcome.FAIL
+    assert (
+        run(guard, stable, errors_window(14, 1_000)) is Outcome.INCONCLUSIVE
+    )  # 1.4% > 1.2%, not significant
+    assert run(guard, stable, errors_window(100, 500)) is Outcome.INCONCLUSIVE  # too few inferences
+
+
+def test_error_rate_cap_fails_even_when_stable_is_as_bad():
+    verdict = assess_guard(
+        Guard(Metric.ERROR_RATE), Measurements(errors_window(800, 10_000), errors_window(800, 10_000)), ALPHA
+    )
+    assert verdict.outcome is Outcome.FAIL and "cap" in verdict.reason
+
+
+def test_error_rate_verdict_has_the_numbers_and_json_stats():
+    verdict = assess_guard(
+        Guard(Metric.ERROR_RATE), Measurements(errors_window(100, 10_000), errors_window(300, 10_000)), ALPHA
+    )
+    assert "3%" in verdict.reason and "300/10,000" in verdict.reason and "1%" in verdict.reason
+    stats = json.loads(json.dumps(verdict.to_dict(), allow_nan=False))["stats"]
+    assert stats["pooled"]["canary_rate"] == pytest.approx(0.03)
+    assert stats["pooled"]["stable_rate"] == pytest.approx(0.01)
+
+
+# -- latency ---------------------------------------------------------------------------------------
+
+
+def test_latency_limit_guard():
+    guard = Guard(Metric.LATENCY)  # p95 ratio <= 1.2
+    stable = latency_window(0.04)
+    assert run(guard, stable, latency_window(0.04)) is Outcome.PASS
+    assert run(guard, stable, latency_window(0.044)) is Outcome.PASS  # 1.1×
+    assert run(guard, stable, latency_window(0.06)) is Outcome.FAIL  # 1.5×
+    few = ArmWindow(
+        inferences=100, latency_counts=tuple(c // 1000 for c in latency_window(0.06).latency_counts)
+    )
+    assert run(guard, stable, few) is Outcome.INCONCLUSIVE
+
+
+def test_latency_gain_guard_passes_only_a_significant_gain_and_never_fails():
+    guard = Guard(Metric.LATENCY, Mode.GAIN, threshold=0.3)  # p95 at least 30% lower
+    stable = latency_window(0.04)
+    assert run(guard, stable, latency_window(0.024)) is Outcome.PASS  # 40% lower
+    assert run(guard, stable, latency_window(0.04)) is Outcome.INCONCLUSIVE  # equal: hold
+    assert run(guard, stable, latency_window(0.08)) is Outcome.INCONCLUSIVE  # slower: a gain never fails
+
+
+# -- accuracy, load failures, agreement ----------------------------------------------------------
+
+
+def test_accuracy_guard():
+    limit = Guard(Metric.ACCURACY)  # drop < 0.5 point
+    stable = labelled(9_000, 10_000)
+    assert run(limit, stable, labelled(900, 1_000)) is Outcome.PASS
+    assert run(limit, stable, labelled(850, 1_000)) is Outcome.FAIL  # 5 points down
+    assert run(limit, stable, labelled(893, 1_000)) is Outcome.INCONCLUSIVE  # 0.7 point, not significant
+    assert run(limit, stable, labelled(90, 100)) is Outcome.INCONCLUSIVE  # too few labelled
+    gain = Guard(Metric.ACCURACY, Mode.GAIN)
+    assert run(gain, stable, labelled(960, 1_000)) is Outcome.PASS
+    assert run(gain, stable, labelled(900, 1_000)) is Outcome.INCONCLUSIVE
+
+
+def test_load_failure_guard_needs_enough_devices():
+    guard = Guard(Metric.LOAD_FAILURES)
+    stable = ArmWindow(devices_reporting=1_000, devices_load_failed=2)
+    assert run(guard, stable, ArmWindow(devices_reporting=100, devices_load_failed=0)) is Outcome.PASS
+    assert run(guard, stable, ArmWindow(devices_reporting=100, devices_load_failed=10)) is Outcome.FAIL
+    assert run(guard, stable, ArmWindow(devices_reporting=10, devices_load_failed=5)) is Outcome.INCONCLUSIVE
+
+
+def test_shadow_agreement_guard():
+    guard = Guard(Metric.AGREEMENT)  # >= 98%
+    stable = ArmWindow()
+    assert run(guard, stable, ArmWindow(shadow_samples=1_000, shadow_agreements=990)) is Outcome.PASS
+    assert run(guard, stable, ArmWindow(shadow_samples=1_000, shadow_agreements=950)) is Outcome.FAIL
+    assert run(guard, stable, ArmWindow(shadow_samples=100, shadow_agreements=100)) is Outcome.INCONCLUSIVE
+
+
+# -- per class, errors, the whole spec ---------------------------------------------------------------
+
+
+def test_a_class_that_fails_alone_fails_the_guard_and_is_named():
+    good = errors_window(100, 10_000)
+    measurements = Measurements.from_classes(
+        {"rpi4": good, "ios": errors_window(30, 3_000)},
+        {"rpi4": good, "ios": errors_window(150, 3_000)},  # ios canary at 5%, pooled only 1.9%
+    )
+    verdict = assess_guard(Guard(Metric.ERROR_RATE), measurements, ALPHA)
+    assert verdict.outcome is Outcome.FAIL
+    assert "ios" in verdict.reason and verdict.stats["failing_classes"] == ["ios"]
+
+
+def test_a_small_class_is_skipped_not_held():
+    good = errors_window(100, 10_000)
+    measurements = Measurements.from_classes(
+        {"rpi4": good, "ios": errors_window(1, 100)}, {"rpi4": good, "ios": errors_window(5, 100)}
+    )
+    assert assess_guard(Guard(Metric.ERROR_RATE), measurements, ALPHA).outcome is Outcome.PASS
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ArmWindow(inferences=10, labelled_samples=5, labelled_correct=6),
+        ArmWindow(inferences=-1),
+        ArmWindow(inferences=10, latency_counts=(1, 2, 3)),
+        ArmWindow(inferences=10, errors={"runtime_error": 11}),
+        ArmWindow(inferences=10, errors={"cosmic_ray": 1}),
+        ArmWindow(devices_reporting=1, devices_load_failed=2),
+    ],
+)
+def test_inconsistent_data_is_an_error_verdict(bad: ArmWindow):
+    verdicts = assess(GuardSpec.default(), Measurements(errors_window(100, 10_000), bad))
+    assert {v.outcome for v in verdicts} == {Outcome.ERROR}
+    assert "inconsistent" in verdicts[0].reason
+
+
+def test_assess_returns_one_named_verdict_per_guard():
+    window = errors_window(100, 10_000)
+    verdicts = assess(GuardSpec.default(shadow=True), Measurements(window, window))
+    assert [v.guard for v in verdicts] == ["error_rate", "latency", "accuracy", "load_failures", "agreement"]
+    assert verdicts[0].outcome is Outcome.PASS
+    assert verdicts[1].outcome is Outcome.INCONCLUSIVE  # no latency data is not a pass
+
+
+def test_windows_add_up():
+    a = ArmWindow(inferences=10, errors={"timeout": 1}, labelled_samples=4, labelled_correct=3)
+    b = ArmWindow(inferences=5, errors={"timeout": 2, "other": 1}, devices_reporting=2)
+    total = a + b
+    assert total.inferences == 15 and dict(total.errors) == {"timeout": 3, "other": 1}
+    assert total.labelled_correct == 3 and total.devices_reporting == 2
+    assert ArmWindow.from_dict(total.to_dict()) == total
+    with pytest.raises(ValueError, match="inferences"):
+        ArmWindow.from_dict({"inferences": "many"})

@@ -1,0 +1,193 @@
+"""Rollouts through the API and the controller, with reports from enrolled devices."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+
+import numpy as np
+import pytest
+
+from monitoring.buckets import BUCKET_COUNT, histogram
+from rollout_server.controller import step_all
+from rollout_server.db import session_scope
+from rollout_server.models import Model, Rollout
+from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
+
+STAGES = [{"percent": 10, "min_duration_seconds": 60, "min_samples": 2000},
+          {"percent": 50, "min_duration_seconds": 60, "min_samples": 2000},
+          {"percent": 100, "min_duration_seconds": 0, "min_samples": 0}]
+T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
+# The default guards, with the device minimum of the load-failure guard sized for a test fleet
+# of 120 devices (about 12 canary devices at 10%).
+GUARDS = {"guards": [{"metric": "error_rate"}, {"metric": "latency"}, {"metric": "accuracy"},
+                     {"metric": "load_failures", "min_samples": 5}]}
+
+
+@pytest.fixture
+def releases(app):
+    stable = seed_release(app, "1", [variant_entry("onnx-fp32", "onnxruntime", 1.0, "a" * 64)], stable=True)
+    candidate = seed_release(app, "2", [variant_entry("onnx-int8", "onnxruntime", 0.5, "b" * 64)])
+    return stable, candidate
+
+
+@pytest.fixture
+def fleet(client, tokens, releases):
+    """120 registered devices in two classes with their current cohort."""
+    devices = []
+    for i in range(120):
+        device_class = "rpi4" if i % 2 else "android"
+        devices.append(register(client, tokens["enroll"], device_class=device_class))
+    return devices
+
+
+def start_stage_at(app, rollout_id: int, when: dt.datetime) -> None:
+    """Move the stage clock to the test's timeline (the rollout started at real time)."""
+    with session_scope(app) as session:
+        rollout = session.get(Rollout, rollout_id)
+        rollout.state = {**rollout.state, "stage_started_at": when.timestamp()}
+
+
+def create(client, tokens, **extra):
+    body = {"model": "digits-cnn", "candidate_version": "2", "stages": STAGES, "guards": GUARDS, **extra}
+    return client.post("/v1/rollouts", json=body, headers=auth(tokens["admin"]))
+
+
+def assignments(client, fleet) -> dict[str, dict]:
+    out = {}
+    for device, credential in fleet:
+        response = client.get(f"/v1/devices/{device}/assignment?model=digits-cnn", headers=auth(credential))
+        assert response.status_code == 200
+        out[device] = response.json
+    return out
+
+
+def send_window(client, fleet, end: dt.datetime, error_rate: dict[str, float], seed: int,
+                per_device: int = 200) -> None:
+    """Every device reports one window; errors drawn with its cohort's rate."""
+    rng = np.random.default_rng(seed)
+    for device, credential in fleet:
+        body = client.get(f"/v1/devices/{device}/assignment?model=digits-cnn", headers=auth(credential)).json
+        cohort = body["cohort"]
+        errors = int(rng.binomial(per_device, error_rate[cohort]))
+        latency = histogram(rng.lognormal(np.log(0.004), 0.2, size=per_device - errors))
+        report = {"id": str(uuid.uuid4()), "model": "digits-cnn", "version": body["version"],
+                  "variant": body["variant"]["id"], "rollout_id": body["rollout_id"], "cohort": cohort,
+                  "window_start": (end - dt.timedelta(seconds=30)).isoformat(), "window_end": end.isoformat(),
+                  "inferences": per_device, "errors": {"runtime_error": errors}, "latency_counts": latency,
+                  "labelled": per_device // 2, "correct": int(rng.binomial(per_device // 2, 0.97))}
+        response = client.post("/v1/reports", json={"reports": [report]}, headers=auth(credential))
+        assert response.status_code == 200, response.json
+
+
+def test_a_good_candidate_ramps_and_is_promoted(app, client, tokens, fleet):
+    response = create(client, tokens)
+    assert response.status_code == 201, response.json
+    rollout_id = response.json["id"]
+    assert response.json["phase"] == "running" and response.json["canary_percent"] == 10
+    first = assignments(client, fleet)
+    canary = {d for d, a in first.items() if a["cohort"] == "canary"}
+    assert 0 < len(canary) < 40 and all(first[d]["version"] == "2" for d in canary)
+    start_stage_at(app, rollout_id, T0)
+    phases = []
+    for window in range(1, 12):
+        now = T0 + dt.timedelta(seconds=60 * window)
+        send_window(client, fleet, now, {"stable": 0.01, "canary": 0.01}, seed=window)
+        step_all(app, now)
+        status = client.get(f"/v1/rollouts/{rollout_id}", headers=auth(tokens["admin"])).json
+        phases.append((status["phase"], status["canary_percent"]))
+        if status["phase"] == "running" and status["canary_percent"] == 50:
+            later = assignments(client, fleet)
+            assert canary <= {d for d, a in later.items() if a["cohort"] == "canary"}  # sticky
+        if status["phase"] == "promoted":
+            break
+    if phases[-1][0] != "promoted":
+        print(phases, *[(v["outcome"], v["decision"], v["reason"]) for v in status["verdicts"][:5]], sep="\n")
+    assert phases[-1][0] == "promoted"
+    assert ("running", 50.0) in phases
+    assert all(v["outcome"] != "fail" for v in status["verdicts"])
+    with session_scope(app) as session:
+        model = session.query(Model).one()
+        assert model.stable_release.version == "2"
+    assert {a["version"] for a in assignments(client, fleet).values()} == {"2"}
+
+
+def test_a_canary_with_many_more_errors_is_rolled_back_and_everyone_returns_to_stable(
+        app, client, tokens, fleet):
+    rollout_id = create(client, tokens).json["id"]
+    start_stage_at(app, rollout_id, T0)
+    for window in range(1, 8):
+        now = T0 + dt.timedelta(seconds=60 * window)
+        send_window(client, fleet, now, {"stable": 0.01, "canary": 0.08}, seed=100 + window)
+        step_all(app, now)
+        status = client.get(f"/v1/rollouts/{rollout_id}", headers=auth(tokens["admin"])).json
+        if status["phase"] != "running":
+            break
+    assert status["phase"] == "rolled_back"
+    assert "error" in status["reason"].lower()
+    assert any(v["outcome"] == "fail" and v["decision"] == "rollback" for v in status["verdicts"])
+    assert {a["version"] for a in assignments(client, fleet).values()} == {"1"}
+    audit = client.get("/v1/audit", headers=auth(tokens["admin"])).json["entries"]
+    assert any(e["action"] == "rollout.rollback" and e["actor"] == "controller" for e in audit)
+
+
+def test_no_data_holds_and_never_promotes(app, client, tokens, fleet):
+    rollout_id = create(client, tokens).json["id"]
+    for window in range(1, 6):
+        step_all(app, T0 + dt.timedelta(days=1, seconds=120 * window))
+    status = client.get(f"/v1/rollouts/{rollout_id}", headers=auth(tokens["admin"])).json
+    assert status["phase"] == "running" and status["canary_percent"] == 10
+    assert status["verdicts"] and all(v["outcome"] == "inconclusive" for v in status["verdicts"])
+
+
+def test_manual_actions_and_invalid_transitions(client, tokens, releases):
+    rollout_id = create(client, tokens).json["id"]
+    admin = auth(tokens["admin"])
+    assert client.post(f"/v1/rollouts/{rollout_id}/resume", headers=admin).status_code == 409
+    paused = client.post(f"/v1/rollouts/{rollout_id}/pause", json={"reason": "on-call"}, headers=admin)
+    assert paused.json["phase"] == "paused" and "on-call" in paused.json["reason"]
+    assert client.post(f"/v1/rollouts/{rollout_id}/resume", headers=admin).json["phase"] == "running"
+    assert client.post(f"/v1/rollouts/{rollout_id}/abort", headers=admin).json["phase"] == "aborted"
+    again = client.post(f"/v1/rollouts/{rollout_id}/promote", headers=admin)
+    assert again.status_code == 409 and "aborted" in again.json["detail"]
+    assert client.post(f"/v1/rollouts/{rollout_id}/explode", headers=admin).status_code == 404
+
+
+def test_one_active_rollout_per_model_and_roles(client, tokens, releases):
+    assert create(client, tokens).status_code == 201
+    second = create(client, tokens)
+    assert second.status_code == 409 and "active rollout" in second.json["detail"]
+    viewer = client.post("/v1/tokens", json={"name": "v", "role": "viewer"}, headers=auth(tokens["admin"]))
+    response = create(client, {"admin": viewer.json["token"]})
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize("patch, fragment", [
+    ({"stages": [{"percent": 50}, {"percent": 10}]}, "stages[1].percent"),
+    ({"stages": [{"percent": 10, "min_samples": -1}]}, "min_samples"),
+    ({"guards": [{"metric": "vibes"}]}, "metric"),
+    ({"candidate_version": "9"}, "no release"),
+    ({"shadow_share": 2}, "shadow_share"),
+])
+def test_bad_rollout_requests_are_4xx_with_reason(client, tokens, releases, patch, fragment):
+    response = create(client, tokens, **patch)
+    assert 400 <= response.status_code < 500 and fragment in response.json["detail"], response.json
+
+
+def test_each_window_is_analysed_once_even_with_concurrent_controllers(app, client, tokens, fleet):
+    rollout_id = create(client, tokens).json["id"]
+    now = T0 + dt.timedelta(days=2)
+    results: list[dict] = []
+    threads = [threading.Thread(target=lambda: results.append(step_all(app, now))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(rollout_id in r for r in results) == 1
+    status = client.get(f"/v1/rollouts/{rollout_id}", headers=auth(tokens["admin"])).json
+    assert len({v["window_end"] for v in status["verdicts"]}) == 1
+
+
+def test_latency_histogram_length_matches_buckets():
+    assert len(histogram([0.001, 0.2, 3.0])) == BUCKET_COUNT

@@ -1,0 +1,78 @@
+"""Statistics shown, not claimed: seeded fleet simulations through assess and decide.
+
+Real sampling (Poisson inferences, binomial errors, log-normal latencies on the shared buckets,
+labelled accuracy), nothing mocked. Figures are also printed by ``python -m benchmarks.rollout_stats``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rollout_server.analysis import Guard, GuardSpec, Metric, Mode, Phase
+from rollout_server.analysis.simulate import (
+    ArmProfile,
+    Fleet,
+    run_rollouts,
+    simulate_rollout,
+    summarize,
+    with_latency_factor,
+)
+
+SPEC = GuardSpec.default()
+STABLE = ArmProfile()
+
+
+@pytest.fixture(scope="module")
+def aa_results():
+    return run_rollouts(200, SPEC, STABLE, STABLE, seed=20_260_101)
+
+
+def test_aa_false_rollbacks_at_most_5_percent_of_200(aa_results, record_property):
+    summary = summarize(aa_results)
+    record_property("aa_false_rollback_rate", summary["rolled_back_rate"])
+    assert summary["rollouts"] == 200
+    assert summary["rolled_back_rate"] <= 0.05
+    assert summary["promoted_rate"] >= 0.9  # identical models do get through
+
+
+def test_double_error_rate_is_rolled_back(record_property):
+    results = run_rollouts(50, SPEC, STABLE, ArmProfile(error_rate=0.02), seed=7)
+    summary = summarize(results)
+    record_property("median_canary_inferences_to_rollback", summary["median_canary_inferences_to_rollback"])
+    print(
+        f"2x error rate: rolled back {summary['rolled_back_rate']:.0%}, median canary inferences "
+        f"{summary['median_canary_inferences_to_rollback']:.0f}"
+    )
+    assert summary["rolled_back_rate"] >= 0.95
+    assert all("error_rate" in r.failed_guards for r in results if r.phase is Phase.ROLLED_BACK)
+    assert summary["median_canary_inferences_to_rollback"] < 20_000
+
+
+def test_latency_regression_of_one_and_a_half_is_rolled_back():
+    results = run_rollouts(30, SPEC, STABLE, with_latency_factor(STABLE, 1.5), seed=8)
+    assert summarize(results)["rolled_back_rate"] >= 0.95
+    assert all(r.failed_guards == ("latency",) for r in results if r.phase is Phase.ROLLED_BACK)
+
+
+def test_regression_in_one_device_class_is_caught_and_named():
+    result = simulate_rollout(
+        SPEC, STABLE, STABLE, seed=3, canary_by_class={"ios": ArmProfile(error_rate=0.06)}
+    )
+    assert result.phase is Phase.ROLLED_BACK and "ios" in result.reason
+
+
+def test_required_gain_promotes_a_faster_canary_and_holds_an_equal_one():
+    spec = SPEC.with_guards(Guard(Metric.LATENCY, Mode.GAIN, threshold=0.3))
+    faster = run_rollouts(20, spec, STABLE, with_latency_factor(STABLE, 0.6), seed=9)
+    assert summarize(faster)["promoted_rate"] >= 0.9
+    equal = run_rollouts(20, spec, STABLE, STABLE, seed=10, max_windows=24)
+    assert not any(r.phase is Phase.PROMOTED for r in equal)
+    held = [r for r in equal if r.phase is Phase.RUNNING]
+    assert len(held) >= 19 and "latency_gain" in held[0].reason and "not shown" in held[0].reason
+
+
+def test_too_few_samples_hold_and_never_promote():
+    tiny = Fleet(devices=40, inferences_per_window=5)
+    results = run_rollouts(10, SPEC, STABLE, STABLE, seed=11, fleet=tiny, max_windows=30)
+    assert all(r.phase is Phase.RUNNING and r.stage_index == 0 for r in results)
+    assert all("too few" in r.reason for r in results)
