@@ -14,13 +14,14 @@ from typing import Any
 
 from flask import Flask
 
+from rollout_server.api.metrics import ensure_counters
 from rollout_server.auth import ensure_first_tokens
 from rollout_server.config import apply_config
 from rollout_server.db import init_db, session_scope
 from rollout_server.errors import register_error_handlers
 
 #: API modules under ``rollout_server.api``, each with a blueprint named ``bp``.
-BLUEPRINTS = ("health", "devices", "reports", "releases", "artifacts", "rollouts", "admin")
+BLUEPRINTS = ("health", "devices", "reports", "releases", "artifacts", "rollouts", "admin", "metrics")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -36,6 +37,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_db(app)
     with session_scope(app) as session:
         app.extensions["edgeship.first_start_file"] = ensure_first_tokens(app, session)
+        ensure_counters(session)
     for name in BLUEPRINTS:
         app.register_blueprint(importlib.import_module(f"rollout_server.api.{name}").bp)
     if app.config["CONTROLLER_ENABLED"]:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -165,6 +166,7 @@ class Report(Base):
     shadow_agree: Mapped[int] = mapped_column(BigInteger, default=0)
     peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     dropped_windows: Mapped[int] = mapped_column(Integer, default=0)
+    latency_sum_seconds: Mapped[float] = mapped_column(Float, default=0.0)
 
     @property
     def errors(self) -> dict[str, int]:
@@ -191,3 +193,11 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(128))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Counter(Base):
+    """Server-wide counters that no table holds otherwise (duplicate and rejected reports)."""
+
+    __tablename__ = "counters"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from monitoring.buckets import BUCKET_COUNT
+from rollout_server.api.metrics import bump
 from rollout_server.auth import current_device
 from rollout_server.db import db
 from rollout_server.errors import ApiError
@@ -30,25 +31,37 @@ def post_reports():
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(f"report body over {limit} bytes", 413, "payload_too_large")
     device = current_device()
-    body = json_body()
-    items = field(body, "reports", list)
-    if not 1 <= len(items) <= MAX_BATCH:
-        raise ApiError(f"field 'reports' must hold 1 to {MAX_BATCH} reports")
     session = db()
-    parsed = [_parse(item, i, device) for i, item in enumerate(items)]
+    try:
+        parsed = _parse_batch(device)
+    except ApiError:
+        session.rollback()
+        bump(session, "reports_rejected")
+        session.commit()
+        raise
     ids = [r.report_id for r in parsed]
-    if len(set(ids)) != len(ids):
-        raise ApiError("report ids repeat within the batch")
     seen = set(session.scalars(select(Report.report_id).where(
         Report.device_id == device.id, Report.report_id.in_(ids))))
     fresh = [r for r in parsed if r.report_id not in seen]
     session.add_all(fresh)
+    if seen:
+        bump(session, "reports_duplicate", len(seen))
     try:
         session.commit()
     except IntegrityError:  # a concurrent retry of the same batch won the race
         session.rollback()
         raise ApiError("some reports were stored concurrently; retry the batch", 409, "conflict") from None
     return jsonify(accepted=[r.report_id for r in fresh], duplicates=sorted(seen)), 200
+
+
+def _parse_batch(device: Device) -> list[Report]:
+    items = field(json_body(), "reports", list)
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise ApiError(f"field 'reports' must hold 1 to {MAX_BATCH} reports")
+    parsed = [_parse(item, i, device) for i, item in enumerate(items)]
+    if len({r.report_id for r in parsed}) != len(parsed):
+        raise ApiError("report ids repeat within the batch")
+    return parsed
 
 
 def _parse(item: Any, index: int, device: Device) -> Report:
@@ -92,6 +105,9 @@ def _report(data: dict[str, Any], device: Device) -> Report:
     inferences = count(data, "inferences")
     if sum(latency) > inferences:
         raise ApiError("latency_counts hold more samples than inferences")
+    latency_sum = field(data, "latency_sum_seconds", (int, float), required=False, default=0.0)
+    if not 0 <= latency_sum <= 1e9:
+        raise ApiError("field 'latency_sum_seconds' must be between 0 and 1e9")
     labelled, correct = count(data, "labelled", required=False), count(data, "correct", required=False)
     shadow, agree = count(data, "shadow_samples", required=False), count(data, "shadow_agree", required=False)
     if correct > labelled or agree > shadow:
@@ -104,6 +120,7 @@ def _report(data: dict[str, Any], device: Device) -> Report:
         shadow_samples=shadow, shadow_agree=agree,
         peak_rss_bytes=count(data, "peak_rss_bytes", required=False) or None,
         dropped_windows=count(data, "dropped_windows", required=False, maximum=10**6),
+        latency_sum_seconds=float(latency_sum),
         **{f"err_{reason}": n for reason, n in error_counts.items()},
         **{f"lat_{i}": n for i, n in enumerate(latency)},
     )

@@ -90,7 +90,7 @@ def report(report_id: str | None = None, **overrides) -> dict:
             "variant": "tflite-int8", "cohort": "stable",
             "window_start": (now - dt.timedelta(seconds=30)).isoformat(), "window_end": now.isoformat(),
             "inferences": 100, "errors": {"runtime_error": 2}, "latency_counts": latency,
-            "labelled": 20, "correct": 19}
+            "labelled": 20, "correct": 19, "latency_sum_seconds": 0.45}
     body.update(overrides)
     return body
 
