@@ -10,9 +10,31 @@ import argparse
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Add ``server`` and ``publish`` to the ``edgeship`` subcommands."""
+    """Add ``server``, ``publish``, ``models`` and ``rollout`` to the ``edgeship`` subcommands."""
     _add_server(sub)
     _add_publish(sub)
+    _add_models(sub)
+    _add_rollout(sub)
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="server base URL, e.g. http://127.0.0.1:8080 (default: $EDGESHIP_SERVER)")
+    p.add_argument("--token", default=None, help="operator token (default: $EDGESHIP_TOKEN)")
+
+
+def _client(args: argparse.Namespace):
+    import os
+
+    from rollout_server.client import ENV_SERVER, ENV_TOKEN, ClientError, ServerClient, default_token
+
+    server = args.server or os.environ.get(ENV_SERVER)
+    token = default_token(args.token)
+    if not server:
+        raise ClientError(0, "usage", f"no server: pass --server URL or set {ENV_SERVER}")
+    if not token:
+        raise ClientError(0, "usage", f"no token: pass --token or set {ENV_TOKEN}")
+    return ServerClient(server, token)
 
 
 def _add_server(sub: argparse._SubParsersAction) -> None:
@@ -46,25 +68,12 @@ def _add_publish(sub: argparse._SubParsersAction) -> None:
         "checks the signature and every file's sha256 and size, and stores all or nothing.",
     )
     p.add_argument("dir", metavar="DIR", help="release directory written by `edgeship convert`")
-    p.add_argument("--server", default=None, metavar="URL",
-                   help="server base URL, e.g. http://127.0.0.1:8080 (default: $EDGESHIP_SERVER)")
-    p.add_argument("--token", default=None,
-                   help="operator token with the publisher role (default: $EDGESHIP_TOKEN)")
+    _connection_args(p)
     p.set_defaults(run=_run_publish)
 
 
 def _run_publish(args: argparse.Namespace) -> int:
-    import os
-
-    from rollout_server.client import ENV_SERVER, ENV_TOKEN, ClientError, ServerClient, default_token
-
-    server = args.server or os.environ.get(ENV_SERVER)
-    token = default_token(args.token)
-    if not server:
-        raise ClientError(0, "usage", f"no server: pass --server URL or set {ENV_SERVER}")
-    if not token:
-        raise ClientError(0, "usage", f"no token: pass --token or set {ENV_TOKEN}")
-    result = ServerClient(server, token).publish(args.dir)
+    result = _client(args).publish(args.dir)
     state = "published" if result.get("created", True) else "already published (identical manifest)"
     print(f"{state}: {result['model']} version {result['version']} (signed by {result['signed_by']})")
     for v in result["variants"]:
@@ -75,3 +84,118 @@ def _run_publish(args: argparse.Namespace) -> int:
     if golden.get("sha256"):
         print(f"  golden set: {golden['file']} ({golden['sha256'][:16]})")
     return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list models, set the stable release")
+    actions = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="models with their stable version and releases")
+    _connection_args(listing)
+    listing.set_defaults(run=_run_models_list)
+    stable = actions.add_parser("set-stable", help="make a release what every device runs")
+    stable.add_argument("model")
+    stable.add_argument("version")
+    _connection_args(stable)
+    stable.set_defaults(run=_run_models_stable)
+
+
+def _run_models_list(args: argparse.Namespace) -> int:
+    for model in _client(args).get("/v1/models")["models"]:
+        print(f"{model['name']:<24} stable {model.get('stable_version') or '-':<12} "
+              f"{model.get('releases', '')} release(s)")
+    return 0
+
+
+def _run_models_stable(args: argparse.Namespace) -> int:
+    result = _client(args).post(f"/v1/models/{args.model}/stable", {"version": args.version})
+    print(f"{result['model']}: stable is now {result['stable_version']} "
+          f"(was {result.get('previous_version') or 'none'})")
+    return 0
+
+
+def _add_rollout(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rollout", help="gray releases: start, status, pause, resume, promote, abort")
+    actions = p.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
+    start = actions.add_parser("start", help="start a gray release of VERSION against the stable release")
+    start.add_argument("model")
+    start.add_argument("version")
+    start.add_argument("--stages", default="10,50,100", help="canary percents (default: 10,50,100)")
+    start.add_argument("--min-duration", type=float, default=3600.0, metavar="SECONDS",
+                       help="minimum duration of each stage (default: 3600)")
+    start.add_argument("--min-samples", type=int, default=5000,
+                       help="canary inferences each stage needs (default: 5000)")
+    start.add_argument("--guards", metavar="FILE.json",
+                       help="guard spec as JSON (default: error rate, latency p95, accuracy, load failures)")
+    start.add_argument("--stratify", action="store_true", help="bucket each device class separately")
+    start.add_argument("--shadow", action="store_true",
+                       help="stable devices also run the candidate on a share of inputs")
+    _connection_args(start)
+    start.set_defaults(run=_run_rollout_start)
+    listing = actions.add_parser("list", help="recent rollouts")
+    listing.add_argument("--model")
+    _connection_args(listing)
+    listing.set_defaults(run=_run_rollout_list)
+    status = actions.add_parser("status", help="phase, stage, share and every verdict with its reason")
+    status.add_argument("id", type=int)
+    status.add_argument("--verdicts", type=int, default=12, help="how many verdicts to show (default: 12)")
+    _connection_args(status)
+    status.set_defaults(run=_run_rollout_status)
+    for action in ("pause", "resume", "promote", "abort"):
+        manual = actions.add_parser(action, help=f"{action} a rollout by hand")
+        manual.add_argument("id", type=int)
+        manual.add_argument("--reason", help="recorded in the audit log")
+        _connection_args(manual)
+        manual.set_defaults(run=_run_rollout_action, action=action)
+
+
+def _run_rollout_start(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from rollout_server.client import ClientError
+
+    try:
+        percents = [float(p) for p in args.stages.split(",")]
+    except ValueError:
+        raise ClientError(0, "usage", f"--stages {args.stages!r}: comma-separated percents") from None
+    stages = [{"percent": p, "min_duration_seconds": args.min_duration, "min_samples": args.min_samples}
+              for p in percents]
+    body = {"model": args.model, "candidate_version": args.version, "stages": stages,
+            "stratify": args.stratify, "shadow": args.shadow}
+    if args.guards:
+        try:
+            body["guards"] = json.loads(Path(args.guards).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ClientError(0, "usage", f"--guards {args.guards}: {err}") from None
+    _print_status(_client(args).post("/v1/rollouts", body), verdicts=0)
+    return 0
+
+
+def _run_rollout_list(args: argparse.Namespace) -> int:
+    params = {"model": args.model} if args.model else {}
+    for r in _client(args).get("/v1/rollouts", **params)["rollouts"]:
+        print(f"#{r['id']:<5} {r['model']:<20} {r['baseline']} -> {r['candidate']:<10} {r['phase']:<12} "
+              f"stage {r['stage']}/{r['stages']} ({r['canary_percent']:g}%)  {r['reason'] or ''}")
+    return 0
+
+
+def _run_rollout_status(args: argparse.Namespace) -> int:
+    _print_status(_client(args).get(f"/v1/rollouts/{args.id}"), verdicts=args.verdicts)
+    return 0
+
+
+def _run_rollout_action(args: argparse.Namespace) -> int:
+    body = {"reason": args.reason} if args.reason else {}
+    _print_status(_client(args).post(f"/v1/rollouts/{args.id}/{args.action}", body), verdicts=0)
+    return 0
+
+
+def _print_status(status: dict, verdicts: int) -> None:
+    print(f"rollout #{status['id']}: {status['model']} {status['baseline']} -> {status['candidate']}")
+    print(f"  phase {status['phase']}, stage {status['stage']}/{status['stages']}, "
+          f"canary {status['canary_percent']:g}%")
+    if status.get("reason"):
+        print(f"  reason: {status['reason']}")
+    for v in status.get("verdicts", [])[:verdicts]:
+        print(f"  {v['window_end'][:19]}  stage {v['stage']}  {v['guard']:<14} {v['outcome']:<12} "
+              f"-> {v['decision']:<8} {v['reason']}")

@@ -242,7 +242,7 @@ def _maybe_advance(state: RolloutState, now: float, canary_samples: int) -> Deci
 def _require(state: RolloutState, action: str, *allowed: Phase) -> None:
     if state.phase not in allowed:
         names = " or ".join(p.value for p in allowed)
-        raise InvalidTransition(f"cannot {action} a {state.phase.value} rollout (only {names})")
+        raise InvalidTransition(f"cannot {action} a rollout that is {state.phase.value} (only {names})")
 
 
 def start(state: RolloutState, now: float) -> Decision:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +18,8 @@ from rollout_server.app import create_app
 from rollout_server.auth import FIRST_START_FILE
 from rollout_server.db import session_scope
 from rollout_server.models import Model, Release, Variant
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -91,3 +99,26 @@ def register(client, enroll: str, device_class: str = "rpi4", runtimes: dict | N
     })
     assert response.status_code == 201, response.json
     return response.json["device_id"], response.json["credential"]
+
+
+@pytest.fixture
+def live_server(app) -> Iterator[str]:
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def edgeship(*args: Any, token: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("EDGESHIP_TOKEN", None)
+    if token:
+        env["EDGESHIP_TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "converter.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120)

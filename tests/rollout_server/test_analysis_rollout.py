@@ -134,7 +134,8 @@ def test_manual_transitions():
     ],
 )
 def test_invalid_transitions_raise_a_clear_error(action, state):
-    with pytest.raises(InvalidTransition, match=f"cannot {action.__name__} a {state.phase.value} rollout"):
+    expected = f"cannot {action.__name__} a rollout that is {state.phase.value}"
+    with pytest.raises(InvalidTransition, match=expected):
         action(state, 0)
 
 

@@ -6,11 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +21,7 @@ from rollout_server.app import create_app
 from rollout_server.auth import create_token
 from rollout_server.db import session_scope
 from rollout_server.models import AuditEntry, Model, Release, Variant
+from tests.rollout_server.conftest import edgeship
 
 ROOT = Path(__file__).resolve().parents[2]
 EMPTY = {"models": 0, "releases": 0, "variants": 0, "audit": 0, "files": 0}
@@ -287,30 +283,7 @@ def test_set_stable_needs_operator_and_is_audited(app, client, tokens, publisher
     assert "model.set_stable" in json.dumps(audit.json)
 
 
-# -- over real HTTP with the CLI --------------------------------------------------------------
-
-@pytest.fixture
-def live_server(app) -> Iterator[str]:
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-
-
-def edgeship(*args: Any, token: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("EDGESHIP_TOKEN", None)
-    if token:
-        env["EDGESHIP_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "converter.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=120)
-
+# -- over real HTTP with the CLI (live_server and edgeship() in conftest) ---------------------
 
 def test_edgeship_publish_over_http(app, live_server, publisher, release, tmp_path, signing_key):
     done = edgeship("publish", release, "--server", live_server, "--token", publisher)
