@@ -51,13 +51,16 @@ def _add_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes; more than 1 runs gunicorn (default: 1)")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                   help="publisher public key (.pub) whose releases are accepted; repeatable "
+                   "(default: $EDGESHIP_TRUSTED_KEYS)")
     p.set_defaults(run=_run_server)
 
 
 def _run_server(args: argparse.Namespace) -> int:
     from rollout_server.serve import serve
 
-    serve(args.host, args.port, args.workers, args.db, args.data_dir)
+    serve(args.host, args.port, args.workers, args.db, args.data_dir, args.trusted_key)
     return 0
 
 

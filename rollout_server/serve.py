@@ -16,9 +16,15 @@ def wsgi_app(config: dict[str, Any] | None = None):
     return create_app(config)
 
 
-def serve(host: str, port: int, workers: int, db_url: str | None, data_dir: str) -> None:
-    """Start the server in the foreground; prints where the first-start tokens are."""
+def serve(host: str, port: int, workers: int, db_url: str | None, data_dir: str,
+          trusted_keys: list[str] | None = None) -> None:
+    """Start the server in the foreground; prints where the first-start tokens are.
+
+    Settings go through ``EDGESHIP_*`` environment variables so gunicorn workers see them.
+    """
     os.environ["EDGESHIP_DATA_DIR"] = data_dir
+    if trusted_keys:
+        os.environ["EDGESHIP_TRUSTED_KEYS"] = os.pathsep.join(str(Path(k).resolve()) for k in trusted_keys)
     if db_url:
         os.environ["EDGESHIP_DATABASE_URL"] = db_url
     # Creates the tables and first-start tokens once, before workers fork; with workers, each
