@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 # The two commands of the README: `make demo` (main job) and `make test` (tests).
 # Both set up .venv first: torch 2.13.0 CPU before the project, so no CUDA build is pulled.
 PYTHON ?= python3
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 EDGESHIP := $(VENV)/bin/edgeship
 BUILD ?= build
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup system-deps demo test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,10 +26,22 @@ demo: setup
 		--model-name digits-cnn --version 1 --signing-key $(BUILD)/keys/publisher.key \
 		--out $(BUILD)/release/digits-cnn-1 --force
 
+# PostgreSQL server binaries for the PostgreSQL tests (they start a throwaway server of their
+# own). Installed from Debian's packages when missing and we may (root); otherwise those tests
+# skip locally and fail under CI=true.
+system-deps:
+	@if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing postgresql (Debian packages)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+		else echo "postgresql server binaries missing: install the 'postgresql' package for its tests"; fi; \
+	fi
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: lint
+test: system-deps lint
 	$(PY) -m pytest -q
 
 bench: setup

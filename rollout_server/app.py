@@ -21,7 +21,7 @@ from rollout_server.db import init_db, session_scope
 from rollout_server.errors import register_error_handlers
 
 #: API modules under ``rollout_server.api``, each with a blueprint named ``bp``.
-BLUEPRINTS = ("health", "devices", "reports", "releases", "artifacts", "rollouts", "admin", "metrics")
+BLUEPRINTS = ("health", "devices", "reports", "releases", "artifacts", "rollouts", "admin", "metrics", "docs")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, BinaryIO
 if TYPE_CHECKING:
     from flask import Flask
 
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 CHUNK = 1024 * 1024
 TMP_DIR = ".tmp"
 

@@ -84,7 +84,7 @@ def current_device(device_id: str | None = None) -> Device:
     device = db().scalar(select(Device).where(Device.credential_hash == hash_secret(bearer())))
     if device is None or device.revoked:
         raise Unauthorized("unknown or revoked device credential")
-    if device_id is not None and not hmac.compare_digest(device.id, device_id):
+    if device_id is not None and not hmac.compare_digest(device.id.encode(), device_id.encode()):
         raise Forbidden("a device may only act as itself")
     return device
 

@@ -1,16 +1,23 @@
-"""Engine and per-request sessions. SQLite by default (WAL, busy timeout); PostgreSQL by URL."""
+"""Engine and per-request sessions. SQLite by default (WAL, busy timeout); PostgreSQL by URL.
+
+The schema is Alembic's (``rollout_server/migrations``): :func:`init_db` brings the database to
+head at start, under a lock, so replicas and workers starting together migrate once.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
+from typing import TYPE_CHECKING
 
 from flask import Flask, current_app, g
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from rollout_server.models import Base
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def make_engine(url: str) -> Engine:
@@ -30,10 +37,102 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+#: key of the PostgreSQL advisory lock held while the schema is migrated (any constant would do;
+#: this one spells "edgeship" in ASCII).
+MIGRATION_LOCK_KEY = 0x6564676573686970
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An alembic Config for the package's migrations (found as package data, so it also works
+    from an installed wheel); ``url`` overrides the database the env script would derive."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("rollout_server") / "migrations"))
+    if url:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def _migration_engine(url: str) -> Engine:
+    """A short-lived engine for the upgrade. On SQLite its transactions start with
+    ``BEGIN IMMEDIATE`` (the database's write lock) and include the DDL, so concurrent first
+    starts wait for each other instead of racing; pysqlite would otherwise run DDL outside any
+    transaction."""
+    engine = make_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _manual_transactions(dbapi_connection, _record) -> None:
+            dbapi_connection.isolation_level = None
+            # batch operations of later revisions copy and drop tables, which enforced foreign
+            # keys would refuse (and the pragma cannot change inside a transaction)
+            dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def upgrade_schema(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision`` with alembic, in one transaction that holds a
+    lock first: a PostgreSQL transaction-level advisory lock, SQLite's write lock. Several
+    workers or replicas starting together thus migrate one after the other; the later ones find
+    the schema at head and do nothing."""
+    from alembic import command
+
+    engine = _migration_engine(url)
+    try:
+        with _sqlite_file_lock(engine), engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """On SQLite, an exclusive ``flock`` on ``<database>.migrate-lock`` around the upgrade: on a
+    brand-new file, connections racing to switch it to WAL get "database is locked" at once,
+    without waiting for the busy timeout, so first starts take turns before connecting at all."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or engine.url.query.get("mode") == "memory":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _in_memory(url: str) -> bool:
+    return url.startswith("sqlite") and (url.split("?")[0] in ("sqlite://", "sqlite:///:memory:")
+                                         or "mode=memory" in url)
+
+
 def init_db(app: Flask) -> None:
-    """Create the engine and the tables (first start), and close sessions after requests."""
-    engine = make_engine(app.config["DATABASE_URL"])
-    Base.metadata.create_all(engine)
+    """Migrate the schema to head (first start: create it), create the engine, and close
+    sessions after requests."""
+    url = app.config["DATABASE_URL"]
+    engine = make_engine(url)
+    if _in_memory(url):  # one process, one connection per thread: migrate through the app's engine
+        from alembic import command
+
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    else:
+        upgrade_schema(url)
     app.extensions["edgeship.engine"] = engine
     app.extensions["edgeship.sessions"] = sessionmaker(engine, expire_on_commit=False)
 

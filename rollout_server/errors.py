@@ -52,6 +52,9 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(err: HTTPException):
         name = (err.name or "error").lower().replace(" ", "_")
         response = jsonify(error_body(name, err.description or name))
+        for key, value in err.get_headers():  # e.g. Allow on a 405 (RFC 9110)
+            if key.lower() != "content-type":
+                response.headers[key] = value
         return response, err.code or 500
 
     @app.errorhandler(Exception)

@@ -10,7 +10,7 @@ from flask import request
 
 from rollout_server.errors import ApiError
 
-NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z")  # \Z: "$" would let a trailing newline through
 
 
 def json_body() -> dict[str, Any]:

@@ -38,7 +38,7 @@ def list_tokens():
                             "created_at": t.created_at.isoformat()} for t in tokens])
 
 
-@bp.post("/tokens/<int:token_id>/revoke")
+@bp.post("/tokens/<int(max=2147483647):token_id>/revoke")  # larger ids: 404, not an overflow
 @requires_role("admin")
 def revoke_token(token_id: int):
     token = db().get(Token, token_id)

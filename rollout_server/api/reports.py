@@ -84,7 +84,7 @@ def _report(data: dict[str, Any], device: Device) -> Report:
     if release is None:
         raise ApiError(f"field 'version': {model.name} has no release {version!r}")
     rollout_id = field(data, "rollout_id", int, required=False)
-    if rollout_id is not None and session.get(Rollout, rollout_id) is None:
+    if rollout_id is not None and (not 0 <= rollout_id < 2**31 or session.get(Rollout, rollout_id) is None):
         raise ApiError("field 'rollout_id' names no rollout")
     cohort = short_text(data, "cohort", max_length=8)
     if cohort not in ("stable", "canary"):

@@ -97,21 +97,23 @@ def list_rollouts():
     return jsonify(rollouts=[summary(r) for r in db().scalars(query)])
 
 
-@bp.get("/<int:rollout_id>")
+@bp.get("/<int(max=2147483647):rollout_id>")  # larger ids: 404, not an overflow
 @requires_role("viewer")
 def status(rollout_id: int):
     """Phase, stage, share and every analysis verdict with its reason (newest first)."""
     return jsonify(status_body(_rollout(rollout_id)))
 
 
-@bp.post("/<int:rollout_id>/<action>")
+@bp.post("/<int(max=2147483647):rollout_id>/<action>")
 @requires_role("operator")
 def act(rollout_id: int, action: str):
     """Manual ``pause``, ``resume``, ``promote`` or ``abort``; body ``{"reason"?}``."""
     if action not in ACTIONS:
         raise NotFound(f"no action {action!r}; one of {', '.join(ACTIONS)}")
-    data = request.get_json(silent=True) or {}
-    reason = data.get("reason") if isinstance(data, dict) else None
+    data = request.get_json(silent=True)
+    if data is not None and not isinstance(data, dict):
+        raise ApiError("the body, if any, must be a JSON object: {\"reason\"?}")
+    reason = (data or {}).get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
         raise ApiError("field 'reason' must be a string of at most 500 characters")
     session = db()

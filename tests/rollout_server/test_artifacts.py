@@ -20,7 +20,6 @@ from tests.rollout_server.test_registry import auth, new_token, upload
 app = registry_tests.app
 publisher = registry_tests.publisher
 release = registry_tests.release
-live_server = registry_tests.live_server
 
 BLOB = bytes(range(256)) * 40  # 10,240 bytes
 SHA = hashlib.sha256(BLOB).hexdigest()
