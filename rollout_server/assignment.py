@@ -9,15 +9,21 @@ whose measured peak memory fits in half the device's RAM,
 2. then the lowest p50 latency the converter measured (all gated variants already meet the
    accuracy gates, so the fastest is the best);
 3. then the smallest file; then the variant id, so the choice is deterministic.
+
+Releases never change once published, so their data are read once per process
+(:func:`release_info`) and the hot path (assignment polling) needs no manifest parsing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from rollout_server.analysis import RolloutState
 from rollout_server.bucketing import assign_cohort
-from rollout_server.models import Device, Release, Rollout, Variant
+from rollout_server.models import Device, Release, Rollout
 
 #: manifest runtime name → the names a device may report for it.
 RUNTIME_ALIASES: dict[str, tuple[str, ...]] = {
@@ -29,11 +35,59 @@ MEMORY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
-class Choice:
-    release: Release
-    variant: Variant
-    cohort: str
-    rollout: Rollout | None
+class VariantInfo:
+    variant_id: str
+    runtime: str
+    runtime_min_version: str
+    validation: str
+    sha256: str
+    size_bytes: int
+    peak_rss_bytes: int
+    p50_ms: float
+    entry: dict[str, Any]  # the manifest's variant entry
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """The immutable parts of a release that assignment needs."""
+
+    id: int
+    version: str
+    manifest: dict[str, Any]
+    variants: tuple[VariantInfo, ...]
+
+
+_RELEASES: dict[tuple[str, int], ReleaseInfo] = {}
+_RELEASES_MAX = 512
+
+
+def release_info(session: Session, release_id: int) -> ReleaseInfo:
+    """The release's assignment data, read from the database once per process (releases are
+    immutable once published; the key includes the database URL)."""
+    key = (str(session.get_bind().url), release_id)
+    info = _RELEASES.get(key)
+    if info is None:
+        info = _load_release(session, release_id)
+        if len(_RELEASES) >= _RELEASES_MAX:
+            _RELEASES.clear()
+        _RELEASES[key] = info
+    return info
+
+
+def _load_release(session: Session, release_id: int) -> ReleaseInfo:
+    release = session.get(Release, release_id)
+    entries = {e["id"]: e for e in release.manifest.get("variants", [])}
+
+    def p50(variant_id: str) -> float:
+        value = (entries.get(variant_id, {}).get("metrics") or {}).get("latency_ms", {}).get("p50")
+        return float(value) if value is not None else float("inf")
+
+    variants = tuple(
+        VariantInfo(v.variant_id, v.runtime, v.runtime_min_version or "", v.validation, v.sha256,
+                    v.size_bytes, v.peak_rss_bytes or 0, p50(v.variant_id), entries.get(v.variant_id, {}))
+        for v in release.variants
+    )
+    return ReleaseInfo(release.id, release.version, release.manifest, variants)
 
 
 def device_runtime_version(device: Device, runtime: str) -> str | None:
@@ -48,28 +102,23 @@ def _major(version: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
-def can_run(device: Device, variant: Variant) -> bool:
+def can_run(device: Device, variant: VariantInfo) -> bool:
     version = device_runtime_version(device, variant.runtime)
     if version is None:
         return False
     if variant.runtime_min_version and _major(version) < _major(variant.runtime_min_version):
         return False
-    peak = variant.peak_rss_bytes or 0
-    return not (device.ram_bytes and peak > device.ram_bytes * MEMORY_SHARE)
+    return not (device.ram_bytes and variant.peak_rss_bytes > device.ram_bytes * MEMORY_SHARE)
 
 
-def choose_variant(release: Release, device: Device) -> Variant | None:
+def choose_variant(release: ReleaseInfo, device: Device) -> VariantInfo | None:
     """The preferred variant of ``release`` for ``device`` (module docstring), or None."""
-    metrics = {v.variant_id: v for v in release.variants}
     candidates = [
-        v for v in metrics.values() if v.validation in ("passed", "not_validated") and can_run(device, v)
+        v for v in release.variants if v.validation in ("passed", "not_validated") and can_run(device, v)
     ]
     if not candidates:
         return None
-    p50 = {e["id"]: (e.get("metrics") or {}).get("latency_ms", {}).get("p50") for e in
-           release.manifest.get("variants", [])}
-    return min(candidates, key=lambda v: (
-        v.validation != "passed", p50.get(v.variant_id) or float("inf"), v.size_bytes, v.variant_id))
+    return min(candidates, key=lambda v: (v.validation != "passed", v.p50_ms, v.size_bytes, v.variant_id))
 
 
 def cohort_for(device: Device, rollout: Rollout) -> str:

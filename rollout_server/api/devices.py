@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import uuid
@@ -9,7 +10,7 @@ import uuid
 from flask import Blueprint, current_app, jsonify, make_response, request
 from sqlalchemy import select
 
-from rollout_server.assignment import choose_variant, cohort_for
+from rollout_server.assignment import ReleaseInfo, VariantInfo, choose_variant, cohort_for, release_info
 from rollout_server.auth import ENROLL, current_device, hash_secret, new_secret
 from rollout_server.db import db
 from rollout_server.errors import ApiError, NotFound, Unauthorized
@@ -18,6 +19,11 @@ from rollout_server.validation import NAME, count, field, json_body, short_text
 
 bp = Blueprint("devices", __name__, url_prefix="/v1/devices")
 ACTIVE_PHASES = ("running", "paused")
+LAST_SEEN_RESOLUTION_SECONDS = 60
+#: assignment bodies by everything they depend on; releases are immutable, so entries only
+#: go stale by key (a new rollout id, phase change via the share, a new stable release).
+_DOCUMENTS: dict[tuple, tuple[bytes, str]] = {}
+_DOCUMENTS_MAX = 4096
 
 
 @bp.post("/register")
@@ -51,7 +57,12 @@ def register():
 
 @bp.get("/<device_id>/assignment")
 def assignment(device_id: str):
-    """The release and variant this device should run now, with an ETag for cheap polling."""
+    """The release and variant this device should run now, with an ETag for cheap polling.
+
+    The hot path of the fleet: three indexed reads (device, model, active rollout), release
+    data from the per-process cache, the response body cached per (release, variant, cohort,
+    rollout, shadow), and ``last_seen_at`` written at most once a minute per device.
+    """
     device = current_device(device_id)
     name = request.args.get("model", "")
     if not NAME.match(name):
@@ -63,34 +74,67 @@ def assignment(device_id: str):
     rollout = session.scalar(
         select(Rollout).where(Rollout.model_id == model.id, Rollout.phase.in_(ACTIVE_PHASES))
     )
-    body = assignment_body(device, model, rollout)
-    device.last_seen_at = utcnow()
-    session.commit()
-    etag = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
-    not_modified = etag in request.if_none_match
-    response = make_response("", 304) if not_modified else make_response(jsonify(body), 200)
+    body, etag = assignment_document(session, device, model, rollout)
+    now = utcnow()
+    seen = device.last_seen_at
+    if seen is None or (now - (seen if seen.tzinfo else seen.replace(tzinfo=dt.timezone.utc))
+                        ).total_seconds() > LAST_SEEN_RESOLUTION_SECONDS:
+        device.last_seen_at = now
+        session.commit()
+    if etag in request.if_none_match:
+        response = make_response("", 304)
+    else:
+        response = make_response(body, 200)
+        response.mimetype = "application/json"
     response.set_etag(etag)
     response.headers["Cache-Control"] = "private, no-cache"
     return response
 
 
-def assignment_body(device: Device, model: Model, rollout: Rollout | None) -> dict:
-    """The assignment document (no timestamps in it, so the ETag changes only with content)."""
-    cohort, release = "stable", model.stable_release
+def assignment_document(session, device: Device, model: Model, rollout: Rollout | None) -> tuple[bytes, str]:
+    """The assignment as JSON bytes and its ETag (no timestamps in it, so the ETag changes only
+    with content)."""
+    cohort, release_id = "stable", model.stable_release_id
     if rollout is not None and cohort_for(device, rollout) == "canary":
-        cohort, release = "canary", rollout.candidate
+        cohort, release_id = "canary", rollout.candidate_id
     elif rollout is not None:
-        release = rollout.baseline
-    if release is None:
+        release_id = rollout.baseline_id
+    if release_id is None:
         raise NotFound(f"model {model.name!r} has no stable release yet")
+    release = release_info(session, release_id)
     variant = choose_variant(release, device)
     if variant is None:
         raise ApiError(
             f"no variant of {model.name} {release.version} runs on this device "
             f"(runtimes {sorted(device.runtimes)}, {device.ram_bytes} bytes RAM)", 409, "no_variant")
-    entry = next(e for e in release.manifest["variants"] if e["id"] == variant.variant_id)
+    shadow, shadow_version = None, None
+    if rollout is not None and rollout.spec.get("shadow") and cohort == "stable":
+        candidate = release_info(session, rollout.candidate_id)
+        shadow, shadow_version = choose_variant(candidate, device), candidate.version
+    interval = current_app.config["REPORT_INTERVAL_SECONDS"]
+    key = (str(session.get_bind().url), model.name, release.id, variant.variant_id, cohort,
+           rollout.id if rollout is not None else None, shadow.variant_id if shadow else None,
+           rollout.spec.get("shadow_share", 0.1) if rollout is not None else None, interval)
+    cached = _DOCUMENTS.get(key)
+    if cached is None:
+        body = _document(model.name, release, variant, cohort, rollout, interval)
+        if shadow is not None:
+            body["shadow"] = {"version": shadow_version, "variant_id": shadow.variant_id,
+                              "sha256": shadow.sha256, "artifact_url": f"/v1/artifacts/{shadow.sha256}",
+                              "sample_share": rollout.spec.get("shadow_share", 0.1)}
+        data = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        cached = (data, hashlib.sha256(data).hexdigest()[:32])
+        if len(_DOCUMENTS) >= _DOCUMENTS_MAX:
+            _DOCUMENTS.clear()
+        _DOCUMENTS[key] = cached
+    return cached
+
+
+def _document(model_name: str, release: ReleaseInfo, variant: VariantInfo, cohort: str,
+              rollout: Rollout | None, interval: int) -> dict:
+    entry = variant.entry
     body = {
-        "model": model.name,
+        "model": model_name,
         "version": release.version,
         "cohort": cohort,
         "rollout_id": rollout.id if rollout is not None else None,
@@ -99,12 +143,6 @@ def assignment_body(device: Device, model: Model, rollout: Rollout | None) -> di
         "artifact_url": f"/v1/artifacts/{variant.sha256}",
         "golden_url": f"/v1/artifacts/{release.manifest['golden']['sha256']}",
         "manifest": release.manifest,
-        "report_interval_seconds": current_app.config["REPORT_INTERVAL_SECONDS"],
+        "report_interval_seconds": interval,
     }
-    if rollout is not None and rollout.spec.get("shadow") and cohort == "stable":
-        shadow = choose_variant(rollout.candidate, device)
-        if shadow is not None:
-            body["shadow"] = {"version": rollout.candidate.version, "variant_id": shadow.variant_id,
-                              "sha256": shadow.sha256, "artifact_url": f"/v1/artifacts/{shadow.sha256}",
-                              "sample_share": rollout.spec.get("shadow_share", 0.1)}
     return body

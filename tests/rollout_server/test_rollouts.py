@@ -191,3 +191,28 @@ def test_each_window_is_analysed_once_even_with_concurrent_controllers(app, clie
 
 def test_latency_histogram_length_matches_buckets():
     assert len(histogram([0.001, 0.2, 3.0])) == BUCKET_COUNT
+
+
+def test_shadow_rollout_gives_stable_devices_the_candidate_to_shadow(client, tokens, fleet):
+    response = create(client, tokens, shadow=True, shadow_share=0.25)
+    assert response.status_code == 201, response.json
+    seen = assignments(client, fleet)
+    stable = [a for a in seen.values() if a["cohort"] == "stable"]
+    canary = [a for a in seen.values() if a["cohort"] == "canary"]
+    assert stable and all(a["shadow"]["version"] == "2" and a["shadow"]["sample_share"] == 0.25
+                          and a["shadow"]["variant_id"] == "onnx-int8" for a in stable)
+    assert all("shadow" not in a for a in canary)
+
+
+def test_assignment_follows_the_rollout_share_and_etag_changes(client, tokens, fleet):
+    device, credential = fleet[0]
+    before = client.get(f"/v1/devices/{device}/assignment?model=digits-cnn", headers=auth(credential))
+    rollout_id = create(client, tokens, stages=[{"percent": 99.99, "min_duration_seconds": 0,
+                                                  "min_samples": 0}, {"percent": 100}]).json["id"]
+    after = client.get(f"/v1/devices/{device}/assignment?model=digits-cnn",
+                       headers={**auth(credential), "If-None-Match": before.headers["ETag"]})
+    assert after.status_code == 200 and after.json["rollout_id"] == rollout_id
+    assert after.headers["ETag"] != before.headers["ETag"]
+    client.post(f"/v1/rollouts/{rollout_id}/abort", headers=auth(tokens["admin"]))
+    back = client.get(f"/v1/devices/{device}/assignment?model=digits-cnn", headers=auth(credential))
+    assert back.json["version"] == "1" and back.json["rollout_id"] is None
