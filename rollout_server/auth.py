@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from flask import Flask, g, request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from rollout_server.db import db
@@ -28,6 +28,7 @@ ROLES = ("viewer", "publisher", "operator", "admin")
 ENROLL = "enroll"
 FIRST_START_FILE = "first-start-tokens.txt"
 F = TypeVar("F", bound=Callable[..., Any])
+DEVICE_BY_CREDENTIAL = select(Device).where(Device.credential_hash == bindparam("credential_hash"))
 
 
 def new_secret() -> str:
@@ -81,7 +82,7 @@ def requires_role(minimum: str) -> Callable[[F], F]:
 
 def current_device(device_id: str | None = None) -> Device:
     """The device whose credential the request carries; it may only act as itself."""
-    device = db().scalar(select(Device).where(Device.credential_hash == hash_secret(bearer())))
+    device = db().scalar(DEVICE_BY_CREDENTIAL, {"credential_hash": hash_secret(bearer())})
     if device is None or device.revoked:
         raise Unauthorized("unknown or revoked device credential")
     if device_id is not None and not hmac.compare_digest(device.id.encode(), device_id.encode()):

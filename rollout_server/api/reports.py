@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from monitoring.buckets import BUCKET_COUNT
@@ -18,6 +18,9 @@ from rollout_server.validation import NAME, count, field, json_body, short_text,
 
 bp = Blueprint("reports", __name__, url_prefix="/v1")
 MAX_BATCH = 100
+MODEL_ID = select(Model.id).where(Model.name == bindparam("name"))
+RELEASE_ID = select(Release.id).where(Release.model_id == bindparam("model_id"),
+                                      Release.version == bindparam("version"))
 
 
 @bp.post("/reports")
@@ -39,32 +42,33 @@ def post_reports():
         bump(session, "reports_rejected")
         session.commit()
         raise
-    ids = [r.report_id for r in parsed]
+    ids = [r["report_id"] for r in parsed]
     seen = set(session.scalars(select(Report.report_id).where(
         Report.device_id == device.id, Report.report_id.in_(ids))))
-    fresh = [r for r in parsed if r.report_id not in seen]
-    session.add_all(fresh)
-    if seen:
-        bump(session, "reports_duplicate", len(seen))
+    fresh = [r for r in parsed if r["report_id"] not in seen]
     try:
+        if fresh:  # one executemany; ORM objects would make SQLite insert row by row for their ids
+            session.execute(insert(Report), fresh)
+        if seen:
+            bump(session, "reports_duplicate", len(seen))
         session.commit()
     except IntegrityError:  # a concurrent retry of the same batch won the race
         session.rollback()
         raise ApiError("some reports were stored concurrently; retry the batch", 409, "conflict") from None
-    return jsonify(accepted=[r.report_id for r in fresh], duplicates=sorted(seen)), 200
+    return jsonify(accepted=[r["report_id"] for r in fresh], duplicates=sorted(seen)), 200
 
 
-def _parse_batch(device: Device) -> list[Report]:
+def _parse_batch(device: Device) -> list[dict[str, Any]]:
     items = field(json_body(), "reports", list)
     if not 1 <= len(items) <= MAX_BATCH:
         raise ApiError(f"field 'reports' must hold 1 to {MAX_BATCH} reports")
     parsed = [_parse(item, i, device) for i, item in enumerate(items)]
-    if len({r.report_id for r in parsed}) != len(parsed):
+    if len({r["report_id"] for r in parsed}) != len(parsed):
         raise ApiError("report ids repeat within the batch")
     return parsed
 
 
-def _parse(item: Any, index: int, device: Device) -> Report:
+def _parse(item: Any, index: int, device: Device) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise ApiError(f"reports[{index}] must be an object")
     try:
@@ -73,16 +77,35 @@ def _parse(item: Any, index: int, device: Device) -> Report:
         raise ApiError(f"reports[{index}]: {err.detail}", err.status, err.error) from None
 
 
-def _report(data: dict[str, Any], device: Device) -> Report:
+def _known_id(key: tuple[Any, ...], statement: Any, params: dict[str, Any]) -> int | None:
+    """The id ``statement`` finds, remembered by the app once found.
+
+    Models and releases are never renamed or deleted, so a found id stays true; misses are not
+    remembered, so a model or release published later is found at once.
+    """
+    known = current_app.extensions.setdefault("edgeship.known_ids", {})
+    found = known.get(key)
+    if found is None:
+        found = db().scalar(statement, params)
+        if found is not None:
+            if len(known) >= 4096:
+                known.clear()
+            known[key] = found
+    return found
+
+
+def _report(data: dict[str, Any], device: Device) -> dict[str, Any]:
+    """One validated report as column values of a ``reports`` row."""
     session = db()
-    model = session.scalar(select(Model).where(Model.name == short_text(data, "model", pattern=NAME)))
-    if model is None:
+    name = short_text(data, "model", pattern=NAME)
+    model_id = _known_id(("model", name), MODEL_ID, {"name": name})
+    if model_id is None:
         raise ApiError("field 'model' names no known model")
     version = short_text(data, "version", max_length=64)
-    release = session.scalar(select(Release).where(Release.model_id == model.id,
-                                                   Release.version == version))
-    if release is None:
-        raise ApiError(f"field 'version': {model.name} has no release {version!r}")
+    release_id = _known_id(("release", model_id, version), RELEASE_ID,
+                           {"model_id": model_id, "version": version})
+    if release_id is None:
+        raise ApiError(f"field 'version': {name} has no release {version!r}")
     rollout_id = field(data, "rollout_id", int, required=False)
     if rollout_id is not None and (not 0 <= rollout_id < 2**31 or session.get(Rollout, rollout_id) is None):
         raise ApiError("field 'rollout_id' names no rollout")
@@ -112,9 +135,9 @@ def _report(data: dict[str, Any], device: Device) -> Report:
     shadow, agree = count(data, "shadow_samples", required=False), count(data, "shadow_agree", required=False)
     if correct > labelled or agree > shadow:
         raise ApiError("correct must not exceed labelled, nor shadow_agree shadow_samples")
-    return Report(
-        report_id=short_text(data, "id", max_length=64), device_id=device.id, model_id=model.id,
-        release_id=release.id, variant_id=short_text(data, "variant", max_length=64),
+    return dict(
+        report_id=short_text(data, "id", max_length=64), device_id=device.id, model_id=model_id,
+        release_id=release_id, variant_id=short_text(data, "variant", max_length=64),
         rollout_id=rollout_id, cohort=cohort, device_class=device.device_class,
         window_start=start, window_end=end, inferences=inferences, labelled=labelled, correct=correct,
         shadow_samples=shadow, shadow_agree=agree,

@@ -1,0 +1,634 @@
+"""Rollout server benchmark: assignment and report ingestion under load, next to a bare Flask app.
+
+    python -m benchmarks.server_bench [--seconds 10] [--workers 2] [--skip-postgres]
+
+For each backend (a SQLite file; a throwaway PostgreSQL from ``tests/rollout_server/postgres.py``)
+it starts ``edgeship server --workers K`` (gunicorn) on a free loopback port with a fresh data
+directory, and sets it up through the HTTP API only: publishes a small release signed by hand
+with a throwaway key (trusted through ``EDGESHIP_TRUSTED_KEYS``), makes it stable and registers
+``--devices`` devices. Load comes from a separate process, ``wrk`` with the Lua scripts in
+``benchmarks/wrk/``:
+
+* ``assignment``: ``GET /v1/devices/<id>/assignment?model=...`` cycling over the devices, each
+  with its own credential, no ``If-None-Match`` (full 200 answers);
+* ``assignment-304``: the same with the device's current ETag in ``If-None-Match`` (304s);
+* ``ingest x1`` / ``ingest x10``: ``POST /v1/reports`` with 1 or 10 reports per request, every
+  report id unique; counted as reports/s. The stored report count is checked afterwards.
+
+In the same run, ``benchmarks/bare_app.py`` (one JSON GET, one JSON POST, no database) is served
+by the same gunicorn settings and gets the same requests, each scenario right before edgeship's
+(paired, so both see the same machine load); the ratio column is edgeship's requests/s over the
+bare app's. The CPU column is user+system time of the server's gunicorn processes per request
+(not PostgreSQL's, not wrk's), which other load on the machine disturbs much less than req/s.
+Prints one table and writes ``benchmarks/results/server.json``; ``--profile`` also samples the
+workers with py-spy. Every process it starts is stopped before it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+WRK_DIR = ROOT / "benchmarks" / "wrk"
+RESULTS = ROOT / "benchmarks" / "results" / "server.json"
+MODEL = "bench-model"
+VERSION = "1"
+#: targets from issue 4 on the 2-core benchmark machine.
+TARGETS = {"assignment_rps": 1000.0, "assignment_p99_ms": 50.0, "ingest_reports_per_s": 500.0,
+           "ratio_to_bare": 0.5}
+DEVICE = {"device_class": "rpi4", "arch": "aarch64", "os": "Raspberry Pi OS 12", "ram_bytes": 4 * 2**30,
+          "runtimes": {"onnxruntime": "1.20.1", "litert": "2.3.0"}}
+
+
+def log(message: str) -> None:
+    """Progress on stderr (the table goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- wrk ---------------------------------------------------------------------------------------
+
+@dataclass
+class Scenario:
+    """One wrk run: a script and its arguments, what counts as success, how to compare it."""
+
+    name: str
+    script: str
+    args: list[str]
+    kind: str  # "assignment", "ingest" (which targets apply) or "bare"
+    reports_per_request: int = 0
+    ok_statuses: tuple[int, ...] = (200,)
+
+
+@dataclass
+class WrkResult:
+    """What one wrk run measured (latencies in milliseconds)."""
+
+    requests: int
+    seconds: float
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[int, int]
+    socket_errors: dict[str, int]
+    non_2xx: int  # responses with another status than expected, plus socket errors
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text).groups()
+    return float(value) * _UNITS[unit]
+
+
+def parse_wrk(output: str, ok_statuses: tuple[int, ...] = (200,)) -> WrkResult:
+    """Parse ``wrk --latency`` output plus the status line our Lua ``done()`` prints."""
+    percentiles = {int(p): _ms(v) for p, v in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", output, re.M)}
+    total = re.search(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", output, re.M)
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
+    if not (total and rps and 50 in percentiles and 99 in percentiles):
+        raise RuntimeError(f"cannot parse wrk output:\n{output}")
+    statuses: dict[int, int] = {}
+    line = re.search(r"^edgeship-wrk-statuses(.*)$", output, re.M)
+    for status, n in re.findall(r"(\d+)=(\d+)", line.group(1) if line else ""):
+        statuses[int(status)] = int(n)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    socket_errors = dict(zip(("connect", "read", "write", "timeout"),
+                             (int(n) for n in sockets.groups()) if sockets else (0, 0, 0, 0), strict=True))
+    unexpected = sum(n for status, n in statuses.items() if status not in ok_statuses)
+    non_2xx_line = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if not statuses and non_2xx_line:  # no status line (older script): fall back to wrk's count
+        unexpected = int(non_2xx_line.group(1))
+    return WrkResult(
+        requests=int(total.group(1)), seconds=_ms(total.group(2) + total.group(3)) / 1e3,
+        requests_per_s=float(rps.group(1)), p50_ms=percentiles[50], p99_ms=percentiles[99],
+        statuses=statuses, socket_errors=socket_errors,
+        non_2xx=unexpected + sum(socket_errors.values()),
+    )
+
+
+def run_wrk(url: str, scenario: Scenario, seconds: float, threads: int, connections: int) -> WrkResult:
+    """Run wrk against ``url`` for ``seconds`` in its own process and parse what it printed."""
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+               "--timeout", "5s", "--latency", "-s", str(WRK_DIR / scenario.script), url, "--",
+               *scenario.args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    return parse_wrk(done.stdout, scenario.ok_statuses)
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Served:
+    """A server process group (gunicorn master and workers) started for the benchmark."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path, port: int) -> None:
+        self.name = name
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+
+    def wait_ready(self, path: str = "/readyz", timeout: float = 90.0) -> None:
+        """Poll ``path`` until it answers 200; raises if the process dies or time runs out."""
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers: children of the master process."""
+        try:
+            text = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the master and its workers."""
+        total = 0
+        for pid in [self.process.pid, *self.worker_pids()]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines the server printed."""
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM the process group (master and workers), SIGKILL it if it lingers."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        # workers left behind by a master that died first
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._log.close()
+
+
+def edgeship_command() -> list[str]:
+    """How to run the ``edgeship`` CLI of this checkout with this interpreter."""
+    script = Path(sys.executable).with_name("edgeship")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())"]
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The environment for server processes: ours, minus any EDGESHIP_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESHIP_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+# -- setup through the HTTP API ----------------------------------------------------------------
+
+def make_release(directory: Path, private_key: Path) -> Path:
+    """A small release signed by hand: two variants and a golden file of random bytes."""
+    from converter.signing import load_private_key, sign_manifest
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    blobs = {"model-fp32.onnx": rng.randbytes(8_000), "model-int8.tflite": rng.randbytes(2_000),
+             "golden.npz": rng.randbytes(500)}
+    for name, blob in blobs.items():
+        (directory / name).write_bytes(blob)
+    sha = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
+
+    def variant(vid: str, fmt: str, runtime: str, file: str, p50: float) -> dict[str, Any]:
+        return {"id": vid, "format": fmt, "precision": vid.split("-")[1], "compression": [],
+                "file": file, "sha256": sha[file], "size_bytes": len(blobs[file]),
+                "runtime": {"name": runtime, "min_version": "1.18.0"}, "validation": "passed",
+                "metrics": {"agreement": 1.0, "latency_ms": {"p50": p50, "p95": 2 * p50},
+                            "peak_rss_bytes": 50_000_000, "host": "bench"}}
+
+    manifest = {
+        "schema": "edgeship.manifest/v1", "model": MODEL, "version": VERSION,
+        "task": {"kind": "classification",
+                 "inputs": [{"name": "image", "shape": [1, 1, 8, 8], "dtype": "float32"}],
+                 "outputs": [{"name": "output", "shape": [1, 10], "dtype": "float32"}]},
+        "reference": {"format": "torch", "sha256": "0" * 64, "params": 10, "macs": 100},
+        "golden": {"file": "golden.npz", "sha256": sha["golden.npz"], "count": 4},
+        "variants": [variant("onnx-fp32", "onnx", "onnxruntime", "model-fp32.onnx", 0.2),
+                     variant("tflite-int8", "tflite", "litert", "model-int8.tflite", 0.1)],
+    }
+    signed = sign_manifest(manifest, load_private_key(private_key))
+    (directory / "manifest.json").write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def report_template() -> str:
+    """One valid report as JSON, its id the placeholder ``@ID@`` the Lua script fills in."""
+    from monitoring.buckets import BUCKET_COUNT
+
+    now = dt.datetime.now(dt.timezone.utc)
+    latency = [0] * BUCKET_COUNT
+    latency[2], latency[3] = 80, 10
+    return json.dumps({
+        "id": "@ID@", "model": MODEL, "version": VERSION, "variant": "tflite-int8", "cohort": "stable",
+        "window_start": (now - dt.timedelta(seconds=30)).isoformat(), "window_end": now.isoformat(),
+        "inferences": 100, "errors": {"runtime_error": 2}, "latency_counts": latency,
+        "labelled": 20, "correct": 19, "latency_sum_seconds": 0.45,
+    }, separators=(",", ":"))
+
+
+def first_start_tokens(data_dir: Path) -> dict[str, str]:
+    """The admin and enrollment tokens of ``DATA_DIR/first-start-tokens.txt``."""
+    from rollout_server.auth import FIRST_START_FILE
+
+    text = (data_dir / FIRST_START_FILE).read_text()
+    return dict(line.split("=", 1) for line in text.split())
+
+
+def setup_server(url: str, data_dir: Path, release_dir: Path, devices: int, devices_file: Path) -> None:
+    """Publish and set stable the release, register devices, write ``id credential etag`` lines."""
+    import requests
+
+    from rollout_server.client import ServerClient
+
+    tokens = first_start_tokens(data_dir)
+    admin = ServerClient(url, tokens["EDGESHIP_ADMIN_TOKEN"])
+    admin.publish(release_dir)
+    admin.post(f"/v1/models/{MODEL}/stable", {"version": VERSION})
+    local = threading.local()
+
+    def enroll(_: int) -> str:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        body = {"enrollment_token": tokens["EDGESHIP_ENROLL_TOKEN"], **DEVICE}
+        answer = session.post(f"{url}/v1/devices/register", json=body, timeout=30)
+        answer.raise_for_status()
+        device_id, credential = answer.json()["device_id"], answer.json()["credential"]
+        got = session.get(f"{url}/v1/devices/{device_id}/assignment", params={"model": MODEL},
+                          headers={"Authorization": f"Bearer {credential}"}, timeout=30)
+        got.raise_for_status()
+        return f"{device_id} {credential} {got.headers['ETag'].strip('W/').strip(chr(34))}"
+
+    with ThreadPoolExecutor(8) as pool:
+        lines = list(pool.map(enroll, range(devices)))
+    devices_file.write_text("\n".join(lines) + "\n")
+
+
+def stored_reports(url: str) -> int | None:
+    """``edgeship_reports_total{outcome="accepted"}`` from ``/metrics`` (None if unreadable)."""
+    import requests
+
+    try:
+        text = requests.get(f"{url}/metrics", timeout=30).text
+    except requests.RequestException:
+        return None
+    found = re.search(r'^edgeship_reports_total\{outcome="accepted"\} ([\d.e+]+)$', text, re.M)
+    return int(float(found.group(1))) if found else None
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    backend: str
+    scenario: str
+    requests_per_s: float
+    reports_per_s: float | None
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    cpu_ms_per_request: float | None = None  # server processes only (not PostgreSQL, not wrk)
+    ratio_to_bare: float | None = None
+    target_met: bool | None = None
+    target_note: str = ""
+    requests: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    socket_errors: dict[str, int] = field(default_factory=dict)
+
+
+def edgeship_scenarios(devices_file: Path, template: Path, run_id: str) -> list[Scenario]:
+    """Assignment (200 and 304) and ingestion (1 and 10 reports per request)."""
+    devices, report = str(devices_file), str(template)
+    return [
+        Scenario("assignment", "assignment.lua", [devices, MODEL], "assignment"),
+        Scenario("assignment-304", "assignment.lua", [devices, MODEL, "etag"], "assignment",
+                 ok_statuses=(304,)),
+        Scenario("ingest x1", "reports.lua", [devices, report, "1", f"{run_id}-1"], "ingest", 1),
+        Scenario("ingest x10", "reports.lua", [devices, report, "10", f"{run_id}-10"], "ingest", 10),
+    ]
+
+
+def bare_twin(scenario: Scenario) -> Scenario:
+    """The same requests against the bare app (which answers 200 to all of them)."""
+    args = [*scenario.args[:3], f"bare-{scenario.args[3]}"] if scenario.kind == "ingest" else scenario.args
+    return Scenario(scenario.name, scenario.script, args, "bare", scenario.reports_per_request)
+
+
+def judge(row: Row) -> None:
+    """Set the row's ``target_met`` and the reasons it missed."""
+    misses = []
+    if row.scenario.startswith("assignment"):
+        if row.requests_per_s < TARGETS["assignment_rps"]:
+            misses.append(f"req/s < {TARGETS['assignment_rps']:,.0f}")
+        if row.p99_ms >= TARGETS["assignment_p99_ms"]:
+            misses.append(f"p99 >= {TARGETS['assignment_p99_ms']:.0f} ms")
+    elif (row.reports_per_s or 0) < TARGETS["ingest_reports_per_s"]:
+        misses.append(f"reports/s < {TARGETS['ingest_reports_per_s']:,.0f}")
+    if row.ratio_to_bare is not None and row.ratio_to_bare < TARGETS["ratio_to_bare"]:
+        misses.append(f"ratio < {TARGETS['ratio_to_bare']}")
+    if row.non_2xx:
+        misses.append("errors")
+    row.target_met = not misses
+    row.target_note = ", ".join(misses)
+
+
+def measure(backend: str, server: Served, scenario: Scenario,
+            opts: argparse.Namespace) -> tuple[Row, WrkResult]:
+    """One scenario for ``opts.seconds``, logged as it finishes."""
+    log(f"  {backend}: {scenario.name} for {opts.seconds:g}s (wrk -t{opts.wrk_threads} -c{opts.connections})")
+    cpu = server.cpu_seconds()
+    result = run_wrk(server.url, scenario, opts.seconds, opts.wrk_threads, opts.connections)
+    cpu = server.cpu_seconds() - cpu
+    per_request = scenario.reports_per_request
+    reports = result.requests_per_s * per_request if per_request else None
+    row = Row(backend, scenario.name, result.requests_per_s, reports, result.p50_ms, result.p99_ms,
+              result.non_2xx, requests=result.requests, statuses=result.statuses,
+              socket_errors=result.socket_errors)
+    if result.requests:
+        row.cpu_ms_per_request = 1e3 * cpu / result.requests
+    log(f"    {result.requests_per_s:,.0f} req/s" + (f", {reports:,.0f} reports/s" if reports else "")
+        + f", p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
+        + f"server CPU {row.cpu_ms_per_request or 0:.2f} ms/request, statuses {result.statuses}"
+        + (f", socket errors {result.socket_errors}" if any(result.socket_errors.values()) else ""))
+    return row, result
+
+
+def start_bare(work: Path, opts: argparse.Namespace) -> Served:
+    """The bare app, served like edgeship (same gunicorn settings), ready."""
+    port = free_port()
+    command = [sys.executable, "-m", "benchmarks.bare_app", "--port", str(port),
+               "--workers", str(opts.workers)]
+    server = Served("bare app", command, base_env(), work / "bare.log", port)
+    log(f"bare Flask app: gunicorn with {opts.workers} workers on {server.url}")
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def run_backend(backend: str, db_url: str | None, work: Path, opts: argparse.Namespace, release_dir: Path,
+                public_key: Path, template: Path, bare: Served) -> list[Row]:
+    """Start ``edgeship server`` on ``db_url`` (SQLite in the data dir if None), set it up, and run
+    every scenario right after the same requests against the bare app (paired, so both see the
+    same machine load). Returns edgeship's rows, then the bare app's."""
+    data_dir = work / f"data-{backend}"
+    port = free_port()
+    command = [*edgeship_command(), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(opts.workers), "--data-dir", str(data_dir)]
+    if db_url:
+        command += ["--db", db_url]
+    server = Served(f"edgeship server ({backend})", command, base_env(EDGESHIP_TRUSTED_KEYS=str(public_key)),
+                    work / f"server-{backend}.log", port)
+    try:
+        log(f"{backend}: edgeship server --workers {opts.workers} on {server.url}")
+        server.wait_ready()
+        started = time.monotonic()
+        devices_file = work / f"devices-{backend}.txt"
+        setup_server(server.url, data_dir, release_dir, opts.devices, devices_file)
+        log(f"  {backend}: published {MODEL} {VERSION}, set stable, registered {opts.devices} devices "
+            f"({time.monotonic() - started:.1f}s)")
+        scenarios = edgeship_scenarios(devices_file, template, f"{backend}-{uuid.uuid4().hex[:8]}")
+        log(f"  {backend}: warm-up {opts.warmup:g}s each (assignment, bare GET)")
+        run_wrk(server.url, scenarios[0], opts.warmup, opts.wrk_threads, opts.connections)
+        run_wrk(bare.url, bare_twin(scenarios[0]), opts.warmup, opts.wrk_threads, opts.connections)
+        before = stored_reports(server.url) or 0
+        rows, bare_rows, acknowledged, slack = [], [], 0, 0
+        for scenario in scenarios:
+            bare_row, _ = measure(f"bare:{backend}", bare, bare_twin(scenario), opts)
+            row, result = measure(backend, server, scenario, opts)
+            if bare_row.requests_per_s:
+                row.ratio_to_bare = row.requests_per_s / bare_row.requests_per_s
+            judge(row)
+            rows.append(row)
+            bare_rows.append(bare_row)
+            acknowledged += result.statuses.get(200, 0) * scenario.reports_per_request
+            slack += opts.connections * scenario.reports_per_request  # in flight when wrk stopped
+        stored = stored_reports(server.url)
+        if stored is not None:
+            stored -= before
+            fine = acknowledged <= stored <= acknowledged + slack
+            log(f"  {backend}: {stored:,} reports stored, {acknowledged:,} acknowledged to wrk "
+                + ("(the rest were in flight when wrk stopped)" if fine else "-- MISMATCH"))
+        if opts.profile:
+            profile(server, backend, scenarios, opts)
+        return rows + bare_rows
+    except Exception:
+        log(f"{backend}: server log tail:\n{server.log_tail()}")
+        raise
+    finally:
+        server.stop()
+
+
+def profile(server: Served, backend: str, scenarios: list[Scenario], opts: argparse.Namespace) -> None:
+    """py-spy the workers under load (assignment, then ingest x1): folded stacks per worker in
+    ``benchmarks/results/profiles/`` (feed them to a flame graph tool, or count frames)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        log("  profile: py-spy not installed (pip install py-spy); skipped")
+        return
+    out_dir = opts.out.parent / "profiles"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for scenario in scenarios:
+        if scenario.name not in ("assignment", "ingest x1"):
+            continue
+        if scenario.kind == "ingest":  # fresh report ids
+            args = [*scenario.args[:3], f"prof-{scenario.args[3]}"]
+            scenario = Scenario(scenario.name, scenario.script, args, "ingest", scenario.reports_per_request)
+        stem = f"{backend}-{scenario.name.replace(' ', '')}"
+        spies = [subprocess.Popen(
+            [py_spy, "record", "--pid", str(pid), "--duration", str(int(opts.seconds)), "--rate", "200",
+             "--format", "raw", "--output", str(out_dir / f"{stem}-{pid}.txt"), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in server.worker_pids()]
+        time.sleep(0.5)
+        log(f"  profile {backend} {scenario.name}: py-spy on {len(spies)} workers")
+        try:
+            run_wrk(server.url, scenario, opts.seconds, opts.wrk_threads, opts.connections)
+        finally:
+            for spy in spies:
+                try:
+                    spy.wait(timeout=opts.seconds + 30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
+        log(f"    folded stacks: {out_dir}/{stem}-*.txt")
+
+
+def table(rows: list[Row]) -> str:
+    """The result table as fixed-width text (also pasted into docs/benchmarks-server.md)."""
+    head = ("backend", "scenario", "req/s", "reports/s", "p50 ms", "p99 ms", "non-2xx", "CPU ms/req",
+            "vs bare", "target")
+    lines = []
+    for r in rows:
+        target = "-" if r.target_met is None else ("yes" if r.target_met else f"NO ({r.target_note})")
+        lines.append((r.backend, r.scenario, f"{r.requests_per_s:,.0f}",
+                      "-" if r.reports_per_s is None else f"{r.reports_per_s:,.0f}", f"{r.p50_ms:.1f}",
+                      f"{r.p99_ms:.1f}", str(r.non_2xx),
+                      "-" if r.cpu_ms_per_request is None else f"{r.cpu_ms_per_request:.2f}",
+                      "-" if r.ratio_to_bare is None else f"{r.ratio_to_bare:.2f}", target))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 2 or i == len(widths) - 1 else f"{{:>{w}}}"
+                    for i, w in enumerate(widths))
+    return "\n".join(fmt.format(*line).rstrip() for line in [head, *lines])
+
+
+@contextlib.contextmanager
+def postgres_url() -> Iterator[str]:
+    """A fresh database on a throwaway PostgreSQL (``tests/rollout_server/postgres.py``)."""
+    from tests.rollout_server.postgres import postgresql_server
+
+    servers = postgresql_server()
+    server = next(servers)  # pytest's skip/fail (BaseException) when PostgreSQL is missing
+    try:
+        log(f"postgresql: throwaway cluster on 127.0.0.1:{server.port} "
+            f"(started in {server.startup_seconds:.1f}s)")
+        yield server.create_database("edgeship_bench")
+    finally:
+        servers.close()  # stops the cluster and removes its directory
+
+
+def wrk_version() -> str:
+    """``wrk -v``'s first line."""
+    done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when it ran (targets are reported, not enforced), 2 when interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="each measured wrk run (default: 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up per server (default: 2)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, at least 2 (default: 2)")
+    parser.add_argument("--devices", type=int, default=500, help="devices to register (default: 500)")
+    parser.add_argument("--connections", type=int, default=8,
+                        help="wrk connections (default: 8, the server's 2 workers x 4 threads)")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default: 1)")
+    parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--profile", action="store_true",
+                        help="after measuring, py-spy the workers under load (folded stacks in "
+                        "benchmarks/results/profiles/)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})")
+    opts = parser.parse_args(argv)
+    if opts.workers < 2:
+        parser.error("--workers must be at least 2 (gunicorn)")
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+    from converter.signing import generate_keypair
+
+    load_before = os.getloadavg()
+    if load_before[0] > 0.5 * (os.cpu_count() or 1):
+        log(f"warning: load average {load_before[0]:.1f} before starting; other processes will "
+            "share the CPUs (the ratio to the bare app is paired per scenario, absolute numbers are not)")
+    rows: list[Row] = []
+    skipped: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="edgeship-bench-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        private, public = generate_keypair(work / "keys", "bench")
+        release_dir = make_release(work / "release", private)
+        template = work / "report.json"
+        template.write_text(report_template())
+        backends: list[tuple[str, Any]] = [("sqlite", contextlib.nullcontext(None))]
+        if not opts.skip_postgres:
+            backends.append(("postgresql", postgres_url()))
+        try:
+            bare = start_bare(work, opts)
+            stack.callback(bare.stop)
+            for name, context in backends:
+                try:
+                    with context as db_url:
+                        rows += run_backend(name, db_url, work, opts, release_dir, public, template, bare)
+                except ImportError as err:
+                    skipped[name] = str(err)
+                except Exception as err:
+                    if type(err).__module__.startswith(("_pytest", "pytest")):  # PostgreSQL missing
+                        skipped[name] = str(err)
+                    else:
+                        raise
+                if name in skipped:
+                    log(f"{name}: skipped: {skipped[name]}")
+        except KeyboardInterrupt:
+            log("interrupted; servers stopped")
+            return 2
+    text = table(rows)
+    print(text, flush=True)
+    result = {
+        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "wrk": wrk_version(),
+                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "settings": {"seconds": opts.seconds, "warmup": opts.warmup, "workers": opts.workers,
+                     "devices": opts.devices, "wrk_threads": opts.wrk_threads,
+                     "connections": opts.connections, "gunicorn": "rollout_server.serve._gunicorn"},
+        "targets": TARGETS,
+        "skipped": skipped,
+        "rows": [asdict(row) for row in rows],
+        "table": text.splitlines(),
+    }
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {opts.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
