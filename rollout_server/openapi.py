@@ -16,295 +16,33 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from monitoring.buckets import BUCKET_COUNT
-from rollout_server.analysis import Metric, Mode, Phase
 from rollout_server.api.reports import MAX_BATCH as MAX_REPORT_BATCH
 from rollout_server.api.rollouts import ACTIONS
 from rollout_server.auth import ENROLL, ROLES
-from rollout_server.models import ERROR_REASONS
-
-OPENAPI_VERSION = "3.0.3"
-API_VERSION = "1"
-#: ``rollout_server.validation.NAME`` (model names, device classes) in ECMA-262 syntax.
-NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
-#: ``rollout_server.validation.count``'s default maximum.
-MAX_COUNT = 10**12
-#: Largest id in a path or a report (INTEGER columns on PostgreSQL); the routes' int converters
-#: stop there, so a larger id is a 404 (or a 400 in a report), never an overflow.
-MAX_ID = 2**31 - 1
-
-#: Times the server writes: ISO 8601 in UTC. Not ``format: date-time``: SQLite gives them back
-#: without an offset (``2025-01-01T12:00:00.123456``), PostgreSQL with ``+00:00``.
-TIME: dict[str, Any] = {"type": "string", "description": "ISO 8601 time, UTC."}
-
-OPERATOR = "operatorToken"
-DEVICE = "deviceCredential"
-
-Schema = dict[str, Any]
-
-
-# --- schema helpers -------------------------------------------------------------------------
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _text(max_length: int = 64, *, pattern: str | None = None, **extra: Any) -> Schema:
-    """``validation.short_text``: a non-empty string of at most ``max_length`` characters."""
-    schema: Schema = {"type": "string", "minLength": 1, "maxLength": max_length, **extra}
-    if pattern is not None:
-        schema["pattern"] = pattern
-    return schema
-
-
-def _count(maximum: int = MAX_COUNT, **extra: Any) -> Schema:
-    """``validation.count``: an integer in [0, maximum] (never a boolean)."""
-    return {"type": "integer", "minimum": 0, "maximum": maximum, **extra}
-
-
-def _object(properties: dict[str, Schema], required: tuple[str, ...] = (), *,
-            closed: bool = False, **extra: Any) -> Schema:
-    schema: Schema = {"type": "object", "properties": properties, **extra}
-    if required:
-        schema["required"] = list(required)
-    if closed:
-        schema["additionalProperties"] = False
-    return schema
-
-
-def _nullable(schema: Schema) -> Schema:
-    return {**schema, "nullable": True}
-
-
-def _json(schema: Schema, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
-
-
-def _responses(ok: dict[str, Any], *errors: tuple[int, str]) -> dict[str, Any]:
-    out = dict(ok)
-    for status, description in errors:
-        out[str(status)] = _error(description)
-    return out
-
-
-def _body(schema: Schema, *, required: bool = True, example: Any = None) -> dict[str, Any]:
-    media: dict[str, Any] = {"schema": schema}
-    if example is not None:
-        media["example"] = example
-    return {"required": required, "content": {"application/json": media}}
-
-
-def _path(name: str, schema: Schema, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
-
-
-# Errors shared by many operations.
-BAD_JSON = (400, "Bad input: the body is not a JSON object, or a field is missing, of the wrong type or out "
-                 "of range (the detail names it).")
-NO_TOKEN = (401, "No 'Authorization: Bearer <token>' header, or an unknown or revoked token.")
-NO_DEVICE = (401, "No 'Authorization: Bearer <credential>' header, or an unknown or revoked device "
-                  "credential.")
-
-
-def _role(role: str) -> tuple[int, str]:
-    return 403, f"The token's role is below {role!r}."
-
-
-def _operator(role: str) -> dict[str, Any]:
-    """An operator-token operation's security and the minimum role (``x-minimum-role``)."""
-    return {"security": [{OPERATOR: []}], "x-minimum-role": role}
-
-
-# --- component schemas ----------------------------------------------------------------------
-
-ERROR = _object({
-    "error": {"type": "string", "description": "A short machine-readable code, e.g. 'bad_request'."},
-    "detail": {"type": "string", "description": "What was wrong, for a human."},
-}, ("error", "detail"))
-
-STAGE = _object({
-    "percent": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 100,
-                "description": "Canary share of the fleet, percent. Rising strictly from stage to stage; "
-                               "only the last stage may be 100."},
-    "min_duration_seconds": {"type": "number", "minimum": 0, "default": 3600},
-    "min_samples": {"type": "integer", "minimum": 0, "default": 5000},
-}, ("percent",), closed=True)
-
-GUARD = _object({
-    "metric": {"type": "string", "enum": [m.value for m in Metric]},
-    "mode": {"type": "string", "enum": [m.value for m in Mode], "default": "limit",
-             "description": "'gain' only for latency and accuracy."},
-    "threshold": {"type": "number", "description": "Meaning and allowed range depend on metric and mode "
-                                                   "(see docs/rollout-analysis.md); defaults per metric."},
-    "min_samples": {"type": "integer", "minimum": 1},
-    "name": {"type": "string", "minLength": 1, "description": "Unique within the rollout."},
-    "cap": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1,
-            "description": "error_rate and load_failures only."},
-    "relative_margin": {"type": "number", "minimum": 0, "description": "error_rate and load_failures only."},
-    "quantile": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "exclusiveMaximum": True,
-                 "maximum": 1, "description": "latency only."},
-    "reasons": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(ERROR_REASONS)},
-                "description": "error_rate only."},
-}, ("metric",), closed=True)
-
-GUARD_SPEC = _object({
-    "alpha": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "exclusiveMaximum": True,
-              "maximum": 0.5, "default": 0.05},
-    "guards": {"type": "array", "items": _ref("Guard"), "minItems": 1,
-               "description": "Left out: the default guards."},
-    "shadow": {"type": "boolean", "description": "With default guards: add the agreement guard."},
-}, closed=True)
-
-ROLLOUT_CREATE = _object({
-    "model": _text(pattern=NAME_PATTERN),
-    "candidate_version": _text(
-        description="A release of the model with a validated variant; not the stable one."),
-    "stages": {"type": "array", "minItems": 1, "items": _ref("Stage"),
-               "description": "Default 10% → 50% → 100%."},
-    "guards": _ref("GuardSpec"),
-    "stratify": {"type": "boolean", "default": False, "description": "Bucket per device class."},
-    "shadow": {"type": "boolean", "default": False},
-    "shadow_share": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1, "default": 0.1},
-}, ("model", "candidate_version"))
-
-ROLLOUT_SUMMARY = _object({
-    "id": {"type": "integer"},
-    "model": {"type": "string"},
-    "candidate": {"type": "string"},
-    "baseline": {"type": "string"},
-    "phase": {"type": "string", "enum": [p.value for p in Phase]},
-    "stage": {"type": "integer", "minimum": 1},
-    "stages": {"type": "integer", "minimum": 1},
-    "canary_percent": {"type": "number"},
-    "reason": _nullable({"type": "string"}),
-    "created_at": TIME,
-    "updated_at": TIME,
-}, ("id", "model", "candidate", "baseline", "phase", "stage", "stages", "canary_percent", "reason",
-    "created_at", "updated_at"))
-
-ROLLOUT_STATUS = {"allOf": [ROLLOUT_SUMMARY, _object({
-    "spec": {"type": "object"},
-    "state": {"type": "object"},
-    "verdicts": {"type": "array", "description": "Newest first.", "items": _object({
-        "window_end": TIME,
-        "stage": {"type": "integer"},
-        "guard": {"type": "string"},
-        "scope": {"type": "string"},
-        "outcome": {"type": "string"},
-        "reason": {"type": "string"},
-        "decision": {"type": "string"},
-        "stats": {"type": "object"},
-    }, ("window_end", "stage", "guard", "scope", "outcome", "reason", "decision", "stats"))},
-}, ("spec", "state", "verdicts"))]}
-
-VARIANT = _object({
-    "id": {"type": "string"},
-    "format": {"type": "string"},
-    "precision": {"type": "string"},
-    "runtime": _object({"name": {"type": "string"}, "min_version": {"type": "string"}},
-                       ("name", "min_version")),
-    "validation": {"type": "string"},
-    "sha256": {"type": "string"},
-    "size_bytes": {"type": "integer"},
-    "peak_rss_bytes": _nullable({"type": "integer"}),
-    "url": {"type": "string"},
-}, ("id", "format", "precision", "runtime", "validation", "sha256", "size_bytes", "peak_rss_bytes", "url"))
-
-RELEASE = _object({
-    "model": {"type": "string"},
-    "version": {"type": "string"},
-    "signed_by": {"type": "string"},
-    "created_at": _nullable(TIME),
-    "stable": {"type": "boolean"},
-    "variants": {"type": "array", "items": _ref("Variant")},
-    "golden": _object({
-        "file": _nullable({"type": "string"}),
-        "sha256": _nullable({"type": "string"}),
-        "count": _nullable({"type": "integer"}),
-        "url": {"type": "string"},
-    }, ("file", "sha256", "count", "url")),
-    "manifest": {"type": "object", "description": "The signed manifest (GET of one release only)."},
-    "created": {"type": "boolean", "description": "Publish only: false for an identical re-publish."},
-}, ("model", "version", "signed_by", "created_at", "stable", "variants", "golden"))
-
-REPORT = _object({
-    "id": _text(description="Made by the device; the server accepts each id at most once per device."),
-    "model": _text(pattern=NAME_PATTERN),
-    "version": _text(),
-    "variant": _text(),
-    "rollout_id": _nullable({"type": "integer", "minimum": 0, "maximum": MAX_ID}),
-    "cohort": {"type": "string", "enum": ["stable", "canary"]},
-    "window_start": TIME,
-    "window_end": {"type": "string", "format": "date-time", "description": "Not before window_start."},
-    "inferences": _count(),
-    "errors": _object({reason: _nullable(_count()) for reason in ERROR_REASONS}, closed=True,
-                      description="Errors by reason."),
-    "latency_counts": {"type": "array", "minItems": BUCKET_COUNT, "maxItems": BUCKET_COUNT,
-                       "items": _count(),
-                       "description": "Latency histogram on the shared buckets (monitoring/buckets.py); "
-                                      "its sum must not exceed inferences."},
-    "labelled": _nullable(_count()),
-    "correct": _nullable(_count(description="At most labelled.")),
-    "shadow_samples": _nullable(_count()),
-    "shadow_agree": _nullable(_count(description="At most shadow_samples.")),
-    "peak_rss_bytes": _nullable(_count()),
-    "dropped_windows": _nullable(_count(10**6)),
-}, ("id", "model", "version", "variant", "cohort", "window_start", "window_end", "inferences",
-    "latency_counts"))
-
-ASSIGNMENT = _object({
-    "model": {"type": "string"},
-    "version": {"type": "string"},
-    "cohort": {"type": "string", "enum": ["stable", "canary"]},
-    "rollout_id": _nullable({"type": "integer"}),
-    "variant": _object({
-        "id": {"type": "string"},
-        "format": {"type": "string"},
-        "sha256": {"type": "string"},
-    }, ("id", "format", "sha256")),
-    "artifact_url": {"type": "string"},
-    "golden_url": {"type": "string"},
-    "manifest": {"type": "object"},
-    "report_interval_seconds": {"type": "number"},
-    "shadow": _object({
-        "version": {"type": "string"},
-        "variant_id": {"type": "string"},
-        "sha256": {"type": "string"},
-        "artifact_url": {"type": "string"},
-        "sample_share": {"type": "number"},
-    }, ("version", "variant_id", "sha256", "artifact_url", "sample_share")),
-}, ("model", "version", "cohort", "rollout_id", "variant", "artifact_url", "golden_url", "manifest",
-    "report_interval_seconds"))
-
-REGISTER = _object({
-    "enrollment_token": _text(128),
-    "device_class": _text(32, pattern=NAME_PATTERN, description="Coarse class, e.g. rpi4, android."),
-    "arch": _text(32),
-    "os": _text(64),
-    "ram_bytes": _count(),
-    "runtimes": {"type": "object", "maxProperties": 16,
-                 "additionalProperties": _text(64),
-                 "description": "Runtime name (1 to 32 characters) → version, "
-                                "e.g. {\"onnxruntime\": \"1.20.1\"}."},
-}, ("enrollment_token", "device_class", "arch", "os", "ram_bytes", "runtimes"))
-
-TOKEN_CREATE = _object({
-    "name": _text(),
-    "role": {"type": "string", "enum": [*ROLES, ENROLL]},
-}, ("name", "role"))
-
-SCHEMAS: dict[str, Schema] = {
-    "Error": ERROR, "Stage": STAGE, "Guard": GUARD, "GuardSpec": GUARD_SPEC,
-    "RolloutCreate": ROLLOUT_CREATE, "RolloutSummary": ROLLOUT_SUMMARY, "RolloutStatus": ROLLOUT_STATUS,
-    "Variant": VARIANT, "Release": RELEASE, "Report": REPORT, "Assignment": ASSIGNMENT,
-    "DeviceRegistration": REGISTER, "TokenCreate": TOKEN_CREATE,
-}
-
+from rollout_server.openapi_schemas import (
+    API_VERSION,
+    BAD_JSON,
+    DEVICE,
+    MAX_ID,
+    NAME_PATTERN,
+    NO_DEVICE,
+    NO_TOKEN,
+    OPENAPI_VERSION,
+    OPERATOR,
+    SCHEMAS,
+    SHA256_PATTERN,
+    TIME,
+    _body,
+    _json,
+    _nullable,
+    _object,
+    _operator,
+    _path,
+    _ref,
+    _responses,
+    _role,
+    _text,
+)
 
 # --- paths ----------------------------------------------------------------------------------
 
