@@ -45,6 +45,7 @@ from tests.rollout_server.test_rollouts import (
     T0,
     assignments,
     create,
+    run_until_decided,
     send_window,
     start_stage_at,
 )
@@ -199,14 +200,7 @@ def test_the_app_on_postgresql_ramps_and_promotes_a_good_candidate(app, client, 
 
 def test_the_app_on_postgresql_rolls_back_a_bad_candidate(app, client, tokens, fleet):
     rollout_id = create(client, tokens).json["id"]
-    start_stage_at(app, rollout_id, T0)
-    for window in range(1, 8):
-        now = T0 + dt.timedelta(seconds=60 * window)
-        send_window(client, fleet, now, {"stable": 0.01, "canary": 0.08}, seed=100 + window)
-        step_all(app, now)
-        status = client.get(f"/v1/rollouts/{rollout_id}", headers=auth(tokens["admin"])).json
-        if status["phase"] != "running":
-            break
+    status = run_until_decided(app, client, tokens, fleet, rollout_id, {"stable": 0.01, "canary": 0.08})
     assert status["phase"] == "rolled_back"
     assert {a["version"] for a in assignments(client, fleet).values()} == {"1"}
 

@@ -113,17 +113,24 @@ def test_a_good_candidate_ramps_and_is_promoted(app, client, tokens, fleet):
     assert {a["version"] for a in assignments(client, fleet).values()} == {"2"}
 
 
-def test_a_canary_with_many_more_errors_is_rolled_back_and_everyone_returns_to_stable(
-        app, client, tokens, fleet):
-    rollout_id = create(client, tokens).json["id"]
+def run_until_decided(app, client, tokens, fleet, rollout_id: int, error_rate: dict[str, float],
+                      windows: int = 7, seed: int = 100) -> dict:
+    """Report and analyse one window a minute from T0 until the rollout leaves ``running``."""
     start_stage_at(app, rollout_id, T0)
-    for window in range(1, 8):
+    for window in range(1, windows + 1):
         now = T0 + dt.timedelta(seconds=60 * window)
-        send_window(client, fleet, now, {"stable": 0.01, "canary": 0.08}, seed=100 + window)
+        send_window(client, fleet, now, error_rate, seed=seed + window)
         step_all(app, now)
         status = client.get(f"/v1/rollouts/{rollout_id}", headers=auth(tokens["admin"])).json
         if status["phase"] != "running":
             break
+    return status
+
+
+def test_a_canary_with_many_more_errors_is_rolled_back_and_everyone_returns_to_stable(
+        app, client, tokens, fleet):
+    rollout_id = create(client, tokens).json["id"]
+    status = run_until_decided(app, client, tokens, fleet, rollout_id, {"stable": 0.01, "canary": 0.08})
     assert status["phase"] == "rolled_back"
     assert "error" in status["reason"].lower()
     assert any(v["outcome"] == "fail" and v["decision"] == "rollback" for v in status["verdicts"])
