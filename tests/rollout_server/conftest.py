@@ -18,6 +18,7 @@ from rollout_server.app import create_app
 from rollout_server.auth import FIRST_START_FILE
 from rollout_server.db import session_scope
 from rollout_server.models import Model, Release, Variant
+from tests.rollout_server.postgres import postgresql_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,3 +123,14 @@ def edgeship(*args: Any, token: str | None = None) -> subprocess.CompletedProces
         env["EDGESHIP_TOKEN"] = token
     return subprocess.run([sys.executable, "-m", "converter.cli", *map(str, args)], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def postgresql():
+    yield from postgresql_server()
+
+
+@pytest.fixture
+def pg_url(postgresql) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgresql.create_database()

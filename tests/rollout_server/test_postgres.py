@@ -1,4 +1,6 @@
-"""The rollout server on a real PostgreSQL: migrations, the app's rollout flow, and two replicas.
+"""The rollout server on a real PostgreSQL: the app's rollout flow, and two replicas on one database.
+
+Migrations are tested in ``test_migrations.py``.
 
 The server is a throwaway cluster started once per session (:mod:`tests.rollout_server.postgres`);
 each test gets a fresh, empty database. Skipped when PostgreSQL's server binaries are missing,
@@ -25,20 +27,17 @@ import pytest
 pytest.importorskip("flask")
 pytest.importorskip("alembic")
 
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, select, text
 
 from monitoring.buckets import histogram
 from rollout_server.app import create_app
 from rollout_server.auth import FIRST_START_FILE
 from rollout_server.controller import step_all
-from rollout_server.db import alembic_config, make_engine, session_scope, upgrade_schema
-from rollout_server.models import AuditEntry, Base, Model, Rollout, Verdict
+from rollout_server.db import session_scope
+from rollout_server.models import AuditEntry, Model, Rollout, Verdict
 from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
-from tests.rollout_server.postgres import PostgresServer, free_port, postgresql_server
+from tests.rollout_server.postgres import free_port
+from tests.rollout_server.test_migrations import HEAD, schema_diff, versions
 from tests.rollout_server.test_rollouts import (
     GUARDS,
     STAGES,
@@ -49,100 +48,6 @@ from tests.rollout_server.test_rollouts import (
     send_window,
     start_stage_at,
 )
-
-HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
-@pytest.fixture(scope="session")
-def postgresql():
-    yield from postgresql_server()
-
-
-@pytest.fixture
-def pg_url(postgresql: PostgresServer) -> str:
-    """A fresh, empty database on the session's server."""
-    return postgresql.create_database()
-
-
-# --- migrations ---------------------------------------------------------------------------------
-
-
-def schema_diff(url: str) -> list:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
-            return compare_metadata(context, Base.metadata)
-    finally:
-        engine.dispose()
-
-
-def versions(url: str) -> list[str]:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            return list(connection.scalars(text("SELECT version_num FROM alembic_version")))
-    finally:
-        engine.dispose()
-
-
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'edgeship.db'}"
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_the_migrated_schema_matches_the_models(backend, tmp_path, request):
-    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
-    upgrade_schema(url)
-    assert schema_diff(url) == []
-    assert versions(url) == [HEAD]
-    engine = make_engine(url)
-    try:
-        fks = inspect(engine).get_foreign_keys("models")
-    finally:
-        engine.dispose()
-    # the Model <-> Release cycle: the model's stable release is a real foreign key on both
-    assert [(fk["constrained_columns"], fk["referred_table"]) for fk in fks] == [(["stable_release_id"],
-                                                                                    "releases")]
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_downgrade_to_nothing_and_upgrade_again(backend, tmp_path, request):
-    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
-    upgrade_schema(url)
-    command.downgrade(alembic_config(url), "base")  # env.py's own connection, as from the CLI
-    engine = make_engine(url)
-    try:
-        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
-    finally:
-        engine.dispose()
-    upgrade_schema(url)
-    assert schema_diff(url) == []
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_concurrent_first_starts_migrate_once(backend, tmp_path, request):
-    """Six workers bring one empty database to head at the same moment: no error, one version."""
-    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
-    barrier = threading.Barrier(6)
-    errors: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            barrier.wait(timeout=30)
-            upgrade_schema(url)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert errors == []
-    assert versions(url) == [HEAD]
-    assert schema_diff(url) == []
-
 
 # --- the app on PostgreSQL ------------------------------------------------------------------------
 

@@ -1,0 +1,103 @@
+"""Alembic migrations on SQLite and on a real PostgreSQL: schema equals the models, round trip,
+concurrent first starts migrate once."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flask")
+pytest.importorskip("alembic")
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+
+from rollout_server.db import alembic_config, make_engine, upgrade_schema
+from rollout_server.models import Base
+
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+
+def schema_diff(url: str) -> list:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+
+
+def versions(url: str) -> list[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.scalars(text("SELECT version_num FROM alembic_version")))
+    finally:
+        engine.dispose()
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'edgeship.db'}"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_migrated_schema_matches_the_models(backend, tmp_path, request):
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
+    upgrade_schema(url)
+    assert schema_diff(url) == []
+    assert versions(url) == [HEAD]
+    engine = make_engine(url)
+    try:
+        fks = inspect(engine).get_foreign_keys("models")
+    finally:
+        engine.dispose()
+    # the Model <-> Release cycle: the model's stable release is a real foreign key on both
+    assert [(fk["constrained_columns"], fk["referred_table"]) for fk in fks] == [(["stable_release_id"],
+                                                                                    "releases")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_downgrade_to_nothing_and_upgrade_again(backend, tmp_path, request):
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
+    upgrade_schema(url)
+    command.downgrade(alembic_config(url), "base")  # env.py's own connection, as from the CLI
+    engine = make_engine(url)
+    try:
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    finally:
+        engine.dispose()
+    upgrade_schema(url)
+    assert schema_diff(url) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_first_starts_migrate_once(backend, tmp_path, request):
+    """Six workers bring one empty database to head at the same moment: no error, one version."""
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            barrier.wait(timeout=30)
+            upgrade_schema(url)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert versions(url) == [HEAD]
+    assert schema_diff(url) == []
