@@ -45,7 +45,6 @@ from tests.rollout_server.test_rollouts import (
     assignments,
     create,
     run_until_decided,
-    send_window,
     start_stage_at,
 )
 
@@ -74,16 +73,9 @@ def test_the_app_on_postgresql_ramps_and_promotes_a_good_candidate(app, client, 
     rollout_id = response.json["id"]
     canary = {d for d, a in assignments(client, fleet).items() if a["cohort"] == "canary"}
     assert 0 < len(canary) < 40
-    start_stage_at(app, rollout_id, T0)
-    phases = []
-    for window in range(1, 12):
-        now = T0 + dt.timedelta(seconds=60 * window)
-        send_window(client, fleet, now, {"stable": 0.01, "canary": 0.01}, seed=window)
-        step_all(app, now)
-        status = client.get(f"/v1/rollouts/{rollout_id}", headers=auth(tokens["admin"])).json
-        phases.append((status["phase"], status["canary_percent"]))
-        if status["phase"] == "promoted":
-            break
+    phases: list = []
+    run_until_decided(app, client, tokens, fleet, rollout_id, {"stable": 0.01, "canary": 0.01},
+                      windows=11, seed=0, phases=phases)
     assert phases[-1][0] == "promoted", phases
     assert ("running", 50.0) in phases
     with session_scope(app) as session:

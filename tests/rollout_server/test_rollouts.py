@@ -116,14 +116,17 @@ def test_a_good_candidate_ramps_and_is_promoted(app, client, tokens, fleet):
 
 
 def run_until_decided(app, client, tokens, fleet, rollout_id: int, error_rate: dict[str, float],
-                      windows: int = 7, seed: int = 100) -> dict:
-    """Report and analyse one window a minute from T0 until the rollout leaves ``running``."""
+                      windows: int = 7, seed: int = 100, phases: list | None = None) -> dict:
+    """Report and analyse one window a minute from T0 until the rollout leaves ``running``;
+    each window's ``(phase, canary_percent)`` is appended to ``phases`` when given."""
     start_stage_at(app, rollout_id, T0)
     for window in range(1, windows + 1):
         now = T0 + dt.timedelta(seconds=60 * window)
         send_window(client, fleet, now, error_rate, seed=seed + window)
         step_all(app, now)
         status = client.get(f"/v1/rollouts/{rollout_id}", headers=auth(tokens["admin"])).json
+        if phases is not None:
+            phases.append((status["phase"], status["canary_percent"]))
         if status["phase"] != "running":
             break
     return status
