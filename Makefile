@@ -26,16 +26,22 @@ demo: setup
 		--model-name digits-cnn --version 1 --signing-key $(BUILD)/keys/publisher.key \
 		--out $(BUILD)/release/digits-cnn-1 --force
 
-# PostgreSQL server binaries for the PostgreSQL tests (they start a throwaway server of their
-# own). Installed from Debian's packages when missing and we may (root); otherwise those tests
-# skip locally and fail under CI=true.
+# System packages some tests need, installed from Debian's packages when missing and we may
+# (root); otherwise those tests skip locally and fail under CI=true:
+# - postgresql: server binaries for the PostgreSQL tests (they start a throwaway server);
+# - prometheus: promtool and prometheus for the monitoring tests (rules, config, live scrape).
 system-deps:
-	@if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	@pkgs=""; \
+	if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+		pkgs="$$pkgs postgresql"; \
+	fi; \
+	if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then pkgs="$$pkgs prometheus"; fi; \
+	if [ -n "$$pkgs" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "installing postgresql (Debian packages)"; \
+			echo "installing$$pkgs (Debian packages)"; \
 			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
-		else echo "postgresql server binaries missing: install the 'postgresql' package for its tests"; fi; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \
+		else echo "missing Debian packages$$pkgs: install them for their tests"; fi; \
 	fi
 
 lint: setup

@@ -40,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_variants(sub)
     _add_keys(sub)
+    from edge_agent.cli import add_parser as add_agent
     from rollout_server.cli import add_parsers
 
     add_parsers(sub)
+    add_agent(sub)
     return parser
 
 
@@ -59,6 +61,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", required=True, metavar="FILE.npz",
                    help="evaluation samples keyed by input name, labels under 'labels'")
     p.add_argument("--calib", metavar="FILE.npz", help="calibration samples (default: eval set)")
+    p.add_argument("--train", metavar="FILE.npz",
+                   help="training samples (same layout): needed by distill steps, fine-tunes pruned models")
     p.add_argument("--recipe", metavar="FILE.toml", help="variants and gates (default: all kinds)")
     p.add_argument("--out", required=True, metavar="DIR", help="release directory to create")
     p.add_argument("--model-name", default="model", help="registry name, [a-z0-9-]+")
@@ -84,7 +88,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     try:
         conversion = run_conversion(
             args.model, args.input, args.eval, args.out,
-            calib_data=args.calib, recipe=args.recipe, model_name=args.model_name,
+            calib_data=args.calib, train_data=args.train, recipe=args.recipe, model_name=args.model_name,
             version=args.version, signing_key=args.signing_key, task=args.task,
             force=args.force, progress=Progress(quiet=args.quiet),
         )

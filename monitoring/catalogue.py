@@ -47,7 +47,10 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("edgeship_rollout_phase", "gauge", "1 for the phase the model's latest rollout is in.",
                    ("model", "phase")),
         MetricSpec("edgeship_rollbacks_total", "counter", "Rollouts rolled back automatically.", ("model",)),
-        MetricSpec("edgeship_reports_total", "counter", "Device reports by outcome (accepted, duplicate).",
+        MetricSpec("edgeship_controller_errors_total", "counter",
+                   "Rollout controller errors by reason (pass_failed, analysis_error).", ("reason",)),
+        MetricSpec("edgeship_reports_total", "counter",
+                   "Device reports by outcome (accepted and duplicate reports, rejected batches).",
                    ("outcome",)),
     )
 }

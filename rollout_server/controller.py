@@ -23,10 +23,12 @@ from rollout_server.analysis import (
     Decision,
     GuardSpec,
     Measurements,
+    Outcome,
     RolloutState,
     assess,
     decide,
 )
+from rollout_server.api.metrics import bump
 from rollout_server.db import session_scope
 from rollout_server.models import ERROR_REASONS, AuditEntry, Report, Rollout, Verdict, utcnow
 
@@ -114,6 +116,8 @@ def step_rollout(
             outcome=verdict.outcome.value,
             reason=verdict.reason, stats=verdict.to_dict()["stats"], decision=decision.action.value,
         ))
+    if any(v.outcome is Outcome.ERROR for v in verdicts):
+        bump(session, "controller_errors_analysis_error")
     apply_decision(session, rollout, decision, "controller", now)
     return decision
 
@@ -122,15 +126,32 @@ def step_all(app: Flask, now: dt.datetime | None = None) -> dict[int, Decision]:
     """One controller pass over every active rollout; each in its own transaction."""
     now = now or utcnow()
     window = float(app.config["ANALYSIS_WINDOW_SECONDS"])
-    with session_scope(app) as session:
-        ids = list(session.scalars(select(Rollout.id).where(Rollout.phase.in_(ACTIVE))))
     decisions = {}
-    for rollout_id in ids:
-        with session_scope(app) as session:
-            decision = step_rollout(session, rollout_id, now, window)
+    for rollout_id in active_rollout_ids(app):
+        try:
+            with session_scope(app) as session:
+                decision = step_rollout(session, rollout_id, now, window)
+        except Exception:  # one broken rollout must not stop the others' analysis
+            app.logger.exception("controller step of rollout %s failed", rollout_id)
+            count_controller_error(app, "pass_failed")
+            continue
         if decision is not None:
             decisions[rollout_id] = decision
     return decisions
+
+
+def active_rollout_ids(app: Flask) -> list[int]:
+    with session_scope(app) as session:
+        return list(session.scalars(select(Rollout.id).where(Rollout.phase.in_(ACTIVE))))
+
+
+def count_controller_error(app: Flask, reason: str) -> None:
+    """Add one to ``edgeship_controller_errors_total{reason}`` (never raises: it is bookkeeping)."""
+    try:
+        with session_scope(app) as session:
+            bump(session, f"controller_errors_{reason}")
+    except Exception:
+        app.logger.exception("could not count a controller error")
 
 
 def start_controller(app: Flask) -> threading.Thread:
@@ -144,6 +165,7 @@ def start_controller(app: Flask) -> threading.Thread:
                 step_all(app)
             except Exception:  # keep the loop alive; the error is logged and retried next pass
                 app.logger.exception("controller pass failed")
+                count_controller_error(app, "pass_failed")
 
     thread = threading.Thread(target=loop, name="edgeship-controller", daemon=True)
     thread.start()

@@ -16,6 +16,7 @@ OPENAPI_VERSION = "3.0.3"
 API_VERSION = "1"
 #: ``rollout_server.validation.NAME`` (model names, device classes) in ECMA-262 syntax.
 NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+DEVICE_CLASS_PATTERN = r"^[a-z0-9]+([_-][a-z0-9]+)*$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 #: ``rollout_server.validation.count``'s default maximum.
 MAX_COUNT = 10**12
@@ -264,15 +265,20 @@ ASSIGNMENT = _object({
         "version": {"type": "string"},
         "variant_id": {"type": "string"},
         "sha256": {"type": "string"},
+        "variant": {"type": "object", "description": "The candidate variant, as in 'variant'."},
         "artifact_url": {"type": "string"},
+        "golden_url": {"type": "string"},
+        "manifest": {"type": "object", "description": "The candidate release's signed manifest."},
         "sample_share": {"type": "number"},
-    }, ("version", "variant_id", "sha256", "artifact_url", "sample_share")),
+    }, ("version", "variant_id", "sha256", "variant", "artifact_url", "golden_url", "manifest",
+        "sample_share")),
 }, ("model", "version", "cohort", "rollout_id", "variant", "artifact_url", "golden_url", "manifest",
     "report_interval_seconds"))
 
 REGISTER = _object({
     "enrollment_token": _text(128),
-    "device_class": _text(32, pattern=NAME_PATTERN, description="Coarse class, e.g. rpi4, android."),
+    "device_class": _text(32, pattern=DEVICE_CLASS_PATTERN,
+                          description="Coarse class, e.g. rpi4, android, linux-x86_64."),
     "arch": _text(32),
     "os": _text(64),
     "ram_bytes": _count(),

@@ -15,7 +15,7 @@ from rollout_server.auth import ENROLL, current_device, hash_secret, new_secret
 from rollout_server.db import db
 from rollout_server.errors import ApiError, NotFound, Unauthorized
 from rollout_server.models import Device, Model, Rollout, Token, utcnow
-from rollout_server.validation import NAME, count, field, json_body, short_text
+from rollout_server.validation import DEVICE_CLASS, NAME, count, field, json_body, short_text
 
 bp = Blueprint("devices", __name__, url_prefix="/v1/devices")
 ACTIVE_PHASES = ("running", "paused")
@@ -43,7 +43,7 @@ def register():
     credential = new_secret()
     device = Device(
         id=str(uuid.uuid4()),
-        device_class=short_text(data, "device_class", max_length=32, pattern=NAME),
+        device_class=short_text(data, "device_class", max_length=32, pattern=DEVICE_CLASS),
         arch=short_text(data, "arch", max_length=32),
         os=short_text(data, "os", max_length=64),
         ram_bytes=count(data, "ram_bytes"),
@@ -107,10 +107,10 @@ def assignment_document(session, device: Device, model: Model, rollout: Rollout 
         raise ApiError(
             f"no variant of {model.name} {release.version} runs on this device "
             f"(runtimes {sorted(device.runtimes)}, {device.ram_bytes} bytes RAM)", 409, "no_variant")
-    shadow, shadow_version = None, None
+    shadow, candidate = None, None
     if rollout is not None and rollout.spec.get("shadow") and cohort == "stable":
         candidate = release_info(session, rollout.candidate_id)
-        shadow, shadow_version = choose_variant(candidate, device), candidate.version
+        shadow = choose_variant(candidate, device)
     interval = current_app.config["REPORT_INTERVAL_SECONDS"]
     key = (str(session.get_bind().url), model.name, release.id, variant.variant_id, cohort,
            rollout.id if rollout is not None else None, shadow.variant_id if shadow else None,
@@ -119,8 +119,8 @@ def assignment_document(session, device: Device, model: Model, rollout: Rollout 
     if cached is None:
         body = _document(model.name, release, variant, cohort, rollout, interval)
         if shadow is not None:
-            body["shadow"] = {"version": shadow_version, "variant_id": shadow.variant_id,
-                              "sha256": shadow.sha256, "artifact_url": f"/v1/artifacts/{shadow.sha256}",
+            body["shadow"] = {**_release_block(candidate, shadow), "variant_id": shadow.variant_id,
+                              "sha256": shadow.sha256,
                               "sample_share": rollout.spec.get("shadow_share", 0.1)}
         data = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         cached = (data, hashlib.sha256(data).hexdigest()[:32])
@@ -132,17 +132,23 @@ def assignment_document(session, device: Device, model: Model, rollout: Rollout 
 
 def _document(model_name: str, release: ReleaseInfo, variant: VariantInfo, cohort: str,
               rollout: Rollout | None, interval: int) -> dict:
-    entry = variant.entry
-    body = {
+    return {
         "model": model_name,
-        "version": release.version,
         "cohort": cohort,
         "rollout_id": rollout.id if rollout is not None else None,
+        **_release_block(release, variant),
+        "report_interval_seconds": interval,
+    }
+
+
+def _release_block(release: ReleaseInfo, variant: VariantInfo) -> dict:
+    """What a device needs to fetch, verify and run one variant of one release."""
+    entry = variant.entry
+    return {
+        "version": release.version,
         "variant": {k: entry.get(k) for k in ("id", "format", "precision", "file", "sha256",
                                               "size_bytes", "runtime", "io", "validation")},
         "artifact_url": f"/v1/artifacts/{variant.sha256}",
         "golden_url": f"/v1/artifacts/{release.manifest['golden']['sha256']}",
         "manifest": release.manifest,
-        "report_interval_seconds": interval,
     }
-    return body

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
@@ -24,13 +25,19 @@ from rollout_server.models import ERROR_REASONS, Counter, Device, Model, Report,
 
 bp = Blueprint("metrics", __name__)
 ACTIVE_DEVICE_SECONDS = 300
-COUNTERS = ("reports_duplicate", "reports_rejected")
+CONTROLLER_ERRORS = ("pass_failed", "analysis_error")
+COUNTERS = ("reports_duplicate", "reports_rejected", *(f"controller_errors_{r}" for r in CONTROLLER_ERRORS))
 
 
 def ensure_counters(session: Session) -> None:
+    """Create the counters' rows that are missing (safe when several processes start at once)."""
     for name in COUNTERS:
         if session.get(Counter, name) is None:
-            session.add(Counter(name=name, value=0))
+            try:
+                with session.begin_nested():
+                    session.add(Counter(name=name, value=0))
+            except IntegrityError:  # another process created it first
+                pass
 
 
 def bump(session: Session, name: str, by: int = 1) -> None:
@@ -123,10 +130,14 @@ def _device_metrics(session: Session) -> Iterator:
 def _report_metrics(session: Session) -> Iterator:
     reports = _family(CounterMetricFamily, "edgeship_reports_total")
     reports.add_metric(["accepted"], session.scalar(select(func.count(Report.id))) or 0)
-    for name in COUNTERS:
-        counter = session.get(Counter, name)
-        reports.add_metric([name.removeprefix("reports_")], counter.value if counter else 0)
+    values = {c.name: c.value for c in session.scalars(select(Counter).where(Counter.name.in_(COUNTERS)))}
+    for name in ("reports_duplicate", "reports_rejected"):
+        reports.add_metric([name.removeprefix("reports_")], values.get(name, 0))
     yield reports
+    errors = _family(CounterMetricFamily, "edgeship_controller_errors_total")
+    for reason in CONTROLLER_ERRORS:
+        errors.add_metric([reason], values.get(f"controller_errors_{reason}", 0))
+    yield errors
 
 
 @bp.get("/metrics")

@@ -54,3 +54,26 @@ def test_every_exported_family_is_in_the_catalogue(app, client):
     names = {name for name in scrape(client)}
     catalogue = {m.removesuffix("_total") for m in METRICS}
     assert names <= catalogue
+
+
+def test_controller_errors_are_counted_and_a_broken_rollout_does_not_stop_the_pass(app, client, monkeypatch):
+    from rollout_server import controller
+
+    families = scrape(client)
+    assert value(families["edgeship_controller_errors"], "edgeship_controller_errors_total",
+                 reason="pass_failed") == 0  # exported from the start, so increase() sees the first
+    stepped: list[int] = []
+
+    def step(session, rollout_id, now, window):
+        stepped.append(rollout_id)
+        if rollout_id == 1:
+            raise RuntimeError("broken rollout")
+        return None
+
+    monkeypatch.setattr(controller, "step_rollout", step)
+    monkeypatch.setattr(controller, "active_rollout_ids", lambda _: [1, 2])
+    controller.step_all(app)
+    assert stepped == [1, 2]
+    assert value(scrape(client)["edgeship_controller_errors"], "edgeship_controller_errors_total",
+                 reason="pass_failed") == 1
+

@@ -1,0 +1,378 @@
+"""The edge agent: keeps the assigned model running on this device and reports how it does.
+
+Usable standalone (``edgeship agent``) or as a library inside an app::
+
+    agent = Agent(load_config(Path("/etc/edgeship/agent.toml"))).start()
+    outputs = agent.predict({"image": batch}, label=3)   # always on the current model
+    agent.stop()                                          # flushes the outbox
+
+One control thread does the talking: check-in (assignment with ETag) → install when it changed
+(see :mod:`edge_agent.installer`) → swap → close reporting windows into the disk outbox →
+deliver the outbox. ``predict`` never waits for it: the current model is one reference that a
+swap replaces only with a model that is loaded and passed its golden probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.backoff import Backoff, VariantBackoff
+from edge_agent.config import AgentConfig
+from edge_agent.download import DownloadError
+from edge_agent.identity import Identity
+from edge_agent.installer import Installer, trusted_keys
+from edge_agent.local_metrics import LocalMetrics
+from edge_agent.model import LoadedModel, ModelRefused
+from edge_agent.outbox import Outbox, OutboxError
+from edge_agent.server_api import ServerApi, ServerError, ServerRejected, ServerUnavailable
+from edge_agent.shadow import ShadowRunner
+from edge_agent.store import ModelStore
+from edge_agent.window import WindowKey, WindowSet
+
+log = logging.getLogger("edgeship.agent")
+REPORT_BATCH = 100
+
+
+class NoModel(RuntimeError):
+    """No model is loaded yet (first start, before the first install finished)."""
+
+
+@dataclass(frozen=True)
+class Active:
+    """The model that answers ``predict`` and the window its measurements go to."""
+
+    model: LoadedModel
+    key: WindowKey
+
+
+class Agent:
+    """See the module docstring.
+
+    Args:
+        config: settings (:func:`edge_agent.config.load_config`).
+        device: registration fields (:func:`edge_agent.device.describe`); detected if left out.
+    """
+
+    def __init__(self, config: AgentConfig, device: dict[str, Any] | None = None) -> None:
+        from edge_agent.device import describe
+
+        self.config = config.check()
+        self.device = device or describe(config.device_class, config.ram_bytes)
+        state = config.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        self.api = ServerApi(config.server, config.request_timeout_seconds)
+        self.identity = Identity(state / "identity.json")
+        self.store = ModelStore(state / "models")
+        self.outbox = Outbox(state / "outbox.sqlite", max_reports=config.outbox_max_reports)
+        self.windows = WindowSet()
+        self.installer = Installer(self.api, self.store, trusted_keys(config.trusted_keys), config.threads,
+                                   config.golden_agreement_slack, config.download_max_bytes,
+                                   config.download_deadline_seconds)
+        self.metrics = LocalMetrics(self.device["device_class"]) if config.metrics_port is not None else None
+        self.shadow = ShadowRunner(self.windows)
+        self.report_interval_seconds = config.report_interval_seconds
+        self._active: Active | None = None
+        self._assignment: dict[str, Any] | None = None
+        self._etag: str | None = None
+        self._server_backoff = Backoff(config.backoff_initial_seconds, config.backoff_max_seconds)
+        self._variant_backoff = VariantBackoff(config.variant_backoff_seconds)
+        self._server_retry_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._metrics_server = None
+        self._pending: list[dict[str, Any]] = []  # closed windows the outbox could not take (disk full)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> Agent:
+        """Restore the last good model from disk, then run the control loop in a thread."""
+        restored = self.installer.restore()
+        if restored is not None:
+            model, _ = restored
+            self._swap(model, WindowKey(model.release.model, model.version, model.variant_id, None, "stable"))
+        if self.metrics is not None:
+            self._metrics_server, _ = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+        self._thread = threading.Thread(target=self._loop, name="edgeship-agent", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, flush_timeout_seconds: float = 5.0) -> None:
+        """Stop the loop, close the open window into the outbox and try to deliver it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(flush_timeout_seconds, self.config.request_timeout_seconds) + 5)
+        self.shadow.stop()
+        self.close_window()
+        deadline = time.monotonic() + flush_timeout_seconds
+        while len(self.outbox) and time.monotonic() < deadline:
+            if not self.flush():
+                break
+        if len(self.outbox):
+            log.info("%d report(s) stay in the outbox for the next start", len(self.outbox))
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        self.outbox.close()
+
+    # -- inference --------------------------------------------------------------------------
+
+    @property
+    def current(self) -> LoadedModel | None:
+        active = self._active
+        return active.model if active is not None else None
+
+    def predict(self, inputs: dict[str, np.ndarray] | np.ndarray, label: Any = None) -> list[np.ndarray]:
+        """Run the current model on one batch; outputs in the model's output order.
+
+        Args:
+            inputs: arrays keyed by input name, or one array for a single-input model.
+            label: the true class (or one per row) when known: counted for accuracy.
+
+        Raises:
+            NoModel: no model loaded yet.
+            InferenceError: the runtime failed (counted as ``runtime_error``).
+        """
+        active = self._active
+        if active is None:
+            raise NoModel("no model loaded yet: the agent is still fetching its first assignment")
+        model = active.model
+        feeds = inputs if isinstance(inputs, dict) else {model.input_names[0]: inputs}
+        start = time.perf_counter()
+        try:
+            outputs = model.run(feeds)
+        except Exception as err:
+            self._record_error(active.key, "runtime_error")
+            raise InferenceError(f"{model.variant_id}: {err}") from err
+        latency = time.perf_counter() - start
+        self.windows.record_inference(active.key, latency)
+        if self.metrics is not None:
+            self.metrics.observe_inference(active.key, latency)
+        if label is not None and model.classification:
+            self._record_labels(active.key, outputs[0], label)
+        shadow = self.shadow
+        if shadow.model is not None and random.random() < shadow.sample_share:
+            shadow.submit(active.key, feeds, outputs)
+        return outputs
+
+    def _record_labels(self, key: WindowKey, scores: np.ndarray, label: Any) -> None:
+        predicted = np.asarray(scores).reshape(len(scores), -1).argmax(axis=1)
+        for p, truth in zip(predicted, np.asarray(label).reshape(-1), strict=False):
+            self.windows.record_labelled(key, bool(p == truth))
+            if self.metrics is not None:
+                self.metrics.observe_labelled(key, bool(p == truth))
+
+    def _record_error(self, key: WindowKey, reason: str) -> None:
+        self.windows.record_error(key, reason)
+        if self.metrics is not None:
+            self.metrics.observe_error(key, reason)
+
+    # -- the control loop --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_check = next_report = time.monotonic()
+        next_report += self.report_interval_seconds
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_check and now >= self._server_retry_at:
+                self.check_in()
+                next_check = time.monotonic() + self.config.check_interval_seconds
+            if now >= next_report:
+                self.close_window()
+                next_report = now + self.report_interval_seconds
+            if (len(self.outbox) or self._pending) and now >= self._server_retry_at:
+                self.flush()
+            wake = min(next_check, next_report, max(self._server_retry_at, now + 0.05))
+            self._stop.wait(max(0.01, wake - time.monotonic()))
+
+    def check_in(self) -> None:
+        """Ask for the assignment and act on it; never raises (errors are logged and retried)."""
+        try:
+            self._ensure_registered()
+            body, self._etag = self.api.assignment(self.identity.device_id, self.config.model, self._etag)
+            if body is not None:
+                self._assignment = body
+                interval = body.get("report_interval_seconds")
+                if isinstance(interval, int | float) and interval > 0:
+                    self.report_interval_seconds = float(interval)
+            self._server_backoff.success()
+        except ServerUnavailable as err:
+            self._server_away(err)
+            return
+        except ServerRejected as err:
+            if err.status == 401:
+                log.warning("the server no longer knows this device's credential; registering again")
+                self.identity.forget()
+            else:
+                log.warning("assignment refused: %s", err)
+            return
+        if self._assignment is not None:
+            self._apply(self._assignment)
+
+    def _server_away(self, err: Exception) -> None:
+        delay = self._server_backoff.failure()
+        self._server_retry_at = time.monotonic() + delay
+        log.warning("server unavailable (%s); retrying in %.1f s, still serving the current model",
+                    err, delay)
+
+    def _ensure_registered(self) -> None:
+        if self.identity.device_id is None:
+            token = self.config.enroll_token
+            if not token:
+                raise ServerRejected("device is not registered and no enroll_token is configured", 401)
+            registration = self.api.register(token, self.device)
+            self.identity.save(registration.device_id, registration.credential)
+            log.info("registered as device %s (%s)", registration.device_id, self.device["device_class"])
+        self.api.credential = self.identity.credential
+
+    def _apply(self, assignment: dict[str, Any]) -> None:
+        """Run what the assignment names, or stay on the current model if it cannot run."""
+        variant = assignment["variant"]
+        assigned = WindowKey(assignment["model"], assignment["version"], variant["id"],
+                             assignment.get("rollout_id"), assignment["cohort"])
+        active = self._active
+        if active is None or not _runs(active.model, assignment):
+            now = time.monotonic()
+            if not self._variant_backoff.blocked(variant["sha256"], now):
+                self._install(assignment, assigned, now)
+        self._rekey(assignment)
+        self._apply_shadow(assignment.get("shadow"))
+
+    def _install(self, assignment: dict[str, Any], assigned: WindowKey, now: float) -> None:
+        log.info("installing %s v%s (%s, %s)", assigned.model, assigned.version, assigned.variant,
+                 assigned.cohort)
+        try:
+            model, entry = self.installer.install(assignment)
+        except ModelRefused as refused:
+            self._record_error(assigned, refused.reason)
+            until = self._variant_backoff.failed(assignment["variant"]["sha256"], now)
+            log.error("refused %s v%s: %s [%s]; staying on the current model, not retrying for %.0f s",
+                      assigned.model, assigned.version, refused, refused.reason, until - now)
+            return
+        except DownloadError as err:
+            log.warning("download of %s v%s interrupted (%s); resuming at the next check-in",
+                        assigned.model, assigned.version, err)
+            return
+        self.installer.commit(entry, keep=self.shadow.blobs)
+        self._swap(model, assigned)
+        log.info("now running %s v%s (%s)", assigned.model, assigned.version, assigned.variant)
+
+    def _rekey(self, assignment: dict[str, Any]) -> None:
+        """Point the current model's measurements at the assignment's rollout and cohort.
+
+        A device that could not install what it was assigned keeps reporting for what it
+        actually runs, as ``stable``: its inferences must not count for the candidate.
+        """
+        active = self._active
+        if active is None:
+            return
+        cohort = assignment["cohort"] if _runs(active.model, assignment) else "stable"
+        key = WindowKey(active.model.release.model, active.model.version, active.model.variant_id,
+                        assignment.get("rollout_id"), cohort)
+        if key != active.key:
+            self._active = Active(active.model, key)
+
+    def _swap(self, model: LoadedModel, key: WindowKey) -> None:
+        self._active = Active(model, key)  # one reference assignment: predict sees old or new, whole
+        if self.metrics is not None:
+            self.metrics.set_model(model.release.model, model.version, model.variant_id)
+
+    def _apply_shadow(self, block: dict[str, Any] | None) -> None:
+        if block is None:
+            self.shadow.clear()
+            return
+        sha = block.get("sha256", "")
+        if self.shadow.runs(sha) or self._variant_backoff.blocked(sha, time.monotonic()):
+            return
+        try:
+            model, entry = self.installer.install(block)
+        except (ModelRefused, DownloadError) as err:
+            self._variant_backoff.failed(sha, time.monotonic())
+            log.warning("shadow candidate %s not loaded: %s", block.get("variant_id"), err)
+            return
+        self.shadow.set(model, float(block.get("sample_share", 0.1)), tuple(entry["blobs"].values()))
+        log.info("shadowing candidate v%s (%s) on %.0f%% of inputs", model.version, model.variant_id,
+                 100 * self.shadow.sample_share)
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def close_window(self) -> None:
+        """Close the reporting window(s) into the outbox (kept in memory if the disk is full)."""
+        reports = self._pending + self.windows.close()
+        if not reports:
+            return
+        try:
+            self.outbox.add(reports)
+            self._pending = []
+        except OutboxError as err:
+            self._pending = reports[-self.config.outbox_max_reports:]
+            self.outbox.note_dropped(len(reports) - len(self._pending))
+            log.error("%s; keeping %d report(s) in memory and running on", err, len(self._pending))
+
+    def flush(self) -> bool:
+        """Deliver one batch from the outbox; ``False`` when the server is away."""
+        if self._pending:
+            self.close_window()
+        batch = self.outbox.take(REPORT_BATCH)
+        if not batch:
+            return True
+        try:
+            self._ensure_registered()
+            held = self.api.post_reports(batch)
+        except ServerUnavailable as err:
+            self._server_away(err)
+            return False
+        except ServerRejected as err:
+            held = self._deliver_one_by_one(batch, err)
+        except ServerError as err:
+            log.warning("reports not delivered: %s", err)
+            return False
+        self.outbox.ack(sorted(held))
+        return True
+
+    def _deliver_one_by_one(self, batch: list[dict[str, Any]], err: ServerRejected) -> set[str]:
+        """A batch the server refused: find the reports it refuses and drop only those."""
+        if err.status == 401:
+            self.identity.forget()
+            return set()
+        held: set[str] = set()
+        for report in batch:
+            try:
+                held |= self.api.post_reports([report])
+            except ServerRejected as one:
+                log.error("server refused report %s and it is dropped: %s", report.get("id"), one)
+                self.outbox.note_dropped(1 + int(report.get("dropped_windows") or 0))
+                held.add(report["id"])
+            except ServerError:
+                break
+        return held
+
+    def status(self) -> dict[str, Any]:
+        """What the agent runs and holds, for logs and the CLI."""
+        active = self._active
+        return {
+            "device_id": self.identity.device_id,
+            "model": active.model.release.model if active else None,
+            "version": active.model.version if active else None,
+            "variant": active.model.variant_id if active else None,
+            "cohort": active.key.cohort if active else None,
+            "rollout_id": active.key.rollout_id if active else None,
+            "outbox": len(self.outbox),
+            "shadow": self.shadow.model.variant_id if self.shadow.model else None,
+        }
+
+
+class InferenceError(RuntimeError):
+    """The runtime failed on an input."""
+
+
+def _runs(model: LoadedModel, assignment: dict[str, Any]) -> bool:
+    return model.version == assignment["version"] and model.release.sha256 == assignment["variant"]["sha256"]
+
+
+__all__ = ["Agent", "InferenceError", "NoModel"]

@@ -1,0 +1,54 @@
+"""Exponential backoff with jitter, for the server being away and for variants that failed."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+
+class Backoff:
+    """Delays that double on each failure up to a cap, with "equal jitter" (half fixed, half
+    random) so a fleet that lost its server does not come back in lockstep.
+
+    Example:
+        >>> backoff = Backoff(1.0, 300.0)
+        >>> delay = backoff.failure()     # 0.5..1 s, then 1..2 s, 2..4 s ... up to 150..300 s
+        >>> backoff.success()             # back to the start
+    """
+
+    def __init__(self, initial_seconds: float, max_seconds: float,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.initial_seconds = initial_seconds
+        self.max_seconds = max_seconds
+        self.failures = 0
+        self._rng = rng
+
+    def failure(self) -> float:
+        """Record a failure; return how long to wait before the next try."""
+        ceiling = min(self.max_seconds, self.initial_seconds * 2.0 ** self.failures)
+        self.failures += 1
+        return ceiling / 2 + self._rng() * ceiling / 2
+
+    def success(self) -> None:
+        self.failures = 0
+
+
+class VariantBackoff:
+    """Variants (by sha256) that failed to load or their golden check, and until when they are
+    not tried again; the wait doubles with each new failure of the same variant."""
+
+    def __init__(self, initial_seconds: float, max_seconds: float | None = None) -> None:
+        self.initial_seconds = initial_seconds
+        self.max_seconds = max_seconds if max_seconds is not None else initial_seconds * 16
+        self._until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+
+    def failed(self, sha256: str, now: float) -> float:
+        """Record a failure at ``now``; return when the variant may be tried again."""
+        count = self._failures.get(sha256, 0)
+        self._failures[sha256] = count + 1
+        self._until[sha256] = now + min(self.max_seconds, self.initial_seconds * 2.0 ** count)
+        return self._until[sha256]
+
+    def blocked(self, sha256: str, now: float) -> bool:
+        return self._until.get(sha256, float("-inf")) > now

@@ -1,0 +1,158 @@
+"""Agent settings: defaults, then a TOML file, then ``EDGESHIP_AGENT_*`` environment variables,
+then command-line flags (each layer overrides the one before).
+
+Example file (``/etc/edgeship/agent.toml``; see ``edge_agent/deploy/agent.toml``)::
+
+    server = "https://rollout.example.com"
+    model = "digits-cnn"
+    enroll_token = "..."                  # only needed until the device is registered
+    state_dir = "/var/lib/edgeship-agent"
+    trusted_keys = ["/etc/edgeship/publisher.pub"]
+    device_class = "rpi4"
+
+Every key can also come from the environment: ``EDGESHIP_AGENT_SERVER``,
+``EDGESHIP_AGENT_TRUSTED_KEYS`` (comma separated), ``EDGESHIP_AGENT_CHECK_INTERVAL_SECONDS``...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+ENV_PREFIX = "EDGESHIP_AGENT_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has a value of the wrong kind."""
+
+
+@dataclass
+class AgentConfig:
+    """Everything the agent needs to run; see the module docstring for where values come from.
+
+    Attributes:
+        server: rollout server base URL.
+        model: registry name of the model this device runs.
+        state_dir: the agent's own directory (identity, model store, outbox).
+        trusted_keys: publisher public key files (PEM); a manifest must be signed by one.
+        enroll_token: enrollment token, used once to register.
+        device_class: coarse device class sent at registration (default: guessed).
+        check_interval_seconds: how often to ask for the assignment (the server's report
+            interval overrides it once known, when it is shorter).
+        report_interval_seconds: reporting window length until the server says otherwise.
+        request_timeout_seconds: per-request socket timeout.
+        download_max_bytes: largest artifact the agent accepts.
+        download_deadline_seconds: a whole download must finish within this.
+        outbox_max_reports: reports kept while offline (oldest dropped beyond it).
+        backoff_initial_seconds / backoff_max_seconds: retry delays when the server is away.
+        variant_backoff_seconds: a variant that failed to load or its golden check is not
+            tried again for this long (doubling on each new failure).
+        golden_agreement_slack: the golden check passes when on-device agreement with the
+            reference is at least the converter's golden agreement minus this.
+        threads: runtime intra-op threads (``None``: the runtime decides).
+        metrics_port: serve a local ``/metrics`` on this port (``None``: off).
+        metrics_host: address of the local ``/metrics`` server.
+        workload: npz to replay as live traffic when run standalone (``None``: serve
+            only ``predict`` calls).
+        rate_per_second: replay rate of the workload.
+        ram_bytes: RAM to report (``None``: this host's).
+    """
+
+    server: str = ""
+    model: str = ""
+    state_dir: Path = Path("edgeship-agent")
+    trusted_keys: list[Path] = field(default_factory=list)
+    enroll_token: str | None = None
+    device_class: str | None = None
+    check_interval_seconds: float = 10.0
+    report_interval_seconds: float = 30.0
+    request_timeout_seconds: float = 10.0
+    download_max_bytes: int = 512 * 2**20
+    download_deadline_seconds: float = 600.0
+    outbox_max_reports: int = 10_000
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
+    variant_backoff_seconds: float = 600.0
+    golden_agreement_slack: float = 0.1
+    threads: int | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    workload: Path | None = None
+    rate_per_second: float = 10.0
+    ram_bytes: int | None = None
+
+    def check(self) -> AgentConfig:
+        """Raise :class:`ConfigError` for a setting the agent cannot run with; return self."""
+        if not self.server.startswith(("http://", "https://")):
+            raise ConfigError(f"server must be an http(s) URL, got {self.server!r}")
+        if not self.model:
+            raise ConfigError("model is required (the registry name this device runs)")
+        if not self.trusted_keys:
+            raise ConfigError("trusted_keys is required: the public key(s) releases are signed with")
+        for key in self.trusted_keys:
+            if not Path(key).is_file():
+                raise ConfigError(f"trusted key {key} does not exist")
+        for name in ("check_interval_seconds", "report_interval_seconds", "request_timeout_seconds",
+                     "download_deadline_seconds", "backoff_initial_seconds", "rate_per_second"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        return self
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
+                **overrides: Any) -> AgentConfig:
+    """Build the settings from defaults, ``path`` (TOML), ``env`` and ``overrides``.
+
+    ``overrides`` whose value is ``None`` are ignored, so command-line flags left out do not
+    hide the file or the environment.
+
+    Raises:
+        ConfigError: unreadable file, unknown key or a value of the wrong kind.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values.update(tomllib.loads(Path(path).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"cannot read agent config {path}: {err}") from None
+    env = os.environ if env is None else env
+    for item in dataclasses.fields(AgentConfig):
+        raw = env.get(ENV_PREFIX + item.name.upper())
+        if raw is not None and raw != "":
+            values[item.name] = raw
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(values)
+
+
+def _build(values: dict[str, Any]) -> AgentConfig:
+    known = {f.name: f for f in dataclasses.fields(AgentConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown agent setting(s) {unknown}; known: {sorted(known)}")
+    defaults = AgentConfig()
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(name, value, getattr(defaults, name))
+    return AgentConfig(**kwargs)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    try:
+        if name == "trusted_keys":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [Path(str(v).strip()) for v in items if str(v).strip()]
+        if name in ("state_dir", "workload"):
+            return Path(value)
+        if name in ("threads", "metrics_port", "ram_bytes", "download_max_bytes", "outbox_max_reports"):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"agent setting {name}: cannot use {value!r}") from None

@@ -1,0 +1,306 @@
+"""Window aggregates: what the agent counts between two reports, one window per model key.
+
+The agent loop records every inference, error, labelled sample and shadow comparison into a
+:class:`WindowSet`; every report interval it calls :meth:`WindowSet.close`, which returns one
+report per non-empty window in the wire format ``POST /v1/reports`` accepts, and starts fresh
+windows::
+
+    windows = WindowSet()
+    key = WindowKey("digits", "1.2.0", "int8-tflite", rollout_id=7, cohort="canary")
+    windows.record_inference(key, latency_seconds=0.004)
+    windows.record_error(key, "timeout")
+    reports = windows.close()  # -> outbox
+
+Only the standard library and ``monitoring.buckets``: this runs on the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import math
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitoring.buckets import BUCKET_COUNT, bucket_index
+
+#: errors that end one inference: each counts as an inference, without a latency sample.
+INFERENCE_ERROR_REASONS: tuple[str, ...] = ("runtime_error", "timeout", "other")
+#: errors of an install (loading the model, checking it on the golden set): no inference ran.
+INSTALL_ERROR_REASONS: tuple[str, ...] = ("load_failed", "golden_mismatch")
+#: every reason the server accepts, in the server's order (rollout_server.models.ERROR_REASONS).
+ERROR_REASONS: tuple[str, ...] = ("load_failed", "runtime_error", "golden_mismatch", "timeout", "other")
+COHORTS: tuple[str, ...] = ("stable", "canary")
+
+
+def counts_as_inference(reason: str) -> bool:
+    """Whether an error of ``reason`` ends an inference (and so counts as one).
+
+    Raises:
+        ValueError: ``reason`` is not one of :data:`ERROR_REASONS`.
+    """
+    if reason not in ERROR_REASONS:
+        raise ValueError(f"unknown error reason {reason!r}; known: {list(ERROR_REASONS)}")
+    return reason in INFERENCE_ERROR_REASONS
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process in bytes, 0 when the platform does not say.
+
+    On Linux this is ``VmHWM`` from ``/proc/self/status`` (``ru_maxrss`` survives ``execve`` and
+    could report a parent's peak); elsewhere ``ru_maxrss``, which macOS gives in bytes and other
+    Unixes in KiB.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+@dataclass(frozen=True)
+class WindowKey:
+    """What one window (and so one report) is about: the model the device ran, as assigned.
+
+    Raises:
+        ValueError: ``cohort`` is not ``"stable"`` or ``"canary"``, or ``rollout_id`` is negative.
+    """
+
+    model: str
+    version: str
+    variant: str
+    rollout_id: int | None
+    cohort: str
+
+    def __post_init__(self) -> None:
+        if self.cohort not in COHORTS:
+            raise ValueError(f"cohort must be one of {list(COHORTS)}, got {self.cohort!r}")
+        if self.rollout_id is not None and (isinstance(self.rollout_id, bool) or self.rollout_id < 0):
+            raise ValueError(f"rollout_id must be a non-negative integer or None, got {self.rollout_id!r}")
+
+
+@dataclass
+class Window:
+    """Counts for one key since the window opened. Not thread-safe: :class:`WindowSet` locks.
+
+    Attributes:
+        opened_at: unix seconds when the window opened.
+        shadow_distance_samples: shadow comparisons that measured a distance (a failed candidate
+            run measures none); the mean distance is ``shadow_distance_sum`` over this.
+        shadow_distance_sum: sum of the measured shadow output distances (kept locally: the server
+            has no field for it).
+        shadow_distance_max: the largest measured shadow output distance, 0.0 when none.
+    """
+
+    opened_at: float
+    inferences: int = 0
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_REASONS, 0))
+    latency_counts: list[int] = field(default_factory=lambda: [0] * BUCKET_COUNT)
+    latency_sum_seconds: float = 0.0
+    labelled: int = 0
+    correct: int = 0
+    shadow_samples: int = 0
+    shadow_agree: int = 0
+    shadow_distance_samples: int = 0
+    shadow_distance_sum: float = 0.0
+    shadow_distance_max: float = 0.0
+
+    def record_inference(self, latency_seconds: float) -> None:
+        """Count one successful inference that took ``latency_seconds``.
+
+        Raises:
+            ValueError: the latency is negative or not finite.
+        """
+        latency_seconds = _non_negative("latency_seconds", latency_seconds)
+        self.inferences += 1
+        self.latency_counts[bucket_index(latency_seconds)] += 1
+        self.latency_sum_seconds += latency_seconds
+
+    def record_error(self, reason: str) -> None:
+        """Count one error; a per-inference reason also counts one inference (no latency sample).
+
+        Raises:
+            ValueError: ``reason`` is not one of :data:`ERROR_REASONS`.
+        """
+        if counts_as_inference(reason):
+            self.inferences += 1
+        self.errors[reason] += 1
+
+    def record_labelled(self, correct: bool) -> None:
+        """Count one labelled (or golden) sample and whether the model got it right."""
+        self.labelled += 1
+        self.correct += bool(correct)
+
+    def record_shadow(self, agree: bool, distance: float | None) -> None:
+        """Count one shadow comparison: whether candidate and live model agreed, and how far apart
+        their outputs were.
+
+        Args:
+            agree: the candidate agreed with the live model.
+            distance: the output distance; None or ``math.inf`` when there is none to measure
+                (the candidate failed): the comparison counts, the distance statistics do not.
+
+        Raises:
+            ValueError: ``distance`` is negative or NaN.
+        """
+        distance = shadow_distance(distance)
+        self.shadow_samples += 1
+        self.shadow_agree += bool(agree)
+        if distance is not None:
+            self.shadow_distance_samples += 1
+            self.shadow_distance_sum += distance
+            self.shadow_distance_max = max(self.shadow_distance_max, distance)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing was recorded (such a window is not reported)."""
+        return not (self.inferences or self.labelled or self.shadow_samples or any(self.errors.values()))
+
+    def to_report(self, key: WindowKey, closed_at: float, peak_rss: int, report_id: str) -> dict[str, Any]:
+        """This window as one report of ``POST /v1/reports``.
+
+        Args:
+            key: what the window is about.
+            closed_at: unix seconds the window ends (never before it opened).
+            peak_rss: the process' peak RSS in bytes (0 when unknown; the server stores none).
+            report_id: the report's unique id (1 to 64 characters).
+
+        Returns:
+            The report; ``dropped_windows`` is 0 here, the outbox sets it when it stores it.
+        """
+        return {
+            "id": report_id,
+            "model": key.model,
+            "version": key.version,
+            "variant": key.variant,
+            "rollout_id": key.rollout_id,
+            "cohort": key.cohort,
+            "window_start": iso_utc(self.opened_at),
+            "window_end": iso_utc(max(closed_at, self.opened_at)),
+            "inferences": self.inferences,
+            "errors": dict(self.errors),
+            "latency_counts": list(self.latency_counts),
+            "latency_sum_seconds": self.latency_sum_seconds,
+            "labelled": self.labelled,
+            "correct": self.correct,
+            "shadow_samples": self.shadow_samples,
+            "shadow_agree": self.shadow_agree,
+            "peak_rss_bytes": peak_rss,
+            "dropped_windows": 0,
+        }
+
+
+def iso_utc(unix_seconds: float) -> str:
+    """``unix_seconds`` as the ISO 8601 UTC time the server parses (microsecond precision)."""
+    return dt.datetime.fromtimestamp(unix_seconds, tz=dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+class WindowSet:
+    """The open windows, one per :class:`WindowKey`, safe to record into from several threads.
+
+    A key's window opens at its first record, or at the previous close if the key had data
+    then (so a busy key's windows are back to back); keys with nothing recorded are forgotten.
+
+    Args:
+        clock: unix seconds now; tests pass a fake.
+        rss_reader: the process' peak RSS in bytes, read once per close.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 rss_reader: Callable[[], int] = peak_rss_bytes) -> None:
+        self._clock = clock
+        self._rss_reader = rss_reader
+        self._lock = threading.Lock()
+        self._windows: dict[WindowKey, Window] = {}
+
+    def _window(self, key: WindowKey) -> Window:
+        # callers hold the lock
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = Window(opened_at=self._clock())
+        return window
+
+    def record_inference(self, key: WindowKey, latency_seconds: float) -> None:
+        """See :meth:`Window.record_inference`."""
+        _non_negative("latency_seconds", latency_seconds)  # before a window opens for nothing
+        with self._lock:
+            self._window(key).record_inference(latency_seconds)
+
+    def record_error(self, key: WindowKey, reason: str) -> None:
+        """See :meth:`Window.record_error`."""
+        counts_as_inference(reason)  # raises on an unknown reason before a window opens
+        with self._lock:
+            self._window(key).record_error(reason)
+
+    def record_labelled(self, key: WindowKey, correct: bool) -> None:
+        """See :meth:`Window.record_labelled`."""
+        with self._lock:
+            self._window(key).record_labelled(correct)
+
+    def record_shadow(self, key: WindowKey, agree: bool, distance: float | None) -> None:
+        """See :meth:`Window.record_shadow`."""
+        shadow_distance(distance)
+        with self._lock:
+            self._window(key).record_shadow(agree, distance)
+
+    def snapshot(self) -> dict[WindowKey, Window]:
+        """Copies of the open windows (for local metrics or debugging); recording goes on."""
+        with self._lock:
+            return copy.deepcopy(self._windows)
+
+    def close(self, now: float | None = None) -> list[dict[str, Any]]:
+        """End every open window and start fresh ones.
+
+        Args:
+            now: unix seconds the windows end at; the clock when None.
+
+        Returns:
+            One report dict per non-empty window (``id`` a fresh uuid4 hex), ready for the outbox.
+        """
+        peak_rss = self._rss_reader()
+        with self._lock:
+            closed_at = self._clock() if now is None else now
+            closed, self._windows = self._windows, {}
+            reports = []
+            for key, window in closed.items():
+                if window.is_empty:
+                    continue
+                reports.append(window.to_report(key, closed_at, peak_rss, uuid.uuid4().hex))
+                self._windows[key] = Window(opened_at=closed_at)
+        return reports
+
+
+
+def shadow_distance(distance: float | None) -> float | None:
+    """A shadow output distance as a plain float; None when there is none (None or +inf).
+
+    Raises:
+        ValueError: the distance is negative, NaN or not a number.
+    """
+    if distance is None or distance == math.inf:
+        return None
+    return _non_negative("distance", distance)
+
+
+def _non_negative(name: str, value: float) -> float:
+    """``value`` as a plain float (numpy scalars are not JSON), checked finite and >= 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}") from None
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
