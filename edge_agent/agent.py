@@ -103,8 +103,12 @@ class Agent:
         self._thread.start()
         return self
 
-    def stop(self, flush_timeout_seconds: float = 5.0) -> None:
-        """Stop the loop, close the open window into the outbox and try to deliver it."""
+    def stop(self, flush_timeout_seconds: float = 5.0) -> dict[str, Any]:
+        """Stop the loop, close the open window into the outbox and try to deliver it.
+
+        Returns:
+            The final :meth:`status` (``outbox``: reports left for the next start).
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=max(flush_timeout_seconds, self.config.request_timeout_seconds) + 5)
@@ -118,7 +122,9 @@ class Agent:
             log.info("%d report(s) stay in the outbox for the next start", len(self.outbox))
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+        final = self.status()
         self.outbox.close()
+        return final
 
     # -- inference --------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ SETTINGS = ("server", "enroll_token", "model", "state_dir", "trusted_keys", "dev
 
 
 def _run(args: argparse.Namespace) -> int:
+    import json
     import logging
     import signal
     import sys
@@ -68,6 +69,6 @@ def _run(args: argparse.Namespace) -> int:
     stopped.wait(args.duration)
     if replay is not None:
         replay.stop()
-    agent.stop()
-    logging.getLogger("edgeship.agent").info("stopped: %s", agent.status())
+    final = agent.stop()
+    logging.getLogger("edgeship.agent").info("stopped: %s", json.dumps(final, sort_keys=True))
     return 0
