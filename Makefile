@@ -6,8 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EDGESHIP := $(VENV)/bin/edgeship
 BUILD ?= build
+# A second venv with only the agent extra (what a Raspberry Pi gets): the agent's tests run in
+# it too, with the server and the converter in $(VENV) as subprocesses.
+AGENT_VENV ?= .venv-agent
 
-.PHONY: setup system-deps demo test lint bench clean
+.PHONY: setup system-deps demo test test-agent-only lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +52,17 @@ lint: setup
 
 test: system-deps lint
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-agent-only
+
+$(AGENT_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(AGENT_VENV)
+	$(AGENT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AGENT_VENV)/bin/python -m pip install -q -e '.[agent]' pytest
+	touch $@
+
+test-agent-only: setup $(AGENT_VENV)/.installed
+	EDGESHIP_AGENT_ONLY=1 EDGESHIP_TOOLCHAIN_PYTHON=$(abspath $(PY)) \
+		$(AGENT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/edge_agent tests/test_agent_only_install.py
 
 bench: setup
 	$(PY) -m benchmarks.convert_bench
