@@ -184,3 +184,14 @@ def test_a_full_disk_is_logged_and_nothing_is_lost_when_space_returns(agent_conf
     finally:
         agent.stop()
     assert sum(r["inferences"] for r in server.reports()) == 6  # 5 held in memory + 1 after
+
+
+def test_the_shipped_config_and_unit_file_fit_the_agent(tmp_path):
+    deploy = Path(__file__).resolve().parents[2] / "edge_agent" / "deploy"
+    config = load_config(deploy / "agent.toml", env={"EDGESHIP_AGENT_ENROLL_TOKEN": "t"})
+    assert config.server.startswith("https://") and config.enroll_token == "t"
+    assert config.state_dir == Path("/var/lib/edgeship-agent")
+    unit = (deploy / "edgeship-agent.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.split()[1:] == ["agent", "--config", "/etc/edgeship/agent.toml"]
+    assert "StateDirectory=edgeship-agent" in unit and "KillSignal=SIGTERM" in unit
