@@ -185,14 +185,18 @@ class Agent:
         next_report += self.report_interval_seconds
         while not self._stop.is_set():
             now = time.monotonic()
-            if now >= next_check and now >= self._server_retry_at:
-                self.check_in()
-                next_check = time.monotonic() + self.config.check_interval_seconds
-            if now >= next_report:
-                self.close_window()
-                next_report = now + self.report_interval_seconds
-            if (len(self.outbox) or self._pending) and now >= self._server_retry_at:
-                self.flush()
+            try:
+                if now >= next_check and now >= self._server_retry_at:
+                    next_check = now + self.config.check_interval_seconds
+                    self.check_in()
+                if now >= next_report:
+                    next_report = now + self.report_interval_seconds
+                    self.close_window()
+                if (len(self.outbox) or self._pending) and now >= self._server_retry_at:
+                    self.flush()
+            except Exception:  # never let one bad step end the loop: the device must keep serving
+                log.exception("agent step failed; retrying at the next interval")
+                self._server_retry_at = time.monotonic() + self._server_backoff.failure()
             wake = min(next_check, next_report, max(self._server_retry_at, now + 0.05))
             self._stop.wait(max(0.01, wake - time.monotonic()))
 
@@ -263,6 +267,10 @@ class Agent:
         except DownloadError as err:
             log.warning("download of %s v%s interrupted (%s); resuming at the next check-in",
                         assigned.model, assigned.version, err)
+            return
+        except OSError as err:  # the store could not write (disk full): try again later
+            log.error("cannot store %s v%s (%s); staying on the current model", assigned.model,
+                      assigned.version, err)
             return
         self.installer.commit(entry, keep=self.shadow.blobs)
         self._swap(model, assigned)
