@@ -1,4 +1,5 @@
-"""The rollout server's subcommands of ``edgeship``: ``server`` and ``publish``.
+"""The rollout server's subcommands of ``edgeship``: ``server``, ``publish``, ``models``,
+``rollout`` and ``simulate``.
 
 Registered by :func:`converter.cli.build_parser`; imports stay inside the ``_run_*`` functions
 so ``edgeship --help`` loads neither Flask nor SQLAlchemy.
@@ -10,11 +11,12 @@ import argparse
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Add ``server``, ``publish``, ``models`` and ``rollout`` to the ``edgeship`` subcommands."""
+    """Add ``server``, ``publish``, ``models``, ``rollout`` and ``simulate`` to the subcommands."""
     _add_server(sub)
     _add_publish(sub)
     _add_models(sub)
     _add_rollout(sub)
+    _add_simulate(sub)
 
 
 def _connection_args(p: argparse.ArgumentParser) -> None:
@@ -202,3 +204,53 @@ def _print_status(status: dict, verdicts: int) -> None:
     for v in status.get("verdicts", [])[:verdicts]:
         print(f"  {v['window_end'][:19]}  stage {v['stage']}  {v['guard']:<14} {v['outcome']:<12} "
               f"-> {v['decision']:<8} {v['reason']}")
+
+
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate", help="load a loopback server with thousands of simulated devices",
+        description="Drive simulated devices over real HTTP against a server on this machine "
+        "(loopback only): each registers, polls its assignment with its ETag and reports every "
+        "window, with errors, latency and accuracy drawn from a profile per release version. Stops "
+        "after --duration seconds, or when the watched rollout is promoted, rolled back or aborted.",
+    )
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="server base URL on loopback, e.g. http://127.0.0.1:8080 (default: $EDGESHIP_SERVER)")
+    p.add_argument("--enroll-token", default=None, metavar="T",
+                   help="enrollment token (default: $EDGESHIP_ENROLL_TOKEN)")
+    p.add_argument("--model", required=True, help="model the devices poll for")
+    p.add_argument("--devices", type=int, default=100, help="fleet size (default: 100)")
+    p.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
+                   help="stop after this many seconds at the latest (default: 60)")
+    p.add_argument("--profile", action="append", default=[], metavar="VERSION[/VARIANT]:key=value,...",
+                   help="behaviour of a release, repeatable, e.g. 2:error=0.05,p50_ms=12,sigma=0.4,"
+                   "accuracy=0.9; keys error, p50_ms, sigma, accuracy, load_fail, agreement, "
+                   "error_dispersion, latency_dispersion; '*' for every other release")
+    p.add_argument("--classes", default=None, metavar="CLASS:SHARE,...",
+                   help="device classes and their shares (default: rpi4:0.5,rpi5:0.3,android:0.2)")
+    p.add_argument("--runtimes", action="append", default=[], metavar="[CLASS=]NAME:VERSION,...",
+                   help="runtimes of every device, or of one class with CLASS=, repeatable "
+                   "(default: onnxruntime and litert; android litert only; ios coreml)")
+    p.add_argument("--window-seconds", type=float, default=5.0,
+                   help="real seconds between a device's reports and polls (default: 5)")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="simulated seconds per real second: each window reports window x scale "
+                   "seconds of inferences (default: 1)")
+    p.add_argument("--inference-rate", type=float, default=1.0, metavar="PER_SECOND",
+                   help="mean inferences per device per simulated second (default: 1)")
+    p.add_argument("--labelled-fraction", type=float, default=0.2,
+                   help="share of inferences with a label (default: 0.2)")
+    p.add_argument("--workers", type=int, default=8, help="worker threads (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--watch-rollout", type=int, default=None, metavar="ID",
+                   help="follow this rollout and stop when it ends (needs --token)")
+    p.add_argument("--token", default=None,
+                   help="operator token for --watch-rollout (default: $EDGESHIP_TOKEN)")
+    p.add_argument("--json-out", default=None, metavar="FILE", help="also write the summary as JSON")
+    p.set_defaults(run=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from rollout_server.simulator.cli import run
+
+    return run(args)
