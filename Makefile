@@ -21,13 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[converter,agent,server,dev]'
 	touch $@
 
+# The whole loop (docs/demo.md): train + convert (cached in $(BUILD)/demo/example), a rollout
+# server, Prometheus when installed, 100 agents, a bad release rolled back, a good one promoted.
 demo: setup
-	$(PY) -m examples.digits --out $(BUILD)/digits
-	test -f $(BUILD)/keys/publisher.key || $(EDGESHIP) keys generate --out $(BUILD)/keys
-	$(EDGESHIP) convert --model $(BUILD)/digits/digits_cnn.pt --input image:1x1x8x8:float32 \
-		--calib $(BUILD)/digits/calib.npz --eval $(BUILD)/digits/eval.npz \
-		--model-name digits-cnn --version 1 --signing-key $(BUILD)/keys/publisher.key \
-		--out $(BUILD)/release/digits-cnn-1 --force
+	$(EDGESHIP) demo --workdir $(BUILD)/demo
 
 # System packages some tests need, installed from Debian's packages when missing and we may
 # (root); otherwise those tests skip locally and fail under CI=true:

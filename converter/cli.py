@@ -41,10 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_variants(sub)
     _add_keys(sub)
     from edge_agent.cli import add_parser as add_agent
+    from examples.demo.cli import add_parser as add_demo
     from rollout_server.cli import add_parsers
 
     add_parsers(sub)
     add_agent(sub)
+    add_demo(sub)
     return parser
 
 
