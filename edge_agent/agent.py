@@ -183,6 +183,7 @@ class Agent:
     def _loop(self) -> None:
         next_check = next_report = time.monotonic()
         next_report += self.report_interval_seconds
+        undelivered = True  # reports left by an earlier run may wait in the outbox
         while not self._stop.is_set():
             now = time.monotonic()
             try:
@@ -192,13 +193,25 @@ class Agent:
                 if now >= next_report:
                     next_report = now + self.report_interval_seconds
                     self.close_window()
-                if (len(self.outbox) or self._pending) and now >= self._server_retry_at:
-                    self.flush()
+                    undelivered = True
+                if undelivered and now >= self._server_retry_at:
+                    undelivered = not self.deliver()
             except Exception:  # never let one bad step end the loop: the device must keep serving
                 log.exception("agent step failed; retrying at the next interval")
                 self._server_retry_at = time.monotonic() + self._server_backoff.failure()
-            wake = min(next_check, next_report, max(self._server_retry_at, now + 0.05))
+            wake = min(next_check, next_report)
+            if undelivered:  # the server was away: come back when the backoff allows
+                wake = min(wake, max(self._server_retry_at, now + 0.05))
             self._stop.wait(max(0.01, wake - time.monotonic()))
+
+    def deliver(self, max_batches: int = 50) -> bool:
+        """Send outbox batches until it is empty; ``False`` when reports are left (server away)."""
+        for _ in range(max_batches):
+            if not self.flush():
+                return False
+            if not self._pending and not len(self.outbox):
+                return True
+        return False
 
     def check_in(self) -> None:
         """Ask for the assignment and act on it; never raises (errors are logged and retried)."""
@@ -248,7 +261,7 @@ class Agent:
         active = self._active
         if active is None or not _runs(active.model, assignment):
             now = time.monotonic()
-            if not self._variant_backoff.blocked(variant["sha256"], now):
+            if not self._variant_backoff.blocked(_release_variant(assignment), now):
                 self._install(assignment, assigned, now)
         self._rekey(assignment)
         self._apply_shadow(assignment.get("shadow"))
@@ -260,7 +273,7 @@ class Agent:
             model, entry = self.installer.install(assignment)
         except ModelRefused as refused:
             self._record_error(assigned, refused.reason)
-            until = self._variant_backoff.failed(assignment["variant"]["sha256"], now)
+            until = self._variant_backoff.failed(_release_variant(assignment), now)
             log.error("refused %s v%s: %s [%s]; staying on the current model, not retrying for %.0f s",
                       assigned.model, assigned.version, refused, refused.reason, until - now)
             return
@@ -301,12 +314,12 @@ class Agent:
             self.shadow.clear()
             return
         sha = block.get("sha256", "")
-        if self.shadow.runs(sha) or self._variant_backoff.blocked(sha, time.monotonic()):
+        if self.shadow.runs(sha) or self._variant_backoff.blocked(_release_variant(block), time.monotonic()):
             return
         try:
             model, entry = self.installer.install(block)
         except (ModelRefused, DownloadError) as err:
-            self._variant_backoff.failed(sha, time.monotonic())
+            self._variant_backoff.failed(_release_variant(block), time.monotonic())
             log.warning("shadow candidate %s not loaded: %s", block.get("variant_id"), err)
             return
         self.shadow.set(model, float(block.get("sample_share", 0.1)), tuple(entry["blobs"].values()))
@@ -383,6 +396,11 @@ class Agent:
 
 class InferenceError(RuntimeError):
     """The runtime failed on an input."""
+
+
+def _release_variant(block: dict[str, Any]) -> str:
+    """Backoff key of an assignment's (or shadow block's) variant: release version and file."""
+    return f"{block.get('version')}:{(block.get('variant') or {}).get('sha256', block.get('sha256'))}"
 
 
 def _runs(model: LoadedModel, assignment: dict[str, Any]) -> bool:

@@ -34,8 +34,12 @@ class Backoff:
 
 
 class VariantBackoff:
-    """Variants (by sha256) that failed to load or their golden check, and until when they are
-    not tried again; the wait doubles with each new failure of the same variant."""
+    """Variants that failed to load or their golden check, and until when they are not tried
+    again; the wait doubles with each new failure of the same variant.
+
+    Keys name a variant *of a release* (``version:sha256``): the golden check belongs to the
+    release, so the same file in another release (same sha256) deserves its own try.
+    """
 
     def __init__(self, initial_seconds: float, max_seconds: float | None = None) -> None:
         self.initial_seconds = initial_seconds
@@ -43,12 +47,12 @@ class VariantBackoff:
         self._until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
 
-    def failed(self, sha256: str, now: float) -> float:
+    def failed(self, key: str, now: float) -> float:
         """Record a failure at ``now``; return when the variant may be tried again."""
-        count = self._failures.get(sha256, 0)
-        self._failures[sha256] = count + 1
-        self._until[sha256] = now + min(self.max_seconds, self.initial_seconds * 2.0 ** count)
-        return self._until[sha256]
+        count = self._failures.get(key, 0)
+        self._failures[key] = count + 1
+        self._until[key] = now + min(self.max_seconds, self.initial_seconds * 2.0 ** count)
+        return self._until[key]
 
-    def blocked(self, sha256: str, now: float) -> bool:
-        return self._until.get(sha256, float("-inf")) > now
+    def blocked(self, key: str, now: float) -> bool:
+        return self._until.get(key, float("-inf")) > now

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NEVER_ON_A_DEVICE = ("torch", "coremltools", "flask", "litert_torch", "ai_edge_quantizer", "onnx", "sqlalchemy")
+NEVER_ON_A_DEVICE = ("torch", "coremltools", "flask", "litert_torch", "ai_edge_quantizer", "onnx",
+                     "sqlalchemy")
 
 
 @pytest.mark.skipif(not os.environ.get("EDGESHIP_AGENT_ONLY"), reason="runs in the agent-only venv")

@@ -195,3 +195,14 @@ def test_the_shipped_config_and_unit_file_fit_the_agent(tmp_path):
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert exec_start.split()[1:] == ["agent", "--config", "/etc/edgeship/agent.toml"]
     assert "StateDirectory=edgeship-agent" in unit and "KillSignal=SIGTERM" in unit
+
+
+def test_a_refused_variant_is_backed_off_per_release_not_per_file():
+    from edge_agent.agent import _release_variant
+
+    v3 = {"version": "3", "variant": {"sha256": "a" * 64}}
+    v2 = {"version": "2", "variant": {"sha256": "a" * 64}}  # same file, another release's golden set
+    backoff = VariantBackoff(60.0)
+    backoff.failed(_release_variant(v3), 0.0)
+    assert backoff.blocked(_release_variant(v3), 1.0)
+    assert not backoff.blocked(_release_variant(v2), 1.0)
