@@ -66,7 +66,7 @@ VARIANT_KINDS: MappingProxyType = MappingProxyType(
                 "onnx-int8-static", "onnx", "int8", _ORT,
                 "QDQ int8 weights and activations from calibration (quantize_static)",
                 calibration="minmax", per_channel=True, percentile=99.999,
-                activation_type="uint8",
+                activation_type="uint8", float_layers=(),
             ),
             _kind(
                 "onnx-int8-weights", "onnx", "int8-weights", _ORT,
@@ -85,7 +85,8 @@ VARIANT_KINDS: MappingProxyType = MappingProxyType(
             _kind(
                 "tflite-int8", "tflite", "int8", _LITERT,
                 "full-integer int8 from calibration (ai-edge-quantizer static)",
-                integer_io=False, float_output_layer=True, calibration="minmax",
+                integer_io=False, float_output_layer=True, calibration="minmax", per_channel=True,
+                float_layers=(),
             ),
             _kind(
                 "coreml-fp16", "coreml", "fp16", _COREML,

@@ -61,6 +61,11 @@ class VariantBuildError(ConverterError):
     """One variant could not be built; the others go on."""
 
 
+class CompressionError(ConverterError):
+    """A compression step (fuse, prune, distill) could not run on this model; the variants that
+    need the step fail with this reason while the others go on."""
+
+
 def first_line(exc: BaseException, limit: int = 300, innermost: bool = False) -> str:
     """The first non-empty line of an exception's message, without ANSI codes, cut at ``limit``.
 

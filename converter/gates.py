@@ -7,31 +7,43 @@ from typing import Any
 from converter.recipe import Gates
 
 
-def gate_failures(metrics: dict[str, Any], gates: Gates, precision: str) -> list[str]:
+def gate_failures(
+    metrics: dict[str, Any], gates: Gates, precision: str, compressed: bool = False
+) -> list[str]:
     """Reasons the variant misses its gates (empty when it passes).
 
     Accuracy gates apply only when labels exist; the fp32 error gate only to fp32 variants.
+    With ``compressed`` (the variant comes from a pruned/distilled/fused model) the fidelity
+    gates (agreement, cosine, fp32 error) read ``metrics["export"]``, the export against the
+    compressed PyTorch model, and ``min_source_agreement`` reads the agreement with the source.
     """
     failures: list[str] = []
+    fidelity = metrics.get("export", {}) if compressed else metrics
+    against = " with the compressed model" if compressed else ""
     drop = metrics.get("accuracy_drop")
     if gates.max_accuracy_drop is not None and drop is not None and drop > gates.max_accuracy_drop:
         failures.append(
             f"accuracy drop {drop * 100:.2f} pts > {gates.max_accuracy_drop * 100:.2f} pts"
         )
-    agreement = metrics.get("agreement")
+    agreement = fidelity.get("agreement")
     if gates.min_agreement is not None and agreement is not None and agreement < gates.min_agreement:
-        failures.append(f"agreement {agreement:.2%} < {gates.min_agreement:.2%}")
-    err = metrics.get("max_abs_err")
+        failures.append(f"agreement{against} {agreement:.2%} < {gates.min_agreement:.2%}")
+    source = metrics.get("agreement")
+    if compressed and gates.min_source_agreement is not None and source is not None \
+            and source < gates.min_source_agreement:
+        failures.append(f"agreement with the source model {source:.2%} < "
+                        f"{gates.min_source_agreement:.2%}")
+    err = fidelity.get("max_abs_err")
     if (
         precision == "fp32"
         and gates.max_abs_err_fp32 is not None
         and err is not None
         and not err <= gates.max_abs_err_fp32
     ):
-        failures.append(f"fp32 max abs error {err:.2e} > {gates.max_abs_err_fp32:.0e}")
-    cosine = metrics.get("cosine")
+        failures.append(f"fp32 max abs error{against} {err:.2e} > {gates.max_abs_err_fp32:.0e}")
+    cosine = fidelity.get("cosine")
     if gates.min_cosine is not None and cosine is not None and cosine < gates.min_cosine:
-        failures.append(f"cosine {cosine:.4f} < {gates.min_cosine}")
+        failures.append(f"cosine{against} {cosine:.4f} < {gates.min_cosine}")
     size = metrics.get("size_bytes")
     if gates.max_size_bytes is not None and size is not None and size > gates.max_size_bytes:
         failures.append(f"size {size} B > {gates.max_size_bytes} B")
@@ -39,3 +51,41 @@ def gate_failures(metrics: dict[str, Any], gates: Gates, precision: str) -> list
     if gates.max_latency_p95_ms is not None and p95 is not None and p95 > gates.max_latency_p95_ms:
         failures.append(f"latency p95 {p95:.2f} ms > {gates.max_latency_p95_ms} ms")
     return failures
+
+
+def gate_shortfall(
+    metrics: dict[str, Any], gates: Gates, precision: str, compressed: bool = False
+) -> float:
+    """How far the metrics are from passing: 0 when every gate passes, larger is worse.
+
+    Each missed gate adds its excess relative to its limit (a drop of 1.5 pts against 0.5 pts
+    adds 2.0; agreement 97% against 99% adds 2.0 = 2 points over the 1 point allowed), so
+    candidates that miss different gates can be ranked. Unmeasured metrics count as 1e9.
+    """
+    if not metrics:
+        return 1e9
+    fidelity = metrics.get("export", {}) if compressed else metrics
+    total = 0.0
+
+    def excess(value: float | None, limit: float | None, higher_is_better: bool, span: float) -> float:
+        if value is None or limit is None:
+            return 0.0
+        gap = (limit - value) if higher_is_better else (value - limit)
+        return max(0.0, gap) / max(span, 1e-12)
+
+    drop_limit = gates.max_accuracy_drop
+    total += excess(metrics.get("accuracy_drop"), drop_limit, False, drop_limit or 1.0)
+    agree_limit = gates.min_agreement
+    total += excess(fidelity.get("agreement"), agree_limit, True, 1 - (agree_limit or 0.0))
+    if compressed:
+        src = gates.min_source_agreement
+        total += excess(metrics.get("agreement"), src, True, 1 - (src or 0.0))
+    if precision == "fp32":
+        total += excess(fidelity.get("max_abs_err"), gates.max_abs_err_fp32, False,
+                        gates.max_abs_err_fp32 or 1.0)
+    total += excess(fidelity.get("cosine"), gates.min_cosine, True, 1 - (gates.min_cosine or 0.0))
+    total += excess(metrics.get("size_bytes"), gates.max_size_bytes, False,
+                    float(gates.max_size_bytes or 1))
+    p95 = (metrics.get("latency_ms") or {}).get("p95")
+    total += excess(p95, gates.max_latency_p95_ms, False, gates.max_latency_p95_ms or 1.0)
+    return round(min(total, 1e9), 6)

@@ -1,39 +1,36 @@
 """The conversion pipeline: one PyTorch model in, a signed release of validated variants out.
 
 Order of work: check the output, key, recipe, model and data (cheap; bad input fails here) →
-export each format once (the format's preflight: an unsupported op fails that format fast,
-the others go on) → reference run → build every variant (calibration) → validate each on its
-real runtime → gates → golden set, manifest, signature, report → rename the staged directory
-into place.
+export the source model once per format (the format's preflight: an unsupported op fails that
+format fast, the others go on) → reference run → for each variant: compression steps (cached
+per chain), build, validate on its real runtime, gates, and accuracy-aware tuning when a
+static int8 variant misses them → the ``[targets]`` search, if any → golden set, manifest,
+signature, report → rename the staged directory into place.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import shutil
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from converter import signing
+from converter.compress.steps import DistillStep, needs_training_data
 from converter.data import SampleSet, load_samples
-from converter.errors import ConverterError, UnsupportedModelError, VariantBuildError, first_line
-from converter.export.base import ExportContext, NotApplicable
-from converter.gates import gate_failures
-from converter.golden import sha256_file, write_golden
+from converter.errors import ConverterError, DataError, UnsupportedModelError
+from converter.golden import write_golden
 from converter.loading import as_eval, load_model
 from converter.manifest import MODEL_NAME_PATTERN, Manifest, VariantEntry
 from converter.progress import Progress
-from converter.recipe import Recipe, VariantPlan, load_recipe
+from converter.recipe import Recipe, load_recipe
 from converter.reference import Reference, compute_reference, fit_check
 from converter.report import write_report
 from converter.results import VariantResult
 from converter.specs import TensorSpec, parse_input_spec
 from converter.staging import check_writable, staged_directory
-from converter.validate import measure_on_runtime, variant_metrics, write_eval_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -51,11 +48,13 @@ class NoVariantPassed(ConverterError):
 
 @dataclass
 class Conversion:
-    """The outcome: the manifest written and one result per requested variant."""
+    """The outcome: the manifest written, one result per requested variant, and the log of the
+    ``[targets]`` search (one entry per searched format) when the recipe has targets."""
 
     manifest: Manifest
     results: list[VariantResult]
     out: Path
+    search: list[dict[str, Any]] = field(default_factory=list)
 
 
 def convert(*args: Any, **kwargs: Any) -> Manifest:
@@ -73,6 +72,7 @@ def run_conversion(
     out: str | Path,
     *,
     calib_data: str | Path | None = None,
+    train_data: str | Path | None = None,
     recipe: Recipe | str | Path | None = None,
     model_name: str = "model",
     version: str = "1",
@@ -90,6 +90,8 @@ def run_conversion(
         eval_data: ``.npz`` of evaluation samples keyed by input name (+ ``labels``).
         out: the release directory to create.
         calib_data: ``.npz`` of calibration samples; the eval set when left out.
+        train_data: ``.npz`` of training samples (same layout, labels for cross-entropy):
+            needed by ``distill`` steps, and fine-tunes pruned models when given.
         recipe: a :class:`Recipe`, a TOML path, or ``None`` for the default recipe.
         model_name, version: the registry name (``[a-z0-9-]+``) and release version.
         signing_key: Ed25519 private key path (else ``$EDGESHIP_SIGNING_KEY``).
@@ -117,6 +119,8 @@ def run_conversion(
     eval_set = load_samples(eval_data, specs, "evaluation").head(recipe.validation.max_samples)
     calib_set = load_samples(calib_data, specs, "calibration") if calib_data else eval_set
     calib_set = calib_set.head(recipe.validation.calibration_samples)
+    train_set = load_samples(train_data, specs, "training") if train_data else None
+    _check_compression_inputs(recipe, train_set)
     if not calib_data:
         progress.say("no --calib given: calibrating on the evaluation set")
     output_specs = fit_check(module, specs, eval_set.sample(0))
@@ -125,18 +129,22 @@ def run_conversion(
     with staged_directory(out, force) as stage:
         scratch = stage / ".build"
         scratch.mkdir()
-        ctx = ExportContext(
-            model=module, inputs=specs, outputs=output_specs, example=eval_set.sample(0),
-            calibration=lambda: iter(calib_set), calibration_count=len(calib_set),
-            work_dir=scratch, progress=progress,
-        )
-        bases, refused = _preflight(recipe.formats, ctx)
+        runner = _runner(module, specs, output_specs, eval_set, calib_set, train_set, task_kind,
+                         recipe, stage, scratch, progress)
+        source_formats = _formats(recipe, source_only=True)
+        if source_formats:
+            refused = runner.preflight((), source_formats)
+            if len(refused) == len(source_formats):
+                raise UnsupportedModelError("all formats", "; ".join(refused.values()))
         reference = compute_reference(module, specs, output_specs, eval_set, progress)
-        results = _build_variants(recipe, bases, refused, ctx, stage)
-        eval_inputs = write_eval_inputs(eval_set, scratch / "eval_inputs.npz")
-        for plan, result in zip(recipe.variants, results, strict=True):
-            if result.built is not None:
-                _validate(plan, result, ctx, eval_set, eval_inputs, reference, task_kind, recipe)
+        runner.reference = reference
+        results = _run_variants(runner, recipe)
+        search_log: list[dict[str, Any]] = []
+        if recipe.targets is not None:
+            from converter.search import search_targets
+
+            found, search_log = search_targets(runner, recipe)
+            results += found
         shutil.rmtree(scratch)
         for result in results:
             if result.built is not None and not result.shipped:
@@ -149,9 +157,65 @@ def run_conversion(
         signed = signing.sign_manifest(manifest.to_dict(), private_key)
         manifest = Manifest.from_dict(signed)
         manifest.write(stage)
-        write_report(stage, manifest, results, reference_accuracy(reference, eval_set, task_kind))
+        write_report(stage, manifest, results, reference_accuracy(reference, eval_set, task_kind),
+                     search_log)
     progress.say(f"release written to {out}")
-    return Conversion(manifest, results, out)
+    return Conversion(manifest, results, out, search_log)
+
+
+def _runner(module: Any, specs: list[TensorSpec], output_specs: list[TensorSpec], eval_set: SampleSet,
+            calib_set: SampleSet, train_set: SampleSet | None, task_kind: str, recipe: Recipe,
+            stage: Path, scratch: Path, progress: Progress) -> Any:
+    from converter.compress.chain import ModelChain
+    from converter.compress.env import StepEnv
+    from converter.compress.training import TrainingSet
+    from converter.runner import VariantRunner
+
+    env = StepEnv(specs, eval_set.sample(0),
+                  TrainingSet.from_samples(train_set) if train_set is not None else None,
+                  eval_set, recipe.compression.training, progress)
+    return VariantRunner(
+        chain=ModelChain(module, env), inputs=specs, outputs=output_specs, eval_set=eval_set,
+        calib_set=calib_set, task_kind=task_kind, validation=recipe.validation, stage=stage,
+        scratch=scratch, progress=progress,
+    )
+
+
+def _run_variants(runner: Any, recipe: Recipe) -> list[VariantResult]:
+    """Every recipe variant, in order; static int8 variants that miss their gates are tuned."""
+    from converter.tuning import needs_tuning, tune_variant
+
+    results = []
+    for plan in recipe.variants:
+        result = runner.run(plan)
+        if needs_tuning(plan, result):
+            result = tune_variant(runner, plan, result)
+        results.append(result)
+    return results
+
+
+def _formats(recipe: Recipe, source_only: bool = False) -> list[str]:
+    """Formats the recipe exports the source model in (variants without steps, targets)."""
+    seen = [p.request.kind.format for p in recipe.variants if not (source_only and p.steps)]
+    if recipe.targets is not None:
+        seen += list(recipe.targets.formats)
+    return list(dict.fromkeys(seen))
+
+
+def _check_compression_inputs(recipe: Recipe, train_set: SampleSet | None) -> None:
+    """Fail before any long step: distillation without ``--train``, or a student that does not
+    load.
+
+    Raises:
+        DataError: a ``distill`` step and no training data.
+        ModelLoadError: a student factory cannot be imported or fails.
+    """
+    students = {s.student for p in recipe.variants for s in p.steps if isinstance(s, DistillStep)}
+    if train_set is None and any(needs_training_data(p.steps) for p in recipe.variants):
+        raise DataError("the recipe distills a student, which needs training data: pass "
+                        "--train FILE.npz (arrays keyed by input name, labels under 'labels')")
+    for student in sorted(students):
+        load_model(student)
 
 
 def reference_accuracy(reference: Reference, samples: SampleSet, task_kind: str) -> float | None:
@@ -160,131 +224,6 @@ def reference_accuracy(reference: Reference, samples: SampleSet, task_kind: str)
     if samples.labels is None or task_kind != "classification":
         return None
     return accuracy(reference.outputs[0], samples.labels)
-
-
-def _preflight(formats: list[str], ctx: ExportContext) -> tuple[dict[str, Any], dict[str, str]]:
-    """Export the model once per format before any long step.
-
-    Returns:
-        ``(bases, refused)``: each format's base export, and the reason for each format that
-        cannot take the model (its variants fail with that reason; the others go on).
-
-    Raises:
-        UnsupportedModelError: no format can take the model.
-    """
-    progress = ctx.progress
-    bases: dict[str, Any] = {}
-    refused: dict[str, str] = {}
-    for fmt in formats:
-        progress.say(f"{fmt}: exporting the model (preflight)")
-        try:
-            backend = importlib.import_module(f"converter.export.{fmt}")
-            bases[fmt] = backend.export_base(ctx)
-        except ImportError as err:
-            refused[fmt] = f"{fmt} toolchain not installed: {err}"
-        except UnsupportedModelError as err:
-            refused[fmt] = str(err)
-        except Exception as err:  # a toolchain crash refuses this format, not the conversion
-            refused[fmt] = f"{fmt}: export failed: {type(err).__name__}: {first_line(err)}"
-        if fmt in refused:
-            progress.say(f"{fmt}: cannot take the model: {refused[fmt]}")
-    if len(refused) == len(formats):
-        raise UnsupportedModelError("all formats", "; ".join(refused.values()))
-    return bases, refused
-
-
-def _build_variants(
-    recipe: Recipe, bases: dict[str, Any], refused: dict[str, str], ctx: ExportContext, stage: Path
-) -> list[VariantResult]:
-    """Build every variant of the formats that took the model, in recipe order."""
-    progress = ctx.progress
-    results = []
-    for plan in recipe.variants:
-        kind = plan.request.kind
-        result = VariantResult(plan.request.id, kind.kind, kind.format, kind.precision)
-        results.append(result)
-        if kind.format in refused:
-            result.reason = refused[kind.format]
-            continue
-        progress.say(f"{plan.request.id}: building")
-        started = time.monotonic()
-        try:
-            backend = importlib.import_module(kind.backend)
-            built = backend.build_variant(plan.request, bases[kind.format], ctx)
-        except NotApplicable as err:
-            result.status, result.reason = "skipped", str(err)
-            continue
-        except (VariantBuildError, UnsupportedModelError) as err:
-            result.reason = str(err)
-            continue
-        except Exception as err:  # a toolchain bug in one variant must not sink the others
-            result.reason = f"{type(err).__name__}: {first_line(err)}"
-            continue
-        result.build_seconds = round(time.monotonic() - started, 2)
-        target = stage / built.path.name
-        shutil.move(str(built.path), target)
-        built.path = target
-        result.built, result.precision, result.compression = built, built.precision, built.compression
-        result.size_bytes, result.sha256 = target.stat().st_size, sha256_file(target)
-    return results
-
-
-def _validate(
-    plan: VariantPlan,
-    result: VariantResult,
-    ctx: ExportContext,
-    eval_set: SampleSet,
-    eval_inputs: Path,
-    reference: Reference,
-    task_kind: str,
-    recipe: Recipe,
-) -> None:
-    """Measure on the real runtime and apply the gates; fills ``result`` in place."""
-    built, progress = result.built, ctx.progress
-    if built is None:
-        return
-    progress.say(f"{result.id}: validating on {plan.request.kind.runtime}")
-    try:
-        measurement = measure_on_runtime(
-            built, result.format, eval_set, eval_inputs,
-            recipe.validation.threads, recipe.validation.warmup,
-            [s.name for s in reference.output_specs],
-        )
-    except Exception as err:
-        result.status, result.reason = "failed", f"runtime: {err}"
-        return
-    if not measurement.available:
-        _inspect_only(plan, result, ctx, measurement.unavailable_reason)
-        return
-    result.runtime = {"name": measurement.runtime, "min_version": measurement.version}
-    try:
-        result.metrics = variant_metrics(
-            measurement, reference,
-            eval_set.labels if task_kind == "classification" else None,
-            task_kind == "classification", recipe.validation.agreement_cosine,
-            recipe.validation.golden_count * eval_set.batch,
-        )
-    except ValueError as err:
-        result.status, result.reason = "failed", f"outputs do not match the reference: {err}"
-        return
-    failures = gate_failures({**result.metrics, "size_bytes": result.size_bytes}, plan.gates,
-                             result.precision)
-    result.status = "failed" if failures else "passed"
-    result.reason = "; ".join(failures) or None
-    progress.say(f"{result.id}: {result.status}{' (' + result.reason + ')' if result.reason else ''}")
-
-
-def _inspect_only(plan: VariantPlan, result: VariantResult, ctx: ExportContext, why: str) -> None:
-    """No runtime on this host: check the artifact statically; never call it ``passed``."""
-    backend = importlib.import_module(plan.request.kind.backend)
-    inspect = getattr(backend, "inspect_artifact", None)
-    problems = inspect(result.built, ctx) if inspect else []
-    result.runtime = {"name": plan.request.kind.runtime, "min_version": ""}
-    if problems:
-        result.status, result.reason = "failed", "spec check: " + "; ".join(problems)
-    else:
-        result.status = "not_validated"
-        result.reason = f"{why}; spec checked (inputs, outputs, weight precision)"
 
 
 def _manifest(

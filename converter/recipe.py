@@ -14,11 +14,29 @@ A recipe is TOML. Every key is optional; what is left out takes the default::
     threads = 1                   # runtime threads while measuring latency
     agreement_cosine = 0.99       # non-classification: a sample agrees when cosine >= this
 
+    [compression]                 # steps before export, see converter.compress.steps
+    steps = ["fuse"]              # default chain for variants that do not set steps
+    student = "examples.digits:student"   # distillation student factory
+    epochs = 30                   # distillation epochs; fine_tune_epochs, lr, fine_tune_lr,
+                                  # batch_size, seed, threads also go here
+
+    [tuning]                      # when a static int8 variant misses its gates
+    max_trials = 12               # attempts after the first (calibration, float layers)
+    max_seconds = 600
+
+    [targets]                     # search for a variant meeting these (converter.search)
+    max_size_mb = 0.02
+    max_latency_ms = 0.2          # p95, one sample, on this host
+    max_accuracy_drop = 0.01
+    formats = ["onnx"]
+
     [[variants]]                  # leave out to build every kind in the catalogue
-    kind = "onnx-int8-static"
+    kind = "onnx-int8-static"     # (or only the [targets] variants when [targets] is set)
     id = "onnx-int8-entropy"      # default: the kind
     calibration = "entropy"       # kind options, see converter.catalogue
+    steps = ["prune:channel:bn-scale:0.3", "fuse"]
     gates = { min_agreement = 0.98 }
+    tuning = { max_trials = 4 }   # or tuning = false
 """
 
 from __future__ import annotations
@@ -32,6 +50,7 @@ from typing import Any
 import tomllib
 
 from converter.catalogue import VARIANT_KINDS
+from converter.compress.steps import CompressionDefaults, Step, parse_compression_section, parse_steps
 from converter.errors import RecipeError
 from converter.export.base import VariantRequest
 
@@ -40,7 +59,13 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 @dataclass(frozen=True)
 class Gates:
-    """Limits a variant must meet to ship. ``None`` switches a gate off."""
+    """Limits a variant must meet to ship. ``None`` switches a gate off.
+
+    For a variant built from a compressed model (it has ``steps``), ``min_agreement``,
+    ``min_cosine`` and ``max_abs_err_fp32`` check the export against the compressed PyTorch
+    model, ``max_accuracy_drop`` checks accuracy against the source model, and
+    ``min_source_agreement`` (off by default) checks top-1 agreement with the source model.
+    """
 
     max_accuracy_drop: float | None = 0.005
     min_agreement: float | None = 0.99
@@ -48,6 +73,7 @@ class Gates:
     min_cosine: float | None = None
     max_size_bytes: int | None = None
     max_latency_p95_ms: float | None = None
+    min_source_agreement: float | None = None
 
     def merged(self, overrides: dict[str, Any], where: str) -> Gates:
         known = {f.name for f in dataclasses.fields(self)}
@@ -73,11 +99,56 @@ class Validation:
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """Accuracy-aware tuning of static int8 variants that miss their gates (converter.tuning).
+
+    Attributes:
+        enabled: tune at all (``tuning = false`` on a variant switches it off).
+        max_trials: attempts after the first one (other calibrations, float layers).
+        max_seconds: wall-clock budget for one variant's tuning, sensitivity included.
+        sensitivity_samples: eval samples used to rank layers by sensitivity.
+        max_float_layers: most layers kept in float before giving up.
+    """
+
+    enabled: bool = True
+    max_trials: int = 12
+    max_seconds: float = 600.0
+    sensitivity_samples: int = 200
+    max_float_layers: int = 8
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Targets the gated pipeline searches for instead of fixed knobs (converter.search).
+
+    Attributes:
+        max_size_mb: file size limit (MB = 10^6 bytes).
+        max_latency_ms: p95 latency limit, one sample at a time on this host.
+        max_accuracy_drop: accuracy drop limit (ratio); the recipe's gate when left out.
+        formats: formats to search a variant for (``onnx``, ``tflite``).
+        importance: channel importance for pruning (``bn-scale``, ``l1``, ``auto``: bn-scale
+            when the model has BatchNorm layers).
+        max_prune: highest channel-pruning rate tried.
+        bisect_steps: bisection steps on the pruning rate.
+    """
+
+    max_size_mb: float | None = None
+    max_latency_ms: float | None = None
+    max_accuracy_drop: float | None = None
+    formats: tuple[str, ...] = ("onnx",)
+    importance: str = "auto"
+    max_prune: float = 0.7
+    bisect_steps: int = 4
+
+
+@dataclass(frozen=True)
 class VariantPlan:
-    """One variant to build with its gates."""
+    """One variant to build: the request, its gates, the steps before export and tuning."""
 
     request: VariantRequest
     gates: Gates
+    steps: tuple[Step, ...] = ()
+    tuning: Tuning = field(default_factory=Tuning)
 
 
 @dataclass(frozen=True)
@@ -86,6 +157,10 @@ class Recipe:
 
     variants: list[VariantPlan]
     validation: Validation = field(default_factory=Validation)
+    compression: CompressionDefaults = field(default_factory=CompressionDefaults)
+    tuning: Tuning = field(default_factory=Tuning)
+    targets: Targets | None = None
+    gates: Gates = field(default_factory=Gates)
 
     @property
     def formats(self) -> list[str]:
@@ -121,22 +196,26 @@ def load_recipe(path: Path | str | None) -> Recipe:
 
 def parse_recipe(data: dict[str, Any], where: str = "recipe") -> Recipe:
     """Build a :class:`Recipe` from parsed TOML (see the module docstring for the keys)."""
-    unknown = set(data) - {"gates", "validation", "variants"}
+    sections = {"gates", "validation", "variants", "compression", "tuning", "targets"}
+    unknown = set(data) - sections
     if unknown:
-        raise RecipeError(f"{where}: unknown section(s) {sorted(unknown)}")
+        raise RecipeError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(sections)}")
     gates = Gates().merged(dict(data.get("gates", {})), f"{where} [gates]")
     validation = _parse_validation(dict(data.get("validation", {})), where)
+    compression = parse_compression_section(dict(data.get("compression", {})), where)
+    tuning = _parse_tuning(data.get("tuning", {}), Tuning(), f"{where} [tuning]")
+    targets = _parse_targets(dict(data["targets"]), where) if "targets" in data else None
     entries = data.get("variants")
     if entries is None:
-        entries = [{"kind": kind} for kind in VARIANT_KINDS]
-    if not isinstance(entries, list) or not entries:
+        entries = [] if targets is not None else [{"kind": kind} for kind in VARIANT_KINDS]
+    if not isinstance(entries, list) or (not entries and targets is None):
         raise RecipeError(f"{where}: [[variants]] must be a non-empty list of tables")
-    plans = [_parse_variant(entry, gates, where) for entry in entries]
-    ids = [p.request.id for p in plans]
+    plans = [_parse_variant(entry, gates, compression, tuning, where) for entry in entries]
+    ids = [p.request.id for p in plans] + [f"{fmt}-target" for fmt in (targets.formats if targets else ())]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise RecipeError(f"{where}: variant ids must be unique, repeated: {duplicates}")
-    return Recipe(plans, validation)
+    return Recipe(plans, validation, compression, tuning, targets, gates)
 
 
 def _parse_validation(values: dict[str, Any], where: str) -> Validation:
@@ -150,7 +229,55 @@ def _parse_validation(values: dict[str, Any], where: str) -> Validation:
     return Validation(**values)
 
 
-def _parse_variant(entry: Any, gates: Gates, where: str) -> VariantPlan:
+def _parse_tuning(value: Any, base: Tuning, where: str) -> Tuning:
+    if isinstance(value, bool):
+        return dataclasses.replace(base, enabled=value)
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where}: tuning must be a table or true/false, got {value!r}")
+    known = {f.name for f in dataclasses.fields(Tuning)}
+    unknown = set(value) - known
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    for name, item in value.items():
+        if name == "enabled":
+            if not isinstance(item, bool):
+                raise RecipeError(f"{where}: enabled must be true or false")
+        elif isinstance(item, bool) or not isinstance(item, int | float) or item < 0:
+            raise RecipeError(f"{where}: {name} must be a non-negative number, got {item!r}")
+    return dataclasses.replace(base, **value)
+
+
+def _parse_targets(values: dict[str, Any], where: str) -> Targets:
+    where = f"{where} [targets]"
+    known = {f.name for f in dataclasses.fields(Targets)}
+    unknown = set(values) - known
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    formats = values.pop("formats", ["onnx"])
+    if not isinstance(formats, list) or not formats or not set(formats) <= {"onnx", "tflite"}:
+        raise RecipeError(f"{where}: formats must be a non-empty list of 'onnx' and 'tflite', "
+                          f"got {formats!r}")
+    importance = values.pop("importance", "auto")
+    if importance not in ("auto", "bn-scale", "l1"):
+        raise RecipeError(f"{where}: importance must be auto, bn-scale or l1, got {importance!r}")
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise RecipeError(f"{where}: {name} must be a positive number, got {value!r}")
+    if not 0 < values.get("max_prune", 0.7) < 1:
+        raise RecipeError(f"{where}: max_prune must be in (0, 1)")
+    if "bisect_steps" in values:
+        values["bisect_steps"] = int(values["bisect_steps"])
+    targets = Targets(formats=tuple(dict.fromkeys(formats)), importance=importance, **values)
+    if targets.max_size_mb is None and targets.max_latency_ms is None \
+            and targets.max_accuracy_drop is None:
+        raise RecipeError(f"{where}: set at least one of max_size_mb, max_latency_ms, "
+                          "max_accuracy_drop")
+    return targets
+
+
+def _parse_variant(
+    entry: Any, gates: Gates, compression: CompressionDefaults, tuning: Tuning, where: str
+) -> VariantPlan:
     if isinstance(entry, str):
         entry = {"kind": entry}
     if not isinstance(entry, dict) or "kind" not in entry:
@@ -166,6 +293,10 @@ def _parse_variant(entry: Any, gates: Gates, where: str) -> VariantPlan:
     if not _ID.match(variant_id):
         raise RecipeError(f"{where}: variant id {variant_id!r} must match [a-z0-9][a-z0-9._-]*")
     variant_gates = gates.merged(dict(entry.pop("gates", {})), f"{where} variant {variant_id}")
+    steps = compression.steps
+    if "steps" in entry:
+        steps = parse_steps(entry.pop("steps"), f"{where} variant {variant_id}", compression.student)
+    variant_tuning = _parse_tuning(entry.pop("tuning", {}), tuning, f"{where} variant {variant_id}")
     unknown = set(entry) - set(kind.options)
     if unknown:
         raise RecipeError(
@@ -173,4 +304,4 @@ def _parse_variant(entry: Any, gates: Gates, where: str) -> VariantPlan:
             f" known: {sorted(kind.options)}"
         )
     options = {**kind.options, **entry}
-    return VariantPlan(VariantRequest(variant_id, kind, options), variant_gates)
+    return VariantPlan(VariantRequest(variant_id, kind, options), variant_gates, steps, variant_tuning)

@@ -7,19 +7,25 @@ from pathlib import Path
 from typing import Any
 
 from converter.manifest import Manifest
+from converter.report_plots import write_pareto, write_plot
+from converter.report_sections import compression_sections, search_sections, tuning_sections
 from converter.results import VariantResult
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
+PARETO_PNG = "pareto.png"
 
-COLUMNS = ("variant", "status", "size KB", "size ×fp32", "accuracy", "drop pts", "agree",
-           "max abs err", "cosine", "p50 ms", "p95 ms", "p50 ×fp32", "peak RSS MB")
+COLUMNS = ("variant", "status", "size KB", "size ×fp32", "gzip KB", "accuracy", "drop pts", "agree",
+           "max abs err", "cosine", "p50 ms", "p95 ms", "p50 ×fp32", "peak RSS MB", "steps")
 
 
 def baseline_for(result: VariantResult, results: list[VariantResult]) -> VariantResult | None:
-    """The fp32 variant to compare with: same format if measured, else any measured fp32."""
+    """The fp32 variant to compare with: an uncompressed one (no model steps) of the same format
+    if measured, else a compressed one of the same format, else any measured fp32."""
     fp32 = [r for r in results if r.precision == "fp32" and r.size_bytes]
+    plain = [r for r in fp32 if not r.steps]
     same = [r for r in fp32 if r.format == result.format]
-    return (same or fp32 or [None])[0]
+    same_plain = [r for r in plain if r.format == result.format]
+    return (same_plain or same or plain or fp32 or [None])[0]
 
 
 def latency_ratio(result: VariantResult, results: list[VariantResult]) -> float | None:
@@ -40,6 +46,11 @@ def notes(results: list[VariantResult]) -> dict[str, str]:
     return found
 
 
+def model_steps(result: VariantResult) -> str:
+    """The steps applied to the PyTorch model before export, e.g. ``prune:channel:l1:0.3 → fuse``."""
+    return " → ".join(step["step"] for step in result.steps)
+
+
 def table_rows(results: list[VariantResult]) -> list[list[str]]:
     rows = []
     for r in results:
@@ -49,6 +60,7 @@ def table_rows(results: list[VariantResult]) -> list[list[str]]:
             r.id, r.status,
             _num(r.size_bytes / 1024 if r.size_bytes else None, "{:.1f}"),
             _num(r.size_bytes / base.size_bytes if base and r.size_bytes else None, "{:.3f}"),
+            _num(r.gzip_size_bytes / 1024 if r.gzip_size_bytes else None, "{:.1f}"),
             _num(m.get("accuracy"), "{:.4f}"),
             _num(m["accuracy_drop"] * 100 if m.get("accuracy_drop") is not None else None, "{:+.2f}"),
             _num(m.get("agreement"), "{:.4f}"),
@@ -58,6 +70,7 @@ def table_rows(results: list[VariantResult]) -> list[list[str]]:
             _num(lat.get("p95"), "{:.3f}"),
             _num(latency_ratio(r, results), "{:.2f}"),
             _num(m["peak_rss_bytes"] / 2**20 if m.get("peak_rss_bytes") else None, "{:.0f}"),
+            model_steps(r) or "–",
         ])
     return rows
 
@@ -78,19 +91,22 @@ def format_table(results: list[VariantResult]) -> str:
 
 
 def write_report(
-    directory: Path, manifest: Manifest, results: list[VariantResult], reference_accuracy: float | None
+    directory: Path, manifest: Manifest, results: list[VariantResult], reference_accuracy: float | None,
+    search: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write ``report.md``, ``report.json`` and ``report.png`` into the release directory."""
     directory = Path(directory)
     (directory / REPORT_JSON).write_text(json.dumps({
         "model": manifest.model, "version": manifest.version, "reference": manifest.reference,
-        "variants": [r.to_dict() for r in results],
+        "variants": [r.to_dict() for r in results], "search": search or [],
     }, indent=2, default=str) + "\n")
     plotted = write_plot(directory / REPORT_PNG, results, reference_accuracy)
-    (directory / REPORT_MD).write_text(markdown(manifest, results, plotted))
+    pareto = write_pareto(directory / PARETO_PNG, results, search)
+    (directory / REPORT_MD).write_text(markdown(manifest, results, plotted, search, pareto))
 
 
-def markdown(manifest: Manifest, results: list[VariantResult], plotted: bool) -> str:
+def markdown(manifest: Manifest, results: list[VariantResult], plotted: bool,
+             search: list[dict[str, Any]] | None = None, pareto: bool = False) -> str:
     ref = manifest.reference
     header = "| " + " | ".join((*COLUMNS, "reason / note")) + " |"
     rule = "|" + "---|" * (len(COLUMNS) + 1)
@@ -117,54 +133,14 @@ def markdown(manifest: Manifest, results: list[VariantResult], plotted: bool) ->
     ]
     if plotted:
         lines += ["![size, latency and accuracy per variant](report.png)", ""]
+    if pareto:
+        lines += ["Pareto view: every measured candidate (variants, tuning attempts, search steps) by "
+                  "size, latency and accuracy; the non-dominated ones are joined, shipped variants "
+                  "are stars.", "", "![Pareto plot](pareto.png)", ""]
+    lines += compression_sections(results)
+    lines += tuning_sections(results)
+    lines += search_sections(search)
     return "\n".join(lines)
-
-
-def write_plot(path: Path, results: list[VariantResult], reference_accuracy: float | None) -> bool:
-    """Two panels: size against p50 latency (left) and accuracy, or agreement without labels,
-    per variant (right). Red marks a variant that failed a gate. Returns False when matplotlib
-    is missing or nothing was measured."""
-    measured = [r for r in results if r.metrics.get("agreement") is not None and r.size_bytes]
-    if not measured:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    metric = "accuracy" if all(r.metrics.get("accuracy") is not None for r in measured) else "agreement"
-    colors = {"onnx": "tab:blue", "tflite": "tab:orange", "coreml": "tab:green"}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.35 * len(measured) + 3.5))
-    for r in measured:
-        p50 = (r.metrics.get("latency_ms") or {}).get("p50") or 0.0
-        left.scatter(r.size_bytes / 1024, p50, s=60, color=colors.get(r.format, "tab:gray"),
-                     edgecolors="red" if not r.shipped else "black", linewidths=1.5)
-        left.annotate(r.id, (r.size_bytes / 1024, p50), fontsize=7, xytext=(4, 3),
-                      textcoords="offset points")
-    left.set_xscale("log")
-    left.set_xlabel("file size (KiB, log scale)")
-    left.set_ylabel("latency p50 (ms, one sample)")
-    left.set_title("size vs latency")
-    ordered = sorted(measured, key=lambda r: r.metrics[metric])
-    values = [r.metrics[metric] for r in ordered]
-    right.barh([r.id for r in ordered], values,
-               color=[colors.get(r.format, "tab:gray") for r in ordered],
-               edgecolor=["black" if r.shipped else "red" for r in ordered], linewidth=1.5)
-    if metric == "accuracy" and reference_accuracy is not None:
-        right.axvline(reference_accuracy, color="gray", linestyle="--", linewidth=1,
-                      label=f"PyTorch reference {reference_accuracy:.4f}")
-        right.legend(loc="lower right", fontsize=8)
-    low = min(values + ([reference_accuracy] if reference_accuracy is not None else []))
-    right.set_xlim(max(0.0, low - max(0.02, (1 - low) * 0.5)), 1.0)
-    right.set_xlabel(metric)
-    right.set_title(f"{metric} per variant (red edge: gate failed)")
-    right.tick_params(axis="y", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
 
 
 def _host(results: list[VariantResult]) -> str:

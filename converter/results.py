@@ -19,6 +19,12 @@ class VariantResult:
         status: ``passed`` / ``not_validated`` (in the release), ``failed`` (export, runtime
             or gate), ``skipped`` (the kind does not apply to this model).
         reason: why it failed, was skipped or could not be validated.
+        compression: the manifest's ordered steps: model steps, then the export's.
+        steps: what each model step did (per-layer sparsity, MACs before/after, training
+            history), shared by the variants built from the same chain.
+        model: parameters and MACs of the model that was exported.
+        gzip_size_bytes: the artifact gzip-compressed (what pruned zeros save in transit).
+        tuning: the accuracy-aware tuning record (attempts, sensitivity, outcome), if any.
     """
 
     id: str
@@ -34,6 +40,10 @@ class VariantResult:
     runtime: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     build_seconds: float | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)
+    gzip_size_bytes: int | None = None
+    tuning: dict[str, Any] | None = None
 
     @property
     def shipped(self) -> bool:
@@ -47,4 +57,6 @@ class VariantResult:
             "sha256": self.sha256, "runtime": self.runtime, "metrics": self.metrics,
             "build_seconds": self.build_seconds,
             "details": self.built.details if self.built else {},
+            "steps": self.steps, "model": self.model, "gzip_size_bytes": self.gzip_size_bytes,
+            "tuning": self.tuning,
         }

@@ -9,6 +9,7 @@ writes what ``edgeship convert`` takes:
 
 ``examples.digits:trained_model`` is a factory for ``--model``: it loads ``weights.pt`` from
 ``$EDGESHIP_DIGITS_DIR`` (default ``build/digits``), training first when it is missing.
+``examples.digits:student`` builds an untrained :class:`DigitsStudent` for ``distill`` steps.
 """
 
 from __future__ import annotations
@@ -40,6 +41,25 @@ class DigitsCNN(nn.Module):
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(2 * width * 4, 64), nn.ReLU(), nn.Linear(64, classes)
         )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(image))
+
+
+class DigitsStudent(nn.Module):
+    """A small student for distillation: two narrow conv blocks and a linear head.
+
+    At ``width=8`` it has 1,946 parameters, under a tenth of :class:`DigitsCNN`'s 23,114.
+    """
+
+    def __init__(self, width: int = 8, classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 4, classes))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(image))
@@ -104,6 +124,11 @@ def trained_model() -> nn.Module:
     model = DigitsCNN()
     model.load_state_dict(torch.load(directory / "weights.pt", weights_only=True))
     return model.eval()
+
+
+def student() -> nn.Module:
+    """Factory for a distillation student (untrained): ``student = "examples.digits:student"``."""
+    return DigitsStudent()
 
 
 def main() -> None:

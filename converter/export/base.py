@@ -50,6 +50,8 @@ class ExportContext:
             name, each array shaped as its spec); ``calibration_count`` samples in all.
         work_dir: where artifacts are written (inside the release's temporary directory).
         progress: prints progress of long steps.
+        cache: backends keep results here that later builds on the same model reuse
+            (calibration ranges), keyed by the backend.
     """
 
     model: torch.nn.Module
@@ -60,6 +62,7 @@ class ExportContext:
     calibration_count: int
     work_dir: Path
     progress: Progress = field(default_factory=lambda: Progress(quiet=True))
+    cache: dict[Any, Any] = field(default_factory=dict)
 
     def example_tensors(self) -> tuple[torch.Tensor, ...]:
         """The example sample as torch tensors in positional order."""

@@ -5,8 +5,9 @@ maintained path in torch >= 2.9; when ``torch.export`` cannot capture the model,
 TorchScript tracer is tried before giving up. Shapes are static (batch dimension as given) and
 the file is self-contained (weights inline, no external data).
 
-The quantized kinds live in :mod:`converter.export.onnx_quant` (fp16, int8 dynamic/static)
-and :mod:`converter.export.onnx_weights` (weight-only int8).
+The quantized kinds live in :mod:`converter.export.onnx_quant` (fp16, int8 dynamic),
+:mod:`converter.export.onnx_static` (static int8) and :mod:`converter.export.onnx_weights`
+(weight-only int8).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def build_variant(request: VariantRequest, base: Path, ctx: ExportContext) -> Bu
         VariantBuildError: the toolchain failed on this variant.
         NotApplicable: the kind has nothing to do on this model.
     """
-    from converter.export import onnx_quant, onnx_weights
+    from converter.export import onnx_quant, onnx_static, onnx_weights
 
     kind = request.kind.kind
     out = ctx.work_dir / f"{request.id}.onnx"
@@ -92,7 +93,7 @@ def build_variant(request: VariantRequest, base: Path, ctx: ExportContext) -> Bu
         "onnx-fp32": _build_fp32,
         "onnx-fp16": onnx_quant.build_fp16,
         "onnx-int8-dynamic": onnx_quant.build_int8_dynamic,
-        "onnx-int8-static": onnx_quant.build_int8_static,
+        "onnx-int8-static": onnx_static.build_int8_static,
         "onnx-int8-weights": onnx_weights.build_int8_weights,
     }
     if kind not in builders:

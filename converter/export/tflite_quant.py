@@ -33,7 +33,7 @@ from converter.export.base import BuiltVariant, ExportContext, NotApplicable, Va
 from converter.quiet import hidden_progress_bars
 
 
-def _quantize(quantizer: Any, out: Path, calibration: Any = None) -> None:
+def write_quantized(quantizer: Any, out: Path, calibration: Any = None) -> None:
     """Run the quantizer and write the model to ``out``."""
     with hidden_progress_bars():  # tensor transformations still draw a bar
         result = quantizer.quantize(
@@ -93,7 +93,7 @@ def build_fp16(request: VariantRequest, base: Path, out: Path, ctx: ExportContex
         num_bits=16,
         algorithm_key=AlgorithmName.FLOAT_CASTING,
     )
-    _quantize(q, out)
+    write_quantized(q, out)
     return BuiltVariant(
         out, request.kind.precision, ["quant:weight-only:fp16"],
         details=_facts(out, "float16", "weights (conv, fully connected, embedding)"),
@@ -110,7 +110,7 @@ def build_int8_dynamic(
     q.add_dynamic_config(
         regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8
     )
-    _quantize(q, out)
+    write_quantized(q, out)
     return BuiltVariant(
         out, request.kind.precision, ["quant:dynamic:int8:per-channel"],
         details=_facts(out, "int8", "weights (conv, fully connected, embedding)"),
@@ -131,6 +131,42 @@ def build_int8_static(
             outputs come from int8 ops.
         calibration: ``"minmax"`` (range over all samples) or ``"moving-average"``
             (ai-edge-quantizer's default: moving average of per-sample min/max).
+        per_channel: int8 weights per output channel (``True``) or per tensor.
+        float_layers: ops kept in float, named by their output tensors (ai-edge-quantizer's
+            op scope); the accuracy-aware tuner fills it with the most sensitive ops.
+
+    Calibration results are kept in ``ctx.cache`` per base model and settings, so tuning
+    attempts on the same model calibrate once.
+    """
+    q, settings = static_quantizer(request, base)
+    float_layers, extra_float = settings["float_output_tensors"], settings["float_layers"]
+    stats, seen = calibration_stats(q, base, ctx, request.id, settings["calibration"],
+                                    settings["calibration_key"])
+    keep_float(q, extra_float)  # after calibration: the cached ranges cover every op
+    with warnings.catch_warnings(), hidden_progress_bars():
+        write_quantized(q, out, stats)
+    details = _facts(out, "int8", "weights or activations")
+    details.update(calibration_samples=seen,
+                   **{k: v for k, v in settings.items() if k != "calibration_key"})
+    steps = [f"quant:static:int8:{'per-channel' if settings['per_channel'] else 'per-tensor'}"]
+    if float_layers:
+        steps.append("keep-float:output-layer")
+    if extra_float:
+        steps.append(f"keep-float:{len(extra_float)}-layers")
+    return BuiltVariant(
+        out, request.kind.precision, steps, io=io_block(out, ctx), details=details,
+    )
+
+
+CALIBRATIONS = ("minmax", "moving-average")
+
+
+def static_quantizer(request: VariantRequest, base: Path) -> tuple[Any, dict[str, Any]]:
+    """The ai-edge-quantizer ``Quantizer`` with the static int8 recipe of ``request`` (output
+    layers kept float when asked, ``float_layers`` not applied yet) and its settings.
+
+    Raises:
+        VariantBuildError: a bad option value.
     """
     from ai_edge_quantizer import qtyping, quantizer
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -142,12 +178,14 @@ def build_int8_static(
         raise VariantBuildError(
             f"{request.id}: option calibration must be one of {', '.join(CALIBRATIONS)}"
         )
+    per_channel = _bool_option(request, "per_channel", True)
     q = quantizer.Quantizer(str(base))
     q.add_static_config(
         regex=".*",
         operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
         activation_num_bits=8,
         weight_num_bits=8,
+        weight_granularity=weight_granularity(per_channel),
     )
     if not integer_io:
         for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
@@ -155,34 +193,58 @@ def build_int8_static(
                 regex=".*", operation_name=op, algorithm_key=AlgorithmName.NO_QUANTIZE
             )
     float_layers = output_layer_scopes(base) if float_output_layer else []
-    if float_layers:  # added last: later recipe entries win
-        q.update_quantization_recipe(
-            regex="|".join(f"(?:^|;){re.escape(name)};" for name in float_layers),
+    keep_float(q, float_layers)  # added last: later recipe entries win
+    return q, {
+        "calibration": calibration, "integer_io": integer_io, "per_channel": per_channel,
+        "float_output_layer": bool(float_layers), "float_output_tensors": float_layers,
+        "float_layers": [str(name) for name in request.options.get("float_layers") or ()],
+        "calibration_key": (integer_io, tuple(float_layers), per_channel),
+    }
+
+
+def weight_granularity(per_channel: bool) -> Any:
+    from ai_edge_quantizer import qtyping
+
+    granularity = qtyping.QuantGranularity
+    return granularity.CHANNELWISE if per_channel else granularity.TENSORWISE
+
+
+def keep_float(quantizer: Any, scopes: list[str]) -> None:
+    """Leave the ops named by their output tensors in float (``NO_QUANTIZE``)."""
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    if scopes:
+        quantizer.update_quantization_recipe(
+            regex="|".join(f"(?:^|;){re.escape(name)};" for name in scopes),
             operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
             algorithm_key=AlgorithmName.NO_QUANTIZE,
         )
-    dataset = CalibrationSet(base, ctx)
-    ctx.progress.say(f"{request.id}: calibrating on {ctx.calibration_count} samples")
-    with warnings.catch_warnings(), hidden_progress_bars():  # it keeps all tensors on purpose
-        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
-        stats = _calibrate(q, base, {dataset.key: dataset}, calibration)
+
+
+def calibration_stats(
+    quantizer: Any, base: Path, ctx: ExportContext, variant_id: str, method: str, key: tuple
+) -> tuple[dict, int]:
+    """Activation ranges for ``quantizer``'s recipe, computed once per base model, method and
+    ``key`` (the settings that change which tensors are calibrated) and kept in ``ctx.cache``.
+
+    Returns:
+        ``(ranges, calibration samples seen)``.
+
+    Raises:
+        VariantBuildError: calibration produced no ranges.
+    """
+    cache_key = ("tflite-calibration", str(base), method, key)
+    if cache_key not in ctx.cache:
+        dataset = CalibrationSet(base, ctx)
+        ctx.progress.say(f"{variant_id}: calibrating on {ctx.calibration_count} samples")
+        with warnings.catch_warnings(), hidden_progress_bars():  # it keeps all tensors on purpose
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+            stats = _calibrate(quantizer, base, {dataset.key: dataset}, method)
         if not stats:
-            raise VariantBuildError(f"{request.id}: calibration produced no tensor ranges")
-        _quantize(q, out, stats)
-    details = _facts(out, "int8", "weights or activations")
-    details.update(
-        calibration_samples=dataset.seen, calibration=calibration, integer_io=integer_io,
-        float_output_layer=bool(float_layers), float_output_tensors=float_layers,
-    )
-    steps = ["quant:static:int8:per-channel"]
-    if float_layers:
-        steps.append("keep-float:output-layer")
-    return BuiltVariant(
-        out, request.kind.precision, steps, io=io_block(out, ctx), details=details,
-    )
-
-
-CALIBRATIONS = ("minmax", "moving-average")
+            raise VariantBuildError(f"{variant_id}: calibration produced no tensor ranges")
+        ctx.cache[cache_key] = (stats, dataset.seen)
+    return ctx.cache[cache_key]
 
 # ops that only move data: the float output layer extends through them to the op computing it
 _LAYOUT_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE"}

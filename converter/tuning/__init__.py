@@ -1,0 +1,13 @@
+"""Accuracy-aware tuning of static int8 variants (``onnx-int8-static``, ``tflite-int8``) that
+miss their gates: other calibrations, then per-layer float fallback guided by sensitivity.
+
+See :mod:`converter.tuning.plan` for the order of attempts and :mod:`converter.tuning.tuner`
+for the loop; :mod:`~converter.tuning.onnx_layers` and :mod:`~converter.tuning.tflite_layers`
+measure per-layer sensitivity.
+"""
+
+from __future__ import annotations
+
+from converter.tuning.tuner import needs_tuning, tune_variant
+
+__all__ = ["needs_tuning", "tune_variant"]

@@ -1,0 +1,133 @@
+"""Per-layer sensitivity of ``tflite-int8``: quantize one op at a time with ai-edge-quantizer.
+
+ai-edge-quantizer names an op by its output tensors and its recipe takes a regex over those
+names, so an op can be quantized alone (a static int8 rule matching only that op) and, in the
+variant, kept in float (a ``NO_QUANTIZE`` rule: the per-op float fallback ``float_layers``
+uses). Activation ranges come from one calibration of the full recipe (cached in the export
+context). Each op quantized alone is run on the LiteRT interpreter in-process on a few eval
+samples and scored by the relative squared error of the outputs against the float model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.catalogue import VARIANT_KINDS
+from converter.export.base import ExportContext, VariantRequest
+from converter.tuning.scoring import output_error
+
+#: ops that only move data around: quantizing one alone says nothing about the model.
+_SKIP_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "QUANTIZE", "DEQUANTIZE"}
+
+
+def tflite_sensitivity(
+    base: Path, ctx: ExportContext, options: dict[str, Any], samples: list[dict[str, np.ndarray]],
+    deadline: float,
+) -> list[dict[str, Any]]:
+    """Sensitivity of every computing op of the float ``.tflite``, most sensitive first.
+
+    Returns:
+        One row per op: ``layer`` (its output tensor name, what ``float_layers`` takes),
+        ``op``, ``module`` (the PyTorch module path litert-torch encodes in the name, when it
+        can be read), ``score``, ``agreement``.
+    """
+    from ai_edge_quantizer import qtyping, quantizer
+
+    from converter.export.tflite_quant import (
+        calibration_stats,
+        static_quantizer,
+        weight_granularity,
+        write_quantized,
+    )
+    from converter.quiet import hidden_progress_bars
+
+    kind = VARIANT_KINDS["tflite-int8"]
+    request = VariantRequest("sensitivity", kind, {**kind.options, **options, "float_layers": ()})
+    full, settings = static_quantizer(request, base)
+    stats, _ = calibration_stats(full, base, ctx, "sensitivity", settings["calibration"],
+                                 settings["calibration_key"])
+    names = [s.name for s in ctx.inputs]
+    float_outputs = run_tflite(base, samples, names, [s.name for s in ctx.outputs])
+    ops = [op for op in computing_ops(base) if op[0] not in settings["float_output_tensors"]]
+    ctx.progress.say(f"sensitivity: quantizing {len(ops)} TFLite ops one at a time on "
+                     f"{len(samples)} samples")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+        for i, (scope, op_name) in enumerate(ops):
+            if time.monotonic() > deadline:
+                ctx.progress.say(f"sensitivity: time budget reached after {i}/{len(ops)} ops")
+                break
+            single = quantizer.Quantizer(str(base))
+            single.add_static_config(
+                regex=f"(?:^|;){_escape(scope)};",
+                operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                activation_num_bits=8, weight_num_bits=8,
+                weight_granularity=weight_granularity(settings["per_channel"]),
+            )
+            out = Path(tmp) / f"op-{i}.tflite"
+            try:
+                with warnings.catch_warnings(), hidden_progress_bars():
+                    warnings.simplefilter("ignore")
+                    write_quantized(single, out, stats)
+                outputs = run_tflite(out, samples, names, [s.name for s in ctx.outputs])
+            except Exception:  # an op the quantizer cannot take alone: no measurement
+                continue
+            rows.append({"layer": scope, "op": op_name, "module": module_of_scope(scope),
+                         **output_error(outputs, float_outputs)})
+    rows.sort(key=lambda r: -r["score"])
+    return rows
+
+
+def computing_ops(path: Path) -> list[tuple[str, str]]:
+    """``(first output tensor name, op name)`` of the main subgraph's ops, layout ops left out."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+
+    model = fb.read_model(path.read_bytes())
+    graph = model.subgraphs[0]
+    ops = []
+    for op in graph.operators:
+        code = fb.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
+        name = code.name if code is not None else "CUSTOM"
+        outputs = [int(t) for t in op.outputs if t >= 0]
+        if name in _SKIP_OPS or not outputs:
+            continue
+        ops.append((fb.get_tensor_name(graph.tensors[outputs[0]]), name))
+    return ops
+
+
+def run_tflite(path: Path, samples: list[dict[str, np.ndarray]], names: list[str],
+               output_names: list[str]) -> list[np.ndarray]:
+    """Run ``path`` with the agent's LiteRT runner (one thread) over the samples."""
+    from edge_agent.runtimes.litert import LiteRTRunner
+
+    runner = LiteRTRunner(path, names, threads=1, output_names=output_names)
+    collected = [runner.run(sample) for sample in samples]
+    return [np.concatenate([c[k] for c in collected]) for k in range(len(collected[0]))]
+
+
+def module_of_scope(scope: str) -> str | None:
+    """The PyTorch module path in a litert-torch tensor name, e.g. ``features.7`` from
+    ``pkg.Net/torch.nn.modules.container.Sequential_features/torch.nn.modules.conv.Conv2d_7;1``.
+
+    A fused op names all its parts (``ReLU_9;;BatchNorm2d_8;;Conv2d_7``): the Conv/Linear part
+    is preferred.
+    """
+    pieces = [p for p in scope.split(";") if "/" in p]
+    if not pieces:
+        return None
+    weighted = [p for p in pieces if any(k in p.rsplit("/", 1)[-1] for k in ("Conv", "Linear"))]
+    parts = (weighted or pieces)[0].split("/")[1:]
+    names = [part.rsplit(".", 1)[-1].split("_", 1)[1] for part in parts if "_" in part.rsplit(".", 1)[-1]]
+    return ".".join(names) or None
+
+
+def _escape(name: str) -> str:
+    import re
+
+    return re.escape(name)

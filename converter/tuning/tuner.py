@@ -1,0 +1,177 @@
+"""The tuning loop: build and validate candidates until one passes or the budget runs out.
+
+Every attempt is a full build and validation on the real runtime (the same
+:meth:`~converter.runner.VariantRunner.run` as any variant), so what passes here passes on
+the device's code path. Attempts are built as ``<id>.t<n>``; the kept one is renamed to the
+variant's id and the others are deleted. The variant's result carries the tuning record:
+every attempt with its settings, metrics and why it was rejected, the sensitivity table, and
+the outcome. Never an empty result: when nothing passes, the closest attempt is kept (failed)
+and its reason names the layers that hurt most.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from converter.gates import gate_shortfall
+from converter.recipe import VariantPlan
+from converter.results import VariantResult
+from converter.tuning.plan import (
+    TUNABLE,
+    Candidate,
+    calibration_candidates,
+    float_layer_candidates,
+    requested,
+)
+
+if TYPE_CHECKING:
+    from converter.runner import VariantRunner
+
+#: sensitivity rows named in the reason of a variant that stays failed.
+HURTING_LAYERS_NAMED = 3
+
+
+def needs_tuning(plan: VariantPlan, result: VariantResult) -> bool:
+    """A tunable static int8 variant that was built and measured but missed a gate."""
+    return (plan.tuning.enabled and plan.request.kind.kind in TUNABLE and result.status == "failed"
+            and result.built is not None and bool(result.metrics))
+
+
+class _Budget:
+    def __init__(self, trials: int, seconds: float) -> None:
+        self.trials_left, self.started = trials, time.monotonic()
+        self.deadline = self.started + seconds
+
+    def take(self) -> bool:
+        if self.trials_left <= 0 or time.monotonic() >= self.deadline:
+            return False
+        self.trials_left -= 1
+        return True
+
+    @property
+    def spent_seconds(self) -> float:
+        return round(time.monotonic() - self.started, 1)
+
+
+def tune_variant(runner: VariantRunner, plan: VariantPlan, first: VariantResult) -> VariantResult:
+    """Tune ``plan`` after its first build ``first`` missed the gates; see the module docstring.
+
+    Returns:
+        The kept result (passed, or the closest failed one), with ``tuning`` filled in.
+    """
+    kind, variant_id = plan.request.kind.kind, plan.request.id
+    budget = _Budget(int(plan.tuning.max_trials), float(plan.tuning.max_seconds))
+    progress = runner.progress
+    progress.say(f"{variant_id}: missed its gates ({first.reason}); tuning: up to "
+                 f"{plan.tuning.max_trials} attempts, {plan.tuning.max_seconds:.0f} s")
+    start = requested(kind, plan.request.options)
+    attempts: list[tuple[Candidate, VariantResult, str]] = [(start, first, "as requested")]
+    sensitivity: list[dict[str, Any]] = []
+
+    def key(item: tuple[Candidate, VariantResult, str]) -> tuple[float, int, int]:
+        candidate, result, _ = item
+        return (_shortfall(plan, result), len(candidate.float_layers), result.size_bytes or 1 << 62)
+
+    def attempt(candidate: Candidate, change: str) -> bool:
+        result = runner.run(plan, f"{variant_id}.t{len(attempts)}", candidate.options())
+        attempts.append((candidate, result, change))
+        return result.status in ("passed", "not_validated")
+
+    passed = False
+    for candidate in calibration_candidates(kind, start):
+        if not budget.take():
+            break
+        if attempt(candidate, f"calibration {candidate.describe()}"):
+            passed = True
+            break
+    if not passed and budget.trials_left > 0 and time.monotonic() < budget.deadline:
+        best = min(attempts, key=key)[0]
+        sensitivity = _sensitivity(runner, plan, best, budget.deadline, start)
+        ranked = [row["layer"] for row in sensitivity]
+        shown = {row["layer"]: _display_name(row) for row in sensitivity}
+        for candidate in float_layer_candidates(best, ranked, int(plan.tuning.max_float_layers)):
+            if not budget.take():
+                break
+            if attempt(candidate, f"+ float {shown[candidate.float_layers[-1]]}"):
+                passed = True
+                break
+    kept = attempts[-1] if passed else min(attempts, key=key)
+    for item in attempts:
+        if item is not kept:
+            runner.discard(item[1])
+    result = runner.adopt(kept[1], variant_id)
+    result.tuning = _record(plan, attempts, kept, sensitivity, passed, budget)
+    if not passed:
+        hurting = ", ".join(_layer_label(row) for row in sensitivity[:HURTING_LAYERS_NAMED])
+        result.reason = (f"{result.reason}; tuning tried {len(attempts)} settings in "
+                         f"{budget.spent_seconds:.0f} s, none passed; kept the closest "
+                         f"({kept[0].describe()})"
+                         + (f"; layers hurting most: {hurting}" if hurting else ""))
+    progress.say(f"{variant_id}: tuning {'passed' if passed else 'found nothing that passes'} "
+                 f"after {len(attempts)} attempts ({kept[0].describe()})")
+    return result
+
+
+def _shortfall(plan: VariantPlan, result: VariantResult) -> float:
+    metrics = {**result.metrics, "size_bytes": result.size_bytes}
+    return gate_shortfall(metrics, plan.gates, result.precision, compressed=bool(plan.steps)) \
+        if result.metrics else 1e9
+
+
+def _sensitivity(runner: VariantRunner, plan: VariantPlan, best: Candidate, deadline: float,
+                 start: Candidate) -> list[dict[str, Any]]:
+    """Per-layer sensitivity under the best settings found (empty when it cannot run)."""
+    from converter.errors import first_line
+
+    fmt = plan.request.kind.format
+    base, _ = runner.base(plan.steps, fmt)
+    ctx = runner.context(plan.steps)
+    count = int(plan.tuning.sensitivity_samples)
+    samples = list(runner.eval_set.head(count))
+    options = {**plan.request.options, **Candidate(best.calibration, best.per_channel).options()}
+    try:
+        if fmt == "onnx":
+            from converter.tuning.onnx_layers import onnx_sensitivity
+
+            rows = onnx_sensitivity(base, ctx, options, samples, deadline)
+        else:
+            from converter.tuning.tflite_layers import tflite_sensitivity
+
+            rows = tflite_sensitivity(base, ctx, options, samples, deadline)
+    except Exception as err:  # sensitivity is a guide; without it tuning stops at calibration
+        runner.progress.say(f"{plan.request.id}: sensitivity failed: {first_line(err)}")
+        return []
+    return [row for row in rows if row["layer"] not in start.float_layers]
+
+
+def _record(plan: VariantPlan, attempts: list[tuple[Candidate, VariantResult, str]],
+            kept: tuple[Candidate, VariantResult, str], sensitivity: list[dict[str, Any]],
+            passed: bool, budget: _Budget) -> dict[str, Any]:
+    rows = []
+    for n, (candidate, result, change) in enumerate(attempts):
+        m = result.metrics
+        rows.append({
+            "attempt": n, "change": change, "settings": candidate.describe(),
+            "options": candidate.options(), "status": result.status,
+            "kept": (candidate, result, change) == kept,
+            "rejected": None if result.status in ("passed", "not_validated") else result.reason,
+            "shortfall": _shortfall(plan, result),
+            "metrics": {k: m.get(k) for k in ("accuracy", "accuracy_drop", "agreement", "max_abs_err")}
+            | {"latency_p50_ms": (m.get("latency_ms") or {}).get("p50"), "size_bytes": result.size_bytes},
+        })
+    return {"outcome": "passed" if passed else "closest kept (failed)", "attempts": rows,
+            "sensitivity": sensitivity, "seconds": budget.spent_seconds,
+            "kept": kept[0].options()}
+
+
+def _display_name(row: dict[str, Any]) -> str:
+    """The layer's name, or its module path when the name is a long TFLite tensor name."""
+    return row["layer"] if len(row["layer"]) <= 40 or not row.get("module") else row["module"]
+
+
+def _layer_label(row: dict[str, Any]) -> str:
+    """``node_Conv_25 (Conv, features.3, error 0.277)``; TFLite ops by their module path."""
+    name = _display_name(row)
+    module = f", {row['module']}" if row.get("module") and row["module"] != name else ""
+    return f"{name} ({row['op']}{module}, error {row['score']:.3g})"
