@@ -43,8 +43,8 @@ class AgentConfig:
         trusted_keys: publisher public key files (PEM); a manifest must be signed by one.
         enroll_token: enrollment token, used once to register.
         device_class: coarse device class sent at registration (default: guessed).
-        check_interval_seconds: how often to ask for the assignment (the server's report
-            interval overrides it once known, when it is shorter).
+        check_interval_seconds: how often to ask for the assignment (a rollback reaches the
+            device within one interval).
         report_interval_seconds: reporting window length until the server says otherwise.
         request_timeout_seconds: per-request socket timeout.
         download_max_bytes: largest artifact the agent accepts.

@@ -91,7 +91,8 @@ class Release:
 class LoadedModel:
     """A model loaded on its runtime that passed the golden probe.
 
-    ``run`` is safe from several threads (one lock: TFLite interpreters are not re-entrant).
+    ``run`` is safe from several threads: onnxruntime sessions are, and other runtimes (TFLite
+    interpreters are not re-entrant) run under a per-model lock.
     """
 
     release: Release
@@ -109,6 +110,10 @@ class LoadedModel:
     @property
     def variant_id(self) -> str:
         return str(self.release.variant["id"])
+
+    def __post_init__(self) -> None:
+        if self.runner.runtime == "onnxruntime":  # InferenceSession.run is thread-safe: no lock
+            self.run = self.runner.run
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:

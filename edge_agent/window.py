@@ -124,7 +124,10 @@ class Window:
         Raises:
             ValueError: the latency is negative or not finite.
         """
-        latency_seconds = _non_negative("latency_seconds", latency_seconds)
+        self._count_inference(_non_negative("latency_seconds", latency_seconds))
+
+    def _count_inference(self, latency_seconds: float) -> None:
+        # unchecked: callers pass a float they checked (WindowSet's hot path checks only once)
         self.inferences += 1
         self.latency_counts[bucket_index(latency_seconds)] += 1
         self.latency_sum_seconds += latency_seconds
@@ -225,19 +228,32 @@ class WindowSet:
         self._rss_reader = rss_reader
         self._lock = threading.Lock()
         self._windows: dict[WindowKey, Window] = {}
+        # The window recorded into last, and its key: the agent records every inference under one
+        # key object, so an identity check skips hashing the key (a frozen dataclass hashes its
+        # five fields on every lookup). Always None or self._windows[_last_key].
+        self._last_key: WindowKey | None = None
+        self._last_window: Window | None = None
 
     def _window(self, key: WindowKey) -> Window:
         # callers hold the lock
+        if key is self._last_key:
+            return self._last_window  # type: ignore[return-value]
         window = self._windows.get(key)
         if window is None:
             window = self._windows[key] = Window(opened_at=self._clock())
+        self._last_key, self._last_window = key, window
         return window
 
     def record_inference(self, key: WindowKey, latency_seconds: float) -> None:
-        """See :meth:`Window.record_inference`."""
-        _non_negative("latency_seconds", latency_seconds)  # before a window opens for nothing
+        """See :meth:`Window.record_inference`.
+
+        Called on every ``predict``: a plain finite float >= 0 (what ``perf_counter`` deltas are)
+        skips the general check, and the latency is checked before a window opens for nothing.
+        """
+        if not (type(latency_seconds) is float and 0.0 <= latency_seconds < math.inf):
+            latency_seconds = _non_negative("latency_seconds", latency_seconds)
         with self._lock:
-            self._window(key).record_inference(latency_seconds)
+            self._window(key)._count_inference(latency_seconds)
 
     def record_error(self, key: WindowKey, reason: str) -> None:
         """See :meth:`Window.record_error`."""
@@ -274,6 +290,7 @@ class WindowSet:
         with self._lock:
             closed_at = self._clock() if now is None else now
             closed, self._windows = self._windows, {}
+            self._last_key = self._last_window = None
             reports = []
             for key, window in closed.items():
                 if window.is_empty:
