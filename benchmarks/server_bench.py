@@ -1,6 +1,6 @@
 """Rollout server benchmark: assignment and report ingestion under load, next to a bare Flask app.
 
-    python -m benchmarks.server_bench [--seconds 10] [--workers 2] [--skip-postgres]
+    python -m benchmarks.server_bench [--seconds 10] [--repeat 1] [--workers 2] [--skip-postgres]
 
 For each backend (a SQLite file; a throwaway PostgreSQL from ``tests/rollout_server/postgres.py``)
 it starts ``edgeship server --workers K`` (gunicorn) on a free loopback port with a fresh data
@@ -18,8 +18,9 @@ with a throwaway key (trusted through ``EDGESHIP_TRUSTED_KEYS``), makes it stabl
 In the same run, ``benchmarks/bare_app.py`` (one JSON GET, one JSON POST, no database) is served
 by the same gunicorn settings and gets the same requests, each scenario right before edgeship's
 (paired, so both see the same machine load); the ratio column is edgeship's requests/s over the
-bare app's. The CPU column is user+system time of the server's gunicorn processes per request
-(not PostgreSQL's, not wrk's), which other load on the machine disturbs much less than req/s.
+bare app's. ``--repeat N`` runs every pair N times and reports medians (each ratio per pair). The
+CPU column is user+system time of the server's gunicorn processes per request (not PostgreSQL's,
+not wrk's), which other load on the machine disturbs much less than req/s.
 Prints one table and writes ``benchmarks/results/server.json``; ``--profile`` also samples the
 workers with py-spy. Every process it starts is stopped before it returns.
 """
@@ -33,6 +34,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,6 +105,7 @@ class Row:
     requests: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     socket_errors: dict[str, int] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)  # each run when repeated (--repeat)
 
 
 def edgeship_scenarios(devices_file: Path, template: Path, run_id: str) -> list[Scenario]:
@@ -121,6 +124,46 @@ def bare_twin(scenario: Scenario) -> Scenario:
     """The same requests against the bare app (which answers 200 to all of them)."""
     args = [*scenario.args[:3], f"bare-{scenario.args[3]}"] if scenario.kind == "ingest" else scenario.args
     return Scenario(scenario.name, scenario.script, args, "bare", scenario.reports_per_request)
+
+
+def fresh_ids(scenario: Scenario, attempt: int) -> Scenario:
+    """The scenario for repetition ``attempt``: ingestion gets report ids no earlier run used."""
+    if scenario.kind != "ingest" or attempt == 0:
+        return scenario
+    args = [*scenario.args[:3], f"{scenario.args[3]}-r{attempt}"]
+    return Scenario(scenario.name, scenario.script, args, scenario.kind, scenario.reports_per_request,
+                    scenario.ok_statuses)
+
+
+def median_row(runs: list[Row]) -> Row:
+    """One row for repeated runs of a scenario: medians of the rates, latencies, CPU and paired
+    ratios (each run's ratio is to the bare run right before it); counts summed. Every run is
+    kept in ``runs``."""
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+
+    def median_of(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    statuses: dict[int, int] = {}
+    sockets: dict[str, int] = {}
+    for run in runs:
+        for status, n in run.statuses.items():
+            statuses[status] = statuses.get(status, 0) + n
+        for kind, n in run.socket_errors.items():
+            sockets[kind] = sockets.get(kind, 0) + n
+    return Row(
+        first.backend, first.scenario, statistics.median(r.requests_per_s for r in runs),
+        median_of([r.reports_per_s for r in runs]), statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs), sum(r.non_2xx for r in runs),
+        cpu_ms_per_request=median_of([r.cpu_ms_per_request for r in runs]),
+        ratio_to_bare=median_of([r.ratio_to_bare for r in runs]), requests=sum(r.requests for r in runs),
+        statuses=statuses, socket_errors=sockets,
+        runs=[{"requests_per_s": r.requests_per_s, "p99_ms": r.p99_ms, "cpu_ms_per_request":
+               r.cpu_ms_per_request, "ratio_to_bare": r.ratio_to_bare} for r in runs],
+    )
 
 
 def judge(row: Row) -> None:
@@ -205,15 +248,21 @@ def run_backend(backend: str, db_url: str | None, work: Path, opts: argparse.Nam
         before = stored_reports(server.url) or 0
         rows, bare_rows, acknowledged, slack = [], [], 0, 0
         for scenario in scenarios:
-            bare_row, _ = measure(f"bare:{backend}", bare, bare_twin(scenario), opts)
-            row, result = measure(backend, server, scenario, opts)
-            if bare_row.requests_per_s:
-                row.ratio_to_bare = row.requests_per_s / bare_row.requests_per_s
+            runs, bare_runs = [], []
+            for attempt in range(opts.repeat):
+                run = fresh_ids(scenario, attempt)
+                bare_row, _ = measure(f"bare:{backend}", bare, bare_twin(run), opts)
+                row, result = measure(backend, server, run, opts)
+                if bare_row.requests_per_s:
+                    row.ratio_to_bare = row.requests_per_s / bare_row.requests_per_s
+                runs.append(row)
+                bare_runs.append(bare_row)
+                acknowledged += result.statuses.get(200, 0) * scenario.reports_per_request
+                slack += opts.connections * scenario.reports_per_request  # in flight when wrk stopped
+            row = median_row(runs)
             judge(row)
             rows.append(row)
-            bare_rows.append(bare_row)
-            acknowledged += result.statuses.get(200, 0) * scenario.reports_per_request
-            slack += opts.connections * scenario.reports_per_request  # in flight when wrk stopped
+            bare_rows.append(median_row(bare_runs))
         stored = stored_reports(server.url)
         if stored is not None:
             stored -= before
@@ -308,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when it ran (targets are reported, not enforced), 2 when interrupted."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="each measured wrk run (default: 10)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="paired runs per scenario; the table shows their medians (default: 1)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up per server (default: 2)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, at least 2 (default: 2)")
     parser.add_argument("--devices", type=int, default=500, help="devices to register (default: 500)")
@@ -322,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     if opts.workers < 2:
         parser.error("--workers must be at least 2 (gunicorn)")
+    if opts.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
     from converter.signing import generate_keypair
@@ -367,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "wrk": wrk_version(),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
-        "settings": {"seconds": opts.seconds, "warmup": opts.warmup, "workers": opts.workers,
+        "settings": {"seconds": opts.seconds, "repeat": opts.repeat, "warmup": opts.warmup,
+                     "workers": opts.workers,
                      "devices": opts.devices, "wrk_threads": opts.wrk_threads,
                      "connections": opts.connections, "gunicorn": "rollout_server.serve._gunicorn"},
         "targets": TARGETS,

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Flask
 
+from rollout_server import hot_cache
 from rollout_server.api.metrics import ensure_counters
 from rollout_server.auth import ensure_first_tokens
 from rollout_server.config import apply_config
@@ -35,6 +36,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     Path(app.config["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     register_error_handlers(app)
     init_db(app)
+    hot_cache.init_app(app)
     with session_scope(app) as session:
         app.extensions["edgeship.first_start_file"] = ensure_first_tokens(app, session)
         ensure_counters(session)

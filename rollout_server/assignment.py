@@ -11,19 +11,22 @@ whose measured peak memory fits in half the device's RAM,
 3. then the smallest file; then the variant id, so the choice is deterministic.
 
 Releases never change once published, so their data are read once per process
-(:func:`release_info`) and the hot path (assignment polling) needs no manifest parsing.
+(:func:`load_release`, cached by :mod:`rollout_server.hot_cache`) and the hot path (assignment
+polling) needs no manifest parsing. Devices and rollouts come in as the cache's snapshots.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from rollout_server.analysis import RolloutState
 from rollout_server.bucketing import assign_cohort
-from rollout_server.models import Device, Release, Rollout
+from rollout_server.models import Release
+
+if TYPE_CHECKING:
+    from rollout_server.hot_cache import DeviceSnapshot, RolloutSnapshot
 
 #: manifest runtime name → the names a device may report for it.
 RUNTIME_ALIASES: dict[str, tuple[str, ...]] = {
@@ -57,24 +60,8 @@ class ReleaseInfo:
     variants: tuple[VariantInfo, ...]
 
 
-_RELEASES: dict[tuple[str, int], ReleaseInfo] = {}
-_RELEASES_MAX = 512
-
-
-def release_info(session: Session, release_id: int) -> ReleaseInfo:
-    """The release's assignment data, read from the database once per process (releases are
-    immutable once published; the key includes the database URL)."""
-    key = (str(session.get_bind().url), release_id)
-    info = _RELEASES.get(key)
-    if info is None:
-        info = _load_release(session, release_id)
-        if len(_RELEASES) >= _RELEASES_MAX:
-            _RELEASES.clear()
-        _RELEASES[key] = info
-    return info
-
-
-def _load_release(session: Session, release_id: int) -> ReleaseInfo:
+def load_release(session: Session, release_id: int) -> ReleaseInfo:
+    """The release's assignment data, read from the database."""
     release = session.get(Release, release_id)
     entries = {e["id"]: e for e in release.manifest.get("variants", [])}
 
@@ -90,7 +77,7 @@ def _load_release(session: Session, release_id: int) -> ReleaseInfo:
     return ReleaseInfo(release.id, release.version, release.manifest, variants)
 
 
-def device_runtime_version(device: Device, runtime: str) -> str | None:
+def device_runtime_version(device: DeviceSnapshot, runtime: str) -> str | None:
     for alias in RUNTIME_ALIASES.get(runtime, (runtime,)):
         if alias in (device.runtimes or {}):
             return str(device.runtimes[alias])
@@ -102,7 +89,7 @@ def _major(version: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
-def can_run(device: Device, variant: VariantInfo) -> bool:
+def can_run(device: DeviceSnapshot, variant: VariantInfo) -> bool:
     version = device_runtime_version(device, variant.runtime)
     if version is None:
         return False
@@ -111,7 +98,7 @@ def can_run(device: Device, variant: VariantInfo) -> bool:
     return not (device.ram_bytes and variant.peak_rss_bytes > device.ram_bytes * MEMORY_SHARE)
 
 
-def choose_variant(release: ReleaseInfo, device: Device) -> VariantInfo | None:
+def choose_variant(release: ReleaseInfo, device: DeviceSnapshot) -> VariantInfo | None:
     """The preferred variant of ``release`` for ``device`` (module docstring), or None."""
     candidates = [
         v for v in release.variants if v.validation in ("passed", "not_validated") and can_run(device, v)
@@ -121,8 +108,7 @@ def choose_variant(release: ReleaseInfo, device: Device) -> VariantInfo | None:
     return min(candidates, key=lambda v: (v.validation != "passed", v.p50_ms, v.size_bytes, v.variant_id))
 
 
-def cohort_for(device: Device, rollout: Rollout) -> str:
+def cohort_for(device: DeviceSnapshot, rollout: RolloutSnapshot) -> str:
     """``canary`` or ``stable`` at the rollout's current share (sticky, see bucketing)."""
-    percent = RolloutState.from_dict(rollout.state).canary_percent
-    device_class = device.device_class if rollout.spec.get("stratify") else None
-    return assign_cohort(rollout.salt, device.id, percent, device_class)
+    device_class = device.device_class if rollout.stratify else None
+    return assign_cohort(rollout.salt, device.id, rollout.canary_percent, device_class)

@@ -16,19 +16,20 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flask import Flask, g, request
-from sqlalchemy import bindparam, select
+from flask import Flask, current_app, g, request
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rollout_server import hot_cache
 from rollout_server.db import db
 from rollout_server.errors import Forbidden, Unauthorized
-from rollout_server.models import AuditEntry, Device, Token
+from rollout_server.hot_cache import DeviceSnapshot
+from rollout_server.models import AuditEntry, Token
 
 ROLES = ("viewer", "publisher", "operator", "admin")
 ENROLL = "enroll"
 FIRST_START_FILE = "first-start-tokens.txt"
 F = TypeVar("F", bound=Callable[..., Any])
-DEVICE_BY_CREDENTIAL = select(Device).where(Device.credential_hash == bindparam("credential_hash"))
 
 
 def new_secret() -> str:
@@ -80,9 +81,13 @@ def requires_role(minimum: str) -> Callable[[F], F]:
     return decorate
 
 
-def current_device(device_id: str | None = None) -> Device:
-    """The device whose credential the request carries; it may only act as itself."""
-    device = db().scalar(DEVICE_BY_CREDENTIAL, {"credential_hash": hash_secret(bearer())})
+def current_device(device_id: str | None = None) -> DeviceSnapshot:
+    """The device whose credential the request carries; it may only act as itself.
+
+    Read through the per-process cache (:mod:`rollout_server.hot_cache`): a credential revoked
+    by another worker or replica is refused within ``ASSIGNMENT_CACHE_SECONDS``.
+    """
+    device = hot_cache.of(current_app).device(hash_secret(bearer()))
     if device is None or device.revoked:
         raise Unauthorized("unknown or revoked device credential")
     if device_id is not None and not hmac.compare_digest(device.id.encode(), device_id.encode()):

@@ -15,6 +15,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REPORT_BYTES": 256 * 1024,
     "MAX_RELEASE_BYTES": 2 * 1024**3,
     "REPORT_INTERVAL_SECONDS": 30,
+    # How stale the per-process assignment cache may be across workers and replicas (seconds;
+    # 0 reads the database on every poll). See rollout_server/hot_cache.py.
+    "ASSIGNMENT_CACHE_SECONDS": 1.0,
     # Analysis window and how often the controller looks at running rollouts.
     "ANALYSIS_WINDOW_SECONDS": 60,
     "CONTROLLER_INTERVAL_SECONDS": 10,

@@ -21,12 +21,15 @@ from sqlalchemy.orm import Session
 from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
 from monitoring.catalogue import METRICS
 from rollout_server.analysis import RolloutState
+from rollout_server.hot_cache import DEVICE_CHANGES
 from rollout_server.models import ERROR_REASONS, Counter, Device, Model, Report, Rollout, utcnow
 
 bp = Blueprint("metrics", __name__)
 ACTIVE_DEVICE_SECONDS = 300
 CONTROLLER_ERRORS = ("pass_failed", "analysis_error")
-COUNTERS = ("reports_duplicate", "reports_rejected", *(f"controller_errors_{r}" for r in CONTROLLER_ERRORS))
+#: ``device_changes`` tells other processes to drop their cached devices (hot_cache).
+COUNTERS = ("reports_duplicate", "reports_rejected", *(f"controller_errors_{r}" for r in CONTROLLER_ERRORS),
+            DEVICE_CHANGES)
 
 
 def ensure_counters(session: Session) -> None:

@@ -13,7 +13,8 @@ from rollout_server.api.metrics import bump
 from rollout_server.auth import current_device
 from rollout_server.db import db
 from rollout_server.errors import ApiError
-from rollout_server.models import ERROR_REASONS, Device, Model, Release, Report, Rollout
+from rollout_server.hot_cache import DeviceSnapshot
+from rollout_server.models import ERROR_REASONS, Model, Release, Report, Rollout
 from rollout_server.validation import NAME, count, field, json_body, short_text, timestamp
 
 bp = Blueprint("reports", __name__, url_prefix="/v1")
@@ -21,6 +22,12 @@ MAX_BATCH = 100
 MODEL_ID = select(Model.id).where(Model.name == bindparam("name"))
 RELEASE_ID = select(Release.id).where(Release.model_id == bindparam("model_id"),
                                       Release.version == bindparam("version"))
+ROLLOUT_ID = select(Rollout.id).where(Rollout.id == bindparam("rollout_id"))
+SEEN_IDS = select(Report.report_id).where(Report.device_id == bindparam("device_id"),
+                                          Report.report_id.in_(bindparam("ids", expanding=True)))
+#: a Core insert (executemany): ORM objects would make SQLite insert row by row for their ids,
+#: and the ORM's bulk path costs more Python per row than the database does.
+INSERT_REPORTS = insert(Report.__table__)
 
 
 @bp.post("/reports")
@@ -34,21 +41,31 @@ def post_reports():
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(f"report body over {limit} bytes", 413, "payload_too_large")
     device = current_device()
-    session = db()
     try:
         parsed = _parse_batch(device)
     except ApiError:
+        session = db()
         session.rollback()
         bump(session, "reports_rejected")
         session.commit()
         raise
-    ids = [r["report_id"] for r in parsed]
-    seen = set(session.scalars(select(Report.report_id).where(
-        Report.device_id == device.id, Report.report_id.in_(ids))))
+    try:  # the common case, no id seen before: one INSERT (executemany) and the commit
+        with current_app.extensions["edgeship.engine"].begin() as connection:
+            connection.execute(INSERT_REPORTS, parsed)
+        return jsonify(accepted=[r["report_id"] for r in parsed], duplicates=[]), 200
+    except IntegrityError:  # some ids were stored before (a retry after a lost answer)
+        pass
+    return _store_with_duplicates(device, parsed)
+
+
+def _store_with_duplicates(device: DeviceSnapshot, parsed: list[dict[str, Any]]):
+    """Store the reports not stored before and count the others as duplicates."""
+    session = db()
+    seen = set(session.scalars(SEEN_IDS, {"device_id": device.id, "ids": [r["report_id"] for r in parsed]}))
     fresh = [r for r in parsed if r["report_id"] not in seen]
     try:
-        if fresh:  # one executemany; ORM objects would make SQLite insert row by row for their ids
-            session.execute(insert(Report), fresh)
+        if fresh:
+            session.execute(INSERT_REPORTS, fresh)
         if seen:
             bump(session, "reports_duplicate", len(seen))
         session.commit()
@@ -58,7 +75,7 @@ def post_reports():
     return jsonify(accepted=[r["report_id"] for r in fresh], duplicates=sorted(seen)), 200
 
 
-def _parse_batch(device: Device) -> list[dict[str, Any]]:
+def _parse_batch(device: DeviceSnapshot) -> list[dict[str, Any]]:
     items = field(json_body(), "reports", list)
     if not 1 <= len(items) <= MAX_BATCH:
         raise ApiError(f"field 'reports' must hold 1 to {MAX_BATCH} reports")
@@ -68,7 +85,7 @@ def _parse_batch(device: Device) -> list[dict[str, Any]]:
     return parsed
 
 
-def _parse(item: Any, index: int, device: Device) -> dict[str, Any]:
+def _parse(item: Any, index: int, device: DeviceSnapshot) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise ApiError(f"reports[{index}] must be an object")
     try:
@@ -80,7 +97,7 @@ def _parse(item: Any, index: int, device: Device) -> dict[str, Any]:
 def _known_id(key: tuple[Any, ...], statement: Any, params: dict[str, Any]) -> int | None:
     """The id ``statement`` finds, remembered by the app once found.
 
-    Models and releases are never renamed or deleted, so a found id stays true; misses are not
+    Models, releases and rollouts are never renamed or deleted, so a found id stays true; misses are not
     remembered, so a model or release published later is found at once.
     """
     known = current_app.extensions.setdefault("edgeship.known_ids", {})
@@ -94,9 +111,8 @@ def _known_id(key: tuple[Any, ...], statement: Any, params: dict[str, Any]) -> i
     return found
 
 
-def _report(data: dict[str, Any], device: Device) -> dict[str, Any]:
+def _report(data: dict[str, Any], device: DeviceSnapshot) -> dict[str, Any]:
     """One validated report as column values of a ``reports`` row."""
-    session = db()
     name = short_text(data, "model", pattern=NAME)
     model_id = _known_id(("model", name), MODEL_ID, {"name": name})
     if model_id is None:
@@ -107,7 +123,8 @@ def _report(data: dict[str, Any], device: Device) -> dict[str, Any]:
     if release_id is None:
         raise ApiError(f"field 'version': {name} has no release {version!r}")
     rollout_id = field(data, "rollout_id", int, required=False)
-    if rollout_id is not None and (not 0 <= rollout_id < 2**31 or session.get(Rollout, rollout_id) is None):
+    if rollout_id is not None and (not 0 <= rollout_id < 2**31 or _known_id(
+            ("rollout", rollout_id), ROLLOUT_ID, {"rollout_id": rollout_id}) is None):
         raise ApiError("field 'rollout_id' names no rollout")
     cohort = short_text(data, "cohort", max_length=8)
     if cohort not in ("stable", "canary"):

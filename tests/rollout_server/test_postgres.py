@@ -32,6 +32,7 @@ from sqlalchemy import func, select, text
 from monitoring.buckets import histogram
 from rollout_server.app import create_app
 from rollout_server.auth import FIRST_START_FILE
+from rollout_server.config import DEFAULTS
 from rollout_server.controller import step_all
 from rollout_server.db import session_scope
 from rollout_server.models import AuditEntry, Model, Rollout, Verdict
@@ -103,6 +104,16 @@ def test_the_app_on_postgresql_rolls_back_a_bad_candidate(app, client, tokens, f
 
 
 # --- two replicas on one database ---------------------------------------------------------------
+
+#: each replica caches models and rollouts for this long (rollout_server/hot_cache.py): a change
+#: made through one replica reaches devices polling the other one within it, not at once.
+CACHE_SECONDS = DEFAULTS["ASSIGNMENT_CACHE_SECONDS"]
+
+
+def wait_for_replicas() -> None:
+    """Let the other replica's assignment cache expire (the staleness bound under test)."""
+    time.sleep(CACHE_SECONDS)
+
 
 
 def replica_main(url: str, data_dir: str, ready, commands, results, barrier) -> None:
@@ -238,11 +249,15 @@ def drive(replicas: Replicas, fleet: HttpFleet, admin: str, rollout_id: int, app
           max_windows: int = 14) -> list[tuple[str, float]]:
     """Step window after window until the rollout ends: first ``quiet_windows`` with no reports
     (the rollout holds), then every device reports before each pass. Checks that every window
-    was analysed by exactly one of the racing replicas. Returns (phase, canary %) per window."""
+    was analysed by exactly one of the racing replicas. Returns (phase, canary %) per window.
+
+    Devices check in the cache TTL after a change (the rollout's creation, a new stage): the
+    replica that did not make the change may serve the old assignment until then."""
     import requests
 
     start = T0 + dt.timedelta(hours=seed)
     start_stage_at(app, rollout_id, start)
+    wait_for_replicas()
     fleet.check_in()
     phases: list[tuple[str, float]] = []
     for window in range(1, max_windows + 1):
@@ -257,6 +272,7 @@ def drive(replicas: Replicas, fleet: HttpFleet, admin: str, rollout_id: int, app
         if status["phase"] != "running":
             break
         if len(phases) < 2 or phases[-1] != phases[-2]:
+            wait_for_replicas()
             fleet.check_in()  # a new stage: devices pick up their (sticky) cohort
     return phases
 
@@ -320,6 +336,7 @@ def test_two_replicas_on_one_postgresql_advance_each_rollout_exactly_once(pg_url
         assert phases[-1][0] == "rolled_back", phases
         audit = check_exactly_once(app, bad, windows=len(phases))
         assert audit == {"rollout.rollback": 1}, (audit, phases)
+        wait_for_replicas()  # within the TTL of the rollback every device, on either replica, is back
         assert {a["version"] for a in fleet.check_in().values()} == {"2"}
         with session_scope(app) as session:
             assert session.scalars(select(Model)).one().stable_release.version == "2"

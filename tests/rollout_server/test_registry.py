@@ -286,24 +286,25 @@ def test_set_stable_needs_operator_and_is_audited(app, client, tokens, publisher
 # -- over real HTTP with the CLI (live_server and edgeship() in conftest) ---------------------
 
 def test_edgeship_publish_over_http(app, live_server, publisher, release, tmp_path, signing_key):
-    done = edgeship("publish", release, "--server", live_server, "--token", publisher)
+    # "--token=...": a token may start with "-", which argparse would take for an option
+    done = edgeship("publish", release, "--server", live_server, f"--token={publisher}")
     assert done.returncode == 0, done.stderr
     assert "published: digits-cnn version 1" in done.stdout and "onnx-fp32" in done.stdout
     again = edgeship("publish", release, "--server", live_server, token=publisher)  # $EDGESHIP_TOKEN
     assert again.returncode == 0 and "already published" in again.stdout
 
     changed = make_release(tmp_path / "changed", signing_key, seed=3)
-    refused = edgeship("publish", changed, "--server", live_server, "--token", publisher)
+    refused = edgeship("publish", changed, "--server", live_server, f"--token={publisher}")
     assert refused.returncode != 0
     assert refused.stderr.startswith("edgeship publish: error: digits-cnn version 1 is already published")
     _tamper_byte(changed, signing_key)
-    refused = edgeship("publish", changed, "--server", live_server, "--token", publisher)
+    refused = edgeship("publish", changed, "--server", live_server, f"--token={publisher}")
     assert refused.returncode != 0 and "does not verify" in refused.stderr
     assert state(app) == {"models": 1, "releases": 1, "variants": 2, "audit": 1, "files": 3}
 
     no_token = edgeship("publish", release, "--server", live_server)
     assert no_token.returncode != 0 and "no token" in no_token.stderr
-    missing = edgeship("publish", tmp_path / "nowhere", "--server", live_server, "--token", publisher)
+    missing = edgeship("publish", tmp_path / "nowhere", "--server", live_server, f"--token={publisher}")
     assert missing.returncode != 0 and "not a release directory" in missing.stderr
 
 
@@ -317,6 +318,6 @@ def test_publish_a_converted_digits_release(app, live_server, publisher, digits_
                        "--eval", digits_dir / "eval.npz", "--model-name", "digits-cnn", "--recipe", recipe,
                        "--signing-key", signing_key, "--out", out, "--quiet")
     assert convert.returncode == 0, convert.stderr[-2000:]
-    done = edgeship("publish", out, "--server", live_server, "--token", publisher)
+    done = edgeship("publish", out, "--server", live_server, f"--token={publisher}")
     assert done.returncode == 0, done.stderr
     assert state(app)["variants"] == len(json.loads((out / "manifest.json").read_text())["variants"])

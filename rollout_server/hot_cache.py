@@ -1,0 +1,342 @@
+"""Per-process cache of what the assignment hot path reads, so a poll needs no database read.
+
+One :class:`HotCache` per app (``hot_cache.of(app)``), filled on demand:
+
+* devices by credential hash: a :class:`DeviceSnapshot` (id, class, RAM, runtimes, revoked);
+* models by name: a :class:`ModelState` (id, stable release id and the active rollout as a
+  :class:`RolloutSnapshot`), read together in one query;
+* releases by id (immutable once published), the variant each kind of device gets from a release,
+  and assignment documents (JSON bytes and ETag) by everything they depend on.
+
+How stale it may be (``ASSIGNMENT_CACHE_SECONDS``, the TTL, default 1 s; 0 turns the device and
+model caches off, every poll then reads the database):
+
+* **This process sees its own writes at once.** Every commit that changed a model or a rollout
+  through the ORM (set stable, rollout create / pause / resume / promote / abort, controller
+  decisions) empties the model cache; one that changed a device (revocation) empties the device
+  cache. The commit hooks are on the app's ``sessionmaker``, so every write path is covered.
+* **Other workers and replicas converge within the TTL.** A model entry (stable release, active
+  rollout, its share) is read again once older than the TTL.
+* **A revoked credential is refused everywhere within the TTL.** Devices poll every few minutes,
+  much longer than any useful TTL, so device entries do not expire by age; instead every ORM
+  change to a device row adds one to the ``device_changes`` counter in the same transaction, each
+  process reads that counter at most once per TTL, and drops its devices when it moved. Device
+  rows edited outside the server (plain SQL) are seen within :data:`DEVICE_MAX_AGE_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import and_, bindparam, event, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from rollout_server.analysis import RolloutState
+from rollout_server.assignment import ReleaseInfo, VariantInfo, choose_variant, load_release
+from rollout_server.models import Counter, Device, Model, Rollout
+
+EXTENSION = "edgeship.hot_cache"
+#: rollout phases in which devices are assigned by the rollout (``pending`` is not yet).
+ACTIVE_PHASES = ("running", "paused")
+#: ``devices.last_seen_at`` is written at most once per this many seconds per device and process.
+LAST_SEEN_RESOLUTION_SECONDS = 60
+#: the counter every ORM change to a device row bumps (``rollout_server.api.metrics.COUNTERS``).
+DEVICE_CHANGES = "device_changes"
+#: a device entry is read again after this long even if ``device_changes`` did not move.
+DEVICE_MAX_AGE_SECONDS = 300.0
+MAX_DEVICES = 65_536
+MAX_MODELS = 1_024
+MAX_RELEASES = 512
+MAX_DOCUMENTS = 4_096
+
+_devices, _models, _rollouts, _counters = (Device.__table__, Model.__table__, Rollout.__table__,
+                                           Counter.__table__)
+DEVICE_BY_CREDENTIAL = select(
+    _devices.c.id, _devices.c.device_class, _devices.c.ram_bytes, _devices.c.runtimes,
+    _devices.c.revoked, _devices.c.last_seen_at,
+).where(_devices.c.credential_hash == bindparam("credential_hash"))
+MODEL_STATE = (
+    select(_models.c.id, _models.c.stable_release_id, _rollouts.c.id.label("rollout_id"), _rollouts.c.salt,
+           _rollouts.c.candidate_id, _rollouts.c.baseline_id, _rollouts.c.state, _rollouts.c.spec)
+    .select_from(_models.outerjoin(_rollouts, and_(_rollouts.c.model_id == _models.c.id,
+                                                   _rollouts.c.phase.in_(ACTIVE_PHASES))))
+    .where(_models.c.name == bindparam("name"))
+    .order_by(_rollouts.c.id.desc())
+    .limit(1)
+)
+DEVICE_CHANGES_VALUE = select(_counters.c.value).where(_counters.c.name == DEVICE_CHANGES)
+BUMP_DEVICE_CHANGES = (update(_counters).where(_counters.c.name == DEVICE_CHANGES)
+                       .values(value=_counters.c.value + 1))
+TOUCH_DEVICE = (
+    update(_devices)
+    .where(_devices.c.id == bindparam("device_id"),
+           or_(_devices.c.last_seen_at.is_(None), _devices.c.last_seen_at < bindparam("cutoff")))
+    .values(last_seen_at=bindparam("seen_at"))
+)
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSnapshot:
+    """A device as authentication and assignment need it (not an ORM object: no session)."""
+
+    id: str
+    device_class: str
+    ram_bytes: int
+    runtimes: dict[str, str]  # shared by devices that report the same runtimes: never mutate
+    revoked: bool
+    last_seen: float | None  # ``last_seen_at`` as read, seconds since the epoch
+    capabilities: tuple  # (runtimes, RAM): what the variant choice depends on
+
+    @classmethod
+    def from_row(cls, row: Any, runtimes: dict[str, str], capabilities: tuple) -> DeviceSnapshot:
+        seen = row.last_seen_at
+        if seen is not None and seen.tzinfo is None:  # SQLite keeps no time zone; it is UTC
+            seen = seen.replace(tzinfo=dt.timezone.utc)
+        return cls(row.id, row.device_class, row.ram_bytes, runtimes, bool(row.revoked),
+                   seen.timestamp() if seen is not None else None, capabilities)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSnapshot:
+    """What assignment needs of an active rollout."""
+
+    id: int
+    salt: str
+    candidate_id: int
+    baseline_id: int
+    canary_percent: float
+    stratify: bool
+    shadow: bool
+    shadow_share: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """A model's stable release and its active rollout (None outside a rollout)."""
+
+    id: int
+    name: str
+    stable_release_id: int | None
+    rollout: RolloutSnapshot | None
+
+    @classmethod
+    def from_row(cls, name: str, row: Any) -> ModelState:
+        rollout = None
+        if row.rollout_id is not None:
+            spec = row.spec or {}
+            rollout = RolloutSnapshot(
+                row.rollout_id, row.salt, row.candidate_id, row.baseline_id,
+                RolloutState.from_dict(row.state).canary_percent, bool(spec.get("stratify")),
+                bool(spec.get("shadow")), float(spec.get("shadow_share", 0.1)))
+        return cls(row.id, name, row.stable_release_id, rollout)
+
+
+class HotCache:
+    """The cache of one app (see the module docstring for how stale it may be).
+
+    Args:
+        engine: the app's engine; misses are read on a connection of their own.
+        sessions: the app's sessionmaker (releases are loaded through the ORM, once).
+        ttl_seconds: the staleness bound; 0 disables the device and model caches.
+        clock: monotonic seconds (tests pass a fake one).
+    """
+
+    def __init__(self, engine: Engine, sessions: sessionmaker, ttl_seconds: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_seconds = float(ttl_seconds)
+        self._engine = engine
+        self._sessions = sessions
+        self.clock = clock
+        self._lock = threading.Lock()
+        # Bumped by every invalidation; a miss stores what it read only if no invalidation
+        # happened since it started reading, so a read that raced a commit is not kept.
+        self._generation = 0
+        self._devices: dict[str, tuple[float, DeviceSnapshot]] = {}
+        self._runtimes: dict[tuple, dict[str, str]] = {}
+        self._seen: dict[str, float] = {}  # device id -> last_seen_at this process wrote
+        self._device_changes: int | None = None
+        self._device_changes_due = 0.0
+        self._models: dict[str, tuple[float, ModelState]] = {}
+        self._releases: dict[int, ReleaseInfo] = {}
+        self._variants: dict[tuple, VariantInfo | None] = {}
+        self._documents: dict[Hashable, tuple[bytes, str]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl_seconds > 0
+
+    # -- devices ---------------------------------------------------------------------------------
+
+    def device(self, credential_hash: str) -> DeviceSnapshot | None:
+        """The device with this credential (revoked or not), or None if there is none."""
+        now = self.clock()
+        if self.enabled:
+            if now >= self._device_changes_due:
+                self._check_device_changes(now)
+            entry = self._devices.get(credential_hash)
+            if entry is not None and now - entry[0] <= DEVICE_MAX_AGE_SECONDS:
+                return entry[1]
+        generation = self._generation
+        with self._engine.connect() as connection:
+            row = connection.execute(DEVICE_BY_CREDENTIAL, {"credential_hash": credential_hash}).first()
+        if row is None:  # unknown credentials are not remembered: a registration is seen at once
+            return None
+        runtimes = dict(row.runtimes or {})
+        key = tuple(sorted(runtimes.items()))
+        runtimes = self._runtimes.setdefault(key, runtimes)
+        if len(self._runtimes) > MAX_DEVICES:
+            self._runtimes.clear()
+        snapshot = DeviceSnapshot.from_row(row, runtimes, (key, row.ram_bytes))
+        if self.enabled:
+            self._store(self._devices, credential_hash, (now, snapshot), generation, MAX_DEVICES)
+        return snapshot
+
+    def _check_device_changes(self, now: float) -> None:
+        """Drop every device entry when another process changed a device row (revoked it)."""
+        self._device_changes_due = now + self.ttl_seconds  # first, so other threads do not check too
+        with self._engine.connect() as connection:
+            value = connection.execute(DEVICE_CHANGES_VALUE).scalar()
+        if value != self._device_changes:
+            self.invalidate(devices=True, models=False)
+            self._device_changes = value
+
+    def touch(self, device: DeviceSnapshot) -> None:
+        """Write ``last_seen_at`` when neither the row nor this process's last write is within
+        :data:`LAST_SEEN_RESOLUTION_SECONDS` (one conditional UPDATE by id, not through the ORM,
+        so it invalidates nothing)."""
+        now = time.time()
+        if now - max(self._seen.get(device.id, 0.0), device.last_seen or 0.0) <= LAST_SEEN_RESOLUTION_SECONDS:
+            return
+        if len(self._seen) >= 2 * MAX_DEVICES:
+            self._seen.clear()
+        self._seen[device.id] = now  # before writing, so concurrent polls of the device do not write
+        seen_at = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+        cutoff = seen_at - dt.timedelta(seconds=LAST_SEEN_RESOLUTION_SECONDS)
+        with self._engine.begin() as connection:
+            connection.execute(TOUCH_DEVICE, {"device_id": device.id, "seen_at": seen_at, "cutoff": cutoff})
+
+    # -- models, releases, documents ---------------------------------------------------------------
+
+    def model(self, name: str) -> ModelState | None:
+        """The model's stable release and active rollout, at most the TTL old; None if unknown."""
+        now = self.clock()
+        entry = self._models.get(name)
+        if entry is not None and now - entry[0] <= self.ttl_seconds:
+            return entry[1]
+        generation = self._generation
+        with self._engine.connect() as connection:
+            row = connection.execute(MODEL_STATE, {"name": name}).first()
+        if row is None:
+            return None
+        state = ModelState.from_row(name, row)
+        if self.enabled:
+            self._store(self._models, name, (now, state), generation, MAX_MODELS)
+        return state
+
+    def release(self, release_id: int) -> ReleaseInfo:
+        """The release's assignment data (read once: releases never change once published)."""
+        info = self._releases.get(release_id)
+        if info is None:
+            with self._sessions() as session:
+                info = load_release(session, release_id)
+            with self._lock:
+                if len(self._releases) >= MAX_RELEASES:
+                    self._releases.clear()
+                self._releases[release_id] = info
+        return info
+
+    def variant(self, release: ReleaseInfo, device: DeviceSnapshot) -> VariantInfo | None:
+        """:func:`~rollout_server.assignment.choose_variant`, remembered per device capabilities."""
+        key = (release.id, device.capabilities)
+        found = self._variants.get(key, _MISSING)
+        if found is _MISSING:
+            found = choose_variant(release, device)
+            with self._lock:
+                if len(self._variants) >= MAX_DOCUMENTS:
+                    self._variants.clear()
+                self._variants[key] = found
+        return found  # type: ignore[return-value]
+
+    def document(self, key: Hashable, build: Callable[[], tuple[bytes, str]]) -> tuple[bytes, str]:
+        """The document for ``key`` (everything its content depends on), built once."""
+        found = self._documents.get(key)
+        if found is None:
+            found = build()
+            with self._lock:
+                if len(self._documents) >= MAX_DOCUMENTS:
+                    self._documents.clear()
+                self._documents[key] = found
+        return found
+
+    # -- invalidation ----------------------------------------------------------------------------
+
+    def invalidate(self, devices: bool = True, models: bool = True) -> None:
+        """Forget devices and/or models (this process wrote them, or another process did)."""
+        with self._lock:
+            self._generation += 1
+            if devices:
+                self._devices.clear()
+                self._seen.clear()
+            if models:
+                self._models.clear()
+
+    def _store(self, table: dict, key: Hashable, value: Any, generation: int, limit: int) -> None:
+        with self._lock:
+            if generation != self._generation:  # invalidated while we read: what we read may be old
+                return
+            if len(table) >= limit:
+                del table[next(iter(table))]  # the oldest entry
+            table[key] = value
+
+
+_CHANGED = "edgeship.hot_cache.changed"
+
+
+def init_app(app: Flask) -> HotCache:
+    """Create the app's cache and hook it to the app's sessions (after :func:`~rollout_server.db.init_db`)."""
+    sessions = app.extensions["edgeship.sessions"]
+    cache = HotCache(app.extensions["edgeship.engine"], sessions, app.config["ASSIGNMENT_CACHE_SECONDS"])
+    app.extensions[EXTENSION] = cache
+    _watch_writes(sessions, cache)
+    return cache
+
+
+def of(app: Flask) -> HotCache:
+    """The app's cache."""
+    return app.extensions[EXTENSION]
+
+
+def _watch_writes(sessions: sessionmaker, cache: HotCache) -> None:
+    """Invalidate ``cache`` after every commit that changed what assignment reads, and count
+    device changes for the other processes (see the module docstring)."""
+
+    @event.listens_for(sessions, "after_flush")
+    def _flushed(session: Session, _context: Any) -> None:
+        changed = session.info.setdefault(_CHANGED, set())
+        for obj in (*session.dirty, *session.deleted):
+            if isinstance(obj, Device):
+                changed.add("devices")
+            elif isinstance(obj, Model | Rollout):
+                changed.add("models")
+        if any(isinstance(obj, Rollout) for obj in session.new):
+            changed.add("models")
+        if any(isinstance(obj, Device) for obj in (*session.dirty, *session.deleted)):
+            session.connection().execute(BUMP_DEVICE_CHANGES)  # same transaction as the change
+
+    @event.listens_for(sessions, "after_commit")
+    def _committed(session: Session) -> None:
+        changed = session.info.pop(_CHANGED, None)
+        if changed:
+            cache.invalidate(devices="devices" in changed, models="models" in changed)
+
+    @event.listens_for(sessions, "after_rollback")
+    def _rolled_back(session: Session) -> None:
+        session.info.pop(_CHANGED, None)
