@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 from sqlalchemy import bindparam, insert, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from monitoring.buckets import BUCKET_COUNT
@@ -14,7 +22,7 @@ from rollout_server.auth import current_device
 from rollout_server.db import db
 from rollout_server.errors import ApiError
 from rollout_server.hot_cache import DeviceSnapshot
-from rollout_server.models import ERROR_REASONS, Model, Release, Report, Rollout
+from rollout_server.models import ERROR_REASONS, Model, Release, Report, Rollout, utcnow
 from rollout_server.validation import NAME, count, field, json_body, short_text, timestamp
 
 bp = Blueprint("reports", __name__, url_prefix="/v1")
@@ -42,56 +50,235 @@ def post_reports():
         raise ApiError(f"report body over {limit} bytes", 413, "payload_too_large")
     device = current_device()
     try:
-        parsed = _parse_batch(device)
+        rows = _parse_batch(device)
     except ApiError:
         session = db()
         session.rollback()
         bump(session, "reports_rejected")
         session.commit()
         raise
+    writer = _writer(current_app)
     try:  # the common case, no id seen before: one INSERT (executemany) and the commit
-        with current_app.extensions["edgeship.engine"].begin() as connection:
-            connection.execute(INSERT_REPORTS, parsed)
-        return jsonify(accepted=[r["report_id"] for r in parsed], duplicates=[]), 200
+        writer.insert(rows)
+        return _answer([row[0] for row in rows], [])
     except IntegrityError:  # some ids were stored before (a retry after a lost answer)
         pass
-    return _store_with_duplicates(device, parsed)
+    return _store_with_duplicates(device, rows)
 
 
-def _store_with_duplicates(device: DeviceSnapshot, parsed: list[dict[str, Any]]):
+def _answer(accepted: list[str], duplicates: list[str]) -> Response:
+    return Response(json.dumps({"accepted": accepted, "duplicates": duplicates}, separators=(",", ":")),
+                    200, mimetype="application/json")
+
+
+class ReportWriter:
+    """Inserts report rows (tuples in :data:`COLUMNS` order) with one prepared statement.
+
+    The statement is plain SQL run as one executemany: no SQL compilation and no per-row
+    parameter dicts. Values pass through the column types' own bind processors, so rows are
+    stored exactly as a Core insert stores them. On PostgreSQL (and in-memory SQLite) it runs
+    through the engine (``exec_driver_sql``), which wraps errors and handles disconnects. On a
+    SQLite file each process keeps one connection of the engine for it (the process's writers
+    take turns anyway, see below): no pool checkout, no SQLAlchemy transaction objects.
+
+    On SQLite, writers take turns before they start the transaction: the threads of a process on
+    a lock, the processes on an ``flock`` of ``<database>.ingest-lock``. A writer that instead
+    waits in SQLite's busy handler sleeps 1, 2, 5, 10, ... ms between attempts; one waiting on
+    the lock runs as soon as it is free. (Only an ordering aid: SQLite's own locking still
+    guards the data, and writers of other tables do not take these locks.)
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect
+        columns = (*COLUMNS, "received_at")
+        marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
+        self.sql = f"INSERT INTO {REPORTS.name} ({', '.join(columns)}) VALUES ({marks})"
+        processors = [REPORTS.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
+        self.processors = [(i, f) for i, f in enumerate(processors[:-1]) if f is not None]
+        self.received_processor = processors[-1]
+        self.lock = threading.Lock() if dialect.name == "sqlite" else contextlib.nullcontext()
+        database = engine.url.database if dialect.name == "sqlite" else None
+        in_memory = not database or database == ":memory:" or engine.url.query.get("mode") == "memory"
+        self.lock_path = None if in_memory else f"{database}.ingest-lock"
+        self._lock_file: tuple[int, Any] | None = None  # (pid, file): one per process
+        self._connection: tuple[int, Any] | None = None  # (pid, pooled connection) on a SQLite file
+        self._mutex = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._leading = False
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This writer's turn on SQLite (see the class docstring); no wait on PostgreSQL."""
+        with self.lock:
+            if self.lock_path is None:
+                yield
+                return
+            if self._lock_file is None or self._lock_file[0] != os.getpid():  # opened after a fork
+                self._lock_file = (os.getpid(), open(self.lock_path, "a"))  # noqa: SIM115 (kept open)
+            handle = self._lock_file[1]
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` in one transaction: all or none (IntegrityError if an id was stored).
+
+        Group commit: batches that arrive while another thread of the process writes are
+        written together, in one transaction, by one of them (the leader); each caller returns
+        once the transaction holding its batch committed. If that transaction fails on an id
+        stored before, every batch of the group is written again in its own transaction, so a
+        batch is still stored all or none and only the batch with the stored id gets the
+        IntegrityError.
+        """
+        entry = _Pending(self._params(rows))
+        with self._mutex:
+            self._pending.append(entry)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            entry.wake.wait()
+        if not entry.done:  # the leader, or promoted to it by the previous leader
+            self._lead(entry)
+        if entry.error is not None:
+            raise entry.error
+
+    def _lead(self, own: _Pending) -> None:
+        while not own.done:
+            with self._mutex:
+                group, self._pending = self._pending, []
+            self._write_group(group)
+        with self._mutex:  # hand over: the next waiting batch leads, else nobody does
+            if self._pending:
+                self._pending[0].wake.set()
+            else:
+                self._leading = False
+
+    def _write_group(self, group: list[_Pending]) -> None:
+        try:
+            try:
+                self._write([params for entry in group for params in entry.params])
+            except IntegrityError as err:
+                if len(group) == 1:
+                    group[0].error = err
+                    return
+                for entry in group:  # find the batch(es) with a stored id; store the others
+                    try:
+                        self._write(entry.params)
+                    except BaseException as error:
+                        entry.error = error
+            except BaseException as error:
+                for entry in group:
+                    entry.error = error
+        finally:
+            for entry in group:
+                entry.done = True
+                entry.wake.set()
+
+    def _params(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        received = utcnow()
+        if self.received_processor is not None:
+            received = self.received_processor(received)
+        if self.processors:
+            params = []
+            for row in rows:
+                values = list(row)
+                for i, process in self.processors:
+                    values[i] = process(values[i])
+                values.append(received)
+                params.append(values)
+        else:
+            params = [(*row, received) for row in rows]
+        return params
+
+    def _write(self, params: list[Any]) -> None:
+        if self.lock_path is None:
+            with self._turn(), self.engine.begin() as connection:
+                connection.exec_driver_sql(self.sql, params)
+            return
+        with self._turn():
+            if self._connection is None or self._connection[0] != os.getpid():
+                self._connection = (os.getpid(), self.engine.raw_connection())
+            pooled = self._connection[1]
+            connection = pooled.dbapi_connection
+            try:
+                connection.executemany(self.sql, params)  # pysqlite begins the transaction first
+                connection.commit()
+            except BaseException as err:
+                rolled_back = _rollback(connection)
+                if rolled_back and isinstance(err, self.engine.dialect.loaded_dbapi.IntegrityError):
+                    raise IntegrityError(self.sql, None, err) from err
+                self._connection = None  # anything else: a fresh connection for the next batch
+                pooled.invalidate()
+                raise
+
+
+class _Pending:
+    """A batch waiting for its transaction."""
+
+    __slots__ = ("done", "error", "params", "wake")
+
+    def __init__(self, params: list[Any]) -> None:
+        self.params = params
+        self.wake = threading.Event()
+        self.done = False
+        self.error: BaseException | None = None
+
+
+def _rollback(connection: Any) -> bool:
+    try:
+        connection.rollback()
+    except Exception:
+        return False
+    return True
+
+
+def _writer(app) -> ReportWriter:
+    writer = app.extensions.get("edgeship.report_writer")
+    if writer is None:
+        writer = app.extensions.setdefault("edgeship.report_writer",
+                                           ReportWriter(app.extensions["edgeship.engine"]))
+    return writer
+
+
+def _store_with_duplicates(device: DeviceSnapshot, rows: list[tuple[Any, ...]]):
     """Store the reports not stored before and count the others as duplicates."""
     session = db()
-    seen = set(session.scalars(SEEN_IDS, {"device_id": device.id, "ids": [r["report_id"] for r in parsed]}))
-    fresh = [r for r in parsed if r["report_id"] not in seen]
+    seen = set(session.scalars(SEEN_IDS, {"device_id": device.id, "ids": [row[0] for row in rows]}))
+    fresh = [row for row in rows if row[0] not in seen]
     try:
         if fresh:
-            session.execute(INSERT_REPORTS, fresh)
+            session.execute(INSERT_REPORTS, [dict(zip(COLUMNS, row, strict=True)) for row in fresh])
         if seen:
             bump(session, "reports_duplicate", len(seen))
         session.commit()
     except IntegrityError:  # a concurrent retry of the same batch won the race
         session.rollback()
         raise ApiError("some reports were stored concurrently; retry the batch", 409, "conflict") from None
-    return jsonify(accepted=[r["report_id"] for r in fresh], duplicates=sorted(seen)), 200
+    return _answer([row[0] for row in fresh], sorted(seen))
 
 
-def _parse_batch(device: DeviceSnapshot) -> list[dict[str, Any]]:
+def _parse_batch(device: DeviceSnapshot) -> list[tuple[Any, ...]]:
     items = field(json_body(), "reports", list)
     if not 1 <= len(items) <= MAX_BATCH:
         raise ApiError(f"field 'reports' must hold 1 to {MAX_BATCH} reports")
-    parsed = [_parse(item, i, device) for i, item in enumerate(items)]
-    if len({r["report_id"] for r in parsed}) != len(parsed):
+    known = current_app.extensions.setdefault("edgeship.known_ids", {})
+    rows = [_fast_row(item, device, known) or _parse(item, i, device) for i, item in enumerate(items)]
+    if len({row[0] for row in rows}) != len(rows):
         raise ApiError("report ids repeat within the batch")
-    return parsed
+    return rows
 
 
-def _parse(item: Any, index: int, device: DeviceSnapshot) -> dict[str, Any]:
+def _parse(item: Any, index: int, device: DeviceSnapshot) -> tuple[Any, ...]:
     if not isinstance(item, dict):
         raise ApiError(f"reports[{index}] must be an object")
     try:
-        return _report(item, device)
+        values = _report(item, device)
     except ApiError as err:
         raise ApiError(f"reports[{index}]: {err.detail}", err.status, err.error) from None
+    return tuple(values[name] for name in COLUMNS)
 
 
 def _known_id(key: tuple[Any, ...], statement: Any, params: dict[str, Any]) -> int | None:
@@ -164,3 +351,92 @@ def _report(data: dict[str, Any], device: DeviceSnapshot) -> dict[str, Any]:
         **{f"err_{reason}": n for reason, n in error_counts.items()},
         **{f"lat_{i}": n for i, n in enumerate(latency)},
     )
+
+
+#: the ``reports`` columns a report fills, in the order of the rows :func:`_parse_batch` returns
+#: (``id`` is the database's, ``received_at`` the writer's); ``report_id`` first.
+COLUMNS: tuple[str, ...] = (
+    "report_id", "device_id", "model_id", "release_id", "variant_id", "rollout_id", "cohort",
+    "device_class", "window_start", "window_end", "inferences", "labelled", "correct", "shadow_samples",
+    "shadow_agree", "peak_rss_bytes", "dropped_windows", "latency_sum_seconds",
+    *(f"err_{reason}" for reason in ERROR_REASONS), *(f"lat_{i}" for i in range(BUCKET_COUNT)),
+)
+REPORTS = Report.__table__
+_MAX_COUNT = 10**12
+_OPTIONAL_COUNTS = ("labelled", "correct", "shadow_samples", "shadow_agree", "peak_rss_bytes")
+_REASONS = frozenset(ERROR_REASONS)
+
+
+class _Slow(Exception):
+    """The fast path's way out: :func:`_report` decides (and names the reason if it refuses)."""
+
+
+def _count(value: Any, maximum: int = _MAX_COUNT) -> int:
+    if value is None:
+        return 0
+    if type(value) is int and 0 <= value <= maximum:
+        return value
+    raise _Slow
+
+
+def _time(value: Any) -> dt.datetime:
+    if type(value) is not str:
+        raise _Slow
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _Slow from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _fast_row(data: Any, device: DeviceSnapshot, known: dict) -> tuple[Any, ...] | None:
+    """The row :func:`_report` would build, for a report whose every field is plainly fine and
+    whose model, release and rollout this process found before; None otherwise (then
+    :func:`_report` checks it field by field and names what is wrong). It accepts a subset of
+    what :func:`_report` accepts and builds the same values (tests check both paths agree)."""
+    if type(data) is not dict:
+        return None
+    get = data.get
+    try:
+        report_id, variant, cohort = get("id"), get("variant"), get("cohort")
+        if (type(report_id) is not str or not 0 < len(report_id) <= 64 or type(variant) is not str
+                or not 0 < len(variant) <= 64 or (cohort != "stable" and cohort != "canary")):
+            return None
+        model_id = known.get(("model", get("model")))  # keys of found ids passed the full checks
+        release_id = known.get(("release", model_id, get("version")))
+        if model_id is None or release_id is None:
+            return None
+        rollout_id = get("rollout_id")
+        if rollout_id is not None and (type(rollout_id) is not int or not 0 <= rollout_id < 2**31
+                                       or known.get(("rollout", rollout_id)) is None):
+            return None
+        start, end = _time(get("window_start")), _time(get("window_end"))
+        if end < start:
+            return None
+        errors = get("errors")
+        if errors is None:
+            errors = {}
+        elif type(errors) is not dict or not _REASONS.issuperset(errors):
+            return None
+        error_counts = [_count(errors.get(reason)) for reason in ERROR_REASONS]
+        latency = get("latency_counts")
+        if (type(latency) is not list or len(latency) != BUCKET_COUNT
+                or not {int}.issuperset(map(type, latency)) or min(latency) < 0 or max(latency) > _MAX_COUNT):
+            return None
+        inferences = get("inferences")
+        if type(inferences) is not int or not 0 <= inferences <= _MAX_COUNT or sum(latency) > inferences:
+            return None
+        latency_sum = get("latency_sum_seconds")
+        if latency_sum is None:
+            latency_sum = 0.0
+        elif (type(latency_sum) is not float and type(latency_sum) is not int) or not 0 <= latency_sum <= 1e9:
+            return None
+        labelled, correct, shadow, agree, peak_rss = (_count(get(key)) for key in _OPTIONAL_COUNTS)
+        if correct > labelled or agree > shadow:
+            return None
+        dropped = _count(get("dropped_windows"), 10**6)
+    except (_Slow, TypeError):  # TypeError: an unhashable model or version (a list, an object)
+        return None
+    return (report_id, device.id, model_id, release_id, variant, rollout_id, cohort, device.device_class,
+            start, end, inferences, labelled, correct, shadow, agree, peak_rss or None, dropped,
+            float(latency_sum), *error_counts, *latency)
