@@ -18,7 +18,7 @@ from rollout_server import hot_cache
 from rollout_server.api.metrics import ensure_counters
 from rollout_server.auth import ensure_first_tokens
 from rollout_server.config import apply_config
-from rollout_server.db import init_db, session_scope
+from rollout_server.db import init_db, session_scope, startup_lock
 from rollout_server.errors import register_error_handlers
 
 #: API modules under ``rollout_server.api``, each with a blueprint named ``bp``.
@@ -37,9 +37,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     init_db(app)
     hot_cache.init_app(app)
-    with session_scope(app) as session:
+    with session_scope(app) as session, startup_lock(session):
         app.extensions["edgeship.first_start_file"] = ensure_first_tokens(app, session)
         ensure_counters(session)
+        session.commit()
     for name in BLUEPRINTS:
         app.register_blueprint(importlib.import_module(f"rollout_server.api.{name}").bp)
     if app.config["CONTROLLER_ENABLED"]:

@@ -157,6 +157,21 @@ def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def startup_lock(session: Session) -> Iterator[None]:
+    """Hold the migration lock for the first-start writes in ``session`` (tokens, counter rows),
+    so workers and replicas starting together on an empty database create them once.
+
+    Commit the session inside the block: on PostgreSQL the lock is transaction-level (released at
+    commit), on SQLite it is the ``flock`` the migration takes.
+    """
+    bind = session.get_bind()
+    with _sqlite_file_lock(bind):
+        if bind.dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        yield
+
+
 def _in_memory(url: str) -> bool:
     return url.startswith("sqlite") and (url.split("?")[0] in ("sqlite://", "sqlite:///:memory:")
                                          or "mode=memory" in url)

@@ -101,3 +101,40 @@ def test_concurrent_first_starts_migrate_once(backend, tmp_path, request):
     assert errors == []
     assert versions(url) == [HEAD]
     assert schema_diff(url) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_first_starts_create_one_set_of_tokens(backend, tmp_path, request):
+    """Four workers start the app on one empty database at once: one admin and one enrollment
+    token, each counter row once, no error."""
+    from rollout_server.app import create_app
+    from rollout_server.models import Counter, Token
+
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def start(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            create_app({"DATA_DIR": str(tmp_path / f"worker-{i}"), "DATABASE_URL": url,
+                        "CONTROLLER_ENABLED": False})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            roles = sorted(r for (r,) in connection.execute(text(f"SELECT role FROM {Token.__tablename__}")))
+            names = [n for (n,) in connection.execute(text(f"SELECT name FROM {Counter.__tablename__}"))]
+    finally:
+        engine.dispose()
+    assert roles == ["admin", "enroll"]
+    assert len(names) == len(set(names)) > 0
+    assert len(list(tmp_path.glob("worker-*/first-start-tokens.txt"))) == 1
