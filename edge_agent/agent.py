@@ -181,17 +181,16 @@ class Agent:
     # -- the control loop --------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_check = next_report = time.monotonic()
-        next_report += self.report_interval_seconds
+        next_check = window_opened = time.monotonic()
         undelivered = True  # reports left by an earlier run may wait in the outbox
         while not self._stop.is_set():
             now = time.monotonic()
             try:
                 if now >= next_check and now >= self._server_retry_at:
                     next_check = now + self.config.check_interval_seconds
-                    self.check_in()
-                if now >= next_report:
-                    next_report = now + self.report_interval_seconds
+                    self.check_in()  # may shorten the window to the server's report interval
+                if now >= window_opened + self.report_interval_seconds:
+                    window_opened = now
                     self.close_window()
                     undelivered = True
                 if undelivered and now >= self._server_retry_at:
@@ -199,7 +198,7 @@ class Agent:
             except Exception:  # never let one bad step end the loop: the device must keep serving
                 log.exception("agent step failed; retrying at the next interval")
                 self._server_retry_at = time.monotonic() + self._server_backoff.failure()
-            wake = min(next_check, next_report)
+            wake = min(next_check, window_opened + self.report_interval_seconds)
             if undelivered:  # the server was away: come back when the backoff allows
                 wake = min(wake, max(self._server_retry_at, now + 0.05))
             self._stop.wait(max(0.01, wake - time.monotonic()))

@@ -206,3 +206,14 @@ def test_a_refused_variant_is_backed_off_per_release_not_per_file():
     backoff.failed(_release_variant(v3), 0.0)
     assert backoff.blocked(_release_variant(v3), 1.0)
     assert not backoff.blocked(_release_variant(v2), 1.0)
+
+
+def test_the_first_window_follows_the_servers_report_interval(agent_config, server):
+    agent = Agent(agent_config(report_interval_seconds=3600.0)).start()  # the server says 1 s
+    try:
+        wait_until(lambda: agent.current is not None, what="v1 installed")
+        agent.predict({"image": np.zeros((1, 1, 8, 8), np.float32)})
+        wait_until(lambda: server.reports(), timeout=10, what="a report within a few seconds")
+        assert agent.report_interval_seconds == 1.0
+    finally:
+        agent.stop()
