@@ -38,7 +38,7 @@ def prune_channels(
     import torch_pruning as tp
     from torch import nn
 
-    from converter.compress.training import fine_tune, frozen_outputs
+    from converter.compress.training import fine_tune_after
 
     teacher = model
     model = copy.deepcopy(model).eval()
@@ -71,14 +71,7 @@ def prune_channels(
         f"(x{after['macs'] / max(before['macs'], 1):.2f}), params {before['params']:,} -> "
         f"{after['params']:,}"
     )
-    history: list[dict[str, Any]] = []
-    epochs = env.training.fine_tune_epochs if step.fine_tune_epochs is None else step.fine_tune_epochs
-    if env.train is not None and epochs > 0:
-        history = fine_tune(
-            model, env.train, frozen_outputs(teacher), epochs=epochs, lr=env.training.fine_tune_lr,
-            batch_size=env.training.batch_size, seed=env.training.seed, progress=env.progress,
-            label=f"{step.label()} fine-tune", eval_set=env.eval_set,
-        )
+    history = fine_tune_after(model, teacher, step, env)
     return model, {
         "macs_before": before["macs"], "macs_after": after["macs"],
         "macs_ratio": round(after["macs"] / max(before["macs"], 1), 4),

@@ -30,7 +30,7 @@ def prune_unstructured(
     """
     from torch.nn.utils import prune
 
-    from converter.compress.training import fine_tune, frozen_outputs
+    from converter.compress.training import fine_tune_after
 
     teacher = model
     model = copy.deepcopy(model).eval()
@@ -44,14 +44,7 @@ def prune_unstructured(
         for _, module in layers:
             prune.l1_unstructured(module, "weight", amount=step.amount)
     env.progress.say(f"{step.label()}: {len(layers)} layers masked ({step.scope})")
-    history: list[dict[str, Any]] = []
-    epochs = env.training.fine_tune_epochs if step.fine_tune_epochs is None else step.fine_tune_epochs
-    if env.train is not None and epochs > 0:
-        history = fine_tune(
-            model, env.train, frozen_outputs(teacher), epochs=epochs, lr=env.training.fine_tune_lr,
-            batch_size=env.training.batch_size, seed=env.training.seed, progress=env.progress,
-            label=f"{step.label()} fine-tune", eval_set=env.eval_set,
-        )
+    history = fine_tune_after(model, teacher, step, env)
     for _, module in layers:
         prune.remove(module, "weight")
     model.eval()

@@ -176,6 +176,21 @@ def frozen_outputs(teacher: torch.nn.Module) -> Callable[[list[torch.Tensor]], l
     return run
 
 
+def fine_tune_after(
+    model: torch.nn.Module, teacher: torch.nn.Module, step: Any, env: Any
+) -> list[dict[str, Any]]:
+    """Fine-tune ``model`` after a pruning ``step`` when training data and epochs are given
+    (the step's ``fine_tune_epochs``, else the recipe's); returns the per-epoch history."""
+    epochs = env.training.fine_tune_epochs if step.fine_tune_epochs is None else step.fine_tune_epochs
+    if env.train is None or epochs <= 0:
+        return []
+    return fine_tune(
+        model, env.train, frozen_outputs(teacher), epochs=epochs, lr=env.training.fine_tune_lr,
+        batch_size=env.training.batch_size, seed=env.training.seed, progress=env.progress,
+        label=f"{step.label()} fine-tune", eval_set=env.eval_set,
+    )
+
+
 def fine_tune(
     model: torch.nn.Module,
     data: TrainingSet,
