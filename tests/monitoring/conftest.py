@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,13 +89,7 @@ def seeded_app(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def seeded_server(seeded_app) -> Iterator[str]:
     """The seeded app served by werkzeug in a thread; yields ``host:port``."""
-    from werkzeug.serving import make_server
+    from tests.rollout_server.conftest import serving
 
-    server = make_server("127.0.0.1", 0, seeded_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+    with serving(seeded_app) as port:
+        yield f"127.0.0.1:{port}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -102,18 +103,25 @@ def register(client, enroll: str, device_class: str = "rpi4", runtimes: dict | N
     return response.json["device_id"], response.json["credential"]
 
 
-@pytest.fixture
-def live_server(app) -> Iterator[str]:
+@contextlib.contextmanager
+def serving(app) -> Iterator[int]:
+    """``app`` served by werkzeug in a thread on a free loopback port; yields the port."""
     from werkzeug.serving import make_server
 
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield server.server_port
     finally:
         server.shutdown()
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(app) -> Iterator[str]:
+    with serving(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def edgeship(*args: Any, token: str | None = None) -> subprocess.CompletedProcess:
