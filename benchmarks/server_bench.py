@@ -108,6 +108,9 @@ class Row:
     runs: list[dict[str, Any]] = field(default_factory=list)  # each run when repeated (--repeat)
 
 
+SCENARIO_NAMES = ("assignment", "assignment-304", "ingest x1", "ingest x10")
+
+
 def edgeship_scenarios(devices_file: Path, template: Path, run_id: str) -> list[Scenario]:
     """Assignment (200 and 304) and ingestion (1 and 10 reports per request)."""
     devices, report = str(devices_file), str(template)
@@ -242,9 +245,12 @@ def run_backend(backend: str, db_url: str | None, work: Path, opts: argparse.Nam
         log(f"  {backend}: published {MODEL} {VERSION}, set stable, registered {opts.devices} devices "
             f"({time.monotonic() - started:.1f}s)")
         scenarios = edgeship_scenarios(devices_file, template, f"{backend}-{uuid.uuid4().hex[:8]}")
+        warmup = scenarios[0]
+        if opts.scenario:
+            scenarios = [s for s in scenarios if s.name in opts.scenario]
         log(f"  {backend}: warm-up {opts.warmup:g}s each (assignment, bare GET)")
-        run_wrk(server.url, scenarios[0], opts.warmup, opts.wrk_threads, opts.connections)
-        run_wrk(bare.url, bare_twin(scenarios[0]), opts.warmup, opts.wrk_threads, opts.connections)
+        run_wrk(server.url, warmup, opts.warmup, opts.wrk_threads, opts.connections)
+        run_wrk(bare.url, bare_twin(warmup), opts.warmup, opts.wrk_threads, opts.connections)
         before = stored_reports(server.url) or 0
         rows, bare_rows, acknowledged, slack = [], [], 0, 0
         for scenario in scenarios:
@@ -280,8 +286,10 @@ def run_backend(backend: str, db_url: str | None, work: Path, opts: argparse.Nam
 
 
 def profile(server: Served, backend: str, scenarios: list[Scenario], opts: argparse.Namespace) -> None:
-    """py-spy the workers under load (assignment, then ingest x1): folded stacks per worker in
-    ``benchmarks/results/profiles/`` (feed them to a flame graph tool, or count frames)."""
+    """py-spy the workers under load, each scenario in turn: folded stacks per worker in
+    ``benchmarks/results/profiles/`` (feed them to a flame graph tool, or count frames). Only
+    threads holding the GIL are sampled (``--gil``): where Python spends CPU, not where threads
+    wait; time in SQLite, the kernel and other C code is not in it."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         log("  profile: py-spy not installed (pip install py-spy); skipped")
@@ -289,15 +297,13 @@ def profile(server: Served, backend: str, scenarios: list[Scenario], opts: argpa
     out_dir = opts.out.parent / "profiles"
     out_dir.mkdir(parents=True, exist_ok=True)
     for scenario in scenarios:
-        if scenario.name not in ("assignment", "ingest x1"):
-            continue
         if scenario.kind == "ingest":  # fresh report ids
             args = [*scenario.args[:3], f"prof-{scenario.args[3]}"]
             scenario = Scenario(scenario.name, scenario.script, args, "ingest", scenario.reports_per_request)
         stem = f"{backend}-{scenario.name.replace(' ', '')}"
         spies = [subprocess.Popen(
             [py_spy, "record", "--pid", str(pid), "--duration", str(int(opts.seconds)), "--rate", "200",
-             "--format", "raw", "--output", str(out_dir / f"{stem}-{pid}.txt"), "--nonblocking"],
+             "--gil", "--format", "raw", "--output", str(out_dir / f"{stem}-{pid}.txt"), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in server.worker_pids()]
         time.sleep(0.5)
         log(f"  profile {backend} {scenario.name}: py-spy on {len(spies)} workers")
@@ -366,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="wrk connections (default: 8, the server's 2 workers x 4 threads)")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default: 1)")
     parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--scenario", action="append", choices=SCENARIO_NAMES,
+                        help="run only this scenario (repeatable; default: all)")
     parser.add_argument("--profile", action="store_true",
                         help="after measuring, py-spy the workers under load (folded stacks in "
                         "benchmarks/results/profiles/)")

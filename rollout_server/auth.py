@@ -33,7 +33,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def new_secret() -> str:
-    return secrets.token_urlsafe(32)
+    """A token or device credential: 256 random bits, with a prefix so it never starts with "-"
+    (``--token -x...`` would read as an option on any command line) and is easy to spot in a
+    leaked file or log."""
+    return "es_" + secrets.token_urlsafe(32)
 
 
 def hash_secret(secret: str) -> str:

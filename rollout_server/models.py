@@ -149,7 +149,7 @@ class Report(Base):
     __table_args__ = (UniqueConstraint("device_id", "report_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     report_id: Mapped[str] = mapped_column(String(64))
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))  # indexed first in the unique key
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     release_id: Mapped[int | None] = mapped_column(ForeignKey("releases.id"), nullable=True)
     variant_id: Mapped[str] = mapped_column(String(64))
@@ -158,7 +158,7 @@ class Report(Base):
     device_class: Mapped[str] = mapped_column(String(32))
     window_start: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     window_end: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     inferences: Mapped[int] = mapped_column(BigInteger)
     labelled: Mapped[int] = mapped_column(BigInteger, default=0)
     correct: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -183,6 +183,38 @@ for _reason in ERROR_REASONS:
     setattr(Report, f"err_{_reason}", mapped_column(f"err_{_reason}", BigInteger, default=0))
 for _i in range(BUCKET_COUNT):
     setattr(Report, f"lat_{_i}", mapped_column(f"lat_{_i}", BigInteger, default=0))
+
+
+class ReportTotal(Base):
+    """Running sums of the accepted reports per model, variant, cohort and device class.
+
+    The report writer adds to them in the transaction that stores the reports, so ``/metrics``
+    reads these few rows instead of summing the whole ``reports`` table at every scrape (which
+    grows without bound). Each writing process adds to its own ``shard`` of a key, so concurrent
+    transactions of several processes do not queue on one row lock (PostgreSQL); readers sum the
+    shards.
+    """
+
+    __tablename__ = "report_totals"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    variant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cohort: Mapped[str] = mapped_column(String(8), primary_key=True)
+    device_class: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    reports: Mapped[int] = mapped_column(BigInteger, default=0)
+    inferences: Mapped[int] = mapped_column(BigInteger, default=0)
+    labelled: Mapped[int] = mapped_column(BigInteger, default=0)
+    correct: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_sum_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+#: the summed columns of ``report_totals`` that ``reports`` has too, in the writer's order.
+TOTALLED: tuple[str, ...] = (
+    "inferences", "labelled", "correct", "latency_sum_seconds",
+    *(f"err_{reason}" for reason in ERROR_REASONS), *(f"lat_{i}" for i in range(BUCKET_COUNT)),
+)
+for _name in TOTALLED[4:]:
+    setattr(ReportTotal, _name, mapped_column(_name, BigInteger, default=0, nullable=False))
 
 
 class AuditEntry(Base):

@@ -58,15 +58,27 @@ def short_text(data: dict[str, Any], key: str, *, max_length: int = 64, required
     return value
 
 
+def utc_time(value: str) -> dt.datetime:
+    """An ISO 8601 time as an aware UTC datetime (no offset means UTC); ValueError if it is not one.
+
+    Converted to UTC, not only tagged: SQLite keeps a datetime's wall time and drops its offset,
+    so ``10:00+02:00`` must be stored as ``08:00``.
+    """
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=dt.timezone.utc)
+    try:
+        return parsed.astimezone(dt.timezone.utc)
+    except OverflowError:  # year 1 or 9999 pushed out of range by the offset
+        raise ValueError(f"{value!r} is out of range in UTC") from None
+
+
 def timestamp(data: dict[str, Any], key: str) -> dt.datetime:
     value = field(data, key, str)
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return utc_time(value)
     except ValueError:
         raise ApiError(f"field {key!r} must be an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed
 
 
 def _names(kinds: tuple[type, ...]) -> str:

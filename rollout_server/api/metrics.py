@@ -1,8 +1,10 @@
 """``/metrics``: the ``edgeship_*`` catalogue, computed from the database at scrape time.
 
 The database is the source of truth (several workers and replicas share it), so a scrape of
-any replica gives the fleet's totals; nothing is kept in process memory. Counters are sums
-over stored reports, so they only grow while reports are kept.
+any replica gives the fleet's totals; nothing is kept in process memory. The report counters
+come from ``report_totals``, which the report writer adds to in the transaction that stores the
+reports: a scrape reads a few rows per model, variant, cohort and device class, however many
+reports are stored.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
 from monitoring.catalogue import METRICS
 from rollout_server.analysis import RolloutState
 from rollout_server.hot_cache import DEVICE_CHANGES
-from rollout_server.models import ERROR_REASONS, Counter, Device, Model, Report, Rollout, utcnow
+from rollout_server.models import ERROR_REASONS, Counter, Device, Model, ReportTotal, Rollout, utcnow
 
 bp = Blueprint("metrics", __name__)
 ACTIVE_DEVICE_SECONDS = 300
@@ -69,14 +71,14 @@ def _family(kind, name: str, extra_labels: tuple[str, ...] = ()):
 
 
 def _fleet_metrics(session: Session) -> Iterator:
-    sums = [func.sum(Report.latency_sum_seconds),
-            func.sum(Report.inferences), func.sum(Report.labelled), func.sum(Report.correct),
-            *(func.sum(getattr(Report, f"err_{r}")) for r in ERROR_REASONS),
-            *(func.sum(getattr(Report, f"lat_{i}")) for i in range(BUCKET_COUNT))]
-    rows = session.execute(
-        select(Model.name, Report.variant_id, Report.cohort, Report.device_class, *sums)
-        .join(Model, Model.id == Report.model_id)
-        .group_by(Model.name, Report.variant_id, Report.cohort, Report.device_class)
+    sums = [func.sum(ReportTotal.latency_sum_seconds),
+            func.sum(ReportTotal.inferences), func.sum(ReportTotal.labelled), func.sum(ReportTotal.correct),
+            *(func.sum(getattr(ReportTotal, f"err_{r}")) for r in ERROR_REASONS),
+            *(func.sum(getattr(ReportTotal, f"lat_{i}")) for i in range(BUCKET_COUNT))]
+    rows = session.execute(  # a few rows per key (the shards), never the reports themselves
+        select(Model.name, ReportTotal.variant_id, ReportTotal.cohort, ReportTotal.device_class, *sums)
+        .join(Model, Model.id == ReportTotal.model_id)
+        .group_by(Model.name, ReportTotal.variant_id, ReportTotal.cohort, ReportTotal.device_class)
     ).all()
     inferences = _family(CounterMetricFamily, "edgeship_inferences_total")
     errors = _family(CounterMetricFamily, "edgeship_inference_errors_total")
@@ -132,7 +134,7 @@ def _device_metrics(session: Session) -> Iterator:
 
 def _report_metrics(session: Session) -> Iterator:
     reports = _family(CounterMetricFamily, "edgeship_reports_total")
-    reports.add_metric(["accepted"], session.scalar(select(func.count(Report.id))) or 0)
+    reports.add_metric(["accepted"], session.scalar(select(func.sum(ReportTotal.reports))) or 0)
     values = {c.name: c.value for c in session.scalars(select(Counter).where(Counter.name.in_(COUNTERS)))}
     for name in ("reports_duplicate", "reports_rejected"):
         reports.add_metric([name.removeprefix("reports_")], values.get(name, 0))

@@ -8,7 +8,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -22,8 +22,17 @@ from rollout_server.auth import current_device
 from rollout_server.db import db
 from rollout_server.errors import ApiError
 from rollout_server.hot_cache import DeviceSnapshot
-from rollout_server.models import ERROR_REASONS, Model, Release, Report, Rollout, utcnow
-from rollout_server.validation import NAME, count, field, json_body, short_text, timestamp
+from rollout_server.models import (
+    ERROR_REASONS,
+    TOTALLED,
+    Model,
+    Release,
+    Report,
+    ReportTotal,
+    Rollout,
+    utcnow,
+)
+from rollout_server.validation import NAME, count, field, json_body, short_text, timestamp, utc_time
 
 bp = Blueprint("reports", __name__, url_prefix="/v1")
 MAX_BATCH = 100
@@ -94,6 +103,7 @@ class ReportWriter:
         columns = (*COLUMNS, "received_at")
         marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
         self.sql = f"INSERT INTO {REPORTS.name} ({', '.join(columns)}) VALUES ({marks})"
+        self.totals_sql = _totals_upsert(dialect.paramstyle)
         processors = [REPORTS.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
         self.processors = [(i, f) for i, f in enumerate(processors[:-1]) if f is not None]
         self.received_processor = processors[-1]
@@ -133,7 +143,7 @@ class ReportWriter:
         batch is still stored all or none and only the batch with the stored id gets the
         IntegrityError.
         """
-        entry = _Pending(self._params(rows))
+        entry = _Pending(self._params(rows), report_totals(rows))
         with self._mutex:
             self._pending.append(entry)
             lead = not self._leading
@@ -159,14 +169,15 @@ class ReportWriter:
     def _write_group(self, group: list[_Pending]) -> None:
         try:
             try:
-                self._write([params for entry in group for params in entry.params])
+                self._write([params for entry in group for params in entry.params],
+                            merge_totals(entry.totals for entry in group))
             except IntegrityError as err:
                 if len(group) == 1:
                     group[0].error = err
                     return
                 for entry in group:  # find the batch(es) with a stored id; store the others
                     try:
-                        self._write(entry.params)
+                        self._write(entry.params, entry.totals)
                     except BaseException as error:
                         entry.error = error
             except BaseException as error:
@@ -193,10 +204,19 @@ class ReportWriter:
             params = [(*row, received) for row in rows]
         return params
 
-    def _write(self, params: list[Any]) -> None:
+    def totals_params(self, totals: dict[tuple[Any, ...], list[Any]]) -> list[tuple[Any, ...]]:
+        """Parameters of :attr:`totals_sql` adding ``totals`` to this process's shard."""
+        shard = os.getpid() % TOTAL_SHARDS
+        return [(*key, shard, *sums) for key, sums in totals.items()]
+
+    def _write(self, params: list[Any], totals: dict[tuple[Any, ...], list[Any]]) -> None:
+        """Insert the rows and add their totals, in one transaction."""
         if self.lock_path is None:
             with self._turn(), self.engine.begin() as connection:
-                connection.exec_driver_sql(self.sql, params)
+                # one row: execute (psycopg runs executemany as a pipeline, which costs more for one)
+                connection.exec_driver_sql(self.sql, tuple(params[0]) if len(params) == 1 else params)
+                for added in self.totals_params(totals):  # mostly one key: execute, not executemany
+                    connection.exec_driver_sql(self.totals_sql, added)
             return
         with self._turn():
             if self._connection is None or self._connection[0] != os.getpid():
@@ -205,6 +225,8 @@ class ReportWriter:
             connection = pooled.dbapi_connection
             try:
                 connection.executemany(self.sql, params)  # pysqlite begins the transaction first
+                for added in self.totals_params(totals):
+                    connection.execute(self.totals_sql, added)
                 connection.commit()
             except BaseException as err:
                 rolled_back = _rollback(connection)
@@ -218,10 +240,11 @@ class ReportWriter:
 class _Pending:
     """A batch waiting for its transaction."""
 
-    __slots__ = ("done", "error", "params", "wake")
+    __slots__ = ("done", "error", "params", "totals", "wake")
 
-    def __init__(self, params: list[Any]) -> None:
+    def __init__(self, params: list[Any], totals: dict[tuple[Any, ...], list[Any]]) -> None:
         self.params = params
+        self.totals = totals
         self.wake = threading.Event()
         self.done = False
         self.error: BaseException | None = None
@@ -251,6 +274,9 @@ def _store_with_duplicates(device: DeviceSnapshot, rows: list[tuple[Any, ...]]):
     try:
         if fresh:
             session.execute(INSERT_REPORTS, [dict(zip(COLUMNS, row, strict=True)) for row in fresh])
+            writer = _writer(current_app)
+            for added in writer.totals_params(report_totals(fresh)):
+                session.connection().exec_driver_sql(writer.totals_sql, added)
         if seen:
             bump(session, "reports_duplicate", len(seen))
         session.commit()
@@ -362,6 +388,51 @@ COLUMNS: tuple[str, ...] = (
     *(f"err_{reason}" for reason in ERROR_REASONS), *(f"lat_{i}" for i in range(BUCKET_COUNT)),
 )
 REPORTS = Report.__table__
+#: ``report_totals`` rows per key: each writing process adds to its own (pid modulo this).
+TOTAL_SHARDS = 16
+_TOTAL_KEY = ("model_id", "variant_id", "cohort", "device_class")
+_KEY_AT = tuple(COLUMNS.index(name) for name in _TOTAL_KEY)
+_SUMMED_AT = tuple(COLUMNS.index(name) for name in TOTALLED)
+
+
+def report_totals(rows: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], list[Any]]:
+    """Rows (in :data:`COLUMNS` order) summed per ``report_totals`` key: [reports, *TOTALLED]."""
+    totals: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        key = tuple(row[i] for i in _KEY_AT)
+        sums = totals.get(key)
+        if sums is None:
+            totals[key] = [1, *(row[i] for i in _SUMMED_AT)]
+        else:
+            sums[0] += 1
+            for j, i in enumerate(_SUMMED_AT, 1):
+                sums[j] += row[i]
+    return totals
+
+
+def merge_totals(parts: Iterable[dict[tuple[Any, ...], list[Any]]]) -> dict[tuple[Any, ...], list[Any]]:
+    """The sum of several :func:`report_totals` results."""
+    merged: dict[tuple[Any, ...], list[Any]] = {}
+    for part in parts:
+        for key, sums in part.items():
+            into = merged.get(key)
+            if into is None:
+                merged[key] = list(sums)
+            else:
+                for j, value in enumerate(sums):
+                    into[j] += value
+    return merged
+
+
+def _totals_upsert(paramstyle: str) -> str:
+    """INSERT ... ON CONFLICT DO UPDATE adding to a ``report_totals`` row (SQLite and PostgreSQL)."""
+    table = ReportTotal.__tablename__
+    key = (*_TOTAL_KEY, "shard")
+    added = ("reports", *TOTALLED)
+    marks = ", ".join("?" if paramstyle == "qmark" else "%s" for _ in (*key, *added))
+    updates = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in added)
+    return (f"INSERT INTO {table} ({', '.join((*key, *added))}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 _MAX_COUNT = 10**12
 _OPTIONAL_COUNTS = ("labelled", "correct", "shadow_samples", "shadow_agree", "peak_rss_bytes")
 _REASONS = frozenset(ERROR_REASONS)
@@ -383,10 +454,9 @@ def _time(value: Any) -> dt.datetime:
     if type(value) is not str:
         raise _Slow
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return utc_time(value)
     except ValueError:
         raise _Slow from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _fast_row(data: Any, device: DeviceSnapshot, known: dict) -> tuple[Any, ...] | None:

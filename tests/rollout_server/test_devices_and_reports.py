@@ -28,6 +28,20 @@ def test_register_needs_a_valid_enrollment_token(client, tokens):
     assert client.post("/v1/devices/register", json=body).status_code == 401
 
 
+def test_secrets_never_read_as_command_line_options():
+    """token_urlsafe starts with "-" once in 64 draws; ``--token -x...`` would then be an option."""
+    import argparse
+
+    from rollout_server.auth import new_secret
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--token")
+    for _ in range(2000):
+        secret = new_secret()
+        assert not secret.startswith("-") and len(secret) >= 43
+        assert parser.parse_args(["--token", secret]).token == secret
+
+
 @pytest.mark.parametrize("patch, fragment", [
     ({"device_class": "Raspberry Pi!"}, "device_class"),
     ({"ram_bytes": -1}, "ram_bytes"),

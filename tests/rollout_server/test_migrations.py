@@ -138,3 +138,34 @@ def test_concurrent_first_starts_create_one_set_of_tokens(backend, tmp_path, req
     assert roles == ["admin", "enroll"]
     assert len(names) == len(set(names)) > 0
     assert len(list(tmp_path.glob("worker-*/first-start-tokens.txt"))) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_a_database_with_reports_fills_their_totals(backend, tmp_path, request):
+    """0002 sums the reports stored before it into ``report_totals`` (shard 0)."""
+    from rollout_server.app import create_app
+    from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
+    from tests.rollout_server.test_devices_and_reports import report
+    from tests.rollout_server.test_report_ingestion import assert_totals_match_reports
+
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
+    app = create_app({"DATA_DIR": str(tmp_path / "server"), "DATABASE_URL": url, "CONTROLLER_ENABLED": False})
+    seed_release(app, "1", [variant_entry("tflite-int8", "litert", 0.4, "b" * 64)], stable=True)
+    client = app.test_client()
+    enroll = dict(line.split("=", 1) for line in (tmp_path / "server" / "first-start-tokens.txt")
+                  .read_text().split())["EDGESHIP_ENROLL_TOKEN"]
+    for device_class, cohort in (("rpi4", "stable"), ("rpi5", "canary"), ("rpi4", "stable")):
+        _, credential = register(client, enroll, device_class=device_class)
+        batch = [report(cohort=cohort, inferences=90 + i, labelled=20 + i) for i in range(3)]
+        response = client.post("/v1/reports", json={"reports": batch}, headers=auth(credential))
+        assert response.status_code == 200, response.json
+    app.extensions["edgeship.engine"].dispose()
+    command.downgrade(alembic_config(url), "0001")
+    engine = make_engine(url)
+    try:
+        assert "report_totals" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    upgrade_schema(url)
+    assert versions(url) == [HEAD]
+    assert_totals_match_reports(app)

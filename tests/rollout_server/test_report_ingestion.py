@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from rollout_server.api import reports as ingest
 from rollout_server.db import session_scope
 from rollout_server.hot_cache import DeviceSnapshot
-from rollout_server.models import Report
+from rollout_server.models import TOTALLED, Report, ReportTotal
 from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
 from tests.rollout_server.test_devices_and_reports import report
 
@@ -27,6 +27,25 @@ def _rows(app, device_id: str) -> list[tuple]:
     with session_scope(app) as session:
         return session.execute(select(Report.report_id, Report.window_start, Report.received_at)
                                .where(Report.device_id == device_id).order_by(Report.report_id)).all()
+
+
+def assert_totals_match_reports(app) -> None:
+    """``report_totals`` (summed over shards) holds exactly the sums of the stored reports."""
+    key = ("model_id", "variant_id", "cohort", "device_class")
+    with session_scope(app) as session:
+        def sums(table) -> dict:
+            count = func.count() if table is Report else func.sum(table.reports)
+            rows = session.execute(select(*(getattr(table, k) for k in key), count,
+                                          *(func.sum(getattr(table, name)) for name in TOTALLED))
+                                   .group_by(*(getattr(table, k) for k in key)))
+            return {tuple(row[:4]): [int(v) if isinstance(v, int) else round(v, 9) for v in row[4:]]
+                    for row in rows}
+        by_reports, by_totals = sums(Report), sums(ReportTotal)
+    assert by_reports and by_totals == by_reports
+
+
+def _pending(writer, rows: list) -> ingest._Pending:
+    return ingest._Pending(writer._params(rows), ingest.report_totals(rows))
 
 
 def _known(app, client, tokens) -> tuple[dict, DeviceSnapshot]:
@@ -99,6 +118,12 @@ def test_a_retried_batch_is_stored_once_and_answered_as_duplicates(client, token
     _, other = register(client, tokens["enroll"])
     assert client.post("/v1/reports", json=batch, headers=auth(other)).json["duplicates"] == []
     assert len(_rows(app, device_id)) == 10
+    # a batch mixing stored and new ids (the duplicate path) adds only the new ones to the totals
+    new = report("b-new", cohort="canary", inferences=7, latency_counts=[7] + [0] * 14)
+    mixed = {"reports": [report("b-0"), new]}
+    assert client.post("/v1/reports", json=mixed, headers=auth(credential)).json == {
+        "accepted": ["b-new"], "duplicates": ["b-0"]}
+    assert_totals_match_reports(app)
 
 
 def test_concurrent_retries_store_each_id_once(live_server, app, tokens, stable_release):
@@ -127,14 +152,29 @@ def test_concurrent_retries_store_each_id_once(live_server, app, tokens, stable_
     with session_scope(app) as session:
         assert session.scalar(select(func.count()).select_from(Report)
                               .where(Report.device_id == device_id)) == 20
+    assert_totals_match_reports(app)
 
 
-def test_report_times_are_stored_as_before(client, tokens, stable_release, app):
+@pytest.mark.parametrize(("start", "end"), [
+    ("2026-01-01T00:00:00Z", "2026-01-01T00:00:30Z"),
+    ("2026-01-01T00:00:00", "2026-01-01T00:00:30+00:00"),  # no offset: UTC
+    ("2026-01-01T02:00:00+02:00", "2025-12-31T19:00:30-05:00"),  # offsets: converted to UTC
+])
+def test_report_times_are_stored_in_utc(client, tokens, stable_release, app, start, end):
     device_id, credential = register(client, tokens["enroll"])
-    body = report("t-1", window_start="2026-01-01T00:00:00Z", window_end="2026-01-01T00:00:30Z")
+    body = report("t-1", window_start=start, window_end=end)
     assert client.post("/v1/reports", json={"reports": [body]}, headers=auth(credential)).status_code == 200
     (row,) = _rows(app, device_id)
     assert row.window_start.replace(tzinfo=None) == dt.datetime(2026, 1, 1)
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:59:00-01:00"])
+def test_a_time_out_of_range_in_utc_is_a_400(client, tokens, stable_release, when):
+    _, credential = register(client, tokens["enroll"])
+    response = client.post("/v1/reports", json={"reports": [report(window_start=when, window_end=when)]},
+                           headers=auth(credential))
+    assert response.status_code == 400
+    assert "ISO 8601" in response.json["detail"]
 
 
 def test_a_dead_idle_postgresql_connection_is_replaced_at_checkout(pg_url, monkeypatch):
@@ -161,15 +201,16 @@ def test_a_group_with_a_stored_id_fails_only_that_batch(app, client, tokens, sta
     known, device = _known(app, client, tokens)
     with app.test_request_context():
         writer = ingest._writer(app)
-        rows = {i: writer._params([ingest._fast_row(report(f"g-{i}"), device, known)]) for i in range(4)}
+        rows = {i: [ingest._fast_row(report(f"g-{i}"), device, known)] for i in range(4)}
         writer.insert([ingest._fast_row(report("g-1"), device, known)])
-        group = [ingest._Pending(rows[0]), ingest._Pending(rows[1] + rows[3]), ingest._Pending(rows[2])]
+        group = [_pending(writer, rows[0]), _pending(writer, rows[1] + rows[3]), _pending(writer, rows[2])]
         writer._write_group(group)
     assert all(entry.done for entry in group)
     assert group[0].error is None and group[2].error is None
     assert isinstance(group[1].error, IntegrityError)
     stored = [r.report_id for r in _rows(app, device.id) if r.report_id.startswith("g-")]
     assert stored == ["g-0", "g-1", "g-2"]
+    assert_totals_match_reports(app)
 
 
 def test_concurrent_writers_each_get_their_own_outcome(app, client, tokens, stable_release):
@@ -196,3 +237,4 @@ def test_concurrent_writers_each_get_their_own_outcome(app, client, tokens, stab
     assert sorted(outcomes) == ["ok"] * 40 + ["stored before"]
     assert len([r for r in _rows(app, device.id) if r.report_id.startswith("p-")]) == 120
     assert not writer._leading and not writer._pending
+    assert_totals_match_reports(app)
