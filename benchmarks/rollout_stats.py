@@ -73,7 +73,23 @@ def run(runs: int, seed: int) -> list[dict[str, Any]]:
             "rolled back <= 5%",
             fleet=Fleet(error_dispersion=1.0),
         ),
+        scenario(
+            "A/A, very clumpy fleet (dispersion 3)",
+            runs,
+            seed + 5,
+            base,
+            "rolled back <= 5%",
+            fleet=Fleet(error_dispersion=3.0),
+        ),
         scenario("error rate 1% -> 2%", runs, seed + 2, ArmProfile(error_rate=0.02), "rolled back >= 95%"),
+        scenario(
+            "error rate 1% -> 2%, clumpy fleet (dispersion 1)",
+            runs // 2,
+            seed + 6,
+            ArmProfile(error_rate=0.02),
+            "never promoted",
+            fleet=Fleet(error_dispersion=1.0),
+        ),
         scenario("error rate 1% -> 1.5%", runs // 2, seed + 3, ArmProfile(error_rate=0.015), "(reported)"),
         scenario("accuracy 90% -> 88%", runs // 2, seed + 4, ArmProfile(accuracy=0.88), "(reported)"),
     ]

@@ -13,11 +13,12 @@ import datetime as dt
 import threading
 
 from flask import Flask
-from sqlalchemy import case, distinct, func, or_, select, update
+from sqlalchemy import Float, case, cast, distinct, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from monitoring.buckets import BUCKET_COUNT
 from rollout_server.analysis import (
+    INFERENCE_ERROR_REASONS,
     Action,
     ArmWindow,
     Decision,
@@ -79,11 +80,13 @@ def load_measurements(session: Session, rollout: Rollout, state: RolloutState) -
         *(func.sum(getattr(Report, f"err_{reason}")) for reason in ERROR_REASONS),
         *(func.sum(getattr(Report, f"lat_{i}")) for i in range(BUCKET_COUNT)),
     ]
+    in_stage = (Report.rollout_id == rollout.id, Report.window_end > since)
     rows = session.execute(
         select(Report.cohort, Report.device_class, *columns)
-        .where(Report.rollout_id == rollout.id, Report.window_end > since)
+        .where(*in_stage)
         .group_by(Report.cohort, Report.device_class)
     )
+    spread = _device_spread(session, in_stage)
     by_cohort: dict[str, dict[str, ArmWindow]] = {"stable": {}, "canary": {}}
     for cohort, device_class, *sums in rows:
         values = [int(v or 0) for v in sums]
@@ -93,8 +96,36 @@ def load_measurements(session: Session, rollout: Rollout, state: RolloutState) -
             inferences=inferences, errors=errors, latency_counts=tuple(values[7 + len(ERROR_REASONS):]),
             labelled_samples=labelled, labelled_correct=correct, devices_reporting=devices,
             devices_load_failed=failed, shadow_samples=shadow, shadow_agreements=agree,
+            **spread.get((cohort, device_class), {}),
         )
     return Measurements.from_classes(by_cohort["stable"], by_cohort["canary"], look=state.next_look)
+
+
+def _device_spread(session: Session, in_stage: tuple) -> dict[tuple[str, str], dict[str, int]]:
+    """Per cohort and device class, the per-device sums of :class:`ArmWindow` (``error_devices``,
+    ``device_errors_sq``, ...) over the stage: how unevenly inference errors fall on devices."""
+    errors = sum(getattr(Report, f"err_{reason}") for reason in INFERENCE_ERROR_REASONS)
+    per_device = (
+        select(Report.cohort, Report.device_class, func.sum(Report.inferences).label("n"),
+               func.sum(errors).label("x"))
+        .where(*in_stage)
+        .group_by(Report.cohort, Report.device_class, Report.device_id)
+        .subquery()
+    )
+    n, x = cast(per_device.c.n, Float), cast(per_device.c.x, Float)  # squares overflow BIGINT
+    rows = session.execute(
+        select(per_device.c.cohort, per_device.c.device_class, func.count(),
+               func.sum(x * x), func.sum(x * n), func.sum(n * n))
+        .where(per_device.c.n > 0)
+        .group_by(per_device.c.cohort, per_device.c.device_class)
+    )
+    return {
+        (cohort, device_class): {
+            "error_devices": int(devices), "device_errors_sq": round(xx or 0),
+            "device_errors_inferences": round(xn or 0), "device_inferences_sq": round(nn or 0),
+        }
+        for cohort, device_class, devices, xx, xn, nn in rows
+    }
 
 
 def step_rollout(

@@ -94,7 +94,18 @@ def check_error_rate(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: 
     }
     if min(n_c, n_s) < (guard.min_samples or 1):
         return _too_few("inferences", n_c, n_s, guard.min_samples or 1, stats)
-    return _rate_limit("error rate", x_c, n_c, x_s, n_s, guard, alpha, stats)
+    deff_c, deff_s = canary.error_design_effect(), stable.error_design_effect()
+    if max(deff_c, deff_s) <= 1.0:
+        return _rate_limit("error rate", x_c, n_c, x_s, n_s, guard, alpha, stats)
+    # Errors cluster on some devices: inferences are not independent trials, so each arm
+    # counts as its effective sample size n / deff (Kish), with the same rate.
+    stats.update(canary_design_effect=deff_c, stable_design_effect=deff_s)
+    eff = [(max(1, round(n / d)), x / n) for n, x, d in ((n_c, x_c, deff_c), (n_s, x_s, deff_s))]
+    (en_c, r_c), (en_s, r_s) = eff
+    check = _rate_limit("error rate", round(r_c * en_c), en_c, round(r_s * en_s), en_s, guard, alpha, stats)
+    note = (f" [errors cluster on devices: effective inferences canary {en_c:,} of {n_c:,}, "
+            f"stable {en_s:,} of {n_s:,}]")
+    return Check(check.outcome, check.reason + note, check.stats, check.enough)
 
 
 def check_load_failures(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:

@@ -34,6 +34,8 @@ from rollout_server.analysis.window import ArmWindow, Measurements
 ERROR_SPLIT = {"runtime_error": 0.6, "timeout": 0.3, "other": 0.1}
 #: stages of the simulated rollouts: 30 min and a few thousand canary inferences per stage.
 SIM_STAGES: tuple[Stage, ...] = (Stage(10, 1800, 2000), Stage(50, 1800, 5000), Stage(100, 0, 0))
+#: the per-device sums of :class:`ArmWindow` (over a stage, not a window).
+_SPREAD = ("error_devices", "device_errors_sq", "device_errors_inferences", "device_inferences_sq")
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,15 @@ def simulate_window(
     profiles: Sequence[ArmProfile],
     percent: float,
     look: int,
+    stage_counts: np.ndarray | None = None,
 ) -> Measurements:
-    """One window of reports from the whole fleet, aggregated per arm and class."""
+    """One window of reports from the whole fleet, aggregated per arm and class.
+
+    ``stage_counts`` (2 × devices: inferences, inference errors) accumulates each device's
+    counts over the stage; when given, the windows carry the per-device sums of the stage so
+    far (:class:`ArmWindow`'s ``error_devices`` ...), as the server computes them. Replace
+    them, do not add them, when merging this window into stage-cumulative data.
+    """
     names = list(fleet.classes)
     n_classes = len(names)
     groups = 2 * n_classes
@@ -164,6 +173,14 @@ def simulate_window(
     load_failed = rng.binomial(dev_g, [p.load_failure_rate for p in profiles])
     shadow = rng.binomial(inf_g, fleet.shadow_fraction)
     agree = rng.binomial(shadow, [p.shadow_agreement for p in profiles])
+    spread = [{} for _ in range(groups)]
+    if stage_counts is not None:
+        stage_counts += np.stack([inferences, errors])
+        n, x = stage_counts
+        seen = n > 0
+        sums = [np.bincount(group[seen], weights=w[seen], minlength=groups)
+                for w in (np.ones_like(n), x * x, x * n, n * n)]
+        spread = [dict(zip(_SPREAD, (round(float(s[g])) for s in sums), strict=True)) for g in range(groups)]
     windows = [
         ArmWindow(
             inferences=int(inf_g[g]),
@@ -175,6 +192,7 @@ def simulate_window(
             devices_load_failed=int(load_failed[g]),
             shadow_samples=int(shadow[g]),
             shadow_agreements=int(agree[g]),
+            **spread[g],
         )
         for g in range(groups)
     ]
@@ -223,21 +241,39 @@ def simulate_rollout(
     served = 0
     decision = None
     verdicts: tuple = ()
+    stage_counts = np.zeros((2, fleet.devices))
     for _ in range(max_windows):
         now += fleet.window_seconds
-        window = simulate_window(rng, fleet, devices, profiles, state.stage.percent, state.next_look)
+        window = simulate_window(rng, fleet, devices, profiles, state.stage.percent, state.next_look,
+                                 stage_counts)
         served += window.canary.inferences
-        cumulative = window if cumulative is None else cumulative + window
+        cumulative = window if cumulative is None else _merged(cumulative, window)
         verdicts = assess(spec, cumulative)
         decision = decide(state, verdicts, now, canary_samples=cumulative.canary.inferences)
         state = decision.state
         if decision.action is Action.ADVANCE:
             cumulative = None  # the next stage starts its own cumulative data
+            stage_counts[:] = 0
         if state.phase.is_terminal or state.phase is Phase.PAUSED:
             break
     failed = tuple(v.guard for v in verdicts if v.outcome is Outcome.FAIL)
     reason = decision.reason if decision else ""
     return SimResult(state.phase, state.windows, served, reason, failed, state.stage_index)
+
+
+def _merged(cumulative: Measurements, window: Measurements) -> Measurements:
+    """Stage-cumulative data plus one window: counts add, the per-device sums are the window's
+    (already over the whole stage)."""
+    total = cumulative + window
+
+    def spread_of(arm: ArmWindow, latest: ArmWindow) -> ArmWindow:
+        return replace(arm, **{name: getattr(latest, name) for name in _SPREAD})
+
+    return Measurements.from_classes(
+        {c: spread_of(total.arms(c)[0], window.arms(c)[0]) for c in total.stable_by_class},
+        {c: spread_of(total.arms(c)[1], window.arms(c)[1]) for c in total.canary_by_class},
+        look=total.look,
+    )
 
 
 def run_rollouts(

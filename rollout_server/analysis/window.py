@@ -35,6 +35,10 @@ _COUNT_FIELDS = (
     "devices_load_failed",
     "shadow_samples",
     "shadow_agreements",
+    "error_devices",
+    "device_errors_sq",
+    "device_errors_inferences",
+    "device_inferences_sq",
 )
 
 
@@ -53,6 +57,15 @@ class ArmWindow:
         devices_load_failed: of those, devices whose model failed to load or its golden check.
         shadow_samples: inputs on which candidate and stable both ran (shadow mode).
         shadow_agreements: of those, inputs where their top-1 outputs agreed.
+        error_devices: devices behind the three per-device sums below (0 when they are not
+            known; the error-rate test then treats inferences as independent).
+        device_errors_sq: over those devices, the sum of (its inference errors)², its errors
+            and inferences counted over the same data as the fields above (the stage).
+        device_errors_inferences: the sum of its inference errors × its inferences.
+        device_inferences_sq: the sum of (its inferences)².
+            With these the error-rate test sees how much errors cluster on some devices
+            (:meth:`error_design_effect`). They add up over disjoint sets of devices (device
+            classes), not over windows of the same devices: the server computes them per stage.
     """
 
     inferences: int = 0
@@ -64,6 +77,10 @@ class ArmWindow:
     devices_load_failed: int = 0
     shadow_samples: int = 0
     shadow_agreements: int = 0
+    error_devices: int = 0
+    device_errors_sq: int = 0
+    device_errors_inferences: int = 0
+    device_inferences_sq: int = 0
 
     def __add__(self, other: ArmWindow) -> ArmWindow:
         if not isinstance(other, ArmWindow):
@@ -79,6 +96,27 @@ class ArmWindow:
     def error_count(self, reasons: Iterable[str] = INFERENCE_ERROR_REASONS) -> int:
         """Errors summed over ``reasons``."""
         return sum(self.errors.get(reason, 0) for reason in reasons)
+
+    def error_design_effect(self) -> float:
+        """How much clustering of errors on devices inflates the variance of the error rate.
+
+        The cluster-robust (linearised ratio) variance of ``errors / inferences`` over the
+        devices, divided by the binomial variance the tests assume, floored at 1: 1 when errors
+        fall evenly, ``1 + (mean inferences per device - 1) × intra-device correlation`` when
+        some devices fail much more than others. Inference errors (:data:`INFERENCE_ERROR_REASONS`)
+        only; 1 when fewer than two devices' sums are known.
+        """
+        m, n = self.error_devices, self.inferences
+        if m < 2 or n <= 0:
+            return 1.0
+        x = self.error_count()
+        rate = x / n
+        # sum over devices of (x_i - rate * n_i)^2, from the three sums
+        spread = (self.device_errors_sq - 2 * rate * self.device_errors_inferences
+                  + rate * rate * self.device_inferences_sq)
+        cluster = m / (m - 1) * max(spread, 0.0) / (n * n)
+        p = (x + 1) / (n + 2)  # as the test adjusts it: an arm without errors has no 0 / 0
+        return max(1.0, cluster / (p * (1 - p) / n))
 
     @property
     def latency_samples(self) -> int:

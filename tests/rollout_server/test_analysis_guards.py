@@ -112,6 +112,46 @@ def test_error_rate_guard():
     assert run(guard, stable, errors_window(100, 500)) is Outcome.INCONCLUSIVE  # too few inferences
 
 
+def devices_window(per_device: list[tuple[int, int]]) -> ArmWindow:
+    """An arm from (errors, inferences) per device, with the per-device sums the server adds."""
+    return ArmWindow(
+        inferences=sum(n for _, n in per_device), errors={"runtime_error": sum(x for x, _ in per_device)},
+        error_devices=len(per_device), device_errors_sq=sum(x * x for x, _ in per_device),
+        device_errors_inferences=sum(x * n for x, n in per_device),
+        device_inferences_sq=sum(n * n for _, n in per_device),
+    )
+
+
+def test_the_design_effect_is_one_for_even_errors_and_large_for_clustered_ones():
+    even = devices_window([(1, 100)] * 100)  # 1% everywhere: less spread than binomial
+    assert even.error_design_effect() == 1.0
+    clustered = devices_window([(50, 100)] * 2 + [(0, 100)] * 98)  # same 1%, on two devices
+    assert clustered.error_design_effect() > 30
+    assert errors_window(100, 10_000).error_design_effect() == 1.0  # per-device sums unknown
+    assert devices_window([(5, 100)]).error_design_effect() == 1.0  # one device: not estimable
+    # the sums add over disjoint devices (device classes pool into the arm)
+    a, b = devices_window([(3, 100), (0, 50)]), devices_window([(9, 80)])
+    assert (a + b).error_design_effect() == devices_window([(3, 100), (0, 50), (9, 80)]).error_design_effect()
+
+
+def test_errors_clustered_on_a_few_canary_devices_are_not_a_significant_regression():
+    """3 of 100 canary devices fail 20% of the time, the rest never: 0.6% overall would be
+    'significantly' above stable's 0.3% if every inference were independent; it is one draw
+    of which devices got unlucky, so the guard holds instead of rolling back."""
+    guard = Guard(Metric.ERROR_RATE)
+    stable = devices_window([(3, 1_000)] * 900)
+    clustered = devices_window([(200, 1_000)] * 3 + [(0, 1_000)] * 97)
+    independent = ArmWindow(inferences=clustered.inferences, errors=clustered.errors)
+    assert run(guard, stable, independent) is Outcome.FAIL
+    verdict = assess_guard(guard, Measurements(stable, clustered), ALPHA)
+    assert verdict.outcome is Outcome.INCONCLUSIVE
+    assert "errors cluster on devices" in verdict.reason
+    assert verdict.stats["pooled"]["canary_design_effect"] > 10
+    # a regression on every canary device is still caught with clustering accounted for
+    everywhere = devices_window([(12, 1_000)] * 100)
+    assert run(guard, stable, everywhere) is Outcome.FAIL
+
+
 def test_error_rate_cap_fails_even_when_stable_is_as_bad():
     verdict = assess_guard(
         Guard(Metric.ERROR_RATE), Measurements(errors_window(800, 10_000), errors_window(800, 10_000)), ALPHA

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from monitoring.buckets import BUCKET_COUNT, histogram
+from rollout_server.analysis import RolloutState
 from rollout_server.controller import step_all
 from rollout_server.db import session_scope
 from rollout_server.models import Model, Rollout
@@ -64,15 +65,16 @@ def assignments(client, fleet) -> dict[str, dict]:
 
 
 def send_window(client, fleet, end: dt.datetime, error_rate: dict[str, float], seed: int,
-                per_device: int = 200) -> None:
+                per_device: int = 200, errors_of: dict[str, int] | None = None) -> None:
     """Every device reports one window: its cohort's error rate and 97% accuracy, as exact counts
     (the canary set changes with the rollout's random salt; exact counts keep the test's outcome
-    from depending on sampling noise), latencies drawn from one distribution."""
+    from depending on sampling noise), latencies drawn from one distribution. ``errors_of``
+    gives some devices their own error count instead."""
     rng = np.random.default_rng(seed)
     for device, credential in fleet:
         body = client.get(f"/v1/devices/{device}/assignment?model=digits-cnn", headers=auth(credential)).json
         cohort = body["cohort"]
-        errors = round(per_device * error_rate[cohort])
+        errors = (errors_of or {}).get(device, round(per_device * error_rate[cohort]))
         latency = histogram(rng.lognormal(np.log(0.004), 0.2, size=per_device - errors))
         report = {"id": str(uuid.uuid4()), "model": "digits-cnn", "version": body["version"],
                   "variant": body["variant"]["id"], "rollout_id": body["rollout_id"], "cohort": cohort,
@@ -142,6 +144,30 @@ def test_a_canary_with_many_more_errors_is_rolled_back_and_everyone_returns_to_s
     assert {a["version"] for a in assignments(client, fleet).values()} == {"1"}
     audit = client.get("/v1/audit", headers=auth(tokens["admin"])).json["entries"]
     assert any(e["action"] == "rollout.rollback" and e["actor"] == "controller" for e in audit)
+
+
+def test_the_controller_sums_each_devices_errors_over_the_stage(app, client, tokens, fleet):
+    """The per-device sums behind the design effect, from the stored reports: two windows per
+    device, so squares of stage totals (not sums of per-window squares) are checked."""
+    from rollout_server.controller import load_measurements
+
+    rollout_id = create(client, tokens).json["id"]
+    start_stage_at(app, rollout_id, T0)
+    errors_of = {device: i % 7 for i, (device, _) in enumerate(fleet)}
+    for window in (1, 2):
+        send_window(client, fleet, T0 + dt.timedelta(seconds=60 * window), {"stable": 0.0, "canary": 0.0},
+                    seed=window, errors_of=errors_of)
+    cohorts = {d: a["cohort"] for d, a in assignments(client, fleet).items()}
+    with session_scope(app) as session:
+        rollout = session.get(Rollout, rollout_id)
+        measured = load_measurements(session, rollout, RolloutState.from_dict(rollout.state))
+    for cohort, arm in (("stable", measured.stable), ("canary", measured.canary)):
+        totals = [(2 * errors_of[d], 2 * 200) for d in errors_of if cohorts[d] == cohort]
+        assert arm.error_devices == len(totals) > 0
+        assert arm.device_errors_sq == sum(x * x for x, _ in totals)
+        assert arm.device_errors_inferences == sum(x * n for x, n in totals)
+        assert arm.device_inferences_sq == sum(n * n for _, n in totals)
+        assert arm.error_design_effect() > 1.0  # 0 to 6 errors per window: far from even
 
 
 def test_no_data_holds_and_never_promotes(app, client, tokens, fleet):

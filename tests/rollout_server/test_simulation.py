@@ -35,6 +35,23 @@ def test_aa_false_rollbacks_at_most_5_percent_of_200(aa_results, record_property
     assert summary["promoted_rate"] >= 0.9  # identical models do get through
 
 
+def test_aa_on_a_clumpy_fleet_stays_within_5_percent_false_rollbacks(record_property):
+    """Per-device error rates spread widely (Gamma factor, variance 3): without the design
+    effect the error-rate test rolled back ~10% of identical candidates."""
+    summary = summarize(run_rollouts(200, SPEC, STABLE, STABLE, seed=20_261_123,
+                                     fleet=Fleet(error_dispersion=3.0)))
+    record_property("aa_clumpy_false_rollback_rate", summary["rolled_back_rate"])
+    assert summary["rolled_back_rate"] <= 0.05
+    assert summary["promoted_rate"] >= 0.8
+
+
+def test_double_error_rate_on_a_clumpy_fleet_is_never_promoted():
+    results = run_rollouts(40, SPEC, STABLE, ArmProfile(error_rate=0.02), seed=11,
+                           fleet=Fleet(error_dispersion=1.0), max_windows=40)
+    assert not any(r.phase is Phase.PROMOTED for r in results)
+    assert any(r.phase is Phase.ROLLED_BACK for r in results)
+
+
 def test_double_error_rate_is_rolled_back(record_property):
     results = run_rollouts(50, SPEC, STABLE, ArmProfile(error_rate=0.02), seed=7)
     summary = summarize(results)
