@@ -59,12 +59,15 @@ def _latency(model: str, cohort: str, bucket: int, per_minute: int) -> list[dict
     return series
 
 
-def _rollout(model: str, phase: str, canary_ratio: float, phases: str | None = None) -> list[dict[str, str]]:
-    """Phase gauges (1 for ``phase``) and the canary share of a model's latest rollout."""
+def _rollout(model: str, phase: str, canary_ratio: float, phases: str | None = None, minutes: int = MINUTES,
+             ratios: str | None = None) -> list[dict[str, str]]:
+    """Phase gauges (1 for ``phase``, or the values ``phases``) and the canary share (constant, or
+    the values ``ratios``) of a model's latest rollout, over ``minutes``."""
     series = [_series("edgeship_rollout_phase", phases if name == phase and phases else
-                      f"{1 if name == phase else 0}x{MINUTES}", model=model, phase=name)
+                      f"{1 if name == phase else 0}x{minutes}", model=model, phase=name)
               for name in ("pending", "running", "paused", "promoted", "rolled_back", "aborted")]
-    series.append(_series("edgeship_rollout_canary_ratio", f"{canary_ratio:g}x{MINUTES}", model=model))
+    ratio = ratios or f"{canary_ratio:g}x{minutes}"
+    series.append(_series("edgeship_rollout_canary_ratio", ratio, model=model))
     return series
 
 
@@ -112,6 +115,9 @@ def promtool_cases() -> list[dict[str, Any]]:
     latency = "EdgeshipCanaryLatencyRegression"
     rollback = "EdgeshipRolloutRolledBack"
     silent = "EdgeshipCohortSilent"
+    paused = "EdgeshipRolloutPaused"
+    stalled = "EdgeshipRolloutStalled"
+    day = 8 * 60  # minutes of series for the stalled case (the alert needs 6h of holding)
     rejected = "EdgeshipReportsRejected"
     controller = "EdgeshipControllerErrors"
     devices = "EdgeshipFleetDevicesDropping"
@@ -157,6 +163,21 @@ def promtool_cases() -> list[dict[str, Any]]:
               _check("5m", silent),
               _check("40m", silent, expect(silent, model="digits-cnn", cohort="canary"),
                      expect(silent, model="new-net", cohort="canary"))),
+        _case("paused: a paused rollout fires after 5m; running, rolled back and resumed ones do not",
+              [*_rollout("paused-net", "paused", 0.1),
+               *_rollout("resumed-net", "running", 0.1, phases="0x10 1x50"),
+               *_rollout("running-net", "running", 0.1),
+               *_rollout("done-net", "rolled_back", 0.0)],
+              _check("3m", paused),
+              _check("20m", paused, expect(paused, model="paused-net"))),
+        _case("stalled: a rollout holding one stage for 6h fires; one that advanced 2h ago, a paused "
+              "one and a promoted one do not",
+              [*_rollout("held-net", "running", 0.1, minutes=day),
+               *_rollout("moving-net", "running", 0.1, minutes=day, ratios=f"0.1x{day - 120} 0.5x120"),
+               *_rollout("paused-net", "paused", 0.1, minutes=day),
+               *_rollout("done-net", "promoted", 0.0, minutes=day)],
+              _check("5h", stalled),
+              _check("7h30m", stalled, expect(stalled, model="held-net"))),
         _case("rejected reports: 20 in 10m fires, 5 in all does not",
               [_series("edgeship_reports_total", _counter(300), outcome="accepted"),
                _series("edgeship_reports_total", _counter(2), outcome="rejected")],

@@ -32,6 +32,11 @@ LATENCY_P95_RATIO = 1.2
 LATENCY_MIN_SAMPLES = 500
 #: window of the canary comparisons and of "no reports".
 ROLLOUT_WINDOW = "10m"
+#: how long a running rollout may hold one stage before it alerts (conditions evaluated on
+#: ``STALLED_WINDOW`` of share history, for ``STALLED_FOR``: a Prometheus younger than that
+#: cannot fire it).
+STALLED_WINDOW = "1h"
+STALLED_FOR = "6h"
 #: refused report batches in the window that alert.
 REJECTED_REPORTS = 10
 #: controller errors in the window that alert (a single transient failure does not).
@@ -129,6 +134,33 @@ ALERTS: tuple[AlertRule, ...] = (
             "The controller rolled back the latest rollout of {{ $labels.model }}: every device gets the "
             "stable release at its next check-in. The reason is in `edgeship rollout status` and the "
             "audit log; fix the candidate before starting a new rollout."),
+    ),
+    AlertRule(
+        name="EdgeshipRolloutPaused",
+        group="edgeship-rollouts",
+        expr=render("rollouts_paused"),
+        for_="5m",
+        severity="warning",
+        summary="Rollout of {{ $labels.model }} is paused",
+        description=(
+            "The latest rollout of {{ $labels.model }} is paused: its canary devices keep the candidate "
+            "and nothing advances until an operator resumes, promotes or aborts it (a fail still rolls "
+            "it back). The controller pauses after repeated analysis errors; `edgeship rollout status` "
+            "shows the reason."),
+    ),
+    AlertRule(
+        name="EdgeshipRolloutStalled",
+        group="edgeship-rollouts",
+        expr=render("rollouts_unchanged", window=STALLED_WINDOW),
+        for_=STALLED_FOR,
+        severity="warning",
+        summary="Rollout of {{ $labels.model }} has held its stage for 6h",
+        description=(
+            "The running rollout of {{ $labels.model }} has not changed its canary share for 6h. Its "
+            "verdicts say why: too few samples (a small or idle canary cohort), or a guard that is "
+            "inconclusive (a regression observed but not significant, e.g. errors clustered on a few "
+            "devices). Decide: abort, promote by hand, or widen the cohort. Silence it for stages that "
+            "are meant to last longer."),
     ),
     AlertRule(
         name="EdgeshipCohortSilent",

@@ -100,6 +100,8 @@ _CANARY = (_MODEL, 'cohort="canary"', _CLASS)
 _STABLE = (_MODEL, 'cohort="stable"', _CLASS)
 _ACTIVE_PHASES = 'phase=~"running|paused"'
 _ROLLED_BACK = 'phase="rolled_back"'
+_PAUSED = 'phase="paused"'
+_RUNNING = 'phase="running"'
 _LE = 'le="$le"'
 
 _INFERENCES = "edgeship_inferences_total"
@@ -237,6 +239,17 @@ QUERIES: dict[str, Query] = {
         " == 1\n)",
         "Models with a rollback in the window. The phase change also catches a model's first "
         "rollback, whose counter series is new and so shows no increase.", "short", "{{model}}"),
+    "rollouts_paused": Query(
+        f"max by (model) ({_sel('edgeship_rollout_phase', _MODEL, _PAUSED)}) == 1",
+        "Models whose latest rollout is paused (by an operator, or by the controller after repeated "
+        "analysis errors): its canary devices stay on the candidate until someone acts.",
+        "short", "{{model}}"),
+    "rollouts_unchanged": Query(
+        f"max by (model) ({_sel('edgeship_rollout_phase', _MODEL, _RUNNING)}) == 1\n"
+        f"and on (model)\nmax by (model) (changes({_sel('edgeship_rollout_canary_ratio', _MODEL)}"
+        "[$window])) == 0",
+        "Running rollouts whose canary share did not change in the window (holding their stage).",
+        "short", "{{model}}"),
     "silent_cohorts": Query(
         f"{_silent('canary', '> 0')}\nor\n{_silent('stable', '< 1')}",
         "Cohorts of an active rollout that should have devices but reported no inferences in the window.",
