@@ -6,11 +6,13 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+import operator
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.engine import Engine
@@ -104,7 +106,8 @@ class ReportWriter:
         marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
         self.sql = f"INSERT INTO {REPORTS.name} ({', '.join(columns)}) VALUES ({marks})"
         self.totals_sql = _totals_upsert(dialect.paramstyle)
-        processors = [REPORTS.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
+        processors = [_faster(REPORTS.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+                      for name in columns]
         self.processors = [(i, f) for i, f in enumerate(processors[:-1]) if f is not None]
         self.received_processor = processors[-1]
         self.lock = threading.Lock() if dialect.name == "sqlite" else contextlib.nullcontext()
@@ -237,6 +240,30 @@ class ReportWriter:
                 raise
 
 
+#: datetimes a bind processor of a datetime column must store as :func:`_iso_datetime` does
+#: before that one may stand in for it (naive and aware, at the ends of the range).
+_PROBE_TIMES = (dt.datetime(2026, 1, 2, 3, 4, 5, 6), dt.datetime(1, 1, 1),
+                dt.datetime(9999, 12, 31, 23, 59, 59),
+                dt.datetime(2026, 6, 30, 12, 0, 0, 999999, tzinfo=dt.timezone.utc))
+
+
+def _iso_datetime(value: dt.datetime | None) -> str | None:
+    """``YYYY-MM-DD HH:MM:SS.ffffff`` (SQLAlchemy's SQLite storage format), in C."""
+    return None if value is None else value.isoformat(" ", "microseconds")[:26]
+
+
+def _faster(processor: Any) -> Any:
+    """:func:`_iso_datetime` where it stores what ``processor`` stores (SQLite's datetimes, which
+    SQLAlchemy formats field by field in Python, three per row), else ``processor``."""
+    if processor is None:
+        return None
+    try:
+        same = all(processor(value) == _iso_datetime(value) for value in _PROBE_TIMES)
+    except Exception:  # not a datetime column
+        return processor
+    return _iso_datetime if same else processor
+
+
 class _Pending:
     """A batch waiting for its transaction."""
 
@@ -287,11 +314,13 @@ def _store_with_duplicates(device: DeviceSnapshot, rows: list[tuple[Any, ...]]):
 
 
 def _parse_batch(device: DeviceSnapshot) -> list[tuple[Any, ...]]:
-    items = field(json_body(), "reports", list)
-    if not 1 <= len(items) <= MAX_BATCH:
-        raise ApiError(f"field 'reports' must hold 1 to {MAX_BATCH} reports")
     known = current_app.extensions.setdefault("edgeship.known_ids", {})
-    rows = [_fast_row(item, device, known) or _parse(item, i, device) for i, item in enumerate(items)]
+    rows = _fast_rows(request.get_data(cache=True), device, known) if request.is_json else None
+    if rows is None:
+        items = field(json_body(), "reports", list)
+        if not 1 <= len(items) <= MAX_BATCH:
+            raise ApiError(f"field 'reports' must hold 1 to {MAX_BATCH} reports")
+        rows = [_parse(item, i, device) for i, item in enumerate(items)]
     if len({row[0] for row in rows}) != len(rows):
         raise ApiError("report ids repeat within the batch")
     return rows
@@ -391,22 +420,20 @@ REPORTS = Report.__table__
 #: ``report_totals`` rows per key: each writing process adds to its own (pid modulo this).
 TOTAL_SHARDS = 16
 _TOTAL_KEY = ("model_id", "variant_id", "cohort", "device_class")
-_KEY_AT = tuple(COLUMNS.index(name) for name in _TOTAL_KEY)
-_SUMMED_AT = tuple(COLUMNS.index(name) for name in TOTALLED)
+_key_of = operator.itemgetter(*(COLUMNS.index(name) for name in _TOTAL_KEY))
+_summed_of = operator.itemgetter(*(COLUMNS.index(name) for name in TOTALLED))
 
 
 def report_totals(rows: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], list[Any]]:
     """Rows (in :data:`COLUMNS` order) summed per ``report_totals`` key: [reports, *TOTALLED]."""
     totals: dict[tuple[Any, ...], list[Any]] = {}
     for row in rows:
-        key = tuple(row[i] for i in _KEY_AT)
+        key = _key_of(row)
         sums = totals.get(key)
         if sums is None:
-            totals[key] = [1, *(row[i] for i in _SUMMED_AT)]
+            totals[key] = [1, *_summed_of(row)]
         else:
-            sums[0] += 1
-            for j, i in enumerate(_SUMMED_AT, 1):
-                sums[j] += row[i]
+            totals[key] = [sums[0] + 1, *map(operator.add, sums[1:], _summed_of(row))]
     return totals
 
 
@@ -433,80 +460,91 @@ def _totals_upsert(paramstyle: str) -> str:
     updates = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in added)
     return (f"INSERT INTO {table} ({', '.join((*key, *added))}) VALUES ({marks}) "
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+
+
 _MAX_COUNT = 10**12
-_OPTIONAL_COUNTS = ("labelled", "correct", "shadow_samples", "shadow_agree", "peak_rss_bytes")
+_Count = Annotated[int, msgspec.Meta(ge=0, le=_MAX_COUNT)]
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class _PlainReport(msgspec.Struct):
+    """A report every field of which is plainly fine (the fast path's type and range checks).
+
+    Unknown fields are ignored, as :func:`_report` ignores them; cross-field checks and the
+    lookups of model, release and rollout are :func:`_fast_rows`'s.
+    """
+
+    id: _Id
+    model: str
+    version: str
+    variant: _Id
+    cohort: Literal["stable", "canary"]
+    window_start: str
+    window_end: str
+    inferences: _Count
+    latency_counts: Annotated[list[_Count], msgspec.Meta(min_length=BUCKET_COUNT, max_length=BUCKET_COUNT)]
+    rollout_id: Annotated[int, msgspec.Meta(ge=0, lt=2**31)] | None = None
+    errors: dict[str, _Count | None] | None = None
+    latency_sum_seconds: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
+    labelled: _Count | None = None
+    correct: _Count | None = None
+    shadow_samples: _Count | None = None
+    shadow_agree: _Count | None = None
+    peak_rss_bytes: _Count | None = None
+    dropped_windows: Annotated[int, msgspec.Meta(ge=0, le=10**6)] | None = None
+
+
+class _PlainBatch(msgspec.Struct):
+    reports: Annotated[list[_PlainReport], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+_DECODE_PLAIN = msgspec.json.Decoder(_PlainBatch).decode
 _REASONS = frozenset(ERROR_REASONS)
 
 
-class _Slow(Exception):
-    """The fast path's way out: :func:`_report` decides (and names the reason if it refuses)."""
+def _fast_rows(body: bytes, device: DeviceSnapshot, known: dict) -> list[tuple[Any, ...]] | None:
+    """The rows :func:`_parse` would build from a batch whose every report is plainly fine and
+    whose models, releases and rollouts this process found before; None otherwise (then each
+    report goes through :func:`_parse`, which names what is wrong).
 
-
-def _count(value: Any, maximum: int = _MAX_COUNT) -> int:
-    if value is None:
-        return 0
-    if type(value) is int and 0 <= value <= maximum:
-        return value
-    raise _Slow
-
-
-def _time(value: Any) -> dt.datetime:
-    if type(value) is not str:
-        raise _Slow
+    The JSON is decoded and type- and range-checked in one C pass (msgspec) into
+    :class:`_PlainReport`; what is left is Python's. It accepts a subset of what :func:`_parse`
+    accepts and builds the same values (tests check both agree, and that it refuses every kind
+    of bad field :func:`_parse` refuses).
+    """
     try:
-        return utc_time(value)
-    except ValueError:
-        raise _Slow from None
-
-
-def _fast_row(data: Any, device: DeviceSnapshot, known: dict) -> tuple[Any, ...] | None:
-    """The row :func:`_report` would build, for a report whose every field is plainly fine and
-    whose model, release and rollout this process found before; None otherwise (then
-    :func:`_report` checks it field by field and names what is wrong). It accepts a subset of
-    what :func:`_report` accepts and builds the same values (tests check both paths agree)."""
-    if type(data) is not dict:
+        reports = _DECODE_PLAIN(body).reports
+    except msgspec.DecodeError:  # malformed JSON, or a field of a wrong type or out of range
         return None
-    get = data.get
-    try:
-        report_id, variant, cohort = get("id"), get("variant"), get("cohort")
-        if (type(report_id) is not str or not 0 < len(report_id) <= 64 or type(variant) is not str
-                or not 0 < len(variant) <= 64 or (cohort != "stable" and cohort != "canary")):
-            return None
-        model_id = known.get(("model", get("model")))  # keys of found ids passed the full checks
-        release_id = known.get(("release", model_id, get("version")))
+    rows = []
+    for r in reports:
+        model_id = known.get(("model", r.model))  # keys of found ids passed the full checks
+        release_id = known.get(("release", model_id, r.version))
         if model_id is None or release_id is None:
             return None
-        rollout_id = get("rollout_id")
-        if rollout_id is not None and (type(rollout_id) is not int or not 0 <= rollout_id < 2**31
-                                       or known.get(("rollout", rollout_id)) is None):
+        rollout_id = r.rollout_id
+        if rollout_id is not None and known.get(("rollout", rollout_id)) is None:
             return None
-        start, end = _time(get("window_start")), _time(get("window_end"))
-        if end < start:
+        try:
+            start, end = utc_time(r.window_start), utc_time(r.window_end)
+        except ValueError:
             return None
-        errors = get("errors")
+        latency, inferences = r.latency_counts, r.inferences
+        if end < start or sum(latency) > inferences:
+            return None
+        errors = r.errors
         if errors is None:
-            errors = {}
-        elif type(errors) is not dict or not _REASONS.issuperset(errors):
+            error_counts = [0] * len(ERROR_REASONS)
+        elif not _REASONS.issuperset(errors):
             return None
-        error_counts = [_count(errors.get(reason)) for reason in ERROR_REASONS]
-        latency = get("latency_counts")
-        if (type(latency) is not list or len(latency) != BUCKET_COUNT
-                or not {int}.issuperset(map(type, latency)) or min(latency) < 0 or max(latency) > _MAX_COUNT):
-            return None
-        inferences = get("inferences")
-        if type(inferences) is not int or not 0 <= inferences <= _MAX_COUNT or sum(latency) > inferences:
-            return None
-        latency_sum = get("latency_sum_seconds")
-        if latency_sum is None:
-            latency_sum = 0.0
-        elif (type(latency_sum) is not float and type(latency_sum) is not int) or not 0 <= latency_sum <= 1e9:
-            return None
-        labelled, correct, shadow, agree, peak_rss = (_count(get(key)) for key in _OPTIONAL_COUNTS)
+        else:
+            error_counts = [errors.get(reason) or 0 for reason in ERROR_REASONS]
+        labelled, correct = r.labelled or 0, r.correct or 0
+        shadow, agree = r.shadow_samples or 0, r.shadow_agree or 0
         if correct > labelled or agree > shadow:
             return None
-        dropped = _count(get("dropped_windows"), 10**6)
-    except (_Slow, TypeError):  # TypeError: an unhashable model or version (a list, an object)
-        return None
-    return (report_id, device.id, model_id, release_id, variant, rollout_id, cohort, device.device_class,
-            start, end, inferences, labelled, correct, shadow, agree, peak_rss or None, dropped,
-            float(latency_sum), *error_counts, *latency)
+        rows.append((r.id, device.id, model_id, release_id, r.variant, rollout_id, r.cohort,
+                     device.device_class, start, end, inferences, labelled, correct, shadow, agree,
+                     r.peak_rss_bytes or None, r.dropped_windows or 0, float(r.latency_sum_seconds or 0.0),
+                     *error_counts, *latency))
+    return rows

@@ -4,10 +4,13 @@ each id at most once per device (also under concurrent retries)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import random
 import threading
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
 from rollout_server.api import reports as ingest
@@ -48,6 +51,13 @@ def _pending(writer, rows: list) -> ingest._Pending:
     return ingest._Pending(writer._params(rows), ingest.report_totals(rows))
 
 
+def _fast_row(data, device: DeviceSnapshot, known: dict) -> tuple | None:
+    """The fast path's row for a batch of this one report (None: left to the field checks)."""
+    rows = ingest._fast_rows(json.dumps({"reports": [data]}).encode(), device, known)
+    assert rows is None or len(rows) == 1
+    return rows[0] if rows else None
+
+
 def _known(app, client, tokens) -> tuple[dict, DeviceSnapshot]:
     """Fill the app's known ids through one report, and the device the rows are for."""
     device_id, credential = register(client, tokens["enroll"])
@@ -69,7 +79,7 @@ def test_the_fast_path_builds_the_rows_the_checks_build(app, client, tokens, sta
     known, device = _known(app, client, tokens)
     data = report("same", **overrides)
     with app.test_request_context():
-        fast = ingest._fast_row(data, device, known)
+        fast = _fast_row(data, device, known)
         slow = ingest._parse(data, 0, device)
     assert fast is not None and fast == slow
     assert [type(v) for v in fast] == [type(v) for v in slow]
@@ -89,14 +99,45 @@ def test_the_fast_path_builds_the_rows_the_checks_build(app, client, tokens, sta
 def test_the_fast_path_leaves_anything_doubtful_to_the_checks(app, client, tokens, stable_release, overrides):
     known, device = _known(app, client, tokens)
     with app.test_request_context():
-        assert ingest._fast_row(report("doubtful", **overrides), device, known) is None
-    assert ingest._fast_row(["not", "an", "object"], device, known) is None
+        assert _fast_row(report("doubtful", **overrides), device, known) is None
+    assert _fast_row(["not", "an", "object"], device, known) is None
+
+
+def test_the_fast_path_takes_a_batch_only_when_every_report_is_plain(app, client, tokens, stable_release):
+    known, device = _known(app, client, tokens)
+    good, bad = report("one"), report("two", inferences="many")
+    with app.test_request_context():
+        both = json.dumps({"reports": [good, report("two")]}).encode()
+        assert [row[0] for row in ingest._fast_rows(both, device, known)] == ["one", "two"]
+        for body in ({"reports": [good, bad]}, {"reports": []}, {"reports": [good] * 101}, {"reports": good},
+                     {"batch": [good]}, [good]):
+            assert ingest._fast_rows(json.dumps(body).encode(), device, known) is None, body
+        assert ingest._fast_rows(b'{"reports": [', device, known) is None
+        assert ingest._fast_rows("\u00e9".encode("latin-1"), device, known) is None
+
+
+def test_the_sqlite_writer_formats_datetimes_as_sqlalchemy_does():
+    processor = sqlite.DATETIME().bind_processor(sqlite.dialect())
+    assert ingest._faster(processor) is ingest._iso_datetime
+    rng = random.Random(4)
+    for _ in range(2000):
+        value = dt.datetime(rng.randint(1, 9999), rng.randint(1, 12), rng.randint(1, 28), rng.randint(0, 23),
+                            rng.randint(0, 59), rng.randint(0, 59), rng.choice([0, rng.randint(0, 999_999)]),
+                            tzinfo=rng.choice([None, dt.timezone.utc]))
+        assert ingest._iso_datetime(value) == processor(value)
+    # another storage format, or a processor of another type, is kept as it is
+    other = sqlite.DATETIME(storage_format="%(year)04d/%(month)02d/%(day)02d %(hour)02d:%(minute)02d:"
+                            "%(second)02d").bind_processor(sqlite.dialect())
+    assert ingest._faster(other) is other
+    as_float = sqlite.FLOAT().bind_processor(sqlite.dialect())
+    assert ingest._faster(as_float) is as_float
+    assert ingest._faster(None) is None
 
 
 def test_the_writer_stores_all_rows_or_none(app, client, tokens, stable_release):
     known, device = _known(app, client, tokens)
     with app.test_request_context():
-        rows = [ingest._fast_row(report(f"w-{i}"), device, known) for i in range(3)]
+        rows = [_fast_row(report(f"w-{i}"), device, known) for i in range(3)]
         writer = ingest._writer(app)
         writer.insert(rows[:1])
         with pytest.raises(IntegrityError):
@@ -201,8 +242,8 @@ def test_a_group_with_a_stored_id_fails_only_that_batch(app, client, tokens, sta
     known, device = _known(app, client, tokens)
     with app.test_request_context():
         writer = ingest._writer(app)
-        rows = {i: [ingest._fast_row(report(f"g-{i}"), device, known)] for i in range(4)}
-        writer.insert([ingest._fast_row(report("g-1"), device, known)])
+        rows = {i: [_fast_row(report(f"g-{i}"), device, known)] for i in range(4)}
+        writer.insert([_fast_row(report("g-1"), device, known)])
         group = [_pending(writer, rows[0]), _pending(writer, rows[1] + rows[3]), _pending(writer, rows[2])]
         writer._write_group(group)
     assert all(entry.done for entry in group)
@@ -217,7 +258,7 @@ def test_concurrent_writers_each_get_their_own_outcome(app, client, tokens, stab
     known, device = _known(app, client, tokens)
     with app.test_request_context():
         writer = ingest._writer(app)
-        batches = [[ingest._fast_row(report(f"p-{i}-{k}"), device, known) for k in range(3)]
+        batches = [[_fast_row(report(f"p-{i}-{k}"), device, known) for k in range(3)]
                    for i in range(40)]
     batches.append(batches[0])  # a retry of the first batch, racing it
     outcomes: list[str] = []
