@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g
 from sqlalchemy import create_engine, event, text
@@ -69,15 +69,23 @@ def _ping_idle_connections(engine: Engine) -> None:
         idle_since = record.info.get("edgeship.idle_since")
         if idle_since is None or time.monotonic() - idle_since <= PING_IDLE_SECONDS:
             return
+        failure = ping(dbapi_connection)
+        if failure is not None:
+            raise DisconnectionError(f"pooled connection failed its ping: {failure}") from failure
+
+
+def ping(dbapi_connection: Any) -> Exception | None:
+    """``SELECT 1`` on a DB-API connection: None if it answered, else what went wrong."""
+    try:
+        cursor = dbapi_connection.cursor()
         try:
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute("SELECT 1")
-            finally:
-                cursor.close()
-            dbapi_connection.rollback()
-        except Exception as err:  # any failure: a connection not worth keeping
-            raise DisconnectionError(f"pooled connection failed its ping: {err}") from err
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()
+    except Exception as err:  # any failure: a connection not worth keeping
+        return err
+    return None
 
 
 #: key of the PostgreSQL advisory lock held while the schema is migrated (any constant would do;

@@ -9,6 +9,7 @@ import json
 import operator
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from monitoring.buckets import BUCKET_COUNT
+from rollout_server import db as dbmod
 from rollout_server.api.metrics import bump
 from rollout_server.auth import current_device
 from rollout_server.db import db
@@ -38,6 +40,8 @@ from rollout_server.validation import NAME, count, field, json_body, short_text,
 
 bp = Blueprint("reports", __name__, url_prefix="/v1")
 MAX_BATCH = 100
+#: the most rows the writer puts in one transaction (a group of batches; one batch may be more).
+MAX_GROUP_ROWS = 1000
 MODEL_ID = select(Model.id).where(Model.name == bindparam("name"))
 RELEASE_ID = select(Release.id).where(Release.model_id == bindparam("model_id"),
                                       Release.version == bindparam("version"))
@@ -83,14 +87,23 @@ def _answer(accepted: list[str], duplicates: list[str]) -> Response:
 
 
 class ReportWriter:
-    """Inserts report rows (tuples in :data:`COLUMNS` order) with one prepared statement.
+    """Inserts report rows (tuples in :data:`COLUMNS` order) and adds them to ``report_totals``.
 
-    The statement is plain SQL run as one executemany: no SQL compilation and no per-row
-    parameter dicts. Values pass through the column types' own bind processors, so rows are
-    stored exactly as a Core insert stores them. On PostgreSQL (and in-memory SQLite) it runs
-    through the engine (``exec_driver_sql``), which wraps errors and handles disconnects. On a
-    SQLite file each process keeps one connection of the engine for it (the process's writers
-    take turns anyway, see below): no pool checkout, no SQLAlchemy transaction objects.
+    Plain SQL, prepared once: no SQL compilation and no per-row parameter dicts.
+
+    * **SQLite file:** one executemany of the rows and an upsert of their totals, in one
+      transaction. Values pass through the column types' own bind processors (or
+      :func:`_iso_datetime` where it stores the same), so rows are stored exactly as a Core insert
+      stores them.
+    * **PostgreSQL:** one statement, in autocommit, with the rows as one JSON parameter
+      (:func:`_insert_and_add_sql`): one round trip per transaction where BEGIN, INSERT, upsert
+      and COMMIT took four, and one short parameter list where 40 per row made psycopg parse the
+      statement again at every call.
+    * **In-memory SQLite** (tests): through the engine, in a transaction.
+
+    On a file and on PostgreSQL each process holds one connection of the engine's pool for it
+    (the process's writers take turns anyway, see :meth:`insert`), pinged before use after
+    ``db.PING_IDLE_SECONDS`` idle, and replaced after any error but a stored id.
 
     On SQLite, writers take turns before they start the transaction: the threads of a process on
     a lock, the processes on an ``flock`` of ``<database>.ingest-lock``. A writer that instead
@@ -106,6 +119,9 @@ class ReportWriter:
         marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
         self.sql = f"INSERT INTO {REPORTS.name} ({', '.join(columns)}) VALUES ({marks})"
         self.totals_sql = _totals_upsert(dialect.paramstyle)
+        #: PostgreSQL: rows and totals in one autocommit statement (:func:`_insert_and_add_sql`)
+        self.postgres = dialect.name == "postgresql"
+        self.postgres_sql = _insert_and_add_sql(dialect, columns) if self.postgres else None
         processors = [_faster(REPORTS.c[name].type.dialect_impl(dialect).bind_processor(dialect))
                       for name in columns]
         self.processors = [(i, f) for i, f in enumerate(processors[:-1]) if f is not None]
@@ -115,7 +131,8 @@ class ReportWriter:
         in_memory = not database or database == ":memory:" or engine.url.query.get("mode") == "memory"
         self.lock_path = None if in_memory else f"{database}.ingest-lock"
         self._lock_file: tuple[int, Any] | None = None  # (pid, file): one per process
-        self._connection: tuple[int, Any] | None = None  # (pid, pooled connection) on a SQLite file
+        self._connection: tuple[int, Any] | None = None  # (pid, pooled connection): SQLite file, PostgreSQL
+        self._used = 0.0  # when the held connection was last handed out (time.monotonic)
         self._mutex = threading.Lock()
         self._pending: list[_Pending] = []
         self._leading = False
@@ -141,12 +158,13 @@ class ReportWriter:
 
         Group commit: batches that arrive while another thread of the process writes are
         written together, in one transaction, by one of them (the leader); each caller returns
-        once the transaction holding its batch committed. If that transaction fails on an id
+        once the transaction holding its batch committed. A group holds whole batches, up to
+        :data:`MAX_GROUP_ROWS` rows (more only for one batch alone). If that transaction fails on an id
         stored before, every batch of the group is written again in its own transaction, so a
         batch is still stored all or none and only the batch with the stored id gets the
         IntegrityError.
         """
-        entry = _Pending(self._params(rows), report_totals(rows))
+        entry = _Pending(self._params(rows), {} if self.postgres else report_totals(rows))
         with self._mutex:
             self._pending.append(entry)
             lead = not self._leading
@@ -160,8 +178,15 @@ class ReportWriter:
 
     def _lead(self, own: _Pending) -> None:
         while not own.done:
-            with self._mutex:
-                group, self._pending = self._pending, []
+            with self._mutex:  # the batches waiting, up to MAX_GROUP_ROWS rows (at least one batch)
+                size = 0
+                for taken, entry in enumerate(self._pending):
+                    size += len(entry.params)
+                    if taken and size > MAX_GROUP_ROWS:
+                        break
+                else:
+                    taken = len(self._pending)
+                group, self._pending = self._pending[:taken], self._pending[taken:]
             self._write_group(group)
         with self._mutex:  # hand over: the next waiting batch leads, else nobody does
             if self._pending:
@@ -214,17 +239,17 @@ class ReportWriter:
 
     def _write(self, params: list[Any], totals: dict[tuple[Any, ...], list[Any]]) -> None:
         """Insert the rows and add their totals, in one transaction."""
+        if self.postgres:
+            self._write_postgres(params)
+            return
         if self.lock_path is None:
             with self._turn(), self.engine.begin() as connection:
-                # one row: execute (psycopg runs executemany as a pipeline, which costs more for one)
-                connection.exec_driver_sql(self.sql, tuple(params[0]) if len(params) == 1 else params)
+                connection.exec_driver_sql(self.sql, params)
                 for added in self.totals_params(totals):  # mostly one key: execute, not executemany
                     connection.exec_driver_sql(self.totals_sql, added)
             return
         with self._turn():
-            if self._connection is None or self._connection[0] != os.getpid():
-                self._connection = (os.getpid(), self.engine.raw_connection())
-            pooled = self._connection[1]
+            pooled = self._held()
             connection = pooled.dbapi_connection
             try:
                 connection.executemany(self.sql, params)  # pysqlite begins the transaction first
@@ -232,12 +257,50 @@ class ReportWriter:
                     connection.execute(self.totals_sql, added)
                 connection.commit()
             except BaseException as err:
-                rolled_back = _rollback(connection)
-                if rolled_back and isinstance(err, self.engine.dialect.loaded_dbapi.IntegrityError):
-                    raise IntegrityError(self.sql, None, err) from err
-                self._connection = None  # anything else: a fresh connection for the next batch
-                pooled.invalidate()
+                self._failed(err, _rollback(connection))
                 raise
+
+    def _write_postgres(self, params: list[Any]) -> None:
+        """One autocommit statement (:func:`_insert_and_add_sql`): one round trip per group.
+
+        The process's writers take turns anyway (one leader at a time), so they share one
+        connection, held out of the pool like SQLite's and set to autocommit once.
+        """
+        pooled = self._held()
+        connection = pooled.dbapi_connection
+        try:
+            if not connection.autocommit:
+                connection.autocommit = True
+            rows = json.dumps(params, default=_json_time, separators=(",", ":"))
+            connection.execute(self.postgres_sql, (rows, os.getpid() % TOTAL_SHARDS))
+        except BaseException as err:  # autocommit: a failed statement left nothing to roll back
+            self._failed(err, not connection.closed)
+            raise
+
+    def _held(self) -> Any:
+        """This process's pooled connection for writing reports, taken from the pool once and
+        held; pinged first when unused for ``db.PING_IDLE_SECONDS`` (a database restart or an
+        idle timeout may have closed it) and replaced if the ping fails, as the pool does."""
+        now = time.monotonic()
+        if self._connection is not None and self._connection[0] == os.getpid() \
+                and now - self._used > dbmod.PING_IDLE_SECONDS \
+                and dbmod.ping(self._connection[1].dbapi_connection) is not None:
+            self._connection[1].invalidate()
+            self._connection = None
+        if self._connection is None or self._connection[0] != os.getpid():  # none yet, or forked
+            self._connection = (os.getpid(), self.engine.raw_connection())
+        self._used = now
+        return self._connection[1]
+
+    def _failed(self, err: BaseException, still_usable: bool) -> None:
+        """After a failed write: an id stored before becomes SQLAlchemy's IntegrityError (the
+        connection stays); anything else drops the connection (a fresh one for the next write)."""
+        if still_usable and isinstance(err, self.engine.dialect.loaded_dbapi.IntegrityError):
+            raise IntegrityError(self.sql, None, err) from err
+        pooled = self._connection[1] if self._connection else None
+        self._connection = None
+        if pooled is not None:
+            pooled.invalidate()
 
 
 #: datetimes a bind processor of a datetime column must store as :func:`_iso_datetime` does
@@ -449,6 +512,41 @@ def merge_totals(parts: Iterable[dict[tuple[Any, ...], list[Any]]]) -> dict[tupl
                 for j, value in enumerate(sums):
                     into[j] += value
     return merged
+
+
+def _json_time(value: Any) -> str:
+    """A datetime of a report row in JSON (ISO 8601; a naive one is UTC, as everywhere here)."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat() if value.tzinfo else f"{value.isoformat()}+00:00"
+    raise TypeError(f"{type(value).__name__} in a report row")
+
+
+def _cast(name: str, dialect: Any) -> str:
+    """The SQL type a JSON value becomes for column ``name``: strings as ``text``, so a value
+    too long for the column fails the insert (a cast to ``varchar(n)`` would cut it)."""
+    compiled = REPORTS.c[name].type.compile(dialect=dialect)
+    return "text" if compiled.startswith("VARCHAR") else compiled
+
+
+def _insert_and_add_sql(dialect: Any, columns: tuple[str, ...]) -> str:
+    """PostgreSQL: insert reports and add them to ``report_totals``, in one statement.
+
+    One statement is atomic on its own, so it runs in autocommit: one round trip per batch
+    (BEGIN, INSERT, upsert and COMMIT were four). Its parameters are the rows as one JSON
+    array of arrays (values in ``columns`` order), then the writer's shard.
+    """
+    table = ReportTotal.__tablename__
+    key = ", ".join(_TOTAL_KEY)
+    added = ("reports", *TOTALLED)
+    values = ", ".join(f"(r->>{i})::{_cast(name, dialect)}" for i, name in enumerate(columns))
+    updates = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in added)
+    return (f"WITH new AS (INSERT INTO {REPORTS.name} ({', '.join(columns)}) "
+            f"SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS r "
+            f"RETURNING {key}, {', '.join(TOTALLED)}) "
+            f"INSERT INTO {table} ({key}, shard, {', '.join(added)}) "
+            f"SELECT {key}, %s, count(*), {', '.join(f'sum({name})' for name in TOTALLED)} "
+            f"FROM new GROUP BY {key} "
+            f"ON CONFLICT ({key}, shard) DO UPDATE SET {updates}")
 
 
 def _totals_upsert(paramstyle: str) -> str:

@@ -14,11 +14,26 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
 from rollout_server.api import reports as ingest
+from rollout_server.app import create_app
 from rollout_server.db import session_scope
 from rollout_server.hot_cache import DeviceSnapshot
 from rollout_server.models import TOTALLED, Report, ReportTotal
 from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
 from tests.rollout_server.test_devices_and_reports import report
+
+
+@pytest.fixture
+def app(request, tmp_path):
+    """conftest's app on SQLite; on PostgreSQL too for the tests marked with :data:`BOTH`."""
+    config = {"DATA_DIR": str(tmp_path / "server"), "CONTROLLER_ENABLED": False}
+    if getattr(request, "param", "sqlite") == "postgresql":
+        config["DATABASE_URL"] = request.getfixturevalue("pg_url")
+    return create_app(config)
+
+
+#: the writer stores differently on each backend (SQLite: executemany + upsert in a transaction;
+#: PostgreSQL: one autocommit statement): its tests run on both.
+BOTH = pytest.mark.parametrize("app", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture
@@ -134,6 +149,7 @@ def test_the_sqlite_writer_formats_datetimes_as_sqlalchemy_does():
     assert ingest._faster(None) is None
 
 
+@BOTH
 def test_the_writer_stores_all_rows_or_none(app, client, tokens, stable_release):
     known, device = _known(app, client, tokens)
     with app.test_request_context():
@@ -147,6 +163,7 @@ def test_the_writer_stores_all_rows_or_none(app, client, tokens, stable_release)
     assert all(r.received_at is not None for r in stored)
 
 
+@BOTH
 def test_a_retried_batch_is_stored_once_and_answered_as_duplicates(client, tokens, stable_release, app):
     device_id, credential = register(client, tokens["enroll"])
     batch = {"reports": [report(f"b-{i}") for i in range(10)]}
@@ -167,6 +184,7 @@ def test_a_retried_batch_is_stored_once_and_answered_as_duplicates(client, token
     assert_totals_match_reports(app)
 
 
+@BOTH
 def test_concurrent_retries_store_each_id_once(live_server, app, tokens, stable_release):
     import requests
 
@@ -196,6 +214,7 @@ def test_concurrent_retries_store_each_id_once(live_server, app, tokens, stable_
     assert_totals_match_reports(app)
 
 
+@BOTH
 @pytest.mark.parametrize(("start", "end"), [
     ("2026-01-01T00:00:00Z", "2026-01-01T00:00:30Z"),
     ("2026-01-01T00:00:00", "2026-01-01T00:00:30+00:00"),  # no offset: UTC
@@ -238,6 +257,32 @@ def test_a_dead_idle_postgresql_connection_is_replaced_at_checkout(pg_url, monke
         admin.dispose()
 
 
+@pytest.mark.parametrize("app", ["postgresql"], indirect=True)
+def test_the_writer_replaces_its_connection_when_it_died_while_idle(app, client, tokens, stable_release,
+                                                                    monkeypatch, pg_url):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from rollout_server import db as dbmod
+
+    known, device = _known(app, client, tokens)
+    with app.test_request_context():
+        writer = ingest._writer(app)
+        pid = writer._held().dbapi_connection.info.backend_pid
+        admin = create_engine(pg_url, poolclass=NullPool)
+        try:
+            with admin.connect() as connection:  # the held connection dies while idle (a restart, a timeout)
+                assert connection.scalar(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
+        finally:
+            admin.dispose()
+        monkeypatch.setattr(dbmod, "PING_IDLE_SECONDS", -1.0)  # the held connection counts as idle
+        writer.insert([_fast_row(report("after-restart"), device, known)])
+        assert writer._held().dbapi_connection.info.backend_pid != pid
+    assert "after-restart" in [r.report_id for r in _rows(app, device.id)]
+    assert_totals_match_reports(app)
+
+
+@BOTH
 def test_a_group_with_a_stored_id_fails_only_that_batch(app, client, tokens, stable_release):
     known, device = _known(app, client, tokens)
     with app.test_request_context():
@@ -254,10 +299,22 @@ def test_a_group_with_a_stored_id_fails_only_that_batch(app, client, tokens, sta
     assert_totals_match_reports(app)
 
 
-def test_concurrent_writers_each_get_their_own_outcome(app, client, tokens, stable_release):
+@BOTH
+@pytest.mark.parametrize("group_rows", [ingest.MAX_GROUP_ROWS, 7])
+def test_concurrent_writers_each_get_their_own_outcome(app, client, tokens, stable_release, group_rows,
+                                                       monkeypatch):
+    monkeypatch.setattr(ingest, "MAX_GROUP_ROWS", group_rows)
     known, device = _known(app, client, tokens)
     with app.test_request_context():
         writer = ingest._writer(app)
+        groups: list[int] = []  # rows per transaction
+        write_group = writer._write_group
+
+        def counted(group: list) -> None:
+            groups.append(sum(len(entry.params) for entry in group))
+            write_group(group)
+
+        monkeypatch.setattr(writer, "_write_group", counted)
         batches = [[_fast_row(report(f"p-{i}-{k}"), device, known) for k in range(3)]
                    for i in range(40)]
     batches.append(batches[0])  # a retry of the first batch, racing it
@@ -278,4 +335,5 @@ def test_concurrent_writers_each_get_their_own_outcome(app, client, tokens, stab
     assert sorted(outcomes) == ["ok"] * 40 + ["stored before"]
     assert len([r for r in _rows(app, device.id) if r.report_id.startswith("p-")]) == 120
     assert not writer._leading and not writer._pending
+    assert max(groups) <= max(group_rows, 3)  # a group holds whole batches of 3, up to the cap
     assert_totals_match_reports(app)
