@@ -97,8 +97,9 @@ class ReportWriter:
       stores them.
     * **PostgreSQL:** one statement, in autocommit, with the rows as one JSON parameter
       (:func:`_insert_and_add_sql`): one round trip per transaction where BEGIN, INSERT, upsert
-      and COMMIT took four, and one short parameter list where 40 per row made psycopg parse the
-      statement again at every call.
+      and COMMIT took four. (Multi-row VALUES would be 40 parameters per row, and psycopg
+      parses a statement of over 50 again at every call; ``unnest`` of one array per column
+      makes psycopg adapt 40 lists in Python.)
     * **In-memory SQLite** (tests): through the engine, in a transaction.
 
     On a file and on PostgreSQL each process holds one connection of the engine's pool for it
