@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,12 @@ def scenario(
     """Run ``runs`` seeded rollouts of one scenario and summarise them."""
     spec = kwargs.pop("spec", GuardSpec.default())
     started = time.perf_counter()
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {runs} rollouts ...", file=sys.stderr, flush=True)
     summary = summarize(run_rollouts(runs, spec, ArmProfile(), canary, seed=seed, **kwargs))
-    return {"scenario": name, "target": target, **summary, "seconds": round(time.perf_counter() - started, 2)}
+    seconds = round(time.perf_counter() - started, 2)
+    print(f"    rolled back {summary['rolled_back_rate']:.1%}, promoted {summary['promoted_rate']:.1%} "
+          f"({seconds:.0f} s)", file=sys.stderr, flush=True)
+    return {"scenario": name, "target": target, **summary, "seconds": seconds}
 
 
 def canary_share(devices: int = 10_000, salt: str = "rollout-bench") -> dict[str, Any]:
@@ -93,6 +98,15 @@ def run(runs: int, seed: int) -> list[dict[str, Any]]:
         scenario("error rate 1% -> 1.5%", runs // 2, seed + 3, ArmProfile(error_rate=0.015), "(reported)"),
         scenario("accuracy 90% -> 88%", runs // 2, seed + 4, ArmProfile(accuracy=0.88), "(reported)"),
     ]
+    # some devices see harder inputs than others, whichever model runs (Gamma-dispersed shares of
+    # wrong predictions): identical arms, then a small and a clear drop
+    for i, (name, count, accuracy, dispersion, target) in enumerate((
+        ("A/A, harder inputs on some devices (acc. disp. 3)", runs, 0.9, 3.0, "rolled back <= 5%"),
+        ("accuracy 90% -> 88%, accuracy dispersion 1", runs // 2, 0.88, 1.0, "(reported)"),
+        ("accuracy 90% -> 85%, accuracy dispersion 1", runs // 2, 0.85, 1.0, "never promoted"),
+    )):
+        rows.append(scenario(name, count, seed + 7 + i, ArmProfile(accuracy=accuracy), target,
+                             fleet=Fleet(accuracy_dispersion=dispersion)))
     for factor, target in (
         (1.1, "promoted"),
         (1.2, "(the limit)"),

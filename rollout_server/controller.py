@@ -29,6 +29,7 @@ from rollout_server.analysis import (
     assess,
     decide,
 )
+from rollout_server.analysis.window import SPREAD_FIELDS
 from rollout_server.api.metrics import bump
 from rollout_server.db import session_scope
 from rollout_server.models import ERROR_REASONS, AuditEntry, Report, Rollout, Verdict, utcnow
@@ -103,29 +104,29 @@ def load_measurements(session: Session, rollout: Rollout, state: RolloutState) -
 
 def _device_spread(session: Session, in_stage: tuple) -> dict[tuple[str, str], dict[str, int]]:
     """Per cohort and device class, the per-device sums of :class:`ArmWindow` (``error_devices``,
-    ``device_errors_sq``, ...) over the stage: how unevenly inference errors fall on devices."""
+    ``device_errors_sq``, ..., ``labelled_devices``, ...) over the stage: how unevenly inference
+    errors and wrong predictions fall on devices."""
     errors = sum(getattr(Report, f"err_{reason}") for reason in INFERENCE_ERROR_REASONS)
     per_device = (
         select(Report.cohort, Report.device_class, func.sum(Report.inferences).label("n"),
-               func.sum(errors).label("x"))
+               func.sum(errors).label("x"), func.sum(Report.labelled).label("l"),
+               func.sum(Report.labelled - Report.correct).label("w"))
         .where(*in_stage)
         .group_by(Report.cohort, Report.device_class, Report.device_id)
         .subquery()
     )
-    n, x = cast(per_device.c.n, Float), cast(per_device.c.x, Float)  # squares overflow BIGINT
+    c = per_device.c
+    n, x, lab, w = (cast(column, Float) for column in (c.n, c.x, c.l, c.w))  # squares overflow BIGINT
     rows = session.execute(
-        select(per_device.c.cohort, per_device.c.device_class, func.count(),
-               func.sum(x * x), func.sum(x * n), func.sum(n * n))
-        .where(per_device.c.n > 0)
-        .group_by(per_device.c.cohort, per_device.c.device_class)
+        select(c.cohort, c.device_class, func.count(c.n).filter(c.n > 0),
+               func.sum(x * x), func.sum(x * n), func.sum(n * n),
+               func.count(c.l).filter(c.l > 0), func.sum(w * w), func.sum(w * lab), func.sum(lab * lab))
+        .group_by(c.cohort, c.device_class)
     )
-    return {
-        (cohort, device_class): {
-            "error_devices": int(devices), "device_errors_sq": round(xx or 0),
-            "device_errors_inferences": round(xn or 0), "device_inferences_sq": round(nn or 0),
-        }
-        for cohort, device_class, devices, xx, xn, nn in rows
-    }
+    spread = {}
+    for cohort, device_class, *sums in rows:
+        spread[(cohort, device_class)] = dict(zip(SPREAD_FIELDS, (round(v or 0) for v in sums), strict=True))
+    return spread
 
 
 def step_rollout(

@@ -97,14 +97,24 @@ def check_error_rate(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: 
     deff_c, deff_s = canary.error_design_effect(), stable.error_design_effect()
     if max(deff_c, deff_s) <= 1.0:
         return _rate_limit("error rate", x_c, n_c, x_s, n_s, guard, alpha, stats)
-    # Errors cluster on some devices: inferences are not independent trials, so each arm
-    # counts as its effective sample size n / deff (Kish), with the same rate.
+    (ex_c, en_c), (ex_s, en_s) = _effective(x_c, n_c, deff_c), _effective(x_s, n_s, deff_s)
     stats.update(canary_design_effect=deff_c, stable_design_effect=deff_s)
-    eff = [(max(1, round(n / d)), x / n) for n, x, d in ((n_c, x_c, deff_c), (n_s, x_s, deff_s))]
-    (en_c, r_c), (en_s, r_s) = eff
-    check = _rate_limit("error rate", round(r_c * en_c), en_c, round(r_s * en_s), en_s, guard, alpha, stats)
-    note = (f" [errors cluster on devices: effective inferences canary {en_c:,} of {n_c:,}, "
-            f"stable {en_s:,} of {n_s:,}]")
+    check = _rate_limit("error rate", ex_c, en_c, ex_s, en_s, guard, alpha, stats)
+    return _noting_clusters(check, "errors", "inferences", (en_c, n_c), (en_s, n_s))
+
+
+def _effective(x: int, n: int, deff: float) -> tuple[int, int]:
+    """Events and trials of an arm whose events cluster on devices: the trials are not
+    independent, so the arm counts as its effective sample size ``n / deff`` (Kish), with the
+    same rate."""
+    effective = max(1, round(n / deff))
+    return round(x / n * effective), effective
+
+
+def _noting_clusters(check: Check, events: str, trials: str, canary: tuple[int, int],
+                     stable: tuple[int, int]) -> Check:
+    note = (f" [{events} cluster on devices: effective {trials} canary {canary[0]:,} of {canary[1]:,}, "
+            f"stable {stable[0]:,} of {stable[1]:,}]")
     return Check(check.outcome, check.reason + note, check.stats, check.enough)
 
 
@@ -202,6 +212,19 @@ def check_accuracy(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: fl
     }
     if min(n_c, n_s) < (guard.min_samples or 1):
         return _too_few("labelled samples", n_c, n_s, guard.min_samples or 1, stats)
+    deff_c, deff_s = canary.accuracy_design_effect(), stable.accuracy_design_effect()
+    if max(deff_c, deff_s) <= 1.0:
+        return _accuracy(guard, x_c, n_c, x_s, n_s, alpha, stats)
+    # some devices see harder inputs than others: their samples are not independent trials
+    (ex_c, en_c), (ex_s, en_s) = _effective(x_c, n_c, deff_c), _effective(x_s, n_s, deff_s)
+    stats.update(canary_design_effect=deff_c, stable_design_effect=deff_s)
+    check = _accuracy(guard, ex_c, en_c, ex_s, en_s, alpha, stats)
+    return _noting_clusters(check, "wrong predictions", "labelled samples", (en_c, n_c), (en_s, n_s))
+
+
+def _accuracy(guard: Guard, x_c: int, n_c: int, x_s: int, n_s: int, alpha: float,
+              stats: dict[str, Any]) -> Check:
+    """The accuracy limit or gain on correct counts ``x`` of ``n`` labelled samples per arm."""
     acc_c, acc_s = x_c / n_c, x_s / n_s
     threshold = guard.threshold or 0.0
     head = f"canary accuracy {_pct(acc_c)} ({x_c:,}/{n_c:,}) vs stable {_pct(acc_s)} ({x_s:,}/{n_s:,})"

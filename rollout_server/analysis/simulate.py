@@ -28,14 +28,12 @@ from rollout_server.analysis.rollout import Action, Phase, RolloutState, decide,
 from rollout_server.analysis.spec import GuardSpec
 from rollout_server.analysis.stages import Stage
 from rollout_server.analysis.verdict import Outcome
-from rollout_server.analysis.window import ArmWindow, Measurements
+from rollout_server.analysis.window import SPREAD_FIELDS, ArmWindow, Measurements
 
 #: how inference errors split over reasons in the simulation.
 ERROR_SPLIT = {"runtime_error": 0.6, "timeout": 0.3, "other": 0.1}
 #: stages of the simulated rollouts: 30 min and a few thousand canary inferences per stage.
 SIM_STAGES: tuple[Stage, ...] = (Stage(10, 1800, 2000), Stage(50, 1800, 5000), Stage(100, 0, 0))
-#: the per-device sums of :class:`ArmWindow` (over a stage, not a window).
-_SPREAD = ("error_devices", "device_errors_sq", "device_errors_inferences", "device_inferences_sq")
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,8 @@ class Fleet:
         report_probability: chance a device reports in a window.
         error_dispersion: 0 for identical devices; otherwise each device's error rate is the
             arm's times a Gamma(1/d, d) factor (mean 1, variance d): real fleets are clumpy.
+        accuracy_dispersion: the same for the share of wrong predictions (1 - accuracy): some
+            devices see harder inputs than others, whichever model runs.
         window_seconds: analysis window.
     """
 
@@ -88,6 +88,7 @@ class Fleet:
     shadow_fraction: float = 0.0
     report_probability: float = 0.95
     error_dispersion: float = 0.0
+    accuracy_dispersion: float = 0.0
     window_seconds: float = 300.0
 
 
@@ -114,22 +115,27 @@ class SimResult:
 
 @dataclass
 class _Devices:
-    """Per-device state fixed for a rollout: class, sticky bucket, error-rate factor."""
+    """Per-device state fixed for a rollout: class, sticky bucket, error-rate and wrong-share factors."""
 
     device_class: np.ndarray
     bucket: np.ndarray
     error_factor: np.ndarray
+    wrong_factor: np.ndarray
 
     @classmethod
     def draw(cls, fleet: Fleet, rng: np.random.Generator) -> _Devices:
         shares = np.asarray(list(fleet.classes.values()), dtype=float)
         device_class = rng.choice(len(shares), size=fleet.devices, p=shares / shares.sum())
-        if fleet.error_dispersion > 0:
-            k = 1.0 / fleet.error_dispersion
-            factor = rng.gamma(k, fleet.error_dispersion, size=fleet.devices)
-        else:
-            factor = np.ones(fleet.devices)
-        return cls(device_class, rng.integers(0, 10_000, size=fleet.devices), factor)
+        bucket = rng.integers(0, 10_000, size=fleet.devices)
+        return cls(device_class, bucket, _factors(fleet.error_dispersion, fleet.devices, rng),
+                   _factors(fleet.accuracy_dispersion, fleet.devices, rng))
+
+
+def _factors(dispersion: float, devices: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-device Gamma(1/d, d) factors (mean 1, variance d); all 1 when d is 0."""
+    if dispersion <= 0:
+        return np.ones(devices)
+    return rng.gamma(1.0 / dispersion, dispersion, size=devices)
 
 
 def _profiles(
@@ -150,10 +156,11 @@ def simulate_window(
 ) -> Measurements:
     """One window of reports from the whole fleet, aggregated per arm and class.
 
-    ``stage_counts`` (2 × devices: inferences, inference errors) accumulates each device's
-    counts over the stage; when given, the windows carry the per-device sums of the stage so
-    far (:class:`ArmWindow`'s ``error_devices`` ...), as the server computes them. Replace
-    them, do not add them, when merging this window into stage-cumulative data.
+    ``stage_counts`` (4 × devices: inferences, inference errors, labelled, wrong predictions)
+    accumulates each device's counts over the stage; when given, the windows carry the
+    per-device sums of the stage so far (:class:`ArmWindow`'s ``error_devices`` ...,
+    ``labelled_devices`` ...), as the server computes them. Replace them, do not add them, when
+    merging this window into stage-cumulative data.
     """
     names = list(fleet.classes)
     n_classes = len(names)
@@ -168,19 +175,23 @@ def simulate_window(
     dev_g = np.bincount(group, weights=reporting, minlength=groups).astype(np.int64)
     split = rng.multinomial(err_g, list(ERROR_SPLIT.values()))
     latency = rng.multinomial(inf_g, np.stack([p.bucket_probabilities() for p in profiles]))
-    labelled = rng.binomial(inf_g, fleet.labelled_fraction)
-    correct = rng.binomial(labelled, [p.accuracy for p in profiles])
+    labelled_d = rng.binomial(inferences, fleet.labelled_fraction)
+    wrong_rates = (1.0 - np.array([p.accuracy for p in profiles]))[group] * devices.wrong_factor
+    wrong_d = rng.binomial(labelled_d, np.clip(wrong_rates, 0.0, 1.0))
+    labelled = np.bincount(group, weights=labelled_d, minlength=groups).astype(np.int64)
+    correct = labelled - np.bincount(group, weights=wrong_d, minlength=groups).astype(np.int64)
     load_failed = rng.binomial(dev_g, [p.load_failure_rate for p in profiles])
     shadow = rng.binomial(inf_g, fleet.shadow_fraction)
     agree = rng.binomial(shadow, [p.shadow_agreement for p in profiles])
     spread = [{} for _ in range(groups)]
     if stage_counts is not None:
-        stage_counts += np.stack([inferences, errors])
-        n, x = stage_counts
-        seen = n > 0
-        sums = [np.bincount(group[seen], weights=w[seen], minlength=groups)
-                for w in (np.ones_like(n), x * x, x * n, n * n)]
-        spread = [dict(zip(_SPREAD, (round(float(s[g])) for s in sums), strict=True)) for g in range(groups)]
+        stage_counts += np.stack([inferences, errors, labelled_d, wrong_d])
+        n, x, lab, w = stage_counts
+        sums = [np.bincount(group, weights=v, minlength=groups)
+                for v in ((n > 0).astype(float), x * x, x * n, n * n, (lab > 0).astype(float), w * w, w * lab,
+                          lab * lab)]
+        spread = [dict(zip(SPREAD_FIELDS, (round(float(s[g])) for s in sums), strict=True))
+                  for g in range(groups)]
     windows = [
         ArmWindow(
             inferences=int(inf_g[g]),
@@ -241,7 +252,7 @@ def simulate_rollout(
     served = 0
     decision = None
     verdicts: tuple = ()
-    stage_counts = np.zeros((2, fleet.devices))
+    stage_counts = np.zeros((4, fleet.devices))
     for _ in range(max_windows):
         now += fleet.window_seconds
         window = simulate_window(rng, fleet, devices, profiles, state.stage.percent, state.next_look,
@@ -267,7 +278,7 @@ def _merged(cumulative: Measurements, window: Measurements) -> Measurements:
     total = cumulative + window
 
     def spread_of(arm: ArmWindow, latest: ArmWindow) -> ArmWindow:
-        return replace(arm, **{name: getattr(latest, name) for name in _SPREAD})
+        return replace(arm, **{name: getattr(latest, name) for name in SPREAD_FIELDS})
 
     return Measurements.from_classes(
         {c: spread_of(total.arms(c)[0], window.arms(c)[0]) for c in total.stable_by_class},

@@ -39,7 +39,14 @@ _COUNT_FIELDS = (
     "device_errors_sq",
     "device_errors_inferences",
     "device_inferences_sq",
+    "labelled_devices",
+    "device_wrong_sq",
+    "device_wrong_labelled",
+    "device_labelled_sq",
 )
+#: the per-device sums (over a stage, not a window): how unevenly errors and wrong predictions
+#: fall on devices. They add over disjoint sets of devices, not over windows of the same devices.
+SPREAD_FIELDS: tuple[str, ...] = _COUNT_FIELDS[7:]
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,10 @@ class ArmWindow:
             With these the error-rate test sees how much errors cluster on some devices
             (:meth:`error_design_effect`). They add up over disjoint sets of devices (device
             classes), not over windows of the same devices: the server computes them per stage.
+        labelled_devices, device_wrong_sq, device_wrong_labelled, device_labelled_sq: the same
+            for wrong predictions (labelled - correct) on labelled samples, for the accuracy
+            test (:meth:`accuracy_design_effect`): devices with labelled samples, and the sums of
+            (wrong)², wrong × labelled and (labelled)² over them.
     """
 
     inferences: int = 0
@@ -81,6 +92,10 @@ class ArmWindow:
     device_errors_sq: int = 0
     device_errors_inferences: int = 0
     device_inferences_sq: int = 0
+    labelled_devices: int = 0
+    device_wrong_sq: int = 0
+    device_wrong_labelled: int = 0
+    device_labelled_sq: int = 0
 
     def __add__(self, other: ArmWindow) -> ArmWindow:
         if not isinstance(other, ArmWindow):
@@ -98,25 +113,17 @@ class ArmWindow:
         return sum(self.errors.get(reason, 0) for reason in reasons)
 
     def error_design_effect(self) -> float:
-        """How much clustering of errors on devices inflates the variance of the error rate.
+        """How much clustering of inference errors (:data:`INFERENCE_ERROR_REASONS`) on devices
+        inflates the variance of the error rate (:func:`design_effect`)."""
+        return design_effect(self.error_devices, self.error_count(), self.inferences, self.device_errors_sq,
+                             self.device_errors_inferences, self.device_inferences_sq)
 
-        The cluster-robust (linearised ratio) variance of ``errors / inferences`` over the
-        devices, divided by the binomial variance the tests assume, floored at 1: 1 when errors
-        fall evenly, ``1 + (mean inferences per device - 1) × intra-device correlation`` when
-        some devices fail much more than others. Inference errors (:data:`INFERENCE_ERROR_REASONS`)
-        only; 1 when fewer than two devices' sums are known.
-        """
-        m, n = self.error_devices, self.inferences
-        if m < 2 or n <= 0:
-            return 1.0
-        x = self.error_count()
-        rate = x / n
-        # sum over devices of (x_i - rate * n_i)^2, from the three sums
-        spread = (self.device_errors_sq - 2 * rate * self.device_errors_inferences
-                  + rate * rate * self.device_inferences_sq)
-        cluster = m / (m - 1) * max(spread, 0.0) / (n * n)
-        p = (x + 1) / (n + 2)  # as the test adjusts it: an arm without errors has no 0 / 0
-        return max(1.0, cluster / (p * (1 - p) / n))
+    def accuracy_design_effect(self) -> float:
+        """The same for wrong predictions on labelled samples: how much some devices seeing
+        harder inputs than others inflates the variance of the accuracy."""
+        return design_effect(self.labelled_devices, self.labelled_samples - self.labelled_correct,
+                             self.labelled_samples, self.device_wrong_sq, self.device_wrong_labelled,
+                             self.device_labelled_sq)
 
     @property
     def latency_samples(self) -> int:
@@ -272,3 +279,21 @@ class Measurements:
         if self.look < 1:
             found.append(f"look must be >= 1, got {self.look}")
         return found
+
+
+def design_effect(devices: int, x: int, n: int, xx: float, xn: float, nn: float) -> float:
+    """How much clustering of events on devices inflates the variance of the rate ``x / n``.
+
+    ``devices`` devices hold ``x`` events in ``n`` trials; ``xx``, ``xn`` and ``nn`` are the sums
+    over them of x_i², x_i·n_i and n_i². The cluster-robust (linearised ratio) variance of the
+    rate, divided by the binomial variance the tests assume, floored at 1: 1 when events fall
+    evenly, ``1 + (mean trials per device - 1) × intra-device correlation`` when some devices
+    see many more than others. 1 when fewer than two devices' sums are known.
+    """
+    if devices < 2 or n <= 0:
+        return 1.0
+    rate = x / n
+    spread = xx - 2 * rate * xn + rate * rate * nn  # sum over devices of (x_i - rate * n_i)²
+    cluster = devices / (devices - 1) * max(spread, 0.0) / (n * n)
+    p = (x + 1) / (n + 2)  # as the tests adjust it: an arm without events has no 0 / 0
+    return max(1.0, cluster / (p * (1 - p) / n))

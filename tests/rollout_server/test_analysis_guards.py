@@ -207,6 +207,42 @@ def test_accuracy_guard():
     assert run(gain, stable, labelled(900, 1_000)) is Outcome.INCONCLUSIVE
 
 
+def labelled_devices(per_device: list[tuple[int, int]]) -> ArmWindow:
+    """An arm from (wrong predictions, labelled samples) per device, with the per-device sums."""
+    return ArmWindow(
+        labelled_samples=sum(n for _, n in per_device), labelled_correct=sum(n - w for w, n in per_device),
+        labelled_devices=len(per_device), device_wrong_sq=sum(w * w for w, _ in per_device),
+        device_wrong_labelled=sum(w * n for w, n in per_device),
+        device_labelled_sq=sum(n * n for _, n in per_device),
+    )
+
+
+def test_the_accuracy_design_effect_is_one_for_even_mistakes_and_large_for_clustered_ones():
+    assert labelled_devices([(10, 100)] * 100).accuracy_design_effect() == 1.0
+    assert labelled_devices([(50, 100)] * 20 + [(0, 100)] * 80).accuracy_design_effect() > 10
+    assert labelled(9_000, 10_000).accuracy_design_effect() == 1.0  # per-device sums unknown
+    # errors and wrong predictions are separate: clustered errors leave accuracy independent
+    assert labelled_devices([(10, 100)] * 100).error_design_effect() == 1.0
+
+
+def test_an_accuracy_drop_on_devices_with_harder_inputs_is_not_significant_alone():
+    """Canary devices that happen to see harder inputs (a few get half their samples wrong)
+    drop 3 points; as independent samples that would be a significant regression, but it is
+    one draw of which devices joined the canary, so the guard holds instead of rolling back."""
+    guard = Guard(Metric.ACCURACY)
+    stable = labelled_devices([(10, 100)] * 900)
+    harder = labelled_devices([(50, 100)] * 20 + [(4, 100)] * 80)  # 13.2% wrong overall, stable 10%
+    independent = ArmWindow(labelled_samples=harder.labelled_samples,
+                            labelled_correct=harder.labelled_correct)
+    assert run(guard, stable, independent) is Outcome.FAIL
+    verdict = assess_guard(guard, Measurements(stable, harder), ALPHA)
+    assert verdict.outcome is Outcome.INCONCLUSIVE
+    assert "wrong predictions cluster on devices" in verdict.reason
+    assert verdict.stats["pooled"]["canary_design_effect"] > 3
+    # a drop on every canary device is still a failure with clustering accounted for
+    assert run(guard, stable, labelled_devices([(16, 100)] * 100)) is Outcome.FAIL
+
+
 def test_load_failure_guard_needs_enough_devices():
     guard = Guard(Metric.LOAD_FAILURES)
     stable = ArmWindow(devices_reporting=1_000, devices_load_failed=2)

@@ -65,11 +65,12 @@ def assignments(client, fleet) -> dict[str, dict]:
 
 
 def send_window(client, fleet, end: dt.datetime, error_rate: dict[str, float], seed: int,
-                per_device: int = 200, errors_of: dict[str, int] | None = None) -> None:
+                per_device: int = 200, errors_of: dict[str, int] | None = None,
+                wrong_of: dict[str, int] | None = None) -> None:
     """Every device reports one window: its cohort's error rate and 97% accuracy, as exact counts
     (the canary set changes with the rollout's random salt; exact counts keep the test's outcome
     from depending on sampling noise), latencies drawn from one distribution. ``errors_of``
-    gives some devices their own error count instead."""
+    and ``wrong_of`` give some devices their own count of errors and of wrong predictions."""
     rng = np.random.default_rng(seed)
     for device, credential in fleet:
         body = client.get(f"/v1/devices/{device}/assignment?model=digits-cnn", headers=auth(credential)).json
@@ -80,7 +81,8 @@ def send_window(client, fleet, end: dt.datetime, error_rate: dict[str, float], s
                   "variant": body["variant"]["id"], "rollout_id": body["rollout_id"], "cohort": cohort,
                   "window_start": (end - dt.timedelta(seconds=30)).isoformat(), "window_end": end.isoformat(),
                   "inferences": per_device, "errors": {"runtime_error": errors}, "latency_counts": latency,
-                  "labelled": per_device // 2, "correct": round(per_device // 2 * 0.97)}
+                  "labelled": per_device // 2,
+                  "correct": per_device // 2 - (wrong_of or {}).get(device, round(per_device // 2 * 0.03))}
         response = client.post("/v1/reports", json={"reports": [report]}, headers=auth(credential))
         assert response.status_code == 200, response.json
 
@@ -147,16 +149,18 @@ def test_a_canary_with_many_more_errors_is_rolled_back_and_everyone_returns_to_s
 
 
 def test_the_controller_sums_each_devices_errors_over_the_stage(app, client, tokens, fleet):
-    """The per-device sums behind the design effect, from the stored reports: two windows per
-    device, so squares of stage totals (not sums of per-window squares) are checked."""
+    """The per-device sums behind the design effects (errors, wrong predictions), from the stored
+    reports: two windows per device, so squares of stage totals (not sums of per-window squares)
+    are checked."""
     from rollout_server.controller import load_measurements
 
     rollout_id = create(client, tokens).json["id"]
     start_stage_at(app, rollout_id, T0)
     errors_of = {device: i % 7 for i, (device, _) in enumerate(fleet)}
+    wrong_of = {device: 3 * (i % 5) for i, (device, _) in enumerate(fleet)}
     for window in (1, 2):
         send_window(client, fleet, T0 + dt.timedelta(seconds=60 * window), {"stable": 0.0, "canary": 0.0},
-                    seed=window, errors_of=errors_of)
+                    seed=window, errors_of=errors_of, wrong_of=wrong_of)
     cohorts = {d: a["cohort"] for d, a in assignments(client, fleet).items()}
     with session_scope(app) as session:
         rollout = session.get(Rollout, rollout_id)
@@ -168,6 +172,12 @@ def test_the_controller_sums_each_devices_errors_over_the_stage(app, client, tok
         assert arm.device_errors_inferences == sum(x * n for x, n in totals)
         assert arm.device_inferences_sq == sum(n * n for _, n in totals)
         assert arm.error_design_effect() > 1.0  # 0 to 6 errors per window: far from even
+        wrong = [(2 * wrong_of[d], 2 * 100) for d in wrong_of if cohorts[d] == cohort]
+        assert arm.labelled_devices == len(wrong)
+        assert arm.device_wrong_sq == sum(w * w for w, _ in wrong)
+        assert arm.device_wrong_labelled == sum(w * n for w, n in wrong)
+        assert arm.device_labelled_sq == sum(n * n for _, n in wrong)
+        assert arm.accuracy_design_effect() > 1.0  # 0 to 12 wrong of 100 per window
 
 
 def test_no_data_holds_and_never_promotes(app, client, tokens, fleet):
