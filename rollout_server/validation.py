@@ -15,8 +15,20 @@ NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z")  # \Z: "$" would let a trailing 
 DEVICE_CLASS = re.compile(r"^[a-z0-9]+([_-][a-z0-9]+)*\Z")
 
 
+#: a JSON escape of the NUL character (an odd number of backslashes before ``u0000``).
+_NUL_ESCAPE = re.compile(rb"(?:^|[^\\])(?:\\\\)*\\u0000")
+
+
+def refuse_nul(raw: bytes) -> None:
+    """400 if a JSON string in ``raw`` holds the NUL character: PostgreSQL cannot store it in
+    text (that would be a 500 at the insert), and no name, id or reason needs it."""
+    if b"\\u0000" in raw and _NUL_ESCAPE.search(raw):
+        raise ApiError("strings must not contain the NUL character (\\u0000)")
+
+
 def json_body() -> dict[str, Any]:
     """The request's JSON object body."""
+    refuse_nul(request.get_data(cache=True))
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise ApiError("the body must be a JSON object (Content-Type: application/json)")

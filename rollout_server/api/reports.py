@@ -36,7 +36,16 @@ from rollout_server.models import (
     Rollout,
     utcnow,
 )
-from rollout_server.validation import NAME, count, field, json_body, short_text, timestamp, utc_time
+from rollout_server.validation import (
+    NAME,
+    count,
+    field,
+    json_body,
+    refuse_nul,
+    short_text,
+    timestamp,
+    utc_time,
+)
 
 bp = Blueprint("reports", __name__, url_prefix="/v1")
 MAX_BATCH = 100
@@ -379,7 +388,9 @@ def _store_with_duplicates(device: DeviceSnapshot, rows: list[tuple[Any, ...]]):
 
 def _parse_batch(device: DeviceSnapshot) -> list[tuple[Any, ...]]:
     known = current_app.extensions.setdefault("edgeship.known_ids", {})
-    rows = _fast_rows(request.get_data(cache=True), device, known) if request.is_json else None
+    raw = request.get_data(cache=True)
+    refuse_nul(raw)
+    rows = _fast_rows(raw, device, known) if request.is_json else None
     if rows is None:
         items = field(json_body(), "reports", list)
         if not 1 <= len(items) <= MAX_BATCH:

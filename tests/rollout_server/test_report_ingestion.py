@@ -337,3 +337,22 @@ def test_concurrent_writers_each_get_their_own_outcome(app, client, tokens, stab
     assert not writer._leading and not writer._pending
     assert max(groups) <= max(group_rows, 3)  # a group holds whole batches of 3, up to the cap
     assert_totals_match_reports(app)
+
+
+@BOTH
+def test_a_nul_character_in_a_string_is_a_400_not_a_database_error(client, tokens, stable_release, app):
+    """PostgreSQL cannot store NUL in text: refused up front, on every backend, before storing."""
+    device_id, credential = register(client, tokens["enroll"])
+    for bad in ({"id": "r\u0000"}, {"variant": "tflite\u0000int8"}, {"model": "digits\u0000"}):
+        response = client.post("/v1/reports", json={"reports": [report("fine"), report(**bad)]},
+                               headers=auth(credential))
+        assert response.status_code == 400, (bad, response.json)
+        assert "NUL" in response.json["detail"]
+    registered = client.post("/v1/devices/register", json={
+        "enrollment_token": tokens["enroll"], "device_class": "rpi\u00004", "arch": "aarch64", "os": "x",
+        "ram_bytes": 2**30, "runtimes": {"onnxruntime": "1.20.1"}})
+    assert registered.status_code == 400 and "NUL" in registered.json["detail"]
+    # an escaped backslash before "u0000" is no NUL
+    fine = client.post("/v1/reports", json={"reports": [report("r\\u0000")]}, headers=auth(credential))
+    assert fine.status_code == 200 and fine.json["accepted"] == ["r\\u0000"]
+    assert [r.report_id for r in _rows(app, device_id)] == ["r\\u0000"]
