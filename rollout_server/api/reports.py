@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from flask import Blueprint, Response, current_app, request
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import DateTime, bindparam, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -132,8 +132,12 @@ class ReportWriter:
         #: PostgreSQL: rows and totals in one autocommit statement (:func:`_insert_and_add_sql`)
         self.postgres = dialect.name == "postgresql"
         self.postgres_sql = _insert_and_add_sql(dialect, columns) if self.postgres else None
-        processors = [_faster(REPORTS.c[name].type.dialect_impl(dialect).bind_processor(dialect))
-                      for name in columns]
+        if self.postgres:  # the rows go as JSON (see _write_postgres): datetimes as ISO 8601 text
+            processors = [_json_time if isinstance(REPORTS.c[name].type, DateTime) else None
+                          for name in columns]
+        else:
+            processors = [_faster(REPORTS.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+                          for name in columns]
         self.processors = [(i, f) for i, f in enumerate(processors[:-1]) if f is not None]
         self.received_processor = processors[-1]
         self.lock = threading.Lock() if dialect.name == "sqlite" else contextlib.nullcontext()
@@ -281,7 +285,7 @@ class ReportWriter:
         try:
             if not connection.autocommit:
                 connection.autocommit = True
-            rows = json.dumps(params, default=_json_time, separators=(",", ":"))
+            rows = json.dumps(params, separators=(",", ":"))
             connection.execute(self.postgres_sql, (rows, os.getpid() % TOTAL_SHARDS))
         except BaseException as err:  # autocommit: a failed statement left nothing to roll back
             self._failed(err, not connection.closed)
@@ -526,11 +530,10 @@ def merge_totals(parts: Iterable[dict[tuple[Any, ...], list[Any]]]) -> dict[tupl
     return merged
 
 
-def _json_time(value: Any) -> str:
-    """A datetime of a report row in JSON (ISO 8601; a naive one is UTC, as everywhere here)."""
-    if isinstance(value, dt.datetime):
-        return value.isoformat() if value.tzinfo else f"{value.isoformat()}+00:00"
-    raise TypeError(f"{type(value).__name__} in a report row")
+def _json_time(value: dt.datetime) -> str:
+    """A datetime of a report row as JSON text for PostgreSQL (ISO 8601; a naive one is UTC, as
+    everywhere here)."""
+    return value.isoformat() if value.tzinfo else f"{value.isoformat()}+00:00"
 
 
 def _cast(name: str, dialect: Any) -> str:
