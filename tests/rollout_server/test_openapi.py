@@ -6,7 +6,7 @@
   routes), with wrong tokens and with none. A seeded model, stable and candidate releases, a
   stored artifact, a device and a running rollout let ids in paths hit real rows (the document
   copy used for fuzzing gets them as examples). No response may be a 5xx, and every response must
-  have a documented status, content type, headers and body schema.
+  have a documented status, content type, headers and body schema. On SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -155,10 +155,14 @@ class LiveApp:
 LIVE_APP = LiveApp()
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory) -> Iterator[Live]:
-    app = create_app({"DATA_DIR": str(tmp_path_factory.mktemp("openapi") / "server"),
-                      "CONTROLLER_ENABLED": False})
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def live(request, tmp_path_factory) -> Iterator[Live]:
+    """The app on each backend: a 500 can come from the database (PostgreSQL refuses some values
+    SQLite stores, and its errors differ), so the fuzzing runs on both."""
+    config = {"DATA_DIR": str(tmp_path_factory.mktemp("openapi") / "server"), "CONTROLLER_ENABLED": False}
+    if request.param == "postgresql":
+        config["DATABASE_URL"] = request.getfixturevalue("postgresql").create_database()
+    app = create_app(config)
     app_store(app).put_stream(io.BytesIO(BLOB), SHA256, len(BLOB), max_bytes=2**20)
     seed_release(app, STABLE, [variant_entry("onnx-fp32", "onnxruntime", 5.0, SHA256, size=len(BLOB))],
                  stable=True)
