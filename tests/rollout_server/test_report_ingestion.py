@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
+from rollout_server import report_rows, report_writer
 from rollout_server.api import reports as ingest
 from rollout_server.app import create_app
 from rollout_server.db import session_scope
@@ -62,13 +63,13 @@ def assert_totals_match_reports(app) -> None:
     assert by_reports and by_totals == by_reports
 
 
-def _pending(writer, rows: list) -> ingest._Pending:
-    return ingest._Pending(writer._params(rows), ingest.report_totals(rows))
+def _pending(writer, rows: list) -> report_writer._Pending:
+    return report_writer._Pending(writer._params(rows), report_writer.report_totals(rows))
 
 
 def _fast_row(data, device: DeviceSnapshot, known: dict) -> tuple | None:
     """The fast path's row for a batch of this one report (None: left to the field checks)."""
-    rows = ingest._fast_rows(json.dumps({"reports": [data]}).encode(), device, known)
+    rows = report_rows.fast_rows(json.dumps({"reports": [data]}).encode(), device, known)
     assert rows is None or len(rows) == 1
     return rows[0] if rows else None
 
@@ -123,30 +124,30 @@ def test_the_fast_path_takes_a_batch_only_when_every_report_is_plain(app, client
     good, bad = report("one"), report("two", inferences="many")
     with app.test_request_context():
         both = json.dumps({"reports": [good, report("two")]}).encode()
-        assert [row[0] for row in ingest._fast_rows(both, device, known)] == ["one", "two"]
+        assert [row[0] for row in report_rows.fast_rows(both, device, known)] == ["one", "two"]
         for body in ({"reports": [good, bad]}, {"reports": []}, {"reports": [good] * 101}, {"reports": good},
                      {"batch": [good]}, [good]):
-            assert ingest._fast_rows(json.dumps(body).encode(), device, known) is None, body
-        assert ingest._fast_rows(b'{"reports": [', device, known) is None
-        assert ingest._fast_rows("\u00e9".encode("latin-1"), device, known) is None
+            assert report_rows.fast_rows(json.dumps(body).encode(), device, known) is None, body
+        assert report_rows.fast_rows(b'{"reports": [', device, known) is None
+        assert report_rows.fast_rows("\u00e9".encode("latin-1"), device, known) is None
 
 
 def test_the_sqlite_writer_formats_datetimes_as_sqlalchemy_does():
     processor = sqlite.DATETIME().bind_processor(sqlite.dialect())
-    assert ingest._faster(processor) is ingest._iso_datetime
+    assert report_writer._faster(processor) is report_writer._iso_datetime
     rng = random.Random(4)
     for _ in range(2000):
         value = dt.datetime(rng.randint(1, 9999), rng.randint(1, 12), rng.randint(1, 28), rng.randint(0, 23),
                             rng.randint(0, 59), rng.randint(0, 59), rng.choice([0, rng.randint(0, 999_999)]),
                             tzinfo=rng.choice([None, dt.timezone.utc]))
-        assert ingest._iso_datetime(value) == processor(value)
+        assert report_writer._iso_datetime(value) == processor(value)
     # another storage format, or a processor of another type, is kept as it is
     other = sqlite.DATETIME(storage_format="%(year)04d/%(month)02d/%(day)02d %(hour)02d:%(minute)02d:"
                             "%(second)02d").bind_processor(sqlite.dialect())
-    assert ingest._faster(other) is other
+    assert report_writer._faster(other) is other
     as_float = sqlite.FLOAT().bind_processor(sqlite.dialect())
-    assert ingest._faster(as_float) is as_float
-    assert ingest._faster(None) is None
+    assert report_writer._faster(as_float) is as_float
+    assert report_writer._faster(None) is None
 
 
 @BOTH
@@ -154,7 +155,7 @@ def test_the_writer_stores_all_rows_or_none(app, client, tokens, stable_release)
     known, device = _known(app, client, tokens)
     with app.test_request_context():
         rows = [_fast_row(report(f"w-{i}"), device, known) for i in range(3)]
-        writer = ingest._writer(app)
+        writer = report_writer.writer_for(app)
         writer.insert(rows[:1])
         with pytest.raises(IntegrityError):
             writer.insert(rows[1:] + rows[:1])  # the last row repeats a stored id
@@ -267,7 +268,7 @@ def test_the_writer_replaces_its_connection_when_it_died_while_idle(app, client,
 
     known, device = _known(app, client, tokens)
     with app.test_request_context():
-        writer = ingest._writer(app)
+        writer = report_writer.writer_for(app)
         pid = writer._held().dbapi_connection.info.backend_pid
         admin = create_engine(pg_url, poolclass=NullPool)
         try:
@@ -286,7 +287,7 @@ def test_the_writer_replaces_its_connection_when_it_died_while_idle(app, client,
 def test_a_group_with_a_stored_id_fails_only_that_batch(app, client, tokens, stable_release):
     known, device = _known(app, client, tokens)
     with app.test_request_context():
-        writer = ingest._writer(app)
+        writer = report_writer.writer_for(app)
         rows = {i: [_fast_row(report(f"g-{i}"), device, known)] for i in range(4)}
         writer.insert([_fast_row(report("g-1"), device, known)])
         group = [_pending(writer, rows[0]), _pending(writer, rows[1] + rows[3]), _pending(writer, rows[2])]
@@ -300,13 +301,13 @@ def test_a_group_with_a_stored_id_fails_only_that_batch(app, client, tokens, sta
 
 
 @BOTH
-@pytest.mark.parametrize("group_rows", [ingest.MAX_GROUP_ROWS, 7])
+@pytest.mark.parametrize("group_rows", [report_writer.MAX_GROUP_ROWS, 7])
 def test_concurrent_writers_each_get_their_own_outcome(app, client, tokens, stable_release, group_rows,
                                                        monkeypatch):
-    monkeypatch.setattr(ingest, "MAX_GROUP_ROWS", group_rows)
+    monkeypatch.setattr(report_writer, "MAX_GROUP_ROWS", group_rows)
     known, device = _known(app, client, tokens)
     with app.test_request_context():
-        writer = ingest._writer(app)
+        writer = report_writer.writer_for(app)
         groups: list[int] = []  # rows per transaction
         write_group = writer._write_group
 

@@ -1,0 +1,114 @@
+"""Report rows: the ``reports`` columns a report fills, and the fast path from a plain JSON
+batch to rows (decoded and checked in one msgspec pass)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from monitoring.buckets import BUCKET_COUNT
+from rollout_server.hot_cache import DeviceSnapshot
+from rollout_server.models import ERROR_REASONS
+from rollout_server.validation import utc_time
+
+#: the most reports one ``POST /v1/reports`` may carry.
+MAX_BATCH = 100
+
+#: the ``reports`` columns a report fills, in the order of the rows ``POST /v1/reports`` builds
+#: (``id`` is the database's, ``received_at`` the writer's); ``report_id`` first.
+COLUMNS: tuple[str, ...] = (
+    "report_id", "device_id", "model_id", "release_id", "variant_id", "rollout_id", "cohort",
+    "device_class", "window_start", "window_end", "inferences", "labelled", "correct", "shadow_samples",
+    "shadow_agree", "peak_rss_bytes", "dropped_windows", "latency_sum_seconds",
+    *(f"err_{reason}" for reason in ERROR_REASONS), *(f"lat_{i}" for i in range(BUCKET_COUNT)),
+)
+
+
+_MAX_COUNT = 10**12
+_Count = Annotated[int, msgspec.Meta(ge=0, le=_MAX_COUNT)]
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class _PlainReport(msgspec.Struct):
+    """A report every field of which is plainly fine (the fast path's type and range checks).
+
+    Unknown fields are ignored, as :func:`rollout_server.api.reports._report` ignores them; cross-field
+    checks and the lookups of model, release and rollout are :func:`fast_rows`'s.
+    """
+
+    id: _Id
+    model: str
+    version: str
+    variant: _Id
+    cohort: Literal["stable", "canary"]
+    window_start: str
+    window_end: str
+    inferences: _Count
+    latency_counts: Annotated[list[_Count], msgspec.Meta(min_length=BUCKET_COUNT, max_length=BUCKET_COUNT)]
+    rollout_id: Annotated[int, msgspec.Meta(ge=0, lt=2**31)] | None = None
+    errors: dict[str, _Count | None] | None = None
+    latency_sum_seconds: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
+    labelled: _Count | None = None
+    correct: _Count | None = None
+    shadow_samples: _Count | None = None
+    shadow_agree: _Count | None = None
+    peak_rss_bytes: _Count | None = None
+    dropped_windows: Annotated[int, msgspec.Meta(ge=0, le=10**6)] | None = None
+
+
+class _PlainBatch(msgspec.Struct):
+    reports: Annotated[list[_PlainReport], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+_DECODE_PLAIN = msgspec.json.Decoder(_PlainBatch).decode
+_REASONS = frozenset(ERROR_REASONS)
+
+
+def fast_rows(body: bytes, device: DeviceSnapshot, known: dict) -> list[tuple[Any, ...]] | None:
+    """The rows the field-by-field checks (``rollout_server.api.reports._parse``) would build
+    from a batch whose every report is plainly fine and whose models, releases and rollouts this
+    process found before; None otherwise (then each report goes through those checks, which
+    name what is wrong).
+
+    The JSON is decoded and type- and range-checked in one C pass (msgspec) into
+    :class:`_PlainReport`; what is left is Python's. It accepts a subset of what the checks
+    accept and builds the same values (tests check both agree, and that it refuses every kind
+    of bad field the checks refuse).
+    """
+    try:
+        reports = _DECODE_PLAIN(body).reports
+    except msgspec.DecodeError:  # malformed JSON, or a field of a wrong type or out of range
+        return None
+    rows = []
+    for r in reports:
+        model_id = known.get(("model", r.model))  # keys of found ids passed the full checks
+        release_id = known.get(("release", model_id, r.version))
+        if model_id is None or release_id is None:
+            return None
+        rollout_id = r.rollout_id
+        if rollout_id is not None and known.get(("rollout", rollout_id)) is None:
+            return None
+        try:
+            start, end = utc_time(r.window_start), utc_time(r.window_end)
+        except ValueError:
+            return None
+        latency, inferences = r.latency_counts, r.inferences
+        if end < start or sum(latency) > inferences:
+            return None
+        errors = r.errors
+        if errors is None:
+            error_counts = [0] * len(ERROR_REASONS)
+        elif not _REASONS.issuperset(errors):
+            return None
+        else:
+            error_counts = [errors.get(reason) or 0 for reason in ERROR_REASONS]
+        labelled, correct = r.labelled or 0, r.correct or 0
+        shadow, agree = r.shadow_samples or 0, r.shadow_agree or 0
+        if correct > labelled or agree > shadow:
+            return None
+        rows.append((r.id, device.id, model_id, release_id, r.variant, rollout_id, r.cohort,
+                     device.device_class, start, end, inferences, labelled, correct, shadow, agree,
+                     r.peak_rss_bytes or None, r.dropped_windows or 0, float(r.latency_sum_seconds or 0.0),
+                     *error_counts, *latency))
+    return rows
