@@ -81,6 +81,7 @@ def fast_rows(body: bytes, device: DeviceSnapshot, known: dict) -> list[tuple[An
     except msgspec.DecodeError:  # malformed JSON, or a field of a wrong type or out of range
         return None
     rows = []
+    times: dict[str, Any] = {}  # a batch's windows mostly share their bounds: parse each once
     for r in reports:
         model_id = known.get(("model", r.model))  # keys of found ids passed the full checks
         release_id = known.get(("release", model_id, r.version))
@@ -89,8 +90,12 @@ def fast_rows(body: bytes, device: DeviceSnapshot, known: dict) -> list[tuple[An
         rollout_id = r.rollout_id
         if rollout_id is not None and known.get(("rollout", rollout_id)) is None:
             return None
+        start, end = times.get(r.window_start), times.get(r.window_end)
         try:
-            start, end = utc_time(r.window_start), utc_time(r.window_end)
+            if start is None:
+                start = times[r.window_start] = utc_time(r.window_start)
+            if end is None:
+                end = times[r.window_end] = utc_time(r.window_end)
         except ValueError:
             return None
         latency, inferences = r.latency_counts, r.inferences

@@ -69,7 +69,9 @@ class ReportWriter:
         else:
             processors = [_faster(REPORTS.c[name].type.dialect_impl(dialect).bind_processor(dialect))
                           for name in columns]
-        self.processors = [(i, f) for i, f in enumerate(processors[:-1]) if f is not None]
+        #: (index, bind processor, whether the column is a time) of the row values to convert
+        self.processors = [(i, f, isinstance(REPORTS.c[columns[i]].type, DateTime))
+                           for i, f in enumerate(processors[:-1]) if f is not None]
         self.received_processor = processors[-1]
         self.lock = threading.Lock() if dialect.name == "sqlite" else contextlib.nullcontext()
         database = engine.url.database if dialect.name == "sqlite" else None
@@ -101,13 +103,16 @@ class ReportWriter:
     def insert(self, rows: list[tuple[Any, ...]]) -> None:
         """Insert ``rows`` in one transaction: all or none (IntegrityError if an id was stored).
 
-        Group commit: batches that arrive while another thread of the process writes are
-        written together, in one transaction, by one of them (the leader); each caller returns
-        once the transaction holding its batch committed. A group holds whole batches, up to
-        :data:`MAX_GROUP_ROWS` rows (more only for one batch alone). If that transaction fails on an id
-        stored before, every batch of the group is written again in its own transaction, so a
-        batch is still stored all or none and only the batch with the stored id gets the
-        IntegrityError.
+        Group commit: batches that arrive while another thread of the process writes, or waits
+        for its turn, are written together, in one transaction, by one of them (the leader);
+        each caller returns once the transaction holding its batch committed. The leader takes
+        its turn first and only then chooses the group, so batches that came while it waited
+        for the turn (another process writing) join it: fewer, larger transactions, each of
+        which costs the other processes a reload of their SQLite page caches. A group holds
+        whole batches, up to :data:`MAX_GROUP_ROWS` rows (more only for one batch alone). If
+        that transaction fails on an id stored before, every batch of the group is written again
+        in its own transaction, so a batch is still stored all or none and only the batch with
+        the stored id gets the IntegrityError.
         """
         entry = _Pending(self._params(rows), {} if self.postgres else report_totals(rows))
         with self._mutex:
@@ -123,25 +128,38 @@ class ReportWriter:
 
     def _lead(self, own: _Pending) -> None:
         while not own.done:
-            with self._mutex:  # the batches waiting, up to MAX_GROUP_ROWS rows (at least one batch)
-                size = 0
-                for taken, entry in enumerate(self._pending):
-                    size += len(entry.params)
-                    if taken and size > MAX_GROUP_ROWS:
-                        break
-                else:
-                    taken = len(self._pending)
-                group, self._pending = self._pending[:taken], self._pending[taken:]
-            self._write_group(group)
+            try:
+                with self._turn():
+                    self._write_group(self._take_group())
+            except BaseException as error:  # taking the turn failed (its lock file): so do they
+                if not own.done:
+                    self._write_group(self._take_group(), error)
         with self._mutex:  # hand over: the next waiting batch leads, else nobody does
             if self._pending:
                 self._pending[0].wake.set()
             else:
                 self._leading = False
 
-    def _write_group(self, group: list[_Pending]) -> None:
+    def _take_group(self) -> list[_Pending]:
+        """The batches waiting now, up to MAX_GROUP_ROWS rows (at least one batch)."""
+        with self._mutex:
+            size = 0
+            for taken, entry in enumerate(self._pending):
+                size += len(entry.params)
+                if taken and size > MAX_GROUP_ROWS:
+                    break
+            else:
+                taken = len(self._pending)
+            group, self._pending = self._pending[:taken], self._pending[taken:]
+        return group
+
+    def _write_group(self, group: list[_Pending], failed: BaseException | None = None) -> None:
+        """Write ``group`` in one transaction (or each batch in its own after a stored id), in
+        the caller's turn; or, given why it ``failed`` before, give each batch that error."""
         try:
             try:
+                if failed is not None:
+                    raise failed
                 self._write([params for entry in group for params in entry.params],
                             merge_totals(entry.totals for entry in group))
             except IntegrityError as err:
@@ -167,10 +185,18 @@ class ReportWriter:
             received = self.received_processor(received)
         if self.processors:
             params = []
+            times: dict[tuple[Any, Any], Any] = {}  # a batch's windows mostly share their bounds
             for row in rows:
                 values = list(row)
-                for i, process in self.processors:
-                    values[i] = process(values[i])
+                for i, process, is_time in self.processors:
+                    if is_time:  # rows hold UTC datetimes: equal ones are stored alike
+                        key = (process, values[i])
+                        value = times.get(key)
+                        if value is None:
+                            value = times[key] = process(values[i])
+                        values[i] = value
+                    else:
+                        values[i] = process(values[i])
                 values.append(received)
                 params.append(values)
         else:
@@ -193,21 +219,20 @@ class ReportWriter:
             self._write_postgres(params)
             return
         if self.lock_path is None:
-            with self._turn(), self.engine.begin() as connection:
+            with self.engine.begin() as connection:
                 connection.exec_driver_sql(self.sql, params)
                 self.add_totals(connection, totals)
             return
-        with self._turn():
-            pooled = self._held()
-            connection = pooled.dbapi_connection
-            try:
-                connection.executemany(self.sql, params)  # pysqlite begins the transaction first
-                for added in self.totals_params(totals):
-                    connection.execute(self.totals_sql, added)
-                connection.commit()
-            except BaseException as err:
-                self._failed(err, _rollback(connection))
-                raise
+        pooled = self._held()
+        connection = pooled.dbapi_connection
+        try:
+            connection.executemany(self.sql, params)  # pysqlite begins the transaction first
+            for added in self.totals_params(totals):
+                connection.execute(self.totals_sql, added)
+            connection.commit()
+        except BaseException as err:
+            self._failed(err, _rollback(connection))
+            raise
 
     def _write_postgres(self, params: list[Any]) -> None:
         """One autocommit statement (:func:`_insert_and_add_sql`): one round trip per group.

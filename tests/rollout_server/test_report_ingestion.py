@@ -4,9 +4,11 @@ each id at most once per device (also under concurrent retries)."""
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import random
 import threading
+import time
 
 import pytest
 from sqlalchemy import func, select
@@ -117,6 +119,34 @@ def test_the_fast_path_leaves_anything_doubtful_to_the_checks(app, client, token
     with app.test_request_context():
         assert _fast_row(report("doubtful", **overrides), device, known) is None
     assert _fast_row(["not", "an", "object"], device, known) is None
+
+
+@BOTH
+def test_reports_sharing_window_bounds_are_stored_as_each_alone(app, client, tokens, stable_release):
+    """A batch's windows mostly share their bounds (parsed and formatted once per batch): each
+    report's times are still its own, also when one instant is written in two ways."""
+    device_id, credential = register(client, tokens["enroll"])
+    bounds = [("2026-01-01T00:00:00Z", "2026-01-01T00:00:30Z"),
+              ("2026-01-01T00:00:30+00:00", "2026-01-01T00:01:00.250000Z"),
+              ("2026-01-01T02:00:30+02:00", "2026-01-01T00:01:00.25Z"),  # the same instants again
+              ("2026-01-01T00:00:00Z", "2026-01-01T00:00:30Z")]
+    batch = [report(f"shared-{i}", window_start=start, window_end=end)
+             for i, (start, end) in enumerate(bounds)]
+    assert client.post("/v1/reports", json={"reports": batch}, headers=auth(credential)).status_code == 200
+    with app.test_request_context():
+        device = DeviceSnapshot(device_id, "rpi4", 4 * 2**30, {}, False, None, ())
+        alone = [ingest._parse(data, 0, device) for data in batch]
+    with session_scope(app) as session:
+        stored = session.execute(select(Report.window_start, Report.window_end)
+                                 .where(Report.device_id == device_id).order_by(Report.report_id)).all()
+    columns = report_rows.COLUMNS.index("window_start"), report_rows.COLUMNS.index("window_end")
+    expected = [tuple(row[i] for i in columns) for row in alone]
+    def utc(times) -> tuple:  # SQLite gives back naive UTC, PostgreSQL aware times
+        return tuple(t if t.tzinfo is None else t.astimezone(dt.timezone.utc).replace(tzinfo=None)
+                     for t in times)
+
+    assert [utc(row) for row in stored] == [utc(row) for row in expected]
+    assert expected[1] == expected[2] and expected[0] == expected[3] and expected[0] != expected[1]
 
 
 def test_the_fast_path_takes_a_batch_only_when_every_report_is_plain(app, client, tokens, stable_release):
@@ -337,6 +367,47 @@ def test_concurrent_writers_each_get_their_own_outcome(app, client, tokens, stab
     assert len([r for r in _rows(app, device.id) if r.report_id.startswith("p-")]) == 120
     assert not writer._leading and not writer._pending
     assert max(groups) <= max(group_rows, 3)  # a group holds whole batches of 3, up to the cap
+    assert_totals_match_reports(app)
+
+
+def _writes_counted(writer, monkeypatch) -> list[list[str]]:
+    """The report ids of each transaction the writer makes from now on."""
+    written: list[list[str]] = []
+    write = writer._write
+
+    def counted(params, totals) -> None:
+        written.append([row[0] for row in params])
+        write(params, totals)
+
+    monkeypatch.setattr(writer, "_write", counted)
+    return written
+
+
+def test_batches_that_come_while_the_leader_waits_for_its_turn_join_its_transaction(
+        app, client, tokens, stable_release, monkeypatch):
+    """Another process holds the SQLite write turn: the leader waits for it, and the batches that
+    came meanwhile are written with the leader's, in one transaction."""
+    known, device = _known(app, client, tokens)
+    with app.test_request_context():
+        writer = report_writer.writer_for(app)
+        batches = [[_fast_row(report(f"t-{i}"), device, known)] for i in range(3)]
+    written = _writes_counted(writer, monkeypatch)
+    with open(writer.lock_path, "a") as other_process:  # a separate open file: flock excludes it
+        fcntl.flock(other_process, fcntl.LOCK_EX)
+        threads = []
+        for batch in batches:
+            threads.append(threading.Thread(target=writer.insert, args=(batch,)))
+            threads[-1].start()
+            deadline = time.monotonic() + 5
+            while len(writer._pending) < len(threads) and time.monotonic() < deadline:
+                time.sleep(0.001)  # each one queued before the next starts
+        time.sleep(0.05)
+        assert written == []
+        fcntl.flock(other_process, fcntl.LOCK_UN)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert written == [["t-0", "t-1", "t-2"]]
+    assert not writer._leading and not writer._pending
     assert_totals_match_reports(app)
 
 
