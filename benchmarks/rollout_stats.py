@@ -122,6 +122,12 @@ def run(runs: int, seed: int) -> list[dict[str, Any]]:
                 target,
             )
         )
+    # some devices are slower than others whichever model runs (log-normal factor, sigma 0.6)
+    rows.append(scenario("A/A, devices of mixed speeds (latency disp. 0.6)", runs, seed + 40, base,
+                         "rolled back <= 5%", fleet=Fleet(latency_dispersion=0.6)))
+    rows.append(scenario("latency p95 x1.5, latency dispersion 0.6", runs // 2, seed + 41,
+                         with_latency_factor(base, 1.5), "never promoted",
+                         fleet=Fleet(latency_dispersion=0.6)))
     rows.append(
         scenario(
             "gain 30% required, canary 40% faster",

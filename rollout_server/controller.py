@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from typing import Any
 
 from flask import Flask
 from sqlalchemy import Float, case, cast, distinct, func, or_, select, update
@@ -102,30 +103,42 @@ def load_measurements(session: Session, rollout: Rollout, state: RolloutState) -
     return Measurements.from_classes(by_cohort["stable"], by_cohort["canary"], look=state.next_look)
 
 
-def _device_spread(session: Session, in_stage: tuple) -> dict[tuple[str, str], dict[str, int]]:
+def _device_spread(session: Session, in_stage: tuple) -> dict[tuple[str, str], dict[str, Any]]:
     """Per cohort and device class, the per-device sums of :class:`ArmWindow` (``error_devices``,
-    ``device_errors_sq``, ..., ``labelled_devices``, ...) over the stage: how unevenly inference
-    errors and wrong predictions fall on devices."""
+    ``device_errors_sq``, ..., ``labelled_devices``, ..., ``latency_devices``, ...,
+    ``device_above_sq``, ``device_above_samples``) over the stage: how unevenly inference
+    errors, wrong predictions and slow inferences fall on devices."""
     errors = sum(getattr(Report, f"err_{reason}") for reason in INFERENCE_ERROR_REASONS)
+    buckets = [getattr(Report, f"lat_{i}") for i in range(BUCKET_COUNT)]
     per_device = (
         select(Report.cohort, Report.device_class, func.sum(Report.inferences).label("n"),
                func.sum(errors).label("x"), func.sum(Report.labelled).label("l"),
-               func.sum(Report.labelled - Report.correct).label("w"))
+               func.sum(Report.labelled - Report.correct).label("w"), func.sum(sum(buckets)).label("s"),
+               *(func.sum(sum(buckets[k + 1:])).label(f"a{k}") for k in range(BUCKET_COUNT - 1)))
         .where(*in_stage)
         .group_by(Report.cohort, Report.device_class, Report.device_id)
         .subquery()
     )
     c = per_device.c
-    n, x, lab, w = (cast(column, Float) for column in (c.n, c.x, c.l, c.w))  # squares overflow BIGINT
+    # as floats: squares overflow BIGINT
+    n, x, lab, w, samples = (cast(column, Float) for column in (c.n, c.x, c.l, c.w, c.s))
+    above = [cast(c[f"a{k}"], Float) for k in range(BUCKET_COUNT - 1)]
     rows = session.execute(
         select(c.cohort, c.device_class, func.count(c.n).filter(c.n > 0),
                func.sum(x * x), func.sum(x * n), func.sum(n * n),
-               func.count(c.l).filter(c.l > 0), func.sum(w * w), func.sum(w * lab), func.sum(lab * lab))
+               func.count(c.l).filter(c.l > 0), func.sum(w * w), func.sum(w * lab), func.sum(lab * lab),
+               func.count(c.s).filter(c.s > 0), func.sum(samples * samples),
+               *(func.sum(a * a) for a in above), *(func.sum(a * samples) for a in above))
         .group_by(c.cohort, c.device_class)
     )
     spread = {}
+    cuts = BUCKET_COUNT - 1
     for cohort, device_class, *sums in rows:
-        spread[(cohort, device_class)] = dict(zip(SPREAD_FIELDS, (round(v or 0) for v in sums), strict=True))
+        values = [round(v or 0) for v in sums]
+        scalars, above_sq, above_samples = values[:-2 * cuts], values[-2 * cuts:-cuts], values[-cuts:]
+        spread[(cohort, device_class)] = {**dict(zip(SPREAD_FIELDS, scalars, strict=True)),
+                                          "device_above_sq": tuple(above_sq),
+                                          "device_above_samples": tuple(above_samples)}
     return spread
 
 

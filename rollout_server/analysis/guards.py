@@ -164,7 +164,7 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
     threshold = guard.threshold or 0.0
     if guard.mode is Mode.LIMIT:
         above = latencies_above(canary.latency_counts, threshold * q_s)
-        p = binomial_above(math.floor(above), n_c, tail)
+        p = _above_p(canary, above, threshold * q_s, tail, stats, binomial_above)
         stats.update(max_ratio=threshold, canary_above=above, p_value=p)
         if ratio > threshold and p < alpha:
             return Check(
@@ -184,7 +184,7 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
         return Check(Outcome.PASS, f"{head}: within {threshold:g}× stable", stats)
     max_ratio = 1.0 - threshold
     above = latencies_above(canary.latency_counts, max_ratio * q_s)
-    p = binomial_below(math.ceil(above), n_c, tail)
+    p = _above_p(canary, above, max_ratio * q_s, tail, stats, binomial_below)
     stats.update(required_ratio=max_ratio, canary_above=above, p_value=p)
     if ratio <= max_ratio and p < alpha:
         return Check(
@@ -198,6 +198,21 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
         f"significantly (p = {p:.2g}, α = {alpha:.2g})",
         stats,
     )
+
+
+def _above_p(canary: ArmWindow, above: float, seconds: float, tail: float, stats: dict[str, Any],
+             test: Any) -> float:
+    """``test``'s p-value for ``above`` of the canary's latencies above ``seconds`` when a share
+    ``tail`` is expected: on the effective sample size when slow inferences cluster on slow
+    devices (:meth:`ArmWindow.latency_design_effect`, noted in ``stats``)."""
+    n = canary.latency_samples
+    deff = canary.latency_design_effect(seconds)
+    if deff > 1.0:
+        effective = max(1, round(n / deff))
+        stats.update(canary_design_effect=deff, canary_effective_samples=effective)
+        above, n = above / n * effective, effective
+    rounded = math.floor(above) if test is binomial_above else math.ceil(above)
+    return test(rounded, n, tail)
 
 
 def check_accuracy(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:

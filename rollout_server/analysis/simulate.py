@@ -22,13 +22,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.special import ndtr
 
-from monitoring.buckets import LATENCY_BUCKETS_SECONDS
+from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
 from rollout_server.analysis.assess import assess
 from rollout_server.analysis.rollout import Action, Phase, RolloutState, decide, start
 from rollout_server.analysis.spec import GuardSpec
 from rollout_server.analysis.stages import Stage
 from rollout_server.analysis.verdict import Outcome
-from rollout_server.analysis.window import SPREAD_FIELDS, ArmWindow, Measurements
+from rollout_server.analysis.window import SPREAD_CUTS, SPREAD_FIELDS, ArmWindow, Measurements
 
 #: how inference errors split over reasons in the simulation.
 ERROR_SPLIT = {"runtime_error": 0.6, "timeout": 0.3, "other": 0.1}
@@ -63,6 +63,9 @@ class ArmProfile:
         return np.diff(np.concatenate([[0.0], cdf, [1.0]]))
 
 
+_LOG_BOUNDS = np.log(np.asarray(LATENCY_BUCKETS_SECONDS))
+
+
 @dataclass(frozen=True)
 class Fleet:
     """The simulated fleet and its reporting.
@@ -78,6 +81,9 @@ class Fleet:
             arm's times a Gamma(1/d, d) factor (mean 1, variance d): real fleets are clumpy.
         accuracy_dispersion: the same for the share of wrong predictions (1 - accuracy): some
             devices see harder inputs than others, whichever model runs.
+        latency_dispersion: 0 for identical devices; otherwise each device's latencies are the
+            arm's times a log-normal factor (median 1, this sigma of its log): some devices are
+            slower than others whichever model runs (older hardware, thermal limits, load).
         window_seconds: analysis window.
     """
 
@@ -89,6 +95,7 @@ class Fleet:
     report_probability: float = 0.95
     error_dispersion: float = 0.0
     accuracy_dispersion: float = 0.0
+    latency_dispersion: float = 0.0
     window_seconds: float = 300.0
 
 
@@ -115,20 +122,24 @@ class SimResult:
 
 @dataclass
 class _Devices:
-    """Per-device state fixed for a rollout: class, sticky bucket, error-rate and wrong-share factors."""
+    """Per-device state fixed for a rollout: class, sticky bucket, error-rate, wrong-share and
+    latency factors."""
 
     device_class: np.ndarray
     bucket: np.ndarray
     error_factor: np.ndarray
     wrong_factor: np.ndarray
+    latency_factor: np.ndarray
 
     @classmethod
     def draw(cls, fleet: Fleet, rng: np.random.Generator) -> _Devices:
         shares = np.asarray(list(fleet.classes.values()), dtype=float)
         device_class = rng.choice(len(shares), size=fleet.devices, p=shares / shares.sum())
         bucket = rng.integers(0, 10_000, size=fleet.devices)
+        latency_factor = (np.exp(rng.normal(0.0, fleet.latency_dispersion, size=fleet.devices))
+                          if fleet.latency_dispersion > 0 else np.ones(fleet.devices))
         return cls(device_class, bucket, _factors(fleet.error_dispersion, fleet.devices, rng),
-                   _factors(fleet.accuracy_dispersion, fleet.devices, rng))
+                   _factors(fleet.accuracy_dispersion, fleet.devices, rng), latency_factor)
 
 
 def _factors(dispersion: float, devices: int, rng: np.random.Generator) -> np.ndarray:
@@ -156,11 +167,12 @@ def simulate_window(
 ) -> Measurements:
     """One window of reports from the whole fleet, aggregated per arm and class.
 
-    ``stage_counts`` (4 × devices: inferences, inference errors, labelled, wrong predictions)
-    accumulates each device's counts over the stage; when given, the windows carry the
-    per-device sums of the stage so far (:class:`ArmWindow`'s ``error_devices`` ...,
-    ``labelled_devices`` ...), as the server computes them. Replace them, do not add them, when
-    merging this window into stage-cumulative data.
+    ``stage_counts`` (4 + BUCKET_COUNT rows × devices: inferences, inference errors, labelled,
+    wrong predictions, then latencies per bucket) accumulates each device's counts over the
+    stage; when given, the windows carry the per-device sums of the stage so far
+    (:class:`ArmWindow`'s ``error_devices`` ..., ``labelled_devices`` ..., ``latency_devices``
+    ...), as the server computes them. Replace them, do not add them, when merging this window
+    into stage-cumulative data.
     """
     names = list(fleet.classes)
     n_classes = len(names)
@@ -174,7 +186,14 @@ def simulate_window(
     err_g = np.bincount(group, weights=errors, minlength=groups).astype(np.int64)
     dev_g = np.bincount(group, weights=reporting, minlength=groups).astype(np.int64)
     split = rng.multinomial(err_g, list(ERROR_SPLIT.values()))
-    latency = rng.multinomial(inf_g, np.stack([p.bucket_probabilities() for p in profiles]))
+    # each device its own histogram, from its arm's median times its own factor
+    medians = np.array([p.latency_median_seconds for p in profiles])[group] * devices.latency_factor
+    sigmas = np.array([p.latency_sigma for p in profiles])[group]
+    cdf = ndtr((_LOG_BOUNDS[None, :] - np.log(medians)[:, None]) / sigmas[:, None])
+    edges = np.concatenate([np.zeros((fleet.devices, 1)), cdf, np.ones((fleet.devices, 1))], axis=1)
+    per_device = rng.multinomial(inferences, np.diff(edges, axis=1))
+    latency = np.stack([np.bincount(group, weights=per_device[:, k], minlength=groups)
+                        for k in range(BUCKET_COUNT)], axis=1).astype(np.int64)
     labelled_d = rng.binomial(inferences, fleet.labelled_fraction)
     wrong_rates = (1.0 - np.array([p.accuracy for p in profiles]))[group] * devices.wrong_factor
     wrong_d = rng.binomial(labelled_d, np.clip(wrong_rates, 0.0, 1.0))
@@ -185,12 +204,18 @@ def simulate_window(
     agree = rng.binomial(shadow, [p.shadow_agreement for p in profiles])
     spread = [{} for _ in range(groups)]
     if stage_counts is not None:
-        stage_counts += np.stack([inferences, errors, labelled_d, wrong_d])
-        n, x, lab, w = stage_counts
+        stage_counts += np.concatenate([np.stack([inferences, errors, labelled_d, wrong_d]), per_device.T])
+        n, x, lab, w = stage_counts[:4]
+        slow = np.cumsum(stage_counts[4:][::-1], axis=0)[::-1]  # row k: latencies in bucket k or above
+        samples, above = slow[0], slow[1:]  # above[k]: latencies above bound k
         sums = [np.bincount(group, weights=v, minlength=groups)
                 for v in ((n > 0).astype(float), x * x, x * n, n * n, (lab > 0).astype(float), w * w, w * lab,
-                          lab * lab)]
-        spread = [dict(zip(SPREAD_FIELDS, (round(float(s[g])) for s in sums), strict=True))
+                          lab * lab, (samples > 0).astype(float), samples * samples)]
+        above_sq = [np.bincount(group, weights=a * a, minlength=groups) for a in above]
+        above_samples = [np.bincount(group, weights=a * samples, minlength=groups) for a in above]
+        spread = [dict(zip(SPREAD_FIELDS, (round(float(s[g])) for s in sums), strict=True),
+                       device_above_sq=tuple(round(float(a[g])) for a in above_sq),
+                       device_above_samples=tuple(round(float(a[g])) for a in above_samples))
                   for g in range(groups)]
     windows = [
         ArmWindow(
@@ -252,7 +277,7 @@ def simulate_rollout(
     served = 0
     decision = None
     verdicts: tuple = ()
-    stage_counts = np.zeros((4, fleet.devices))
+    stage_counts = np.zeros((4 + BUCKET_COUNT, fleet.devices))
     for _ in range(max_windows):
         now += fleet.window_seconds
         window = simulate_window(rng, fleet, devices, profiles, state.stage.percent, state.next_look,
@@ -278,7 +303,7 @@ def _merged(cumulative: Measurements, window: Measurements) -> Measurements:
     total = cumulative + window
 
     def spread_of(arm: ArmWindow, latest: ArmWindow) -> ArmWindow:
-        return replace(arm, **{name: getattr(latest, name) for name in SPREAD_FIELDS})
+        return replace(arm, **{name: getattr(latest, name) for name in (*SPREAD_FIELDS, *SPREAD_CUTS)})
 
     return Measurements.from_classes(
         {c: spread_of(total.arms(c)[0], window.arms(c)[0]) for c in total.stable_by_class},

@@ -14,12 +14,13 @@ lists them and :func:`rollout_server.analysis.assess` turns them into that verdi
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Any
 
-from monitoring.buckets import BUCKET_COUNT
+from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
 
 #: error reasons of the device protocol (DESIGN.md, ``POST /v1/reports``).
 ERROR_REASONS: tuple[str, ...] = ("load_failed", "runtime_error", "golden_mismatch", "timeout", "other")
@@ -43,10 +44,15 @@ _COUNT_FIELDS = (
     "device_wrong_sq",
     "device_wrong_labelled",
     "device_labelled_sq",
+    "latency_devices",
+    "device_latency_sq",
 )
-#: the per-device sums (over a stage, not a window): how unevenly errors and wrong predictions
-#: fall on devices. They add over disjoint sets of devices, not over windows of the same devices.
+#: the per-device sums (over a stage, not a window): how unevenly errors, wrong predictions and
+#: slow inferences fall on devices. They add over disjoint sets of devices, not over windows of
+#: the same devices.
 SPREAD_FIELDS: tuple[str, ...] = _COUNT_FIELDS[7:]
+#: the per-device sums that are one number per latency bucket bound (``BUCKET_COUNT - 1`` long).
+SPREAD_CUTS: tuple[str, ...] = ("device_above_sq", "device_above_samples")
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,13 @@ class ArmWindow:
             for wrong predictions (labelled - correct) on labelled samples, for the accuracy
             test (:meth:`accuracy_design_effect`): devices with labelled samples, and the sums of
             (wrong)², wrong × labelled and (labelled)² over them.
+        latency_devices, device_latency_sq: devices with latency samples, and the sum of
+            (its latency samples)² over them.
+        device_above_sq, device_above_samples: per latency bucket bound ``k`` (``BUCKET_COUNT -
+            1`` long; empty when not known), the sums over those devices of (its latencies above
+            bound k)² and of its latencies above bound k × its latency samples: how much slow
+            inferences cluster on slow devices, for the latency test
+            (:meth:`latency_design_effect`).
     """
 
     inferences: int = 0
@@ -96,6 +109,10 @@ class ArmWindow:
     device_wrong_sq: int = 0
     device_wrong_labelled: int = 0
     device_labelled_sq: int = 0
+    latency_devices: int = 0
+    device_latency_sq: int = 0
+    device_above_sq: tuple[int, ...] = ()
+    device_above_samples: tuple[int, ...] = ()
 
     def __add__(self, other: ArmWindow) -> ArmWindow:
         if not isinstance(other, ArmWindow):
@@ -106,7 +123,10 @@ class ArmWindow:
         # zip_longest keeps a wrong-length histogram wrong-length, so problems() still sees it.
         latency = tuple(a + b for a, b in zip_longest(self.latency_counts, other.latency_counts, fillvalue=0))
         sums = {name: getattr(self, name) + getattr(other, name) for name in _COUNT_FIELDS}
-        return ArmWindow(errors=reasons, latency_counts=latency, **sums)
+        cuts = {name: tuple(a + b for a, b in zip_longest(getattr(self, name), getattr(other, name),
+                                                          fillvalue=0))
+                for name in SPREAD_CUTS}
+        return ArmWindow(errors=reasons, latency_counts=latency, **sums, **cuts)
 
     def error_count(self, reasons: Iterable[str] = INFERENCE_ERROR_REASONS) -> int:
         """Errors summed over ``reasons``."""
@@ -125,6 +145,22 @@ class ArmWindow:
                              self.labelled_samples, self.device_wrong_sq, self.device_wrong_labelled,
                              self.device_labelled_sq)
 
+    def latency_design_effect(self, seconds: float) -> float:
+        """How much slow devices inflate the variance of the share of latencies above
+        ``seconds`` (:func:`design_effect`, at the bucket bounds either side of it, the larger);
+        1 when the per-device sums are not known."""
+        if any(len(getattr(self, name)) != BUCKET_COUNT - 1 for name in SPREAD_CUTS):
+            return 1.0
+        bounds = LATENCY_BUCKETS_SECONDS
+        n = self.latency_samples
+        effects = []
+        for k in (bisect.bisect_right(bounds, seconds) - 1, bisect.bisect_left(bounds, seconds)):
+            if 0 <= k < len(bounds):
+                above = sum(self.latency_counts[k + 1:])
+                effects.append(design_effect(self.latency_devices, above, n, self.device_above_sq[k],
+                                             self.device_above_samples[k], self.device_latency_sq))
+        return max(effects, default=1.0)
+
     @property
     def latency_samples(self) -> int:
         """How many latencies the histogram holds."""
@@ -142,6 +178,12 @@ class ArmWindow:
                 found.append(f"errors[{reason}] is negative ({count})")
         if len(self.latency_counts) != BUCKET_COUNT:
             found.append(f"latency histogram has {len(self.latency_counts)} buckets, expected {BUCKET_COUNT}")
+        for name in SPREAD_CUTS:
+            cuts = getattr(self, name)
+            if cuts and len(cuts) != BUCKET_COUNT - 1:
+                found.append(f"{name} has {len(cuts)} values, expected {BUCKET_COUNT - 1} (or none)")
+            if any(value < 0 for value in cuts):
+                found.append(f"{name} has negative values")
         if any(count < 0 for count in self.latency_counts):
             found.append("latency histogram has a negative count")
         if self.labelled_correct > self.labelled_samples:
@@ -165,6 +207,8 @@ class ArmWindow:
         out: dict[str, Any] = {name: getattr(self, name) for name in _COUNT_FIELDS}
         out["errors"] = dict(self.errors)
         out["latency_counts"] = list(self.latency_counts)
+        for name in SPREAD_CUTS:
+            out[name] = list(getattr(self, name))
         return out
 
     @classmethod
@@ -177,7 +221,7 @@ class ArmWindow:
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"arm window must be an object, got {type(data).__name__}")
-        unknown = set(data) - {*_COUNT_FIELDS, "errors", "latency_counts"}
+        unknown = set(data) - {*_COUNT_FIELDS, *SPREAD_CUTS, "errors", "latency_counts"}
         if unknown:
             raise ValueError(f"unknown arm window field(s): {', '.join(sorted(unknown))}")
         counts = {name: _int(data.get(name, 0), name) for name in _COUNT_FIELDS}
@@ -187,10 +231,17 @@ class ArmWindow:
         latency = data.get("latency_counts", [0] * BUCKET_COUNT)
         if not isinstance(latency, (list, tuple)):
             raise ValueError(f"latency_counts must be a list of counts, got {latency!r}")
+        cuts = {}
+        for name in SPREAD_CUTS:
+            values = data.get(name, [])
+            if not isinstance(values, (list, tuple)):
+                raise ValueError(f"{name} must be a list of integers, got {values!r}")
+            cuts[name] = tuple(_int(v, f"{name}[{i}]") for i, v in enumerate(values))
         return cls(
             errors={str(k): _int(v, f"errors.{k}") for k, v in errors.items()},
             latency_counts=tuple(_int(v, f"latency_counts[{i}]") for i, v in enumerate(latency)),
             **counts,
+            **cuts,
         )
 
 

@@ -25,8 +25,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def app(tmp_path: Path):
-    return create_app({"DATA_DIR": str(tmp_path / "server"), "CONTROLLER_ENABLED": False})
+def app(request, tmp_path: Path):
+    """The app on SQLite; on PostgreSQL for tests parametrized with :data:`BOTH_BACKENDS`."""
+    config = {"DATA_DIR": str(tmp_path / "server"), "CONTROLLER_ENABLED": False}
+    if getattr(request, "param", "sqlite") == "postgresql":
+        config["DATABASE_URL"] = request.getfixturevalue("pg_url")
+    return create_app(config)
+
+
+#: run a test that uses ``app`` on SQLite and on PostgreSQL (the session's server).
+BOTH_BACKENDS = pytest.mark.parametrize("app", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture

@@ -184,6 +184,58 @@ def test_latency_limit_guard():
     assert run(guard, stable, few) is Outcome.INCONCLUSIVE
 
 
+def latency_devices(histograms: list[tuple[int, ...]]) -> ArmWindow:
+    """An arm from per-device latency histograms, with the per-device sums the server adds."""
+    counts = tuple(sum(column) for column in zip(*histograms, strict=True))
+    samples = [sum(h) for h in histograms]
+    above = [[sum(h[k + 1:]) for k in range(BUCKET_COUNT - 1)] for h in histograms]
+    return ArmWindow(
+        inferences=sum(samples), latency_counts=counts, latency_devices=len(histograms),
+        device_latency_sq=sum(n * n for n in samples),
+        device_above_sq=tuple(sum(a[k] ** 2 for a in above) for k in range(BUCKET_COUNT - 1)),
+        device_above_samples=tuple(sum(a[k] * n for a, n in zip(above, samples, strict=True))
+                                   for k in range(BUCKET_COUNT - 1)),
+    )
+
+
+def _histogram(median_seconds: float, n: int) -> tuple[int, ...]:
+    probabilities = ArmProfile(latency_median_seconds=median_seconds).bucket_probabilities()
+    return tuple(round(n * p) for p in probabilities)
+
+
+def test_the_latency_design_effect_is_one_for_alike_devices_and_large_for_slow_ones():
+    alike = latency_devices([_histogram(0.04, 1_000)] * 100)
+    assert alike.latency_design_effect(0.1) == pytest.approx(1.0, abs=0.05)
+    mixed = latency_devices([_histogram(0.1, 1_000)] * 10 + [_histogram(0.03, 1_000)] * 90)
+    assert mixed.latency_design_effect(0.1) > 20
+    assert latency_window(0.04).latency_design_effect(0.1) == 1.0  # per-device sums unknown
+    # the sums add over disjoint devices (device classes pool into the arm), through JSON too
+    a, b = latency_devices([_histogram(0.1, 500)]), latency_devices([_histogram(0.03, 800)] * 3)
+    both = latency_devices([_histogram(0.1, 500)] + [_histogram(0.03, 800)] * 3)
+    assert a + b == both
+    assert ArmWindow.from_dict(json.loads(json.dumps(both.to_dict()))) == both
+    assert not both.problems()
+    assert ArmWindow(device_above_sq=(1, 2)).problems() == [
+        f"device_above_sq has 2 values, expected {BUCKET_COUNT - 1} (or none)"]
+
+
+def test_latency_on_a_few_slow_canary_devices_is_not_a_significant_regression():
+    """The canary's devices happen to include slower hardware: its pooled p95 is over 1.2x
+    stable's on identical models. Read as independent samples that is a 'significant'
+    regression; it is one draw of which devices landed in the canary, so the guard holds."""
+    guard = Guard(Metric.LATENCY)  # limit: p95 at most 1.2× stable
+    stable = latency_devices([_histogram(0.04, 1_000)] * 900)
+    slow_few = latency_devices([_histogram(0.12, 1_000)] * 8 + [_histogram(0.04, 1_000)] * 92)
+    independent = ArmWindow(inferences=slow_few.inferences, latency_counts=slow_few.latency_counts)
+    assert run(guard, stable, independent) is Outcome.FAIL
+    verdict = assess_guard(guard, Measurements(stable, slow_few), ALPHA)
+    assert verdict.outcome is Outcome.INCONCLUSIVE
+    assert verdict.stats["pooled"]["canary_design_effect"] > 5
+    # slower on every canary device is still a failure with clustering accounted for
+    everywhere = latency_devices([_histogram(0.06, 1_000)] * 100)
+    assert run(guard, stable, everywhere) is Outcome.FAIL
+
+
 def test_latency_gain_guard_passes_only_a_significant_gain_and_never_fails():
     guard = Guard(Metric.LATENCY, Mode.GAIN, threshold=0.3)  # p95 at least 30% lower
     stable = latency_window(0.04)

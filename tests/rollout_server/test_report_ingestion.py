@@ -17,26 +17,15 @@ from sqlalchemy.exc import IntegrityError
 
 from rollout_server import report_rows, report_writer
 from rollout_server.api import reports as ingest
-from rollout_server.app import create_app
 from rollout_server.db import session_scope
 from rollout_server.hot_cache import DeviceSnapshot
 from rollout_server.models import TOTALLED, Report, ReportTotal
-from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
+from tests.rollout_server.conftest import BOTH_BACKENDS, auth, register, seed_release, variant_entry
 from tests.rollout_server.test_devices_and_reports import report
-
-
-@pytest.fixture
-def app(request, tmp_path):
-    """conftest's app on SQLite; on PostgreSQL too for the tests marked with :data:`BOTH`."""
-    config = {"DATA_DIR": str(tmp_path / "server"), "CONTROLLER_ENABLED": False}
-    if getattr(request, "param", "sqlite") == "postgresql":
-        config["DATABASE_URL"] = request.getfixturevalue("pg_url")
-    return create_app(config)
-
 
 #: the writer stores differently on each backend (SQLite: executemany + upsert in a transaction;
 #: PostgreSQL: one autocommit statement): its tests run on both.
-BOTH = pytest.mark.parametrize("app", ["sqlite", "postgresql"], indirect=True)
+BOTH = BOTH_BACKENDS
 
 
 @pytest.fixture

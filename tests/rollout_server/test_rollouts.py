@@ -9,13 +9,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from monitoring.buckets import BUCKET_COUNT, histogram
 from rollout_server.analysis import RolloutState
 from rollout_server.controller import step_all
 from rollout_server.db import session_scope
-from rollout_server.models import Model, Rollout
-from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
+from rollout_server.models import Model, Report, Rollout
+from tests.rollout_server.conftest import BOTH_BACKENDS, auth, register, seed_release, variant_entry
 
 STAGES = [{"percent": 10, "min_duration_seconds": 60, "min_samples": 2000},
           {"percent": 50, "min_duration_seconds": 60, "min_samples": 2000},
@@ -149,10 +150,11 @@ def test_a_canary_with_many_more_errors_is_rolled_back_and_everyone_returns_to_s
     assert any(e["action"] == "rollout.rollback" and e["actor"] == "controller" for e in audit)
 
 
+@BOTH_BACKENDS  # the controller's SQL: per-device sums of the stage
 def test_the_controller_sums_each_devices_errors_over_the_stage(app, client, tokens, fleet):
-    """The per-device sums behind the design effects (errors, wrong predictions), from the stored
-    reports: two windows per device, so squares of stage totals (not sums of per-window squares)
-    are checked."""
+    """The per-device sums behind the design effects (errors, wrong predictions, slow inferences),
+    from the stored reports: two windows per device, so squares of stage totals (not sums of
+    per-window squares) are checked."""
     from rollout_server.controller import load_measurements
 
     rollout_id = create(client, tokens).json["id"]
@@ -172,6 +174,11 @@ def test_the_controller_sums_each_devices_errors_over_the_stage(app, client, tok
     with session_scope(app) as session:
         rollout = session.get(Rollout, rollout_id)
         measured = load_measurements(session, rollout, RolloutState.from_dict(rollout.state))
+        stage_histogram: dict[str, list[int]] = {}  # each device's latencies over both windows
+        for stored in session.scalars(select(Report)):
+            previous = stage_histogram.get(stored.device_id, [0] * BUCKET_COUNT)
+            stage_histogram[stored.device_id] = [a + b for a, b in zip(previous, stored.latency_counts,
+                                                                       strict=True)]
     for cohort, arm in (("stable", measured.stable), ("canary", measured.canary)):
         totals = [(2 * errors_of[d], 2 * 200) for d in errors_of if cohorts[d] == cohort]
         assert arm.error_devices == len(totals) > 0
@@ -185,6 +192,14 @@ def test_the_controller_sums_each_devices_errors_over_the_stage(app, client, tok
         assert arm.device_wrong_labelled == sum(w * n for w, n in wrong)
         assert arm.device_labelled_sq == sum(n * n for _, n in wrong)
         assert arm.accuracy_design_effect() > 1.0
+        histograms = [stage_histogram[d] for d in stage_histogram if cohorts[d] == cohort]
+        samples = [sum(h) for h in histograms]
+        above = [[sum(h[k + 1:]) for k in range(BUCKET_COUNT - 1)] for h in histograms]
+        assert arm.latency_devices == len(histograms)
+        assert arm.device_latency_sq == sum(n * n for n in samples)
+        assert arm.device_above_sq == tuple(sum(a[k] ** 2 for a in above) for k in range(BUCKET_COUNT - 1))
+        assert arm.device_above_samples == tuple(sum(a[k] * n for a, n in zip(above, samples, strict=True))
+                                                 for k in range(BUCKET_COUNT - 1))
 
 
 def test_no_data_holds_and_never_promotes(app, client, tokens, fleet):
