@@ -201,10 +201,12 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
 
 
 def _above_p(canary: ArmWindow, above: float, seconds: float, tail: float, stats: dict[str, Any],
-             test: Any) -> float:
-    """``test``'s p-value for ``above`` of the canary's latencies above ``seconds`` when a share
-    ``tail`` is expected: on the effective sample size when slow inferences cluster on slow
-    devices (:meth:`ArmWindow.latency_design_effect`, noted in ``stats``)."""
+             test: Callable[[int, int, float], float]) -> float:
+    """``test``'s p-value (:func:`binomial_above` or :func:`binomial_below`) for ``above`` of
+    the canary's latencies above ``seconds`` when a share ``tail`` is expected: on the effective
+    sample size when slow inferences cluster on slow devices
+    (:meth:`ArmWindow.latency_design_effect`, noted in ``stats``). The count is rounded against
+    what the test would show: down when testing for too many, up when testing for few enough."""
     n = canary.latency_samples
     deff = canary.latency_design_effect(seconds)
     if deff > 1.0:
