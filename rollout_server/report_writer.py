@@ -46,8 +46,9 @@ class ReportWriter:
     (the process's writers take turns anyway, see :meth:`insert`), pinged before use after
     ``db.PING_IDLE_SECONDS`` idle, and replaced after any error but a stored id.
 
-    On SQLite, writers take turns before they start the transaction: the threads of a process on
-    a lock, the processes on an ``flock`` of ``<database>.ingest-lock``. A writer that instead
+    On SQLite, writers take turns before they start the transaction: the threads of a process
+    through its single leader (:meth:`insert`), the processes on an ``flock`` of
+    ``<database>.ingest-lock``. A writer that instead
     waits in SQLite's busy handler sleeps 1, 2, 5, 10, ... ms between attempts; one waiting on
     the lock runs as soon as it is free. (Only an ordering aid: SQLite's own locking still
     guards the data, and writers of other tables do not take these locks.)
@@ -73,7 +74,6 @@ class ReportWriter:
         self.processors = [(i, f, isinstance(REPORTS.c[columns[i]].type, DateTime))
                            for i, f in enumerate(processors[:-1]) if f is not None]
         self.received_processor = processors[-1]
-        self.lock = threading.Lock() if dialect.name == "sqlite" else contextlib.nullcontext()
         database = engine.url.database if dialect.name == "sqlite" else None
         in_memory = not database or database == ":memory:" or engine.url.query.get("mode") == "memory"
         self.lock_path = None if in_memory else f"{database}.ingest-lock"
@@ -86,19 +86,19 @@ class ReportWriter:
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
-        """This writer's turn on SQLite (see the class docstring); no wait on PostgreSQL."""
-        with self.lock:
-            if self.lock_path is None:
-                yield
-                return
-            if self._lock_file is None or self._lock_file[0] != os.getpid():  # opened after a fork
-                self._lock_file = (os.getpid(), open(self.lock_path, "a"))  # noqa: SIM115 (kept open)
-            handle = self._lock_file[1]
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """This process's turn on a SQLite file (see the class docstring); no wait on PostgreSQL
+        or in memory. Only the process's leader takes it (:meth:`insert`), one at a time."""
+        if self.lock_path is None:
+            yield
+            return
+        if self._lock_file is None or self._lock_file[0] != os.getpid():  # opened after a fork
+            self._lock_file = (os.getpid(), open(self.lock_path, "a"))  # noqa: SIM115 (kept open)
+        handle = self._lock_file[1]
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
     def insert(self, rows: list[tuple[Any, ...]]) -> None:
         """Insert ``rows`` in one transaction: all or none (IntegrityError if an id was stored).

@@ -26,10 +26,16 @@ def refuse_nul(raw: bytes) -> None:
         raise ApiError("strings must not contain the NUL character (\\u0000)")
 
 
+def request_json() -> Any:
+    """The request's body parsed as JSON, None when there is none or it is not JSON; a 400 if
+    a string in it holds NUL (:func:`refuse_nul`)."""
+    refuse_nul(request.get_data(cache=True))
+    return request.get_json(silent=True)
+
+
 def json_body() -> dict[str, Any]:
     """The request's JSON object body."""
-    refuse_nul(request.get_data(cache=True))
-    data = request.get_json(silent=True)
+    data = request_json()
     if not isinstance(data, dict):
         raise ApiError("the body must be a JSON object (Content-Type: application/json)")
     return data

@@ -24,7 +24,7 @@ from rollout_server.controller import ACTIVE, apply_decision
 from rollout_server.db import db
 from rollout_server.errors import ApiError, Conflict, NotFound
 from rollout_server.models import Model, Release, Rollout, Verdict, utcnow
-from rollout_server.validation import NAME, field, json_body, refuse_nul, short_text
+from rollout_server.validation import NAME, field, json_body, request_json, short_text
 
 bp = Blueprint("rollouts", __name__, url_prefix="/v1/rollouts")
 ACTIONS = {"pause": pause, "resume": resume, "promote": promote, "abort": abort}
@@ -110,8 +110,7 @@ def act(rollout_id: int, action: str):
     """Manual ``pause``, ``resume``, ``promote`` or ``abort``; body ``{"reason"?}``."""
     if action not in ACTIONS:
         raise NotFound(f"no action {action!r}; one of {', '.join(ACTIONS)}")
-    refuse_nul(request.get_data(cache=True))
-    data = request.get_json(silent=True)
+    data = request_json()
     if data is not None and not isinstance(data, dict):
         raise ApiError("the body, if any, must be a JSON object: {\"reason\"?}")
     reason = (data or {}).get("reason")
