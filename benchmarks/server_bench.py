@@ -118,9 +118,11 @@ def measure(backend: str, server: Served, scenario: Scenario,
             opts: argparse.Namespace) -> tuple[Row, WrkResult]:
     """One scenario for ``opts.seconds``, logged as it finishes."""
     log(f"  {backend}: {scenario.name} for {opts.seconds:g}s (wrk -t{opts.wrk_threads} -c{opts.connections})")
-    cpu = server.cpu_seconds()
+    before = server.cpu_by_process()
     result = run_wrk(server.url, scenario, opts.seconds, opts.wrk_threads, opts.connections)
-    cpu = server.cpu_seconds() - cpu
+    used = {pid: seconds - before.get(pid, 0.0) for pid, seconds in server.cpu_by_process().items()}
+    cpu = sum(used.values())
+    workers = [seconds for pid, seconds in used.items() if pid != server.process.pid]
     per_request = scenario.reports_per_request
     reports = result.requests_per_s * per_request if per_request else None
     row = Row(backend, scenario.name, result.requests_per_s, reports, result.p50_ms, result.p99_ms,
@@ -128,9 +130,12 @@ def measure(backend: str, server: Served, scenario: Scenario,
               socket_errors=result.socket_errors)
     if result.requests:
         row.cpu_ms_per_request = 1e3 * cpu / result.requests
+    if sum(workers) > 0:
+        row.busiest_worker_share = max(workers) / sum(workers)
     log(f"    {result.requests_per_s:,.0f} req/s" + (f", {reports:,.0f} reports/s" if reports else "")
         + f", p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
-        + f"server CPU {row.cpu_ms_per_request or 0:.2f} ms/request, statuses {result.statuses}"
+        + f"server CPU {row.cpu_ms_per_request or 0:.2f} ms/request"
+        + f" (busiest worker {100 * (row.busiest_worker_share or 0):.0f}%), statuses {result.statuses}"
         + (f", socket errors {result.socket_errors}" if any(result.socket_errors.values()) else ""))
     return row, result
 

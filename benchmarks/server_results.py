@@ -26,6 +26,7 @@ class Row:
     cpu_ms_per_request: float | None = None  # server processes only (not PostgreSQL, not wrk)
     ratio_to_bare: float | None = None
     cpu_ratio_to_bare: float | None = None  # bare CPU per request over edgeship's (steadier)
+    busiest_worker_share: float | None = None  # of the workers' CPU (1 / workers when even)
     target_met: bool | None = None
     target_note: str = ""
     requests: int = 0
@@ -60,9 +61,11 @@ def median_row(runs: list[Row]) -> Row:
         cpu_ms_per_request=median_of([r.cpu_ms_per_request for r in runs]),
         ratio_to_bare=median_of([r.ratio_to_bare for r in runs]),
         cpu_ratio_to_bare=median_of([r.cpu_ratio_to_bare for r in runs]),
+        busiest_worker_share=median_of([r.busiest_worker_share for r in runs]),
         requests=sum(r.requests for r in runs), statuses=statuses, socket_errors=sockets,
         runs=[{name: getattr(r, name) for name in ("requests_per_s", "p99_ms", "cpu_ms_per_request",
-                                                    "ratio_to_bare", "cpu_ratio_to_bare")} for r in runs],
+                                                    "ratio_to_bare", "cpu_ratio_to_bare",
+                                                    "busiest_worker_share")} for r in runs],
     )
 
 
@@ -87,7 +90,7 @@ def judge(row: Row) -> None:
 def table(rows: list[Row]) -> str:
     """The result table as fixed-width text (also pasted into docs/benchmarks-server.md)."""
     head = ("backend", "scenario", "req/s", "reports/s", "p50 ms", "p99 ms", "non-2xx", "CPU ms/req",
-            "vs bare", "CPU vs bare", "target")
+            "busiest worker", "vs bare", "CPU vs bare", "target")
     lines = []
     for r in rows:
         target = "-" if r.target_met is None else ("yes" if r.target_met else f"NO ({r.target_note})")
@@ -95,6 +98,7 @@ def table(rows: list[Row]) -> str:
                       "-" if r.reports_per_s is None else f"{r.reports_per_s:,.0f}", f"{r.p50_ms:.1f}",
                       f"{r.p99_ms:.1f}", str(r.non_2xx),
                       "-" if r.cpu_ms_per_request is None else f"{r.cpu_ms_per_request:.2f}",
+                      "-" if r.busiest_worker_share is None else f"{100 * r.busiest_worker_share:.0f}%",
                       "-" if r.ratio_to_bare is None else f"{r.ratio_to_bare:.2f}",
                       "-" if r.cpu_ratio_to_bare is None else f"{r.cpu_ratio_to_bare:.2f}", target))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]

@@ -135,14 +135,18 @@ class Served:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time used so far by the master and its workers."""
-        total = 0
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> dict[int, float]:
+        """User + system CPU seconds used so far by each process: the master and its workers."""
+        used = {}
         for pid in [self.process.pid, *self.worker_pids()]:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
             except OSError:
                 continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-        return total / os.sysconf("SC_CLK_TCK")
+            used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        return used
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines the server printed."""

@@ -45,6 +45,22 @@ def serve(host: str, port: int, workers: int, db_url: str | None, data_dir: str,
     _gunicorn(host, port, workers)
 
 
+#: requests a client may send on one keep-alive connection before the server closes it (as
+#: nginx's ``keepalive_requests`` and Apache's ``MaxKeepAliveRequests`` do; gunicorn has no such
+#: setting). A gunicorn worker keeps the connections it accepted, so without a bound a few
+#: long-lived clients (a proxy's keep-alive pool, a load generator) may all sit on one worker
+#: while the others idle; reconnecting every this many requests lets them spread again (an idle
+#: worker is the first to accept) for one TCP handshake per this many requests.
+KEEPALIVE_REQUESTS = 100
+
+
+def _close_after_keepalive_requests(_worker: Any, request: Any) -> None:
+    """gunicorn's ``pre_request`` hook: answer a connection's ``KEEPALIVE_REQUESTS``-th request
+    with ``Connection: close`` (gunicorn numbers a connection's requests from 1)."""
+    if request.req_number >= KEEPALIVE_REQUESTS:
+        request.force_close()
+
+
 def _gunicorn(host: str, port: int, workers: int) -> None:
     from gunicorn.app.base import BaseApplication
 
@@ -55,6 +71,7 @@ def _gunicorn(host: str, port: int, workers: int) -> None:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", 4)
             self.cfg.set("accesslog", None)
+            self.cfg.set("pre_request", _close_after_keepalive_requests)
 
         def load(self):
             return wsgi_app()
