@@ -133,10 +133,6 @@ class Served:
             return []
         return [int(pid) for pid in text.split()]
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time used so far by the master and its workers."""
-        return sum(self.cpu_by_process().values())
-
     def cpu_by_process(self) -> dict[int, float]:
         """User + system CPU seconds used so far by each process: the master and its workers."""
         used = {}
