@@ -18,6 +18,7 @@ from monitoring.build import ROOT
 from monitoring.queries import panel_queries
 from monitoring.scrape_config import JOB, render_scrape_config
 from tests.monitoring.conftest import MODEL
+from tests.processes import stop_processes
 from tests.rollout_server.postgres import free_port
 
 STARTUP_SECONDS = 30
@@ -76,12 +77,7 @@ def prometheus(prometheus_binary: str, seeded_server: str, tmp_path_factory) -> 
     try:
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_processes(process, timeout=10)
 
 
 def test_every_panel_query_parses_on_a_real_prometheus(prometheus: str):

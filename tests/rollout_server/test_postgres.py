@@ -36,6 +36,7 @@ from rollout_server.config import DEFAULTS
 from rollout_server.controller import step_all
 from rollout_server.db import session_scope
 from rollout_server.models import AuditEntry, Model, Rollout, Verdict
+from tests.processes import stop_processes
 from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
 from tests.rollout_server.postgres import free_port
 from tests.rollout_server.test_migrations import HEAD, schema_diff, versions
@@ -382,11 +383,4 @@ def test_edgeship_server_processes_start_together_on_an_empty_postgresql(pg_url,
         assert versions(pg_url) == [HEAD]
         assert schema_diff(pg_url) == []
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(*processes)

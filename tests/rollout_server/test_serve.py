@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("gunicorn")
 
 from rollout_server.serve import KEEPALIVE_REQUESTS
+from tests.processes import stop_processes
 from tests.rollout_server.postgres import free_port
 
 
@@ -43,12 +44,7 @@ def gunicorn_server(tmp_path):
             time.sleep(0.2)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_processes(process)
 
 
 def test_a_keepalive_connection_is_closed_after_its_hundredth_request(gunicorn_server):
