@@ -140,6 +140,11 @@ GUARD = _object({
                  "maximum": 1, "description": "latency only."},
     "reasons": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(ERROR_REASONS)},
                 "description": "error_rate only."},
+    "pass_alpha": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "exclusiveMaximum": True,
+                   "maximum": 0.5,
+                   "description": "Limits only. Left out: a limit passes when its point estimate is "
+                                  "within it. Set: only when the canary is significantly within it "
+                                  "(p < pass_alpha); otherwise the stage holds."},
 }, ("metric",), closed=True)
 
 GUARD_SPEC = _object({

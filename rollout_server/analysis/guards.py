@@ -3,7 +3,8 @@
 Every check returns a :class:`Check`: ``inconclusive`` below the guard's minimum samples; for a
 limit, ``fail`` only when the canary is *significantly* beyond it at the look-corrected level,
 ``inconclusive`` when the point estimate is beyond it but not yet significantly (hold, gather
-more), ``pass`` when the point estimate is within it; for a required gain, ``pass`` only when
+more), ``pass`` when the point estimate is within it (with the guard's ``pass_alpha``: only when
+it is significantly within it, see :func:`_within`); for a required gain, ``pass`` only when
 the gain is significant, otherwise ``inconclusive``. Gains never fail.
 """
 
@@ -42,6 +43,22 @@ def _too_few(what: str, canary: int, stable: int | None, need: int, stats: dict[
     return Check(Outcome.INCONCLUSIVE, f"too few {what}: {have} (need {need:,}{each})", stats, enough=False)
 
 
+def _within(guard: Guard, head: str, within: str, p_within: Callable[[], float],
+            stats: dict[str, Any]) -> Check:
+    """A limit whose point estimate is within it: ``pass``; with ``guard.pass_alpha``, only once
+    the one-sided test of "the canary is within the limit" gives p < pass_alpha (``p_within``),
+    else ``inconclusive`` (hold and gather more)."""
+    if guard.pass_alpha is None:
+        return Check(Outcome.PASS, f"{head}: {within}", stats)
+    p = p_within()
+    stats.update(p_within=p, pass_alpha=guard.pass_alpha)
+    if p < guard.pass_alpha:
+        return Check(Outcome.PASS, f"{head}: {within}, significantly (p = {p:.2g} < {guard.pass_alpha:g})",
+                     stats)
+    return Check(Outcome.INCONCLUSIVE, f"{head}: {within} but not significantly yet "
+                                       f"(p = {p:.2g}, pass_alpha = {guard.pass_alpha:g})", stats)
+
+
 def _rate_limit(
     what: str, x_c: int, n_c: int, x_s: int, n_s: int, guard: Guard, alpha: float, stats: dict[str, Any]
 ) -> Check:
@@ -78,7 +95,8 @@ def _rate_limit(
             f"significantly yet (p = {min(p, p_cap):.2g}, α = {alpha:.2g})",
             stats,
         )
-    return Check(Outcome.PASS, f"{head}: within the limit {limit_text} and cap {_pct(cap)}", stats)
+    return _within(guard, head, f"within the limit {limit_text} and cap {_pct(cap)}",
+                   lambda: max(1.0 - p, binomial_below(x_c, n_c, cap)), stats)
 
 
 def check_error_rate(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:
@@ -181,7 +199,8 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
                 f"(p = {p:.2g}, α = {alpha:.2g})",
                 stats,
             )
-        return Check(Outcome.PASS, f"{head}: within {threshold:g}× stable", stats)
+        return _within(guard, head, f"within {threshold:g}× stable", lambda: _above_p(
+            canary, above, threshold * q_s, tail, stats, binomial_below), stats)
     max_ratio = 1.0 - threshold
     above = latencies_above(canary.latency_counts, max_ratio * q_s)
     p = _above_p(canary, above, max_ratio * q_s, tail, stats, binomial_below)
@@ -263,7 +282,7 @@ def _accuracy(guard: Guard, x_c: int, n_c: int, x_s: int, n_s: int, alpha: float
                 f"{head}: {points}, not significant yet (p = {p:.2g}, α = {alpha:.2g})",
                 stats,
             )
-        return Check(Outcome.PASS, f"{head}: {points}", stats)
+        return _within(guard, head, points, lambda: 1.0 - p, stats)
     gain = acc_c - acc_s
     z, p = excess_test(x_c, n_c, x_s, n_s, 1.0, threshold)
     stats.update(gain=gain, min_gain=threshold, z=z, p_value=p)
@@ -297,7 +316,7 @@ def check_agreement(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: f
         return Check(Outcome.FAIL, f"{head}: significantly below (p = {p:.2g} < α = {alpha:.2g})", stats)
     if agreement < threshold:
         return Check(Outcome.INCONCLUSIVE, f"{head}: below but not significantly yet (p = {p:.2g})", stats)
-    return Check(Outcome.PASS, head, stats)
+    return _within(guard, head, "within", lambda: binomial_above(x, n, threshold), stats)
 
 
 CHECKS: dict[Metric, Callable[[Guard, ArmWindow, ArmWindow, float], Check]] = {

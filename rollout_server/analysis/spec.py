@@ -7,8 +7,10 @@ Usage::
     stored = spec.to_dict()                           # plain dict for the database / API
 
 Each :class:`Guard` is a *limit* ("no regression beyond X": fails when the canary is
-significantly worse than X) or a required *gain* ("promote only if p95 latency is at least
-30% lower": passes only when the canary is significantly better by X, otherwise holds).
+significantly worse than X; passes on its point estimate being within X, or with
+``pass_alpha`` only once it is significantly within X) or a required *gain* ("promote only if
+p95 latency is at least 30% lower": passes only when the canary is significantly better by X,
+otherwise holds).
 What ``threshold`` means depends on the metric and mode (:data:`THRESHOLD_MEANING`).
 """
 
@@ -96,6 +98,11 @@ class Guard:
         relative_margin: error_rate / load_failures: tolerated relative excess over stable.
         quantile: latency: which quantile, 0.95 for p95.
         reasons: error_rate: error reasons counted per inference.
+        pass_alpha: limits only. ``None`` (default): the limit passes when the point estimate
+            is within it. A level in (0, 0.5): it passes only when the canary is *significantly*
+            within it (the one-sided test of "within" has p < ``pass_alpha``, at every look),
+            and holds otherwise; for fleets whose devices differ so much that the canary's few
+            devices may look better than they are (docs/rollout-analysis.md, "Passing a limit").
     """
 
     metric: Metric
@@ -107,6 +114,7 @@ class Guard:
     relative_margin: float | None = None
     quantile: float | None = None
     reasons: tuple[str, ...] | None = None
+    pass_alpha: float | None = None
 
     def __post_init__(self) -> None:
         metric = _enum(Metric, self.metric, "metric")
@@ -158,6 +166,12 @@ class Guard:
             raise ValueError(f"relative_margin must be >= 0, got {self.relative_margin!r}")
         if self.quantile is not None and not 0 < _number(self.quantile, "quantile") < 1:
             raise ValueError(f"quantile must be in (0, 1), got {self.quantile!r}")
+        if self.pass_alpha is not None:
+            if self.mode is not Mode.LIMIT:
+                raise ValueError("pass_alpha: applies to limits only (a gain passes only when significant)")
+            if not 0 < _number(self.pass_alpha, "pass_alpha") < 0.5:
+                raise ValueError(f"pass_alpha must be in (0, 0.5), got {self.pass_alpha!r}")
+            object.__setattr__(self, "pass_alpha", float(self.pass_alpha))
         if self.reasons is not None:
             reasons = self.reasons
             if isinstance(reasons, str) or not all(r in ERROR_REASONS for r in reasons) or not reasons:
@@ -178,6 +192,8 @@ class Guard:
         for option in OPTION_DEFAULTS[self.metric]:
             value = getattr(self, option)
             out[option] = list(value) if isinstance(value, tuple) else value
+        if self.pass_alpha is not None:
+            out["pass_alpha"] = self.pass_alpha
         return out
 
     @classmethod
@@ -262,6 +278,11 @@ class GuardSpec:
     def with_guards(self, *guards: Guard) -> GuardSpec:
         """A copy with ``guards`` appended (e.g. a latency gain on top of the defaults)."""
         return replace(self, guards=(*self.guards, *guards))
+
+    def with_options(self, metric: Metric, **changes: Any) -> GuardSpec:
+        """A copy whose guards of ``metric`` have ``changes`` (e.g. ``pass_alpha=0.2``)."""
+        return replace(self, guards=tuple(replace(g, **changes) if g.metric is metric else g
+                                          for g in self.guards))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict: ``{"alpha": ..., "guards": [...]}``."""

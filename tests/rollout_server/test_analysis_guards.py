@@ -367,3 +367,52 @@ def test_windows_add_up():
     assert ArmWindow.from_dict(total.to_dict()) == total
     with pytest.raises(ValueError, match="inferences"):
         ArmWindow.from_dict({"inferences": "many"})
+
+
+# -- pass_alpha: a limit that passes only when shown within it -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("metric", "stable", "unsure", "shown"),
+    [
+        (Metric.ERROR_RATE, errors_window(1_000, 100_000), errors_window(10, 1_000),
+         errors_window(1_000, 100_000)),
+        (Metric.LATENCY, latency_window(0.04), latency_window(0.046, n=600), latency_window(0.044)),
+        (Metric.ACCURACY, labelled(90_000, 100_000), labelled(900, 1_000), labelled(90_000, 100_000)),
+        (Metric.LOAD_FAILURES, ArmWindow(devices_reporting=1_000, devices_load_failed=2),
+         ArmWindow(devices_reporting=100), ArmWindow(devices_reporting=5_000, devices_load_failed=10)),
+        (Metric.AGREEMENT, ArmWindow(), ArmWindow(shadow_samples=1_000, shadow_agreements=985),
+         ArmWindow(shadow_samples=1_000, shadow_agreements=995)),
+    ],
+)
+def test_with_pass_alpha_a_limit_passes_only_once_the_canary_is_shown_within_it(
+        metric: Metric, stable: ArmWindow, unsure: ArmWindow, shown: ArmWindow):
+    """Within the limit on its point estimate but on few samples: the default passes, with
+    ``pass_alpha`` the guard holds (and says why); on many samples both pass."""
+    strict = Guard(metric, pass_alpha=0.05)
+    assert run(Guard(metric), stable, unsure) is Outcome.PASS
+    verdict = assess_guard(strict, Measurements(stable, unsure), ALPHA)
+    assert verdict.outcome is Outcome.INCONCLUSIVE
+    assert "not significantly yet" in verdict.reason
+    assert verdict.stats["pooled"]["p_within"] >= 0.05 and verdict.stats["pooled"]["pass_alpha"] == 0.05
+    shown_verdict = assess_guard(strict, Measurements(stable, shown), ALPHA)
+    assert shown_verdict.outcome is Outcome.PASS, shown_verdict.reason
+    assert shown_verdict.stats["pooled"]["p_within"] < 0.05
+
+
+def test_with_pass_alpha_a_slower_candidate_on_fast_canary_devices_is_held_not_passed():
+    """Devices of mixed speeds, and the canary's hundred happen to be mostly fast ones: a
+    candidate 1.3x slower on every device reads as within 1.2x stable's p95. On its point
+    estimate the limit passes it; with ``pass_alpha`` it holds, since the design effect says
+    how little a hundred devices show. A real 1.5x regression still fails either way."""
+    speeds = (0.02, 0.04, 0.08)
+    stable = latency_devices([_histogram(s, 1_000) for s in speeds for _ in range(300)])
+    lucky = [_histogram(1.3 * s, 1_000) for s, k in zip(speeds, (45, 35, 20), strict=True) for _ in range(k)]
+    canary = latency_devices(lucky)
+    assert run(Guard(Metric.LATENCY), stable, canary) is Outcome.PASS
+    verdict = assess_guard(Guard(Metric.LATENCY, pass_alpha=0.2), Measurements(stable, canary), ALPHA)
+    assert verdict.outcome is Outcome.INCONCLUSIVE, verdict.reason
+    pooled = verdict.stats["pooled"]
+    assert 1.0 < pooled["ratio"] <= 1.2 and pooled["canary_design_effect"] > 5
+    slow = latency_devices([_histogram(1.5 * s, 1_000) for s in speeds for _ in range(34)])
+    assert run(Guard(Metric.LATENCY, pass_alpha=0.2), stable, slow) is Outcome.FAIL

@@ -75,3 +75,19 @@ def test_stages_parse_and_validate():
     ]:
         with pytest.raises(ValueError, match=field):
             parse_stages(bad)
+
+
+def test_pass_alpha_is_for_limits_and_round_trips():
+    spec = GuardSpec.from_dict({"guards": [{"metric": "latency", "pass_alpha": 0.2},
+                                           {"metric": "error_rate"}]})
+    assert spec.guards[0].pass_alpha == 0.2 and spec.guards[1].pass_alpha is None
+    assert spec.to_dict()["guards"][0]["pass_alpha"] == 0.2
+    assert "pass_alpha" not in spec.to_dict()["guards"][1]  # unset: the point estimate decides
+    assert GuardSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    for bad in (0, 0.5, 0.9, "0.1", True):
+        with pytest.raises(ValueError, match="pass_alpha"):
+            Guard.from_dict({"metric": "latency", "pass_alpha": bad})
+    tuned = GuardSpec.default().with_options(Metric.LATENCY, pass_alpha=0.1)
+    assert [g.pass_alpha for g in tuned.guards] == [None, 0.1, None, None]
+    with pytest.raises(ValueError, match="pass_alpha: applies to limits only"):
+        Guard.from_dict({"metric": "latency", "mode": "gain", "pass_alpha": 0.1})

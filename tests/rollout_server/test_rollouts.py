@@ -239,10 +239,21 @@ def test_one_active_rollout_per_model_and_roles(client, tokens, releases):
     ({"guards": [{"metric": "vibes"}]}, "metric"),
     ({"candidate_version": "9"}, "no release"),
     ({"shadow_share": 2}, "shadow_share"),
+    ({"guards": {"guards": [{"metric": "latency", "mode": "gain", "pass_alpha": 0.1}]}}, "pass_alpha"),
+    ({"guards": {"guards": [{"metric": "latency", "pass_alpha": 0.7}]}}, "pass_alpha"),
 ])
 def test_bad_rollout_requests_are_4xx_with_reason(client, tokens, releases, patch, fragment):
     response = create(client, tokens, **patch)
     assert 400 <= response.status_code < 500 and fragment in response.json["detail"], response.json
+
+
+def test_a_limit_asked_to_pass_only_when_shown_within_keeps_its_pass_alpha(client, tokens, releases):
+    guards = {"guards": [*GUARDS["guards"][:1], {"metric": "latency", "pass_alpha": 0.2}]}
+    response = create(client, tokens, guards=guards)
+    assert response.status_code == 201, response.json
+    status = client.get(f"/v1/rollouts/{response.json['id']}", headers=auth(tokens["admin"])).json
+    latency = next(g for g in status["spec"]["guards"]["guards"] if g["metric"] == "latency")
+    assert latency["pass_alpha"] == 0.2 and latency["threshold"] == 1.2
 
 
 def test_each_window_is_analysed_once_even_with_concurrent_controllers(app, client, tokens, fleet):

@@ -74,6 +74,23 @@ def test_a_50_percent_slower_candidate_on_a_fleet_of_mixed_speeds_is_never_promo
     assert any(r.phase is Phase.ROLLED_BACK for r in results)
 
 
+def test_asked_to_show_it_the_latency_limit_promotes_fewer_1_3x_slower_on_a_fleet_of_mixed_speeds():
+    """A canary of mostly fast devices reads as within 1.2x: on its point estimate the limit
+    promoted a 1.3x slower candidate in 2 of these 40 rollouts. With ``pass_alpha`` the same 40
+    (same seed, same devices) promote fewer, and most identical candidates still get through."""
+    spec = SPEC.with_options(Metric.LATENCY, pass_alpha=0.2)
+    mixed = Fleet(latency_dispersion=0.6)
+    slower = with_latency_factor(STABLE, 1.3)
+
+    def promoted(spec: GuardSpec, canary: ArmProfile) -> int:
+        results = run_rollouts(40, spec, STABLE, canary, seed=7, fleet=mixed, max_windows=40)
+        return sum(r.phase is Phase.PROMOTED for r in results)
+
+    by_point_estimate, shown = promoted(SPEC, slower), promoted(spec, slower)
+    assert shown < by_point_estimate and shown <= 1
+    assert promoted(spec, STABLE) >= 20
+
+
 def test_a_5_point_accuracy_drop_with_devices_seeing_harder_inputs_is_never_promoted():
     results = run_rollouts(40, SPEC, STABLE, ArmProfile(accuracy=0.85), seed=12,
                            fleet=Fleet(accuracy_dispersion=1.0), max_windows=40)
