@@ -182,7 +182,7 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
     threshold = guard.threshold or 0.0
     if guard.mode is Mode.LIMIT:
         above = latencies_above(canary.latency_counts, threshold * q_s)
-        p = _above_p(canary, above, threshold * q_s, tail, stats, binomial_above)
+        p = _above_p(canary, stable, above, (threshold * q_s, q_s), tail, stats, binomial_above)
         stats.update(max_ratio=threshold, canary_above=above, p_value=p)
         if ratio > threshold and p < alpha:
             return Check(
@@ -200,10 +200,10 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
                 stats,
             )
         return _within(guard, head, f"within {threshold:g}× stable", lambda: _above_p(
-            canary, above, threshold * q_s, tail, stats, binomial_below), stats)
+            canary, stable, above, (threshold * q_s, q_s), tail, stats, binomial_below), stats)
     max_ratio = 1.0 - threshold
     above = latencies_above(canary.latency_counts, max_ratio * q_s)
-    p = _above_p(canary, above, max_ratio * q_s, tail, stats, binomial_below)
+    p = _above_p(canary, stable, above, (max_ratio * q_s, q_s), tail, stats, binomial_below)
     stats.update(required_ratio=max_ratio, canary_above=above, p_value=p)
     if ratio <= max_ratio and p < alpha:
         return Check(
@@ -219,20 +219,32 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
     )
 
 
-def _above_p(canary: ArmWindow, above: float, seconds: float, tail: float, stats: dict[str, Any],
-             test: Callable[[int, int, float], float]) -> float:
+def _above_p(canary: ArmWindow, stable: ArmWindow, above: float, cuts: tuple[float, float], tail: float,
+             stats: dict[str, Any], test: Callable[[int, int, float], float]) -> float:
     """``test``'s p-value (:func:`binomial_above` or :func:`binomial_below`) for ``above`` of
-    the canary's latencies above ``seconds`` when a share ``tail`` is expected: on the effective
-    sample size when slow inferences cluster on slow devices
-    (:meth:`ArmWindow.latency_design_effect`, noted in ``stats``). The count is rounded against
-    what the test would show: down when testing for too many, up when testing for few enough."""
-    n = canary.latency_samples
-    deff = canary.latency_design_effect(seconds)
-    if deff > 1.0:
-        effective = max(1, round(n / deff))
-        stats.update(canary_design_effect=deff, canary_effective_samples=effective)
-        above, n = above / n * effective, effective
-    rounded = math.floor(above) if test is binomial_above else math.ceil(above)
+    the canary's latencies above ``cuts[0]`` (a multiple of stable's quantile ``cuts[1]``) when a
+    share ``tail`` is expected.
+
+    The binomial runs on the effective sample size of *both* arms, ``1 / (1/n_c + 1/n_s)``, each
+    arm's ``n`` its latency samples over its design effect (slow inferences clustering on slow
+    devices, :meth:`ArmWindow.latency_design_effect`). The canary's count carries its own noise;
+    stable's quantile carries stable's, and when the canary sits exactly at the tested ratio its
+    share above the cut moves with stable's estimate by a binomial share on stable's samples
+    (the density terms cancel), so the two variances add. With ten times more stable samples
+    the test loses a tenth of its samples; at a 50% stage, half. The count is rounded against
+    what the test would show: down when testing for too many, up when testing for few enough.
+    """
+    n_c = canary.latency_samples
+    deff_c, deff_s = canary.latency_design_effect(cuts[0]), stable.latency_design_effect(cuts[1])
+    effective_c, effective_s = n_c / deff_c, stable.latency_samples / deff_s
+    n = max(1, round(1.0 / (1.0 / effective_c + 1.0 / effective_s)))
+    stats.update(effective_samples=n)
+    if deff_c > 1.0:
+        stats.update(canary_design_effect=deff_c, canary_effective_samples=round(effective_c))
+    if deff_s > 1.0:
+        stats.update(stable_design_effect=deff_s, stable_effective_samples=round(effective_s))
+    scaled = above / n_c * n
+    rounded = math.floor(scaled) if test is binomial_above else math.ceil(scaled)
     return test(rounded, n, tail)
 
 
