@@ -123,22 +123,21 @@ def run(runs: int, seed: int) -> list[dict[str, Any]]:
             )
         )
     # some devices are slower than others whichever model runs (log-normal factor, sigma 0.6)
+    mixed_speeds = Fleet(latency_dispersion=0.6)
     rows.append(scenario("A/A, devices of mixed speeds (latency disp. 0.6)", runs, seed + 40, base,
-                         "rolled back <= 5%", fleet=Fleet(latency_dispersion=0.6)))
+                         "rolled back <= 5%", fleet=mixed_speeds))
     rows.append(scenario("latency p95 x1.5, latency dispersion 0.6", runs // 2, seed + 41,
-                         with_latency_factor(base, 1.5), "never promoted",
-                         fleet=Fleet(latency_dispersion=0.6)))
+                         with_latency_factor(base, 1.5), "never promoted", fleet=mixed_speeds))
     # on such a fleet the canary's devices may be faster than stable's by chance: a limit that
     # passes on its point estimate lets some of a 1.3x regression through; pass_alpha holds more
     shown = GuardSpec.default().with_options(Metric.LATENCY, pass_alpha=0.2)
     rows.append(scenario("latency p95 x1.3, latency dispersion 0.6", runs // 2, seed + 42,
-                         with_latency_factor(base, 1.3), "(reported: point estimate)",
-                         fleet=Fleet(latency_dispersion=0.6)))
+                         with_latency_factor(base, 1.3), "(reported: point estimate)", fleet=mixed_speeds))
     rows.append(scenario("latency p95 x1.3, latency disp. 0.6, pass_alpha 0.2", runs // 2, seed + 42,
                          with_latency_factor(base, 1.3), "(reported: fewer promoted)", spec=shown,
-                         fleet=Fleet(latency_dispersion=0.6)))
+                         fleet=mixed_speeds))
     rows.append(scenario("A/A, latency dispersion 0.6, pass_alpha 0.2", runs // 2, seed + 43, base,
-                         "rolled back <= 5%", spec=shown, fleet=Fleet(latency_dispersion=0.6)))
+                         "rolled back <= 5%", spec=shown, fleet=mixed_speeds))
     rows.append(
         scenario(
             "gain 30% required, canary 40% faster",
