@@ -59,11 +59,11 @@ from benchmarks.wrk_runner import Scenario, Served, WrkResult, free_port, run_wr
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "server.json"
+
+
 def log(message: str) -> None:
     """Progress on stderr (the table goes to stdout)."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 
 
 def edgeship_command() -> list[str]:
