@@ -263,6 +263,9 @@ class Agent:
             if not self._variant_backoff.blocked(_release_variant(assignment), now):
                 self._install(assignment, assigned, now)
         self._rekey(assignment)
+        active = self._active
+        if active is not None and assignment["cohort"] == "stable" and _runs(active.model, assignment):
+            self.installer.confirm_stable(active.model.release.sha256, keep=self.shadow.blobs)
         self._apply_shadow(assignment.get("shadow"))
 
     def _install(self, assignment: dict[str, Any], assigned: WindowKey, now: float) -> None:

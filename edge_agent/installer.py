@@ -53,6 +53,7 @@ class Installer:
         self.golden_slack = golden_slack
         self.max_bytes = max_bytes
         self.deadline_seconds = deadline_seconds
+        self._proven_model: str | None = None  # sha256 of a current model known to be proven
 
     def install(self, block: dict[str, Any]) -> tuple[LoadedModel, dict[str, Any]]:
         """Fetch and load the release an assignment (or its ``shadow`` block) names.
@@ -74,20 +75,46 @@ class Installer:
             "release": {"model": release.model, "version": release.version,
                         "variant_id": release.variant["id"], "artifact_url": release.artifact_url,
                         "golden_url": release.golden_url},
+            "cohort": block.get("cohort", "stable"),
         }
         return model, entry
 
     def commit(self, entry: dict[str, Any], keep: tuple[str, ...] = ()) -> None:
-        """Make ``entry`` the store's current model (the previous one becomes last good).
+        """Make ``entry`` the store's current model; the previous one becomes last good if proven.
 
-        Blobs of neither are collected, except ``keep`` (a shadow candidate's files). A failure
-        to write (disk full) is logged, not raised: the model already runs, and on restart the
-        agent falls back to the previous entry and downloads again.
+        A model has proven itself once it ran as ``stable`` (:func:`proven`). A candidate that
+        leaves while still a canary (its rollout was rolled back or aborted) never becomes the
+        fallback, and its files are collected. Blobs of neither entry are collected, except
+        ``keep`` (a shadow candidate's files). A failure to write (disk full) is logged, not
+        raised: the model already runs, and on restart the agent falls back to the previous
+        entry and downloads again.
         """
         try:
-            self.store.promote(entry, keep=keep)
+            current, _ = self.store.state()
+            self.store.promote(entry, current_was_good=current is None or proven(current), keep=keep)
         except (OSError, ValueError) as err:
             log.error("could not record the new model in %s (%s); running it anyway", self.store.root, err)
+            return
+        self._proven_model = entry["blobs"]["model"] if proven(entry) else None
+
+    def confirm_stable(self, model_sha256: str, keep: tuple[str, ...] = ()) -> None:
+        """Record that the store's current model now runs as ``stable`` (its rollout was promoted).
+
+        From then on it may become the last good model. Reads the store once per model; a
+        failure to write is logged and tried again at the next call.
+        """
+        if model_sha256 == self._proven_model:
+            return
+        try:
+            current, _ = self.store.state()
+            if current is not None and current["blobs"]["model"] == model_sha256 and not proven(current):
+                self.store.promote({**current, "cohort": "stable"}, keep=keep)
+                log.info("model %s now runs as stable: it may be the fallback from now on", model_sha256[:12])
+        except (OSError, ValueError) as err:
+            log.error("could not record model %s as stable in %s (%s)", model_sha256[:12], self.store.root,
+                      err)
+            return
+        self._proven_model = model_sha256
 
     def restore(self) -> tuple[LoadedModel, dict[str, Any]] | None:
         """Load the store's current model, else its last good one; ``None`` when neither works."""
@@ -129,3 +156,8 @@ class Installer:
             if getattr(err, "status", None) == 404:  # the server does not have what it assigned
                 raise ModelRefused("load_failed", f"artifact missing on the server: {err}") from None
             raise
+
+
+def proven(entry: dict[str, Any]) -> bool:
+    """Whether a store entry ran as ``stable`` (entries written before cohorts were kept did)."""
+    return entry.get("cohort", "stable") == "stable"

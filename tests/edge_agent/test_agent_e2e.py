@@ -150,20 +150,51 @@ def test_a_lost_acknowledgement_does_not_duplicate_reports(agent_config, server,
     assert len(stored_reports(server)) == len(pending)
 
 
+def start_canary_of_v2(agent: Agent, server: ServerProcess) -> dict[str, Any]:
+    """A rollout of v2 whose first stage takes every device but a few in 10,000."""
+    wait_until(lambda: running(agent, "1"), what="v1 installed")
+    rollout = server.api("POST", "/v1/rollouts", {
+        "model": MODEL, "candidate_version": "2", "stages": [{"percent": 99.99}, {"percent": 100}]})
+    wait_until(lambda: running(agent, "2"), what="canary v2 installed")
+    assert agent.status()["cohort"] == "canary"
+    return rollout
+
+
+def stored_versions(agent: Agent) -> tuple[str | None, str | None]:
+    """The versions of the store's ``(current, last_good)`` entries."""
+    return tuple(entry["release"]["version"] if entry else None for entry in agent.store.state())
+
+
 def test_rollback_takes_effect_at_the_next_check_in(agent_config, server, releases):
     agent = Agent(agent_config(check_interval_seconds=0.5)).start()
     try:
-        wait_until(lambda: running(agent, "1"), what="v1 installed")
-        rollout = server.api("POST", "/v1/rollouts", {
-            "model": MODEL, "candidate_version": "2", "stages": [{"percent": 99.99}, {"percent": 100}]})
-        wait_until(lambda: running(agent, "2"), what="canary v2 installed")
-        assert agent.status()["cohort"] == "canary"
+        rollout = start_canary_of_v2(agent, server)
+        v2_sha = agent.current.release.sha256
+        assert stored_versions(agent) == ("2", "1")
         server.api("POST", f"/v1/rollouts/{rollout['id']}/abort", {"reason": "test"})
         aborted = time.monotonic()
         wait_until(lambda: running(agent, "1"), timeout=10, what="back on v1")
         elapsed = time.monotonic() - aborted
         assert elapsed < 2 * agent.config.check_interval_seconds + 1.0
         assert agent.status()["cohort"] == "stable"
+        # the rolled-back candidate is not kept as the fallback, and its files are gone
+        assert stored_versions(agent) == ("1", "1")
+        assert not agent.store.has_blob(v2_sha)
+    finally:
+        agent.stop()
+
+
+def test_a_promoted_candidate_becomes_the_fallback(agent_config, server, releases):
+    agent = Agent(agent_config(check_interval_seconds=0.5)).start()
+    try:
+        rollout = start_canary_of_v2(agent, server)
+        assert agent.store.state()[0]["cohort"] == "canary"
+        server.api("POST", f"/v1/rollouts/{rollout['id']}/promote", {"reason": "test"})
+        wait_until(lambda: agent.status()["cohort"] == "stable", timeout=10, what="v2 runs as stable")
+        wait_until(lambda: agent.store.state()[0]["cohort"] == "stable", timeout=5, what="store says stable")
+        server.set_stable(MODEL, "1")  # the operator goes back by hand: v2 has proven itself
+        wait_until(lambda: running(agent, "1"), timeout=10, what="back on v1")
+        assert stored_versions(agent) == ("1", "2")
     finally:
         agent.stop()
 

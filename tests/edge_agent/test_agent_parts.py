@@ -19,11 +19,13 @@ from edge_agent.config import AgentConfig, ConfigError, load_config
 from edge_agent.device import describe, installed_runtimes
 from edge_agent.golden import check_golden
 from edge_agent.identity import Identity
-from edge_agent.installer import trusted_keys
+from edge_agent.installer import Installer, trusted_keys
 from edge_agent.model import ModelRefused, Release
 from edge_agent.outbox import Outbox, OutboxError
+from edge_agent.store import ModelStore
 from edge_agent.workload import Replay
 from tests.edge_agent.conftest import wait_until
+from tests.edge_agent.test_store import make_entry
 
 
 def test_settings_layer_file_then_environment_then_flags(tmp_path):
@@ -217,3 +219,33 @@ def test_the_first_window_follows_the_servers_report_interval(agent_config, serv
         assert agent.report_interval_seconds == 1.0
     finally:
         agent.stop()
+
+
+def test_only_a_model_that_ran_as_stable_becomes_the_fallback(tmp_path):
+    store = ModelStore(tmp_path)
+
+    def installer() -> Installer:  # a new one is a restarted agent: nothing cached
+        return Installer(None, store, {}, 1, 0.1, 1 << 20, 10.0)
+
+    def entry(name: str, cohort: str | None) -> dict:
+        made = make_entry(store, name)
+        return made if cohort is None else {**made, "cohort": cohort}
+
+    def versions() -> tuple:
+        return tuple(e["release"]["version"] if e else None for e in store.state())
+
+    installer().commit(entry("s1", None))  # written before entries kept a cohort: proven
+    installer().commit(candidate := entry("a", "canary"))
+    assert versions() == ("a", "s1")
+    installer().commit(entry("s1", "stable"))  # a rolled back, seen after a restart
+    assert versions() == ("s1", "s1")
+    assert not store.has_blob(candidate["blobs"]["model"])
+
+    agent_side = installer()
+    agent_side.commit(promoted := entry("b", "canary"))
+    agent_side.confirm_stable(promoted["blobs"]["model"])  # its rollout was promoted
+    assert store.state()[0]["cohort"] == "stable"
+    installer().commit(entry("s2", "stable"))
+    assert versions() == ("s2", "b")
+    agent_side.confirm_stable(entry("other", None)["blobs"]["model"])  # not the current model: no change
+    assert versions() == ("s2", "b")
