@@ -60,13 +60,13 @@ VARIANT_KINDS: MappingProxyType = MappingProxyType(
             _kind(
                 "onnx-int8-dynamic", "onnx", "int8-dynamic", _ORT,
                 "int8 weights, activations quantized at run time (onnxruntime quantize_dynamic)",
-                per_channel=False,
+                per_channel=False, reduce_range=True,
             ),
             _kind(
                 "onnx-int8-static", "onnx", "int8", _ORT,
                 "QDQ int8 weights and activations from calibration (quantize_static)",
                 calibration="minmax", per_channel=True, percentile=99.999,
-                activation_type="uint8", float_layers=(),
+                activation_type="uint8", reduce_range=True, float_layers=(),
             ),
             _kind(
                 "onnx-int8-weights", "onnx", "int8-weights", _ORT,

@@ -59,18 +59,23 @@ def build_int8_dynamic(
     ``MatMulInteger``, Conv ``ConvInteger`` and embedding tables int8 + DequantizeLinear.
     ``ConvInteger`` makes CNN files smaller but ~5x slower than float Conv on x86 CPU (4 conv
     3x3, 64 channels, 56x56: 26 ms vs 5 ms); ``onnx-int8-static`` is the CNN variant.
+    Options: ``per_channel``, ``reduce_range`` (7-bit weights, the default: x86 CPUs without VNNI
+    saturate with 8-bit ones; docs/formats-onnx.md).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     per_channel = bool(request.options.get("per_channel", False))
+    reduce_range = bool(request.options.get("reduce_range", True))
     with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
         pre = preprocess(base, Path(tmp), ctx)
         with toolchain_step(request, "quantize_dynamic"), quiet_ort():
-            quantize_dynamic(pre, out, per_channel=per_channel, weight_type=QuantType.QInt8)
+            quantize_dynamic(pre, out, per_channel=per_channel, reduce_range=reduce_range,
+                             weight_type=QuantType.QInt8)
     require_quantized(request, out, "no MatMul, Gemm, Conv or Gather weights to quantize")
     check_runs(request, out, ctx)
     granularity = "per-channel" if per_channel else "per-tensor"
-    return built_variant(request, out, base, [f"quant:dynamic:{granularity}"], weight_type="int8")
+    return built_variant(request, out, base, [f"quant:dynamic:{granularity}"], weight_type="int8",
+                         reduce_range=reduce_range)
 
 
 # --------------------------------------------------------------------------- shared

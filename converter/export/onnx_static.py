@@ -45,7 +45,9 @@ def build_int8_static(
     """QDQ int8 weights and activations with ranges calibrated on ``ctx.calibration()``.
 
     Options: ``calibration`` (minmax / entropy / percentile), ``percentile``, ``per_channel``,
-    ``activation_type`` (uint8 / int8), ``float_layers`` (node names kept in float).
+    ``activation_type`` (uint8 / int8), ``reduce_range`` (7-bit weights, the default: x86 CPUs
+    without VNNI saturate with 8-bit ones; docs/formats-onnx.md), ``float_layers`` (node names
+    kept in float).
     """
     method, act, settings = static_settings(request, base)
     float_layers = list(request.options.get("float_layers") or [])
@@ -66,7 +68,8 @@ def build_int8_static(
         steps.append(f"keep-float:{len(float_layers)}-layers")
     return built_variant(
         request, out, base, steps,
-        activation_type=act, weight_type="int8", calibration_samples=ctx.calibration_count,
+        activation_type=act, weight_type="int8", reduce_range=settings["reduce_range"],
+        calibration_samples=ctx.calibration_count,
         op_types="all" if op_types is None else op_types, float_layers=float_layers,
     )
 
@@ -96,6 +99,7 @@ def static_settings(request: VariantRequest, base: Path) -> tuple[str, str, dict
         "calibrate_method": methods[method],
         "activation_type": act_types[act],
         "per_channel": bool(opts.get("per_channel", True)),
+        "reduce_range": bool(opts.get("reduce_range", True)),
         "op_types_to_quantize": _static_op_types(base),
         "extra_options": {"CalibPercentile": float(opts.get("percentile", 99.999))}
         if method == "percentile" else {},

@@ -16,6 +16,9 @@ pytestmark = pytest.mark.slow
 
 CHANNELS = '"prune:channel:bn-scale:0.3", "fuse"'
 DISTILL = '"distill:T4->1:alpha0.5"'
+#: 2 epochs left the 30%-pruned digits CNN 0.67 points below the reference on one machine
+#: (AMD EPYC, AVX2) and within 0.5 on others: float training differs by CPU. 4 recover it.
+FINE_TUNE_EPOCHS = 4
 
 
 def test_channel_pruned_and_distilled_models_ship_in_every_format(digits_dir, signing_key, tmp_path):
@@ -24,7 +27,7 @@ def test_channel_pruned_and_distilled_models_ship_in_every_format(digits_dir, si
 [compression]
 student = "examples.digits:student"
 epochs = 15
-fine_tune_epochs = 2
+fine_tune_epochs = {FINE_TUNE_EPOCHS}
 
 [[variants]]
 kind = "onnx-fp32"
@@ -82,7 +85,7 @@ steps = [{DISTILL}]
     report = {v["id"]: v for v in json.loads((out / "report.json").read_text())["variants"]}
     prune = report["onnx-pruned"]["steps"][0]
     assert prune["macs_ratio"] <= 0.55 and prune["kept_layers"] == ["head.3"]
-    assert len(prune["fine_tune"]) == 2
+    assert len(prune["fine_tune"]) == FINE_TUNE_EPOCHS
     assert report["onnx-pruned"]["model"]["macs"] < data["reference"]["macs"] * 0.55
     distill = report["tflite-student"]["steps"][0]
     assert distill["student_params"] * 4 <= distill["teacher_params"]

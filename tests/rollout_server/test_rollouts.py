@@ -23,7 +23,10 @@ STAGES = [{"percent": 10, "min_duration_seconds": 60, "min_samples": 2000},
           {"percent": 100, "min_duration_seconds": 0, "min_samples": 0}]
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
 # The default guards, with the device minimum of the load-failure guard sized for a test fleet
-# of 120 devices (about 12 canary devices at 10%).
+# of 200 devices (about 20 canary devices at 10%). Device ids are random, so the canary's size
+# is too: with 120 devices it was under 5 in 0.6% of runs and the stage held (seen once in CI);
+# with 200, in 1 run of 100,000.
+FLEET_SIZE = 200
 GUARDS = {"guards": [{"metric": "error_rate"}, {"metric": "latency"}, {"metric": "accuracy"},
                      {"metric": "load_failures", "min_samples": 5}]}
 
@@ -37,9 +40,9 @@ def releases(app):
 
 @pytest.fixture
 def fleet(client, tokens, releases):
-    """120 registered devices in two classes with their current cohort."""
+    """``FLEET_SIZE`` registered devices in two classes."""
     devices = []
-    for i in range(120):
+    for i in range(FLEET_SIZE):
         device_class = "rpi4" if i % 2 else "android"
         devices.append(register(client, tokens["enroll"], device_class=device_class))
     return devices
@@ -96,7 +99,7 @@ def test_a_good_candidate_ramps_and_is_promoted(app, client, tokens, fleet):
     assert response.json["phase"] == "running" and response.json["canary_percent"] == 10
     first = assignments(client, fleet)
     canary = {d for d, a in first.items() if a["cohort"] == "canary"}
-    assert 0 < len(canary) < 40 and all(first[d]["version"] == "2" for d in canary)
+    assert 0 < len(canary) < 50 and all(first[d]["version"] == "2" for d in canary)
     start_stage_at(app, rollout_id, T0)
     phases = []
     for window in range(1, 12):
