@@ -46,6 +46,7 @@ system-deps:
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 test: system-deps lint
 	$(PY) -m pytest -q

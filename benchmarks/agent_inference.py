@@ -24,8 +24,8 @@ import numpy as np
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.model import LoadedModel
-from edge_agent.runtimes import Runner, open_runner
 from edge_agent.window import WindowKey
+from edgeship.runtimes import Runner, open_runner
 
 #: a block of calls on one side lasts about this long: short, so both blocks of a pair see the
 #: same machine load, long enough to keep each side's caches warm.

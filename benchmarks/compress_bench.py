@@ -246,7 +246,7 @@ def main() -> None:
     parser.add_argument("--only", default="pruning,distill,tuning")
     args = parser.parse_args()
     from converter.quiet import quiet_toolchains
-    from converter.signing import generate_keypair
+    from edgeship.contract.signing import generate_keypair
 
     quiet_toolchains()
     key = args.out / "keys" / "publisher.key"

@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--models", default="digits-cnn,mobilenetv2-style,resnet-style")
     args = parser.parse_args()
     from converter.quiet import quiet_toolchains
-    from converter.signing import generate_keypair
+    from edgeship.contract.signing import generate_keypair
 
     quiet_toolchains()
     models = bench_models()

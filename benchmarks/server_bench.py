@@ -71,7 +71,7 @@ def edgeship_command() -> list[str]:
     script = Path(sys.executable).with_name("edgeship")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from edgeship.cli import main; sys.exit(main())"]
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat must be at least 1")
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
-    from converter.signing import generate_keypair
+    from edgeship.contract.signing import generate_keypair
 
     load_before = os.getloadavg()
     if load_before[0] > 0.5 * (os.cpu_count() or 1):

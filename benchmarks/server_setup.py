@@ -21,7 +21,7 @@ DEVICE = {"device_class": "rpi4", "arch": "aarch64", "os": "Raspberry Pi OS 12",
 
 def make_release(directory: Path, private_key: Path) -> Path:
     """A small release signed by hand: two variants and a golden file of random bytes."""
-    from converter.signing import load_private_key, sign_manifest
+    from edgeship.contract.signing import load_private_key, sign_manifest
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
@@ -55,7 +55,7 @@ def make_release(directory: Path, private_key: Path) -> Path:
 
 def report_template() -> str:
     """One valid report as JSON, its id the placeholder ``@ID@`` the Lua script fills in."""
-    from monitoring.buckets import BUCKET_COUNT
+    from edgeship.contract.latency import BUCKET_COUNT
 
     now = dt.datetime.now(dt.timezone.utc)
     latency = [0] * BUCKET_COUNT

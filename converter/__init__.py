@@ -7,8 +7,8 @@ Example:
     ...                    model_name="digits-cnn", version="1", signing_key="keys/publisher.key")
 
 Importing this package is cheap: torch and the toolchains load only when a conversion runs,
-so the rollout server and the agent can use :mod:`converter.manifest` and
-:mod:`converter.signing` without them.
+so the rollout server and the agent can use :mod:`edgeship.contract.manifest` and
+:mod:`edgeship.contract.signing` without them.
 """
 
 from __future__ import annotations

@@ -1,53 +1,19 @@
-"""The ``edgeship`` command line: one entry point, a subcommand per component.
+"""The converter's subcommands of ``edgeship``: ``convert``, ``variants`` and ``keys``.
 
-Subcommands register themselves through ``add_parser(subparsers)`` functions so each
-component keeps its own arguments; heavy imports happen only when a subcommand runs.
+Registered by :func:`edgeship.cli.build_parser`; the toolchains are imported only when a
+subcommand runs, so ``edgeship --help`` stays light.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
-
-from converter.errors import ConverterError
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "run"):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.run(args) or 0)
-    except ConverterError as err:
-        print(f"edgeship {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(f"edgeship {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into `head` and closed early
-        sys.stderr.close()
-        return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edgeship", description="On-device model deployment and A/B rollout."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``convert``, ``variants`` and ``keys`` to the ``edgeship`` subcommands."""
     _add_convert(sub)
     _add_variants(sub)
     _add_keys(sub)
-    from edge_agent.cli import add_parser as add_agent
-    from examples.demo.cli import add_parser as add_demo
-    from rollout_server.cli import add_parsers
-
-    add_parsers(sub)
-    add_agent(sub)
-    add_demo(sub)
-    return parser
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -128,15 +94,10 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_keys_generate(args: argparse.Namespace) -> int:
-    from converter.signing import generate_keypair, key_id, load_private_key
+    from edgeship.contract.signing import generate_keypair, key_id, load_private_key
 
     private, public = generate_keypair(args.out, args.name)
     kid = key_id(load_private_key(private).public_key())
     print(f"private key: {private} (keep it secret; mode 0600)\npublic key:  {public}\n"
           f"key id:      {kid}")
     return 0
-
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,15 +6,11 @@ with a non-zero code. ``ValueError`` subclasses keep the bad value in the messag
 
 from __future__ import annotations
 
-import re
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+from edgeship.contract.errors import EdgeshipError
 
 
-class ConverterError(Exception):
+class ConverterError(EdgeshipError):
     """Base class: a conversion that cannot go on. ``str(err)`` is a one-line reason."""
-
-    exit_code = 2
 
 
 class InputSpecError(ConverterError, ValueError):
@@ -35,10 +31,6 @@ class RecipeError(ConverterError, ValueError):
 
 class OutputError(ConverterError):
     """The release directory cannot be written."""
-
-
-class SigningError(ConverterError):
-    """No usable signing key, or a signature that does not verify."""
 
 
 class UnsupportedModelError(ConverterError):
@@ -64,17 +56,3 @@ class VariantBuildError(ConverterError):
 class CompressionError(ConverterError):
     """A compression step (fuse, prune, distill) could not run on this model; the variants that
     need the step fail with this reason while the others go on."""
-
-
-def first_line(exc: BaseException, limit: int = 300, innermost: bool = False) -> str:
-    """The first non-empty line of an exception's message, without ANSI codes, cut at ``limit``.
-
-    Toolchains raise multi-line messages (graphs, tracebacks); errors here are one line. With
-    ``innermost`` the message comes from the deepest ``__cause__`` (exporters wrap the error
-    that names the op in several layers).
-    """
-    while innermost and exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = _ANSI.sub("", str(exc))
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."

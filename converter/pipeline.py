@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from converter import signing
 from converter.compress.steps import DistillStep, needs_training_data
 from converter.data import SampleSet, load_samples
 from converter.errors import ConverterError, DataError, UnsupportedModelError
 from converter.golden import write_golden
 from converter.loading import as_eval, load_model
-from converter.manifest import MODEL_NAME_PATTERN, Manifest, VariantEntry
 from converter.progress import Progress
 from converter.recipe import Recipe, load_recipe
 from converter.reference import Reference, compute_reference, fit_check
@@ -31,6 +29,8 @@ from converter.report import write_report
 from converter.results import VariantResult
 from converter.specs import TensorSpec, parse_input_spec
 from converter.staging import check_writable, staged_directory
+from edgeship.contract import signing
+from edgeship.contract.manifest import MODEL_NAME_PATTERN, Manifest, VariantEntry
 
 if TYPE_CHECKING:
     import torch
@@ -219,7 +219,7 @@ def _check_compression_inputs(recipe: Recipe, train_set: SampleSet | None) -> No
 
 
 def reference_accuracy(reference: Reference, samples: SampleSet, task_kind: str) -> float | None:
-    from converter.metrics import accuracy
+    from edgeship.contract.fidelity import accuracy
 
     if samples.labels is None or task_kind != "classification":
         return None

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from converter.manifest import Manifest
 from converter.report_plots import write_pareto, write_plot
 from converter.report_sections import compression_sections, search_sections, tuning_sections
 from converter.results import VariantResult
+from edgeship.contract.manifest import Manifest
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
 PARETO_PNG = "pareto.png"

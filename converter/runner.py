@@ -32,13 +32,13 @@ from converter.errors import (
 from converter.export.base import ExportContext, NotApplicable, VariantRequest
 from converter.gates import gate_failures
 from converter.golden import sha256_file
-from converter.metrics import fidelity
 from converter.progress import Progress
 from converter.recipe import Validation, VariantPlan
 from converter.reference import Reference, compute_reference, fit_check
 from converter.results import VariantResult
 from converter.specs import TensorSpec
 from converter.validate import measure_on_runtime, variant_metrics, write_eval_inputs
+from edgeship.contract.fidelity import fidelity
 
 
 class VariantRunner:

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from converter import metrics as fm
 from converter.data import SampleSet
 from converter.export.base import BuiltVariant
 from converter.reference import Reference
+from edgeship.contract import fidelity as fm
 
 MEASURE_TIMEOUT_SECONDS = 1800
 
@@ -77,7 +77,7 @@ def measure_on_runtime(
         request_path = Path(tmp) / "request.json"
         request_path.write_text(json.dumps(request))
         proc = subprocess.run(
-            [sys.executable, "-m", "edge_agent.runtimes.measure", str(request_path)],
+            [sys.executable, "-m", "edgeship.runtimes.measure", str(request_path)],
             capture_output=True, text=True, timeout=MEASURE_TIMEOUT_SECONDS,
             env={**os.environ, "PYTHONPATH": _python_path()},
         )

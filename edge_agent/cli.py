@@ -1,4 +1,4 @@
-"""``edgeship agent``: run the edge agent standalone (registered by :mod:`converter.cli`).
+"""``edgeship agent``: run the edge agent standalone (registered by :mod:`edgeship.cli`).
 
 Imports stay inside :func:`_run` so ``edgeship --help`` loads no runtime. SIGTERM and SIGINT
 stop the agent cleanly: the open window is closed into the outbox and delivered if the server

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.metrics import fidelity
+from edgeship.contract.fidelity import fidelity
 
 #: non-classification outputs agree when their cosine similarity is at least this.
 AGREEMENT_COSINE = 0.99

@@ -12,13 +12,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from converter.manifest import canonical_json
-from converter.signing import key_id, load_public_key
 from edge_agent.download import DownloadError, IntegrityError, TooLarge, fetch
 from edge_agent.model import LoadedModel, ModelRefused, Release, load_model
-from edge_agent.runtimes import RuntimeUnavailable
 from edge_agent.server_api import ServerApi
 from edge_agent.store import ModelStore
+from edgeship.contract.manifest import canonical_json
+from edgeship.contract.signing import key_id, load_public_key
+from edgeship.runtimes import RuntimeUnavailable
 
 log = logging.getLogger("edgeship.agent")
 

@@ -1,7 +1,7 @@
 """An optional local ``/metrics`` endpoint, for people who scrape their devices with Prometheus.
 
 Renders the Prometheus text format (0.0.4) itself, without ``prometheus_client``. Fleet-shaped
-metrics use the exact names and labels of ``monitoring.catalogue`` (and the shared latency
+metrics use the exact names and labels of ``edgeship.contract.metrics`` (and the shared latency
 buckets), so the same queries and dashboards work on one device; agent-only metrics are named
 ``edgeship_agent_*``::
 
@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from edge_agent.window import WindowKey, counts_as_inference, peak_rss_bytes, shadow_distance
-from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS, bucket_index
-from monitoring.catalogue import METRICS
+from edge_agent.window import WindowKey, peak_rss_bytes, shadow_distance
+from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS, bucket_index
+from edgeship.contract.metrics import METRICS
+from edgeship.contract.reports import counts_as_inference
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from converter.errors import SigningError, first_line
-from converter.manifest import ManifestError, check_manifest
-from converter.signing import verify_manifest
 from edge_agent.golden import GoldenResult, check_golden, load_golden, run_probe
-from edge_agent.runtimes import Runner, RuntimeUnavailable, open_runner
+from edgeship.contract.errors import SigningError, first_line
+from edgeship.contract.manifest import ManifestError, check_manifest
+from edgeship.contract.signing import verify_manifest
+from edgeship.runtimes import Runner, RuntimeUnavailable, open_runner
 
 
 class ModelRefused(Exception):

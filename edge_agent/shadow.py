@@ -16,10 +16,10 @@ import threading
 
 import numpy as np
 
-from converter.metrics import per_sample_cosine, top1
 from edge_agent.golden import AGREEMENT_COSINE
 from edge_agent.model import LoadedModel
 from edge_agent.window import WindowKey, WindowSet
+from edgeship.contract.fidelity import per_sample_cosine, top1
 
 log = logging.getLogger("edgeship.agent")
 QUEUE_SIZE = 64

@@ -11,7 +11,7 @@ windows::
     windows.record_error(key, "timeout")
     reports = windows.close()  # -> outbox
 
-Only the standard library and ``monitoring.buckets``: this runs on the device.
+Only the standard library and ``edgeship.contract.latency``: this runs on the device.
 """
 
 from __future__ import annotations
@@ -27,26 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitoring.buckets import BUCKET_COUNT, bucket_index
-
-#: errors that end one inference: each counts as an inference, without a latency sample.
-INFERENCE_ERROR_REASONS: tuple[str, ...] = ("runtime_error", "timeout", "other")
-#: errors of an install (loading the model, checking it on the golden set): no inference ran.
-INSTALL_ERROR_REASONS: tuple[str, ...] = ("load_failed", "golden_mismatch")
-#: every reason the server accepts, in the server's order (rollout_server.models.ERROR_REASONS).
-ERROR_REASONS: tuple[str, ...] = ("load_failed", "runtime_error", "golden_mismatch", "timeout", "other")
-COHORTS: tuple[str, ...] = ("stable", "canary")
-
-
-def counts_as_inference(reason: str) -> bool:
-    """Whether an error of ``reason`` ends an inference (and so counts as one).
-
-    Raises:
-        ValueError: ``reason`` is not one of :data:`ERROR_REASONS`.
-    """
-    if reason not in ERROR_REASONS:
-        raise ValueError(f"unknown error reason {reason!r}; known: {list(ERROR_REASONS)}")
-    return reason in INFERENCE_ERROR_REASONS
+from edgeship.contract.latency import BUCKET_COUNT, bucket_index
+from edgeship.contract.reports import COHORTS, ERROR_REASONS, counts_as_inference
 
 
 def peak_rss_bytes() -> int:

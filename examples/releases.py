@@ -29,7 +29,7 @@ DEFAULT_KINDS = ("onnx-fp32", "tflite-fp32", "onnx-int8-static")
 def build_releases(out: Path, kinds: tuple[str, ...] = DEFAULT_KINDS, quiet: bool = True) -> dict[str, Any]:
     """Build the releases described in the module docstring; returns their paths."""
     from converter.pipeline import convert
-    from converter.signing import generate_keypair
+    from edgeship.contract.signing import generate_keypair
     from examples.digits import INPUT_SPEC, build_example
 
     out = Path(out)
@@ -65,8 +65,8 @@ def golden_mismatch(source: Path, target: Path, version: str, private_key: Path)
     The manifest is re-signed with ``private_key``, so the release publishes and verifies:
     only running the golden probe on a device shows that the model disagrees with it.
     """
-    from converter.manifest import Manifest
-    from converter.signing import load_private_key, sign_manifest
+    from edgeship.contract.manifest import Manifest
+    from edgeship.contract.signing import load_private_key, sign_manifest
 
     if target.exists():
         shutil.rmtree(target)

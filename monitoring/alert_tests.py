@@ -5,7 +5,7 @@ Usage::
     promtool test rules monitoring/prometheus/alerts_test.yml    # after python -m monitoring.build
 
 Each alert has a test where it fires (series shaped like the server's ``/metrics``: the
-catalogue's labels, ``monitoring.buckets`` bounds) beside look-alike series that must not
+catalogue's labels, ``edgeship.contract.latency`` bounds) beside look-alike series that must not
 fire, and one healthy fleet with an active rollout on which no alert fires at all. Expected
 annotations are the rules' own templates with the labels and the formatted value filled in,
 so a templating mistake fails the test.
@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS
 from monitoring.alerts import ALERTS
-from monitoring.buckets import LATENCY_BUCKETS_SECONDS
 from monitoring.yaml_text import to_yaml
 
 MINUTES = 60

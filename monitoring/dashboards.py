@@ -81,7 +81,7 @@ def rollout() -> dict[str, Any]:
             Panel("Latency p50 and p95 by cohort", (_t("latency_p50", "{{cohort}} p50"),
                                                      _t("latency_p95", "{{cohort}} p95")),
                   description="Median and 95th percentile on-device inference latency per cohort, "
-                              "from the merged histograms (monitoring.buckets)."),
+                              "from the merged histograms (edgeship.contract.latency)."),
             Panel("p95 latency ratio, canary over stable", (_t("latency_p95_ratio"),)),
             Panel("Accuracy by cohort", (_t("accuracy", "{{cohort}}"),)),
             Panel("Share of inferences at or under 100 ms", (_t("latency_under_le_ratio", "{{cohort}}"),)),

@@ -13,7 +13,7 @@ Templates use ``$name`` placeholders (:class:`string.Template`; PromQL itself ne
 matchers (``model=~"$model"``), so ``.+`` means all and a Grafana variable such as ``$model``
 can be passed through as it is; ``$window`` and ``$offset`` are durations (``5m``) or Grafana
 interval variables (``$__rate_interval``); ``$le`` is a latency bucket bound from
-:mod:`monitoring.buckets`. The alert rules (:mod:`monitoring.alerts`) and the dashboards
+:mod:`edgeship.contract.latency`. The alert rules (:mod:`monitoring.alerts`) and the dashboards
 (:mod:`monitoring.dashboards`) are generated from this table by ``python -m monitoring.build``.
 
 Metrics are computed by the server from its database (DESIGN.md), so counters are fleet totals:
@@ -28,12 +28,14 @@ from dataclasses import dataclass
 from string import Template
 from textwrap import indent
 
-from monitoring.buckets import LATENCY_BUCKETS_SECONDS
+from edgeship.contract import reports
+from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS
+from edgeship.contract.reports import reasons_regex
 
 #: error reasons of inference errors proper, as the rollout error-rate guard counts them by
 #: default; load failures (``load_failed``, ``golden_mismatch``) are watched on their own.
-INFERENCE_ERROR_REASONS = "runtime_error|timeout|other"
-LOAD_FAILURE_REASONS = "load_failed|golden_mismatch"
+INFERENCE_ERROR_REASONS = reasons_regex(reports.INFERENCE_ERROR_REASONS)
+LOAD_FAILURE_REASONS = reasons_regex(reports.INSTALL_ERROR_REASONS)
 
 #: placeholder values when a caller does not give them.
 DEFAULT_PARAMS: dict[str, str] = {
@@ -184,7 +186,7 @@ QUERIES: dict[str, Query] = {
     "errors_rate_by_device_class_and_reason": Query(
         _over("rate", _ERRORS, "device_class, reason", *_FLEET, _REASONS),
         "Errors per second by device class and reason.", "ops", "{{device_class}} {{reason}}"),
-    # latency (histogram on monitoring.buckets)
+    # latency (histogram on edgeship.contract.latency)
     "latency_p50": Query(
         _quantile(0.5, "model, cohort, le", _FLEET), "Median on-device inference latency per cohort.",
         "s", "{{model}} {{cohort}} p50"),
@@ -309,7 +311,7 @@ def _check(key: str, value: str) -> str:
         raise ValueError(f"{key} must be a duration like 5m or a Grafana interval variable, got {value!r}")
     if key == "le" and value not in {str(bound) for bound in LATENCY_BUCKETS_SECONDS}:
         # the server exports bounds as str(float): another spelling ("0.10") matches no series
-        raise ValueError(f"le must be a bound of monitoring.buckets as str(float), got {value!r}")
+        raise ValueError(f"le must be a bound of edgeship.contract.latency as str(float), got {value!r}")
     if any(c in value for c in '"\n\\') and key not in _DURATION_PARAMS:
         raise ValueError(f"{key} must not contain quotes, backslashes or newlines, got {value!r}")
     return value

@@ -1,7 +1,7 @@
 """The rollout server's subcommands of ``edgeship``: ``server``, ``publish``, ``models``,
 ``rollout`` and ``simulate``.
 
-Registered by :func:`converter.cli.build_parser`; imports stay inside the ``_run_*`` functions
+Registered by :func:`edgeship.cli.build_parser`; imports stay inside the ``_run_*`` functions
 so ``edgeship --help`` loads neither Flask nor SQLAlchemy.
 """
 

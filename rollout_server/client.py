@@ -19,14 +19,14 @@ import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from converter.errors import ConverterError
+from edgeship.contract.errors import EdgeshipError
 
 MANIFEST_FILE = "manifest.json"
 ENV_TOKEN = "EDGESHIP_TOKEN"
 ENV_SERVER = "EDGESHIP_SERVER"
 
 
-class ClientError(ConverterError):
+class ClientError(EdgeshipError):
     """The server refused a request, or could not be reached (``status`` 0).
 
     Attributes:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeship.contract.reports import MAX_REPORT_BYTES
+
 DEFAULTS: dict[str, Any] = {
     # SQLAlchemy URL; the SQLite file lives in the data directory when left out.
     "DATABASE_URL": None,
@@ -12,7 +14,7 @@ DEFAULTS: dict[str, Any] = {
     "DATA_DIR": "edgeship-data",
     # Trusted publisher public keys (PEM files); releases signed by others are refused.
     "TRUSTED_KEYS": [],
-    "MAX_REPORT_BYTES": 256 * 1024,
+    "MAX_REPORT_BYTES": MAX_REPORT_BYTES,
     "MAX_RELEASE_BYTES": 2 * 1024**3,
     "REPORT_INTERVAL_SECONDS": 30,
     # How stale the per-process assignment cache may be across workers and replicas (seconds;

@@ -17,7 +17,8 @@ from flask import Flask
 from sqlalchemy import Float, case, cast, distinct, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from monitoring.buckets import BUCKET_COUNT
+from edgeship.contract.latency import BUCKET_COUNT
+from edgeship.contract.reports import ERROR_REASONS
 from rollout_server.analysis import (
     INFERENCE_ERROR_REASONS,
     Action,
@@ -33,7 +34,7 @@ from rollout_server.analysis import (
 from rollout_server.analysis.window import SPREAD_FIELDS
 from rollout_server.api.metrics import bump
 from rollout_server.db import session_scope
-from rollout_server.models import ERROR_REASONS, AuditEntry, Report, Rollout, Verdict, utcnow
+from rollout_server.models import AuditEntry, Report, Rollout, Verdict, utcnow
 
 ACTIVE = ("running", "paused")
 LOAD_FAILURES = ("load_failed", "golden_mismatch")

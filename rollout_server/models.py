@@ -19,10 +19,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from monitoring.buckets import BUCKET_COUNT
-
-#: error reasons of the device protocol (DESIGN.md ``POST /v1/reports``).
-ERROR_REASONS: tuple[str, ...] = ("load_failed", "runtime_error", "golden_mismatch", "timeout", "other")
+from edgeship.contract.latency import BUCKET_COUNT
+from edgeship.contract.reports import ERROR_REASONS
 
 
 def utcnow() -> dt.datetime:

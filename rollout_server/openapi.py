@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from edgeship.contract.reports import MAX_BATCH as MAX_REPORT_BATCH
 from rollout_server.api.rollouts import ACTIONS
 from rollout_server.auth import ENROLL, ROLES
 from rollout_server.openapi_schemas import (
@@ -42,7 +43,6 @@ from rollout_server.openapi_schemas import (
     _role,
     _text,
 )
-from rollout_server.report_rows import MAX_BATCH as MAX_REPORT_BATCH
 
 # --- paths ----------------------------------------------------------------------------------
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitoring.buckets import BUCKET_COUNT
+from edgeship.contract.latency import BUCKET_COUNT
+from edgeship.contract.reports import ERROR_REASONS
 from rollout_server.analysis import Metric, Mode, Phase
 from rollout_server.auth import ENROLL, ROLES
-from rollout_server.models import ERROR_REASONS
 
 OPENAPI_VERSION = "3.0.3"
 API_VERSION = "1"
@@ -241,7 +241,7 @@ REPORT = _object({
                       description="Errors by reason."),
     "latency_counts": {"type": "array", "minItems": BUCKET_COUNT, "maxItems": BUCKET_COUNT,
                        "items": _count(),
-                       "description": "Latency histogram on the shared buckets (monitoring/buckets.py); "
+                       "description": "Latency histogram on the shared buckets (edgeship.contract.latency); "
                                       "its sum must not exceed inferences."},
     "labelled": _nullable(_count()),
     "correct": _nullable(_count(description="At most labelled.")),

@@ -29,9 +29,9 @@ from typing import Any, BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from converter.errors import SigningError
-from converter.manifest import ManifestError, canonical_json, check_manifest
-from converter.signing import key_id, load_public_key, verify_manifest
+from edgeship.contract.errors import SigningError
+from edgeship.contract.manifest import ManifestError, canonical_json, check_manifest
+from edgeship.contract.signing import key_id, load_public_key, verify_manifest
 from rollout_server.artifact_store import Staging, StoreError
 from rollout_server.errors import ApiError, Conflict, NotFound
 from rollout_server.models import Model, Release, Variant

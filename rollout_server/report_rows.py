@@ -7,13 +7,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from monitoring.buckets import BUCKET_COUNT
+from edgeship.contract.latency import BUCKET_COUNT
+from edgeship.contract.reports import ERROR_REASONS, MAX_BATCH
 from rollout_server.hot_cache import DeviceSnapshot
-from rollout_server.models import ERROR_REASONS
 from rollout_server.validation import utc_time
-
-#: the most reports one ``POST /v1/reports`` may carry.
-MAX_BATCH = 100
 
 #: the ``reports`` columns a report fills, in the order of the rows ``POST /v1/reports`` builds
 #: (``id`` is the database's, ``received_at`` the writer's); ``report_id`` first.

@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from converter.signing import generate_keypair
+    from edgeship.contract.signing import generate_keypair
 
     private, _ = generate_keypair(tmp_path_factory.mktemp("keys"))
     return private

@@ -28,7 +28,7 @@ def test_the_agent_only_venv_has_none_of_the_heavy_packages():
 
 
 def test_edgeship_agent_help_runs_and_importing_the_agent_stays_light():
-    done = subprocess.run([sys.executable, "-m", "converter.cli", "agent", "--help"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "edgeship.cli", "agent", "--help"], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0 and "--enroll-token" in done.stdout
     probe = ("import sys, edge_agent.agent, edge_agent.cli, edge_agent.workload\n"

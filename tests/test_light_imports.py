@@ -20,13 +20,14 @@ def imported_after(code: str) -> set[str]:
 
 def test_agent_runtimes_and_release_contract_stay_light():
     modules = imported_after(
-        "import edge_agent, edge_agent.runtimes, edge_agent.runtimes.onnx, edge_agent.runtimes.litert\n"
-        "import edge_agent.runtimes.coreml, edge_agent.runtimes.measure\n"
-        "import converter, converter.manifest, converter.signing, converter.catalogue, converter.recipe"
+        "import edge_agent.agent, edgeship.runtimes, edgeship.runtimes.onnx, edgeship.runtimes.litert\n"
+        "import edgeship.runtimes.coreml, edgeship.runtimes.measure\n"
+        "import edgeship.contract.manifest, edgeship.contract.signing, edgeship.contract.reports\n"
+        "import converter, converter.catalogue, converter.recipe"
     )
     assert not {m for m in modules if m.split(".")[0] in HEAVY}
 
 
 def test_cli_help_and_catalogue_do_not_load_toolchains():
-    modules = imported_after("from converter.cli import build_parser, main\nmain(['variants'])")
+    modules = imported_after("from edgeship.cli import build_parser, main\nmain(['variants'])")
     assert not {m for m in modules if m.split(".")[0] in HEAVY}

@@ -22,7 +22,8 @@ from converter.compress.steps import (
     Step,
     UnstructuredPruneStep,
 )
-from converter.errors import CompressionError, ConverterError, first_line
+from converter.errors import CompressionError, ConverterError
+from edgeship.contract.errors import first_line
 
 if TYPE_CHECKING:
     import torch

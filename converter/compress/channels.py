@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from converter.compress.env import StepEnv, output_layers, weight_layers
 from converter.compress.steps import ChannelPruneStep
-from converter.errors import CompressionError, first_line
+from converter.errors import CompressionError
+from edgeship.contract.errors import first_line
 
 if TYPE_CHECKING:
     import torch

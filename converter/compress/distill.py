@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from converter.compress.env import StepEnv
 from converter.compress.steps import DistillStep
-from converter.errors import CompressionError, first_line
+from converter.errors import CompressionError
+from edgeship.contract.errors import first_line
 
 if TYPE_CHECKING:
     import torch

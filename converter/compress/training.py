@@ -97,7 +97,7 @@ def _chunks(
 
 def accuracy_on(model: torch.nn.Module, samples: SampleSet | None) -> float | None:
     """Top-1 accuracy of the primary output, or ``None`` without labels."""
-    from converter.metrics import accuracy
+    from edgeship.contract.fidelity import accuracy
 
     if samples is None or samples.labels is None or samples.labels.dtype.kind not in "iu":
         return None

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from converter.errors import UnsupportedModelError, VariantBuildError, first_line
+from converter.errors import UnsupportedModelError, VariantBuildError
 from converter.export.base import BuiltVariant, ExportContext, NotApplicable, VariantRequest
 from converter.export.coreml_inspect import (  # noqa: F401 - inspect_artifact is part of the backend
     LUT_OP,
@@ -48,6 +48,7 @@ from converter.export.coreml_inspect import (  # noqa: F401 - inspect_artifact i
 )
 from converter.export.coreml_package import ZIP_SUFFIX, write_package_zip
 from converter.specs import TensorSpec
+from edgeship.contract.errors import first_line
 
 FORMAT = "coreml"
 #: deployment target of the base (float16) conversion.

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converter.errors import first_line
 from converter.export.base import BuiltVariant, ExportContext
 from converter.export.coreml_package import unzip_package
 from converter.specs import TensorSpec
+from edgeship.contract.errors import first_line
 
 #: a "weight" is a float const of rank >= 2 with more elements than this; it is coremltools'
 #: default ``weight_threshold`` (smaller tensors are left uncompressed).

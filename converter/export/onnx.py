@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from converter.errors import UnsupportedModelError, VariantBuildError, first_line
+from converter.errors import UnsupportedModelError, VariantBuildError
 from converter.export.base import BuiltVariant, ExportContext, VariantRequest
+from edgeship.contract.errors import first_line
 
 #: opset the base model is exported at (the catalogue's default for ``onnx-fp32``).
 DEFAULT_OPSET = 18
@@ -226,7 +227,7 @@ def _check_runtime(path: Path, ctx: ExportContext) -> None:
     Raises:
         UnsupportedModelError: onnxruntime has no kernel for an op, or fails to run the graph.
     """
-    from edge_agent.runtimes.onnx import OnnxRunner
+    from edgeship.runtimes.onnx import OnnxRunner
 
     try:
         OnnxRunner(path, [s.name for s in ctx.inputs], threads=1).run(ctx.example)

@@ -102,7 +102,7 @@ def preprocess(base: Path, tmp: Path, ctx: ExportContext) -> Path:
 
 def check_runs(request: VariantRequest, path: Path, ctx: ExportContext) -> None:
     """Load the file on onnxruntime CPU and run the example sample once."""
-    from edge_agent.runtimes.onnx import OnnxRunner
+    from edgeship.runtimes.onnx import OnnxRunner
 
     try:
         OnnxRunner(path, [s.name for s in ctx.inputs], threads=1).run(ctx.example)
@@ -112,7 +112,7 @@ def check_runs(request: VariantRequest, path: Path, ctx: ExportContext) -> None:
 
 def runs(path: Path, ctx: ExportContext) -> bool:
     """Whether onnxruntime CPU loads ``path`` and runs the example."""
-    from edge_agent.runtimes.onnx import OnnxRunner
+    from edgeship.runtimes.onnx import OnnxRunner
 
     try:
         OnnxRunner(path, [s.name for s in ctx.inputs], threads=1).run(ctx.example)

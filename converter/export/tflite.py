@@ -24,8 +24,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from converter.errors import UnsupportedModelError, VariantBuildError, first_line
+from converter.errors import UnsupportedModelError, VariantBuildError
 from converter.export.base import BuiltVariant, ExportContext, NotApplicable, VariantRequest
+from edgeship.contract.errors import first_line
 
 FORMAT = "tflite"
 
@@ -90,7 +91,7 @@ def export_base(ctx: ExportContext) -> Path:
 
 def _check_loads(path: Path, ctx: ExportContext) -> None:
     """Load the converted model on LiteRT and compare its input/output counts with the specs."""
-    from edge_agent.runtimes.litert import signature_io
+    from edgeship.runtimes.litert import signature_io
 
     try:
         interpreter = load_interpreter(path)

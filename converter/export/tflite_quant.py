@@ -331,7 +331,7 @@ class CalibrationSet:
 
     def __init__(self, base: Path, ctx: ExportContext) -> None:
         from converter.export.tflite import load_interpreter
-        from edge_agent.runtimes.litert import signature_io, signature_key
+        from edgeship.runtimes.litert import signature_io, signature_key
 
         interpreter = load_interpreter(base)
         self.key = signature_key(interpreter) or "serving_default"
@@ -366,7 +366,7 @@ def io_block(path: Path, ctx: ExportContext) -> dict[str, list[dict[str, Any]]] 
         The manifest ``io`` block, or ``None`` when the model takes and returns plain tensors.
     """
     from converter.export.tflite import load_interpreter
-    from edge_agent.runtimes.litert import signature_io, tensor_quantization
+    from edgeship.runtimes.litert import signature_io, tensor_quantization
 
     inputs, outputs = signature_io(load_interpreter(path))
     input_names = [s.name for s in ctx.inputs]
@@ -380,7 +380,7 @@ def io_block(path: Path, ctx: ExportContext) -> dict[str, list[dict[str, Any]]] 
 
 
 def _io_entry(name: str, detail: dict[str, Any]) -> dict[str, Any]:
-    from edge_agent.runtimes.litert import tensor_quantization
+    from edgeship.runtimes.litert import tensor_quantization
 
     quant = tensor_quantization(detail)
     return {

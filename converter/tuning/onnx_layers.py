@@ -88,7 +88,7 @@ def quantizable_nodes(path: Path, op_types: list[str] | None) -> list[tuple[str,
 
 def run_onnx(path: Path, samples: list[dict[str, np.ndarray]], names: list[str]) -> list[np.ndarray]:
     """Run ``path`` with the agent's onnxruntime runner (one thread) over the samples."""
-    from edge_agent.runtimes.onnx import OnnxRunner
+    from edgeship.runtimes.onnx import OnnxRunner
 
     runner = OnnxRunner(path, names, threads=1)
     collected = [runner.run(sample) for sample in samples]

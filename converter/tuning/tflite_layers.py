@@ -104,7 +104,7 @@ def computing_ops(path: Path) -> list[tuple[str, str]]:
 def run_tflite(path: Path, samples: list[dict[str, np.ndarray]], names: list[str],
                output_names: list[str]) -> list[np.ndarray]:
     """Run ``path`` with the agent's LiteRT runner (one thread) over the samples."""
-    from edge_agent.runtimes.litert import LiteRTRunner
+    from edgeship.runtimes.litert import LiteRTRunner
 
     runner = LiteRTRunner(path, names, threads=1, output_names=output_names)
     collected = [runner.run(sample) for sample in samples]

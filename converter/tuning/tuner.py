@@ -122,7 +122,7 @@ def _shortfall(plan: VariantPlan, result: VariantResult) -> float:
 def _sensitivity(runner: VariantRunner, plan: VariantPlan, best: Candidate, deadline: float,
                  start: Candidate) -> list[dict[str, Any]]:
     """Per-layer sensitivity under the best settings found (empty when it cannot run)."""
-    from converter.errors import first_line
+    from edgeship.contract.errors import first_line
 
     fmt = plan.request.kind.format
     base, _ = runner.base(plan.steps, fmt)

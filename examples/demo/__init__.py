@@ -2,7 +2,7 @@
 
 Modules:
 
-- :mod:`examples.demo.cli` — the ``demo`` subcommand (registered by :mod:`converter.cli`);
+- :mod:`examples.demo.cli` — the ``demo`` subcommand (registered by :mod:`edgeship.cli`);
 - :mod:`examples.demo.run` — orchestration: set-up, the stack, the two rollouts, the summary;
 - :mod:`examples.demo.rollouts` — starting a rollout and following it to its end;
 - :mod:`examples.demo.fleet` / :mod:`examples.demo.fleet_worker` — real agents in worker processes;

@@ -1,4 +1,4 @@
-"""``edgeship demo``: the whole loop in one command (registered by :mod:`converter.cli`).
+"""``edgeship demo``: the whole loop in one command (registered by :mod:`edgeship.cli`).
 
 Imports stay inside :func:`_run`, so ``edgeship --help`` loads nothing heavy.
 """

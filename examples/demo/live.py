@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS, quantile
+from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS, quantile
 from monitoring.queries import INFERENCE_ERROR_REASONS, LOAD_FAILURE_REASONS
 
 COHORTS = ("stable", "canary")

@@ -69,7 +69,7 @@ class ServerProcess:
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = spawn(
-            [self.python, "-m", "converter.cli", "server", "--port", str(self.port),
+            [self.python, "-m", "edgeship.cli", "server", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--trusted-key", self.trusted_key],
             self.log_path, env=self.env, cwd=ROOT)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitoring.buckets import quantile
+from edgeship.contract.latency import quantile
 from rollout_server.analysis.latency import latencies_above, quantile_seconds
 from rollout_server.analysis.spec import Guard, Metric, Mode
 from rollout_server.analysis.stats import binomial_above, binomial_below, excess_test

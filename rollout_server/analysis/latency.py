@@ -1,6 +1,6 @@
 """Quantiles and tail counts of latency histograms, interpolated smoothly between bucket bounds.
 
-The shared buckets (``monitoring.buckets``) are up to 2.5× wide (0.1 → 0.25 s, 1 → 2.5 s).
+The shared buckets (``edgeship.contract.latency``) are up to 2.5× wide (0.1 → 0.25 s, 1 → 2.5 s).
 Linear interpolation inside such a bucket, as Prometheus' ``histogram_quantile`` does, puts
 a tail quantile too high as soon as it crosses into a wide bucket: a canary 1.15× slower
 than stable can read as 1.35× and a 1.3× one as 1.1×, which a 1.2× guard cannot live with.
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS, quantile
+from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS, quantile
 from rollout_server.analysis.stats import count_above
 
 _LOG_BOUNDS = np.log(np.asarray(LATENCY_BUCKETS_SECONDS))

@@ -7,7 +7,7 @@ Usage::
 
 Real statistics, nothing mocked: each window every device reports with some probability,
 draws Poisson inferences, binomial errors at its arm's rate (optionally with per-device
-heterogeneity), latencies from a log-normal per arm binned on ``monitoring.buckets`` (exact
+heterogeneity), latencies from a log-normal per arm binned on ``edgeship.contract.latency`` (exact
 multinomial on the bucket probabilities, so no per-request sampling), labelled samples and
 correct predictions. Devices are canary while their uniform bucket is below percent × 100,
 the same sticky rule as ``rollout_server.bucketing`` (uniform draws stand in for the hash to
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.special import ndtr
 
-from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
+from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
 from rollout_server.analysis.assess import assess
 from rollout_server.analysis.rollout import Action, Phase, RolloutState, decide, start
 from rollout_server.analysis.spec import GuardSpec

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
-from rollout_server.analysis.window import ERROR_REASONS, INFERENCE_ERROR_REASONS
+from edgeship.contract.reports import ERROR_REASONS, INFERENCE_ERROR_REASONS
 
 
 class Metric(str, Enum):

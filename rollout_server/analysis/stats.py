@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from scipy.special import bdtr, bdtrc, ndtr
 
-from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
+from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
 
 
 def look_alpha(alpha: float, look: int, tests: int = 1) -> float:
@@ -82,7 +82,7 @@ def count_above(counts: Sequence[int], threshold_seconds: float) -> float:
     """How many latencies in a non-cumulative histogram exceed ``threshold_seconds``.
 
     Linear inside the bucket holding the threshold, the same assumption as
-    ``monitoring.buckets.quantile`` (and Prometheus' ``histogram_quantile``), so a canary
+    ``edgeship.contract.latency.quantile`` (and Prometheus' ``histogram_quantile``), so a canary
     whose interpolated p95 equals the threshold has 5% of its count above it. Everything in
     the +Inf bucket counts as above a finite threshold.
     """

@@ -20,13 +20,8 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Any
 
-from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
-
-#: error reasons of the device protocol (DESIGN.md, ``POST /v1/reports``).
-ERROR_REASONS: tuple[str, ...] = ("load_failed", "runtime_error", "golden_mismatch", "timeout", "other")
-#: reasons counted per inference (the others are per install: a model that fails to load or
-#: fails its golden check is counted by ``devices_load_failed``).
-INFERENCE_ERROR_REASONS: tuple[str, ...] = ("runtime_error", "timeout", "other")
+from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
+from edgeship.contract.reports import ERROR_REASONS, INFERENCE_ERROR_REASONS
 
 _COUNT_FIELDS = (
     "inferences",
@@ -62,7 +57,7 @@ class ArmWindow:
     Attributes:
         inferences: inference attempts (failed ones included).
         errors: error counts by reason (keys from :data:`ERROR_REASONS`).
-        latency_counts: non-cumulative counts on ``monitoring.buckets`` (``BUCKET_COUNT`` long).
+        latency_counts: non-cumulative counts on ``edgeship.contract.latency`` (``BUCKET_COUNT`` long).
         labelled_samples: inferences with a known label (labelled traffic or golden probes).
         labelled_correct: of those, how many the model got right.
         devices_reporting: devices that reported (device-windows once windows are added; the

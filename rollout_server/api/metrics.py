@@ -20,11 +20,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
-from monitoring.catalogue import METRICS
+from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
+from edgeship.contract.metrics import METRICS
+from edgeship.contract.reports import ERROR_REASONS
 from rollout_server.analysis import RolloutState
 from rollout_server.hot_cache import DEVICE_CHANGES
-from rollout_server.models import ERROR_REASONS, Counter, Device, Model, ReportTotal, Rollout, utcnow
+from rollout_server.models import Counter, Device, Model, ReportTotal, Rollout, utcnow
 
 bp = Blueprint("metrics", __name__)
 ACTIVE_DEVICE_SECONDS = 300

@@ -9,7 +9,8 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from monitoring.buckets import BUCKET_COUNT
+from edgeship.contract.latency import BUCKET_COUNT
+from edgeship.contract.reports import MAX_BATCH
 from rollout_server.api.metrics import bump
 from rollout_server.auth import current_device
 from rollout_server.db import db
@@ -22,7 +23,7 @@ from rollout_server.models import (
     Report,
     Rollout,
 )
-from rollout_server.report_rows import COLUMNS, MAX_BATCH, fast_rows
+from rollout_server.report_rows import COLUMNS, fast_rows
 from rollout_server.report_writer import report_totals, writer_for
 from rollout_server.validation import (
     NAME,

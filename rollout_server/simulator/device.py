@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from edgeship.contract.reports import MAX_BATCH
 from rollout_server.simulator.fleet import DeviceSpec
 from rollout_server.simulator.profiles import Behaviour, ProfileTable, draw_window
 from rollout_server.simulator.stats import WorkerStats
 from rollout_server.simulator.transport import NO_RESPONSE, Answer, Connection
 
 #: reports per ``POST /v1/reports`` (the server's maximum batch).
-MAX_BATCH = 100
 #: statuses after which a device stops: its credential or enrollment is not accepted.
 REFUSED = (401, 403)
 

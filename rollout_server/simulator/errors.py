@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from converter.errors import ConverterError
+from edgeship.contract.errors import EdgeshipError
 
 
-class SimulatorError(ConverterError):
+class SimulatorError(EdgeshipError):
     """The simulation cannot start or go on (bad settings, unknown rollout, refused token)."""
 
 

@@ -9,7 +9,7 @@ Usage::
 
 The distributions are those of :mod:`rollout_server.analysis.simulate` (:class:`ArmProfile`:
 binomial errors split over reasons by ``ERROR_SPLIT``, log-normal latency binned on
-``monitoring.buckets`` by an exact multinomial, binomial labelled/correct samples, and the
+``edgeship.contract.latency`` by an exact multinomial, binomial labelled/correct samples, and the
 Gamma per-device error factor of its ``Fleet.error_dispersion``); here they are drawn per
 device and window and sent as real reports instead of being aggregated in memory.
 """

@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("torch")
 
 from converter.golden import sha256_file
-from converter.manifest import Manifest
-from converter.signing import key_id, load_public_key, verify_manifest
+from edgeship.contract.manifest import Manifest
+from edgeship.contract.signing import key_id, load_public_key, verify_manifest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def edgeship(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "converter.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "edgeship.cli", *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
 
 

@@ -19,7 +19,7 @@ from converter.catalogue import VARIANT_KINDS
 from converter.errors import UnsupportedModelError, VariantBuildError
 from converter.export.base import BuiltVariant, ExportContext, NotApplicable, VariantRequest
 from converter.specs import TensorSpec
-from edge_agent.runtimes import RuntimeUnavailable, open_runner
+from edgeship.runtimes import RuntimeUnavailable, open_runner
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("coremltools")
@@ -282,8 +282,8 @@ def test_runner_imports_neither_torch_nor_coremltools_off_macos(encoder: tuple) 
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from edge_agent.runtimes import RuntimeUnavailable\n"
-        "from edge_agent.runtimes.coreml import CoreMLRunner\n"
+        "from edgeship.runtimes import RuntimeUnavailable\n"
+        "from edgeship.runtimes.coreml import CoreMLRunner\n"
         "try:\n"
         f"    CoreMLRunner(Path({str(built['coreml-fp16'].path)!r}), ['input_ids'])\n"
         "except RuntimeUnavailable:\n"
@@ -310,7 +310,7 @@ def test_runner_glue_with_a_stubbed_prediction(
 
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.setattr(ct.models.MLModel, "predict", predict)
-    from edge_agent.runtimes.coreml import CoreMLRunner
+    from edgeship.runtimes.coreml import CoreMLRunner
 
     names = [s.name for s in ctx.inputs]
     runner = CoreMLRunner(built["coreml-fp16"].path, names, cache_dir=tmp_path)

@@ -24,7 +24,7 @@ from converter.export.base import (  # noqa: E402
     VariantRequest,
 )
 from converter.specs import TensorSpec  # noqa: E402
-from edge_agent.runtimes.onnx import OnnxRunner  # noqa: E402
+from edgeship.runtimes.onnx import OnnxRunner  # noqa: E402
 
 VOCAB, SEQ, CALIB = 300, 16, 8
 
@@ -435,5 +435,5 @@ def test_runner_module_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, edge_agent.runtimes.onnx; assert 'torch' not in sys.modules"
+    code = "import sys, edgeship.runtimes.onnx; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

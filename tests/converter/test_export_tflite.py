@@ -18,7 +18,7 @@ from converter.errors import UnsupportedModelError, VariantBuildError  # noqa: E
 from converter.export import tflite  # noqa: E402
 from converter.export.base import ExportContext, VariantRequest  # noqa: E402
 from converter.specs import TensorSpec  # noqa: E402
-from edge_agent.runtimes.litert import LiteRTRunner  # noqa: E402
+from edgeship.runtimes.litert import LiteRTRunner  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -294,7 +294,7 @@ def test_int8_output_also_read_by_the_float_head(tmp_path):
     """The DEQUANTIZE feeding both the float head and the ``embedding`` output: the signature
     must name it (ai-edge-quantizer leaves it on the int8 tensor, which XNNPACK never fills)."""
     from converter.export.tflite import load_interpreter
-    from edge_agent.runtimes.litert import signature_io
+    from edgeship.runtimes.litert import signature_io
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from converter.errors import SigningError
-from converter.manifest import Manifest, ManifestError, canonical_json, check_manifest
-from converter.signing import (
+from edgeship.contract.errors import SigningError
+from edgeship.contract.manifest import Manifest, ManifestError, canonical_json, check_manifest
+from edgeship.contract.signing import (
     generate_keypair,
     key_id,
     load_private_key,

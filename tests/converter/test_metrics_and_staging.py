@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from converter.errors import OutputError
-from converter.metrics import accuracy, fidelity
 from converter.staging import staged_directory
+from edgeship.contract.fidelity import accuracy, fidelity
 
 
 def test_fidelity_of_identical_and_perturbed_outputs():

@@ -33,7 +33,7 @@ def _env(**extra: str) -> dict[str, str]:
 def edgeship(*args: Any, token: str | None = None, timeout: float = 120) -> str:
     """Run the ``edgeship`` CLI in the toolchain interpreter; return stdout, raise on failure."""
     env = _env(**({"EDGESHIP_TOKEN": token} if token else {}))
-    done = subprocess.run([toolchain_python(), "-m", "converter.cli", *map(str, args)], capture_output=True,
+    done = subprocess.run([toolchain_python(), "-m", "edgeship.cli", *map(str, args)], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"edgeship {' '.join(map(str, args))} failed ({done.returncode}): {done.stderr}")

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.signing import generate_keypair
 from edge_agent.agent import Agent
 from edge_agent.backoff import Backoff, VariantBackoff
 from edge_agent.config import AgentConfig, ConfigError, load_config
@@ -24,6 +23,7 @@ from edge_agent.model import ModelRefused, Release
 from edge_agent.outbox import Outbox, OutboxError
 from edge_agent.store import ModelStore
 from edge_agent.workload import Replay
+from edgeship.contract.signing import generate_keypair
 from tests.edge_agent.conftest import wait_until
 from tests.edge_agent.test_store import make_entry
 

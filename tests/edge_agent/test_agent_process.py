@@ -21,13 +21,13 @@ from tests.edge_agent.proxy import ThrottlingProxy
 
 
 class AgentProcess:
-    """``python -m converter.cli agent ...`` with its log in a file."""
+    """``python -m edgeship.cli agent ...`` with its log in a file."""
 
     def __init__(self, state_dir: Path, server_url: str, server: ServerProcess, releases: dict[str, Any],
                  *extra: str) -> None:
         self.state_dir = state_dir
         self.log_path = state_dir.with_name(state_dir.name + ".log")
-        self.args = [sys.executable, "-m", "converter.cli", "agent", "--server", server_url,
+        self.args = [sys.executable, "-m", "edgeship.cli", "agent", "--server", server_url,
                      "--enroll-token", server.enroll, "--model", MODEL, "--state-dir", str(state_dir),
                      "--trusted-key", releases["keys"]["public"], "--device-class", "linux-x86_64",
                      "--check-interval", "0.5", *extra]

@@ -10,8 +10,8 @@ import pytest
 
 from edge_agent.local_metrics import LocalMetrics
 from edge_agent.window import WindowKey
-from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
-from monitoring.catalogue import METRICS
+from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
+from edgeship.contract.metrics import METRICS
 
 STABLE = WindowKey("digits-cnn", "1", "tflite-int8", rollout_id=None, cohort="stable")
 CANARY = WindowKey("digits-cnn", "2", "onnx-fp32", rollout_id=4, cohort="canary")

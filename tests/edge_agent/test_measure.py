@@ -37,7 +37,7 @@ def test_measure_process_runs_every_sample_and_reports_its_own_memory(tmp_path):
                "inputs": str(tmp_path / "inputs.npz"), "input_names": ["x"], "batch": 1,
                "threads": 1, "warmup": 2, "out": str(tmp_path / "out.npz")}
     (tmp_path / "req.json").write_text(json.dumps(request))
-    proc = subprocess.run([sys.executable, "-m", "edge_agent.runtimes.measure", str(tmp_path / "req.json")],
+    proc = subprocess.run([sys.executable, "-m", "edgeship.runtimes.measure", str(tmp_path / "req.json")],
                           capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["runtime"] == "onnxruntime" and len(result["latencies_ms"]) == 6
@@ -56,6 +56,6 @@ def test_measure_reports_an_unavailable_runtime_instead_of_crashing(tmp_path):
                "inputs": str(tmp_path / "inputs.npz"), "input_names": ["x"], "batch": 1,
                "out": str(tmp_path / "out.npz")}
     (tmp_path / "req.json").write_text(json.dumps(request))
-    proc = subprocess.run([sys.executable, "-m", "edge_agent.runtimes.measure", str(tmp_path / "req.json")],
+    proc = subprocess.run([sys.executable, "-m", "edgeship.runtimes.measure", str(tmp_path / "req.json")],
                           capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
     assert "macOS" in json.loads(proc.stdout.strip().splitlines()[-1])["unavailable"]

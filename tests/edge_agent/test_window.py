@@ -9,8 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from edge_agent.window import ERROR_REASONS, Window, WindowKey, WindowSet, iso_utc, peak_rss_bytes
-from monitoring.buckets import BUCKET_COUNT, bucket_index
+from edge_agent.window import Window, WindowKey, WindowSet, iso_utc, peak_rss_bytes
+from edgeship.contract.latency import BUCKET_COUNT, bucket_index
+from edgeship.contract.reports import ERROR_REASONS
 
 KEY = WindowKey("digits-cnn", "1", "tflite-int8", rollout_id=None, cohort="stable")
 CANARY = WindowKey("digits-cnn", "2", "tflite-int8", rollout_id=7, cohort="canary")

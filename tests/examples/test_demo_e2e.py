@@ -147,7 +147,7 @@ def test_ctrl_c_stops_every_process_the_demo_started(demo_workdir, tmp_path, tar
     log = tmp_path / "demo.log"
     with log.open("wb") as handle:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "converter.cli", "demo", "--workdir", str(demo_workdir), "--agents", "4",
+            [sys.executable, "-m", "edgeship.cli", "demo", "--workdir", str(demo_workdir), "--agents", "4",
              "--workers", "2", "--print-every", "2"],
             cwd=ROOT, env=child_env(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     try:

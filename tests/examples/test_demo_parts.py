@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS
 from examples.demo.fleet import PROFILES, FleetSettings, FleetSnapshot, plan_fleet
 from examples.demo.live import LiveView, MetricsHistory, latest_verdicts, parse_metrics, render
 from examples.demo.rollouts import GuardMinimums, rollout_body
-from monitoring.buckets import LATENCY_BUCKETS_SECONDS
 
 
 def metrics_text(cohort: str, inferences: int, errors: int, golden: int, labelled: int, correct: int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from monitoring.catalogue import METRICS, MetricSpec
+from edgeship.contract.metrics import METRICS, MetricSpec
 
 HISTOGRAM_SUFFIXES = {"_bucket": ("le",), "_sum": (), "_count": ()}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')

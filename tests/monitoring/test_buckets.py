@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitoring.buckets import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS, bucket_index, histogram, quantile
+from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS, bucket_index, histogram, quantile
 
 
 def test_bucket_edges_follow_le_semantics():

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
+from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS
+from edgeship.contract.metrics import METRICS, MetricSpec
 from monitoring.alert_tests import promtool_cases
 from monitoring.alerts import ALERTS
-from monitoring.buckets import LATENCY_BUCKETS_SECONDS
-from monitoring.catalogue import METRICS, MetricSpec
 from monitoring.dashboards import DASHBOARDS
 from monitoring.queries import QUERIES, render
 from tests.monitoring.promql_refs import (
@@ -50,7 +50,7 @@ def test_every_metric_referenced_is_in_the_catalogue_or_awaited_from_the_server(
               for metric, _ in label_values_refs(variable.get("definition", ""))}
     unknown = {name for name in names if resolve(name) is None}
     assert unknown == set(AWAITING_SERVER), (
-        f"not in monitoring.catalogue: {sorted(unknown - set(AWAITING_SERVER))}; "
+        f"not in edgeship.contract.metrics: {sorted(unknown - set(AWAITING_SERVER))}; "
         f"now in the catalogue, remove from AWAITING_SERVER: {sorted(set(AWAITING_SERVER) - unknown)}")
     assert all(resolve(name, CATALOGUE) for name in names)
 
@@ -65,7 +65,7 @@ def test_matchers_use_only_the_metrics_labels_and_known_values():
             for label, value in selector.matchers:
                 assert label in (*spec.labels, *extra), f"{origin}: {selector.name} has no label {label!r}"
                 if label == "le":
-                    assert value in BOUNDS, f"{origin}: le={value!r} is not a bound of monitoring.buckets"
+                    assert value in BOUNDS, f"{origin}: le={value!r} is not a latency bound"
                 if label == "phase":
                     assert set(value.split("|")) <= {p.value for p in Phase}, f"{origin}: phase {value!r}"
                 if label == "cohort" and value != ".+":

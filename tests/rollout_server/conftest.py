@@ -137,7 +137,7 @@ def edgeship(*args: Any, token: str | None = None) -> subprocess.CompletedProces
     env.pop("EDGESHIP_TOKEN", None)
     if token:
         env["EDGESHIP_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "converter.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "edgeship.cli", *map(str, args)], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=120)
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from monitoring.buckets import BUCKET_COUNT
+from edgeship.contract.latency import BUCKET_COUNT
 from rollout_server.analysis import (
     ArmWindow,
     Guard,

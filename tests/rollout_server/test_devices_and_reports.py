@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from monitoring.buckets import BUCKET_COUNT
+from edgeship.contract.latency import BUCKET_COUNT
 from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
 
 SHA_A, SHA_B, SHA_C = "a" * 64, "b" * 64, "c" * 64

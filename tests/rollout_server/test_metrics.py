@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.catalogue import BOUNDED_LABELS, METRICS
+from edgeship.contract.metrics import BOUNDED_LABELS, METRICS
 from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
 from tests.rollout_server.test_devices_and_reports import report
 

@@ -29,7 +29,7 @@ schemathesis = __import__("schemathesis") if os.environ.get("CI") else pytest.im
 from hypothesis import HealthCheck, settings  # noqa: E402  (after the importorskip)
 from schemathesis import checks  # noqa: E402
 
-from monitoring.buckets import BUCKET_COUNT  # noqa: E402
+from edgeship.contract.latency import BUCKET_COUNT  # noqa: E402
 from rollout_server.app import create_app  # noqa: E402
 from rollout_server.artifact_store import app_store  # noqa: E402
 from rollout_server.auth import ENROLL as ENROLL_ROLE  # noqa: E402

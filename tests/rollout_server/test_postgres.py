@@ -29,7 +29,7 @@ pytest.importorskip("alembic")
 
 from sqlalchemy import func, select, text
 
-from monitoring.buckets import histogram
+from edgeship.contract.latency import histogram
 from rollout_server.app import create_app
 from rollout_server.auth import FIRST_START_FILE
 from rollout_server.config import DEFAULTS
@@ -365,7 +365,7 @@ def test_edgeship_server_processes_start_together_on_an_empty_postgresql(pg_url,
     for i, (port, log) in enumerate(zip(ports, logs, strict=True)):
         with open(log, "w") as out:
             processes.append(subprocess.Popen(
-                [sys.executable, "-m", "converter.cli", "server", "--db", pg_url, "--port", str(port),
+                [sys.executable, "-m", "edgeship.cli", "server", "--db", pg_url, "--port", str(port),
                  "--data-dir", str(tmp_path / f"server{i}"), *(["--workers", "2"] if i else [])],
                 env=env, stdout=out, stderr=subprocess.STDOUT))
     try:

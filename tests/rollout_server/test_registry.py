@@ -15,8 +15,8 @@ pytest.importorskip("flask")
 
 from sqlalchemy import func, select
 
-from converter.manifest import canonical_json
-from converter.signing import generate_keypair, load_private_key, sign_manifest
+from edgeship.contract.manifest import canonical_json
+from edgeship.contract.signing import generate_keypair, load_private_key, sign_manifest
 from rollout_server.app import create_app
 from rollout_server.auth import create_token
 from rollout_server.db import session_scope

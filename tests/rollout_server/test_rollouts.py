@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from monitoring.buckets import BUCKET_COUNT, histogram
+from edgeship.contract.latency import BUCKET_COUNT, histogram
 from rollout_server.analysis import RolloutState
 from rollout_server.controller import step_all
 from rollout_server.db import session_scope

@@ -25,7 +25,7 @@ def gunicorn_server(tmp_path):
     env = {**os.environ, "EDGESHIP_CONTROLLER_INTERVAL_SECONDS": "3600"}
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "converter.cli", "server", "--port", str(port), "--workers", "2",
+            [sys.executable, "-m", "edgeship.cli", "server", "--port", str(port), "--workers", "2",
              "--data-dir", str(tmp_path / "server")], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60

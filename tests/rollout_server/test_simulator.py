@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from converter.cli import main
+from edgeship.cli import main
 from rollout_server.app import create_app
 from rollout_server.db import session_scope
 from rollout_server.models import Device, Release, Report

@@ -1,6 +1,6 @@
 """Measure a model on its runtime in a clean process: outputs, latency and peak memory.
 
-Run as ``python -m edge_agent.runtimes.measure REQUEST.json``. The request names the model,
+Run as ``python -m edgeship.runtimes.measure REQUEST.json``. The request names the model,
 its format, the inputs file (``.npz`` keyed by input name, samples stacked on axis 0), the
 batch size and where to write the outputs. The process prints one JSON line::
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.runtimes import RuntimeUnavailable, open_runner
+from edgeship.runtimes import RuntimeUnavailable, open_runner
 
 
 def peak_rss_bytes() -> int:

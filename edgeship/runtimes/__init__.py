@@ -12,30 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
+from edgeship.runtimes.base import Runner, RuntimeUnavailable
 
-
-class RuntimeUnavailable(RuntimeError):
-    """The runtime for this format is not installed or cannot run on this host."""
-
-
-class Runner(Protocol):
-    """A loaded model ready for inference.
-
-    Attributes:
-        runtime: ``onnxruntime``, ``litert`` or ``coreml``.
-        version: version of the runtime package that runs it.
-    """
-
-    runtime: str
-    version: str
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run one batch. ``feeds`` is keyed by input name with float/int arrays as specified
-        in the manifest; outputs come back as float32 (dequantized) arrays in output order."""
-        ...
+__all__ = ["Runner", "RuntimeUnavailable", "open_runner"]
 
 
 def open_runner(
@@ -64,15 +45,15 @@ def open_runner(
         ValueError: unknown format.
     """
     if format == "onnx":
-        from edge_agent.runtimes.onnx import OnnxRunner
+        from edgeship.runtimes.onnx import OnnxRunner
 
         return OnnxRunner(path, input_names, threads=threads)
     if format == "tflite":
-        from edge_agent.runtimes.litert import LiteRTRunner
+        from edgeship.runtimes.litert import LiteRTRunner
 
         return LiteRTRunner(path, input_names, io=io, threads=threads, output_names=output_names)
     if format == "coreml":
-        from edge_agent.runtimes.coreml import CoreMLRunner
+        from edgeship.runtimes.coreml import CoreMLRunner
 
         return CoreMLRunner(path, input_names)
     raise ValueError(f"unknown model format {format!r}")

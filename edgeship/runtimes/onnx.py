@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.runtimes import RuntimeUnavailable
+from edgeship.runtimes.base import RuntimeUnavailable
 
 #: onnxruntime tensor type strings → numpy dtypes for the inputs a session may expect.
 _ORT_DTYPES: dict[str, Any] = {

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.runtimes import RuntimeUnavailable
+from edgeship.runtimes.base import RuntimeUnavailable
 
 _SUFFIX = re.compile(r"_(\d+)$")
 _QUANTIZED_DTYPES = (np.int8, np.uint8, np.int16)

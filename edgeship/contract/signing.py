@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from converter.errors import SigningError
-from converter.manifest import canonical_json, unsigned
+from edgeship.contract.errors import SigningError
+from edgeship.contract.manifest import canonical_json, unsigned
 
 ENV_SIGNING_KEY = "EDGESHIP_SIGNING_KEY"
 ALG = "ed25519"

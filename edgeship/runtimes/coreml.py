@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.runtimes import RuntimeUnavailable
+from edgeship.runtimes.base import RuntimeUnavailable
 
 #: the reason given on hosts that cannot run Core ML.
 NOT_MACOS = "CoreML prediction requires macOS"

@@ -1,8 +1,8 @@
 """The metric catalogue: every ``edgeship_*`` metric, its type, help and labels, defined once.
 
-The server exports these (``rollout_server.metrics``), the agent's local ``/metrics`` uses the
+The server exports these (``rollout_server.api.metrics``), the agent's local ``/metrics`` uses the
 same names, and the alert rules and dashboards query them. Labels are bounded: no per-device
-label ever (DESIGN.md).
+label ever (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("edgeship_inference_errors_total", "counter", "Inference and model errors by reason.",
                    (*_FLEET, "reason")),
         MetricSpec("edgeship_inference_latency_seconds", "histogram",
-                   "On-device inference latency (shared buckets from monitoring.buckets).", _FLEET),
+                   "On-device inference latency (shared buckets from edgeship.contract.latency).", _FLEET),
         MetricSpec("edgeship_eval_samples_total", "counter", "Labelled or golden samples evaluated.", _FLEET),
         MetricSpec("edgeship_eval_correct_total", "counter", "Labelled or golden samples predicted right.",
                    _FLEET),
