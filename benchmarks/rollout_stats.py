@@ -3,8 +3,9 @@
     python -m benchmarks.rollout_stats [--runs 200] [--seed 1]
 
 Prints one table (false rollbacks with identical arms, detection of a 2× error rate and of
-latency regressions with the canary inferences it took, required-gain behaviour, and the
-canary share of sticky bucketing over 10,000 devices) and writes it to
+latency regressions with the canary inferences it took, required-gain behaviour, pauses on a
+sample ratio mismatch when canary devices go silent, and the canary share of sticky bucketing
+over 10,000 devices) and writes it to
 ``benchmarks/results/rollout_stats.json``. Simulator: ``rollout_server/analysis/simulate.py``;
 method: docs/rollout-analysis.md.
 """
@@ -159,6 +160,11 @@ def run(runs: int, seed: int) -> list[dict[str, Any]]:
             max_windows=30,
         )
     )
+    # the sample ratio check: canary devices that never report (the candidate crashes the app)
+    rows.append(scenario("canary: 30% of its devices silent", runs // 2, seed + 50,
+                         ArmProfile(silent_device_share=0.3), "paused >= 95%"))
+    rows.append(scenario("canary: 5% of its devices silent", runs // 2, seed + 51,
+                         ArmProfile(silent_device_share=0.05), "(reported)"))
     rows.append(canary_share())
     return rows
 
@@ -166,7 +172,7 @@ def run(runs: int, seed: int) -> list[dict[str, Any]]:
 def print_table(rows: list[dict[str, Any]]) -> None:
     """The table on stdout."""
     header = (
-        f"{'scenario':<52} {'rolled back':>11} {'promoted':>9} {'held':>6} {'median inf.':>11} "
+        f"{'scenario':<52} {'rolled back':>11} {'promoted':>9} {'held':>6} {'paused':>6} {'median inf.':>11} "
         f"{'p90 inf.':>9}  target"
     )
     print(header)
@@ -182,7 +188,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         p90 = _count(row["p90_canary_inferences_to_rollback"], 9)
         print(
             f"{row['scenario']:<52} {row['rolled_back_rate']:>11.1%} {row['promoted_rate']:>9.1%} "
-            f"{row['held_rate']:>6.1%} {median} {p90}  {row['target']}"
+            f"{row['held_rate']:>6.1%} {row['paused_rate']:>6.1%} {median} {p90}  {row['target']}"
         )
 
 

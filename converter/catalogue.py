@@ -1,7 +1,9 @@
 """The catalogue of variant kinds: one table drives conversion, the default recipe, docs and tests.
 
-Each kind names its export format, the precision it ships in, the backend module that builds
-it, the runtime that validates it and the options a recipe may set (with their defaults).
+Each kind names its export format, the precision it ships in, the builder that makes it, the
+runtime that validates it and the options a recipe may set (with their defaults). Builders are
+named, not imported (``module:function``), so reading the catalogue loads no toolchain;
+:mod:`converter.export.dispatch` imports and calls them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ class VariantKind:
         kind: catalogue key, also the default variant id (``onnx-int8-static``).
         format: ``onnx``, ``tflite`` or ``coreml``.
         precision: manifest precision (``fp32``, ``fp16``, ``int8``, ``int8-dynamic``, ...).
-        backend: module under ``converter.export`` that builds it.
+        backend: the format's module under ``converter.export``: it exports the base model
+            (``export_base``) the builders start from.
+        builder: ``module:function`` of the :class:`~converter.export.base.Builder` that
+            builds this kind from the base export.
         runtime: runtime that executes it on a device (``onnxruntime``, ``litert``, ``coreml``).
         options: recipe options this kind accepts, with their defaults.
         summary: one line for docs and ``edgeship variants``.
@@ -29,17 +34,22 @@ class VariantKind:
     format: str
     precision: str
     backend: str
+    builder: str
     runtime: str
     options: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     summary: str = ""
 
 
-def _kind(kind: str, fmt: str, precision: str, runtime: str, summary: str, **options: Any):
+def _kind(
+    kind: str, fmt: str, precision: str, runtime: str, builder: str, summary: str, **options: Any
+) -> VariantKind:
+    """A kind whose ``builder`` is ``module:function`` relative to ``converter.export``."""
     return VariantKind(
         kind=kind,
         format=fmt,
         precision=precision,
         backend=f"converter.export.{fmt}",
+        builder=f"converter.export.{builder}",
         runtime=runtime,
         options=MappingProxyType(options),
         summary=summary,
@@ -52,53 +62,55 @@ VARIANT_KINDS: MappingProxyType = MappingProxyType(
     {
         k.kind: k
         for k in (
-            _kind("onnx-fp32", "onnx", "fp32", _ORT, "ONNX export, float32", opset=18),
+            _kind("onnx-fp32", "onnx", "fp32", _ORT, "onnx:build_fp32", "ONNX export, float32",
+                  opset=18),
             _kind(
-                "onnx-fp16", "onnx", "fp16", _ORT,
+                "onnx-fp16", "onnx", "fp16", _ORT, "onnx_quant:build_fp16",
                 "float16 weights and compute, float32 inputs/outputs", keep_io_types=True,
             ),
             _kind(
-                "onnx-int8-dynamic", "onnx", "int8-dynamic", _ORT,
+                "onnx-int8-dynamic", "onnx", "int8-dynamic", _ORT, "onnx_quant:build_int8_dynamic",
                 "int8 weights, activations quantized at run time (onnxruntime quantize_dynamic)",
                 per_channel=False, reduce_range=True,
             ),
             _kind(
-                "onnx-int8-static", "onnx", "int8", _ORT,
+                "onnx-int8-static", "onnx", "int8", _ORT, "onnx_static:build_int8_static",
                 "QDQ int8 weights and activations from calibration (quantize_static)",
                 calibration="minmax", per_channel=True, percentile=99.999,
                 activation_type="uint8", reduce_range=True, float_layers=(),
             ),
             _kind(
-                "onnx-int8-weights", "onnx", "int8-weights", _ORT,
+                "onnx-int8-weights", "onnx", "int8-weights", _ORT, "onnx_weights:build_int8_weights",
                 "weight-only int8: blockwise MatMul weights and embedding tables, float activations",
                 block_size=32, quantize_embeddings=True,
             ),
-            _kind("tflite-fp32", "tflite", "fp32", _LITERT, "litert-torch export, float32"),
+            _kind("tflite-fp32", "tflite", "fp32", _LITERT, "tflite:build_fp32",
+                  "litert-torch export, float32"),
             _kind(
-                "tflite-fp16", "tflite", "fp16", _LITERT,
+                "tflite-fp16", "tflite", "fp16", _LITERT, "tflite_quant:build_fp16",
                 "float16 weights (ai-edge-quantizer FLOAT_CASTING), float compute",
             ),
             _kind(
-                "tflite-int8-dynamic", "tflite", "int8-dynamic", _LITERT,
+                "tflite-int8-dynamic", "tflite", "int8-dynamic", _LITERT, "tflite_quant:build_int8_dynamic",
                 "int8 weights, dynamic-range activations (ai-edge-quantizer)",
             ),
             _kind(
-                "tflite-int8", "tflite", "int8", _LITERT,
+                "tflite-int8", "tflite", "int8", _LITERT, "tflite_static:build_int8_static",
                 "full-integer int8 from calibration (ai-edge-quantizer static)",
                 integer_io=False, float_output_layer=True, calibration="minmax", per_channel=True,
                 float_layers=(),
             ),
             _kind(
-                "coreml-fp16", "coreml", "fp16", _COREML,
+                "coreml-fp16", "coreml", "fp16", _COREML, "coreml:build_fp16",
                 "ML Program, float16 compute precision",
             ),
             _kind(
-                "coreml-int8-weights", "coreml", "int8-weights", _COREML,
+                "coreml-int8-weights", "coreml", "int8-weights", _COREML, "coreml:build_int8_weights",
                 "ML Program, linear int8 weights (coremltools.optimize)",
                 granularity="per_channel",
             ),
             _kind(
-                "coreml-palettized-4bit", "coreml", "palettized-4bit", _COREML,
+                "coreml-palettized-4bit", "coreml", "palettized-4bit", _COREML, "coreml:build_palettized",
                 "ML Program, 4-bit k-means palettized weights (coremltools.optimize)",
                 nbits=4, mode="kmeans",
             ),

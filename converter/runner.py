@@ -27,9 +27,9 @@ from converter.errors import (
     InputSpecError,
     UnsupportedModelError,
     VariantBuildError,
-    first_line,
 )
 from converter.export.base import ExportContext, NotApplicable, VariantRequest
+from converter.export.dispatch import build_variant
 from converter.gates import gate_failures
 from converter.golden import sha256_file
 from converter.progress import Progress
@@ -38,6 +38,7 @@ from converter.reference import Reference, compute_reference, fit_check
 from converter.results import VariantResult
 from converter.specs import TensorSpec
 from converter.validate import measure_on_runtime, variant_metrics, write_eval_inputs
+from edgeship.contract.errors import first_line
 from edgeship.contract.fidelity import fidelity
 
 
@@ -185,8 +186,7 @@ class VariantRunner:
         self.progress.say(f"{request.id}: building")
         started = time.monotonic()
         try:
-            backend = importlib.import_module(request.kind.backend)
-            built = backend.build_variant(request, base, ctx)
+            built = build_variant(request, base, ctx)
         except NotApplicable as err:
             result.status, result.reason = "skipped", str(err)
             return False

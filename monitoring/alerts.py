@@ -7,7 +7,7 @@ Usage::
     rules_yaml()        # the text of monitoring/prometheus/alerts.yml (python -m monitoring.build)
 
 Alerts are for people. Rollout decisions are made by the server's controller from its
-database (DESIGN.md), not from these rules: an alert on a canary says the controller should
+database (docs/monitoring.md), not from these rules: an alert on a canary says the controller should
 be acting (or is holding for lack of samples), and an operator should look. What each alert
 means and what to do: docs/monitoring.md.
 """

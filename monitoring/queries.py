@@ -16,14 +16,13 @@ interval variables (``$__rate_interval``); ``$le`` is a latency bucket bound fro
 :mod:`edgeship.contract.latency`. The alert rules (:mod:`monitoring.alerts`) and the dashboards
 (:mod:`monitoring.dashboards`) are generated from this table by ``python -m monitoring.build``.
 
-Metrics are computed by the server from its database (DESIGN.md), so counters are fleet totals:
+Metrics are computed by the server from its database (docs/monitoring.md), so counters are fleet totals:
 scrape one address (a replica or the load balancer), never every replica, or sums multiply.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from string import Template
 from textwrap import indent
@@ -93,6 +92,10 @@ def _over(fn: str, metric: str, by: str, *matchers: str) -> str:
     return _agg("sum", by, f"{fn}({_sel(metric, *matchers)}[$window])")
 
 
+#: the server's active rollout phases (``Phase.active()`` in rollout_server.analysis, which
+#: monitoring may not import): tests/monitoring/test_consistency.py checks they agree.
+ACTIVE_ROLLOUT_PHASES: tuple[str, ...] = ("running", "paused")
+
 _MODEL = 'model=~"$model"'
 _CLASS = 'device_class=~"$device_class"'
 _COHORT = 'cohort=~"$cohort"'
@@ -100,7 +103,7 @@ _REASONS = 'reason=~"$reasons"'
 _FLEET = (_MODEL, _COHORT, _CLASS)
 _CANARY = (_MODEL, 'cohort="canary"', _CLASS)
 _STABLE = (_MODEL, 'cohort="stable"', _CLASS)
-_ACTIVE_PHASES = 'phase=~"running|paused"'
+_ACTIVE_PHASES = f'phase=~"{"|".join(ACTIVE_ROLLOUT_PHASES)}"'
 _ROLLED_BACK = 'phase="rolled_back"'
 _PAUSED = 'phase="paused"'
 _RUNNING = 'phase="running"'
@@ -315,46 +318,3 @@ def _check(key: str, value: str) -> str:
     if any(c in value for c in '"\n\\') and key not in _DURATION_PARAMS:
         raise ValueError(f"{key} must not contain quotes, backslashes or newlines, got {value!r}")
     return value
-
-
-def substitute_grafana_variables(expr: str, variables: Mapping[str, str]) -> str:
-    """Replace Grafana variables (``$model``, ``${model}``, ``$__rate_interval``) in ``expr``.
-
-    Raises:
-        ValueError: ``expr`` uses a variable that ``variables`` does not give.
-    """
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        if name not in variables:
-            raise ValueError(f"no value for Grafana variable ${name} in {expr!r}")
-        return variables[name]
-
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
-
-
-#: values for the dashboards' variables when their queries run outside Grafana.
-GRAFANA_TEST_VARIABLES: dict[str, str] = {
-    "model": ".+",
-    "device_class": ".+",
-    "__rate_interval": "1m",
-    "__range": "1h",
-}
-
-
-def panel_queries(variables: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
-    """Every dashboard panel's queries, ready to run against Prometheus.
-
-    Args:
-        variables: values for the dashboards' Grafana variables, over
-            :data:`GRAFANA_TEST_VARIABLES` (e.g. ``{"model": "digits-cnn"}``).
-
-    Returns:
-        ``(dashboard_uid, panel_title, expr)`` for every target of every panel, in dashboard
-        order, with the Grafana variables replaced.
-    """
-    from monitoring.dashboards import DASHBOARDS  # the dashboards are built from this module
-
-    values = {**GRAFANA_TEST_VARIABLES, **(variables or {})}
-    return [(board["uid"], panel["title"], substitute_grafana_variables(target["expr"], values))
-            for board in (build() for build in DASHBOARDS)
-            for panel in board["panels"] for target in panel.get("targets", [])]

@@ -15,9 +15,9 @@ from typing import Any
 from flask import Flask
 
 from rollout_server import hot_cache
-from rollout_server.api.metrics import ensure_counters
 from rollout_server.auth import ensure_first_tokens
 from rollout_server.config import apply_config
+from rollout_server.counters import ensure_counters
 from rollout_server.db import init_db, session_scope, startup_lock
 from rollout_server.errors import register_error_handlers
 

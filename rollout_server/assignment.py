@@ -10,23 +10,20 @@ whose measured peak memory fits in half the device's RAM,
    accuracy gates, so the fastest is the best);
 3. then the smallest file; then the variant id, so the choice is deterministic.
 
-Releases never change once published, so their data are read once per process
-(:func:`load_release`, cached by :mod:`rollout_server.hot_cache`) and the hot path (assignment
-polling) needs no manifest parsing. Devices and rollouts come in as the cache's snapshots.
+The choice is a pure function of its inputs (no database, no cache, no clock), so it can be
+tested and remembered freely: :mod:`rollout_server.hot_cache` reads the release once (releases
+never change once published), calls :func:`choose_variant` and keeps the answer per kind of
+device. Devices and rollouts come in as anything with the attributes of :class:`DeviceFacts`
+and :class:`RolloutFacts` (the cache's snapshots).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from sqlalchemy.orm import Session
+from typing import Any, Protocol
 
 from rollout_server.bucketing import assign_cohort
-from rollout_server.models import Release
-
-if TYPE_CHECKING:
-    from rollout_server.hot_cache import DeviceSnapshot, RolloutSnapshot
 
 #: manifest runtime name → the names a device may report for it.
 RUNTIME_ALIASES: dict[str, tuple[str, ...]] = {
@@ -35,6 +32,30 @@ RUNTIME_ALIASES: dict[str, tuple[str, ...]] = {
     "coreml": ("coreml", "coremltools"),
 }
 MEMORY_SHARE = 0.5
+
+
+class DeviceFacts(Protocol):
+    """What assignment reads of a device."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def device_class(self) -> str: ...
+    @property
+    def ram_bytes(self) -> int: ...
+    @property
+    def runtimes(self) -> Mapping[str, str]: ...
+
+
+class RolloutFacts(Protocol):
+    """What assignment reads of an active rollout."""
+
+    @property
+    def salt(self) -> str: ...
+    @property
+    def canary_percent(self) -> float: ...
+    @property
+    def stratify(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -60,24 +81,7 @@ class ReleaseInfo:
     variants: tuple[VariantInfo, ...]
 
 
-def load_release(session: Session, release_id: int) -> ReleaseInfo:
-    """The release's assignment data, read from the database."""
-    release = session.get(Release, release_id)
-    entries = {e["id"]: e for e in release.manifest.get("variants", [])}
-
-    def p50(variant_id: str) -> float:
-        value = (entries.get(variant_id, {}).get("metrics") or {}).get("latency_ms", {}).get("p50")
-        return float(value) if value is not None else float("inf")
-
-    variants = tuple(
-        VariantInfo(v.variant_id, v.runtime, v.runtime_min_version or "", v.validation, v.sha256,
-                    v.size_bytes, v.peak_rss_bytes or 0, p50(v.variant_id), entries.get(v.variant_id, {}))
-        for v in release.variants
-    )
-    return ReleaseInfo(release.id, release.version, release.manifest, variants)
-
-
-def device_runtime_version(device: DeviceSnapshot, runtime: str) -> str | None:
+def device_runtime_version(device: DeviceFacts, runtime: str) -> str | None:
     for alias in RUNTIME_ALIASES.get(runtime, (runtime,)):
         if alias in (device.runtimes or {}):
             return str(device.runtimes[alias])
@@ -89,7 +93,7 @@ def _major(version: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
-def can_run(device: DeviceSnapshot, variant: VariantInfo) -> bool:
+def can_run(device: DeviceFacts, variant: VariantInfo) -> bool:
     version = device_runtime_version(device, variant.runtime)
     if version is None:
         return False
@@ -98,7 +102,7 @@ def can_run(device: DeviceSnapshot, variant: VariantInfo) -> bool:
     return not (device.ram_bytes and variant.peak_rss_bytes > device.ram_bytes * MEMORY_SHARE)
 
 
-def choose_variant(release: ReleaseInfo, device: DeviceSnapshot) -> VariantInfo | None:
+def choose_variant(release: ReleaseInfo, device: DeviceFacts) -> VariantInfo | None:
     """The preferred variant of ``release`` for ``device`` (module docstring), or None."""
     candidates = [
         v for v in release.variants if v.validation in ("passed", "not_validated") and can_run(device, v)
@@ -108,7 +112,7 @@ def choose_variant(release: ReleaseInfo, device: DeviceSnapshot) -> VariantInfo 
     return min(candidates, key=lambda v: (v.validation != "passed", v.p50_ms, v.size_bytes, v.variant_id))
 
 
-def cohort_for(device: DeviceSnapshot, rollout: RolloutSnapshot) -> str:
+def cohort_for(device: DeviceFacts, rollout: RolloutFacts) -> str:
     """``canary`` or ``stable`` at the rollout's current share (sticky, see bucketing)."""
     device_class = device.device_class if rollout.stratify else None
     return assign_cohort(rollout.salt, device.id, rollout.canary_percent, device_class)

@@ -15,6 +15,12 @@ DEFAULTS: dict[str, Any] = {
     # Trusted publisher public keys (PEM files); releases signed by others are refused.
     "TRUSTED_KEYS": [],
     "MAX_REPORT_BYTES": MAX_REPORT_BYTES,
+    # A report's window must lie within [now - max age, now + skew] (seconds): the age bounds
+    # how long an agent may keep reports while offline; the skew, how far ahead its clock may be.
+    "REPORT_MAX_AGE_SECONDS": 14 * 86400,
+    "REPORT_CLOCK_SKEW_SECONDS": 300,
+    # The most inferences (and errors) a device may report per second of window: a physical cap.
+    "MAX_INFERENCES_PER_SECOND": 10_000,
     "MAX_RELEASE_BYTES": 2 * 1024**3,
     "REPORT_INTERVAL_SECONDS": 30,
     # How stale the per-process assignment cache may be across workers and replicas (seconds;

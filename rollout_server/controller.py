@@ -18,7 +18,7 @@ from sqlalchemy import Float, case, cast, distinct, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from edgeship.contract.latency import BUCKET_COUNT
-from edgeship.contract.reports import ERROR_REASONS
+from edgeship.contract.reports import ERROR_REASONS, INSTALL_ERROR_REASONS
 from rollout_server.analysis import (
     INFERENCE_ERROR_REASONS,
     Action,
@@ -27,17 +27,19 @@ from rollout_server.analysis import (
     GuardSpec,
     Measurements,
     Outcome,
+    Phase,
     RolloutState,
     assess,
     decide,
 )
+from rollout_server.analysis.sample_ratio import SRM_ALPHA, SRM_GRACE_SECONDS, SampleRatio, sample_ratio
+from rollout_server.analysis.stats import look_alpha
 from rollout_server.analysis.window import SPREAD_FIELDS
-from rollout_server.api.metrics import bump
+from rollout_server.bucketing import assign_cohort
+from rollout_server.counters import bump
 from rollout_server.db import session_scope
-from rollout_server.models import AuditEntry, Report, Rollout, Verdict, utcnow
-
-ACTIVE = ("running", "paused")
-LOAD_FAILURES = ("load_failed", "golden_mismatch")
+from rollout_server.hot_cache import LAST_SEEN_RESOLUTION_SECONDS
+from rollout_server.models import AuditEntry, Device, Report, Rollout, Verdict, utcnow
 
 
 def apply_decision(
@@ -63,18 +65,50 @@ def claim_window(session: Session, rollout_id: int, now: dt.datetime, window_sec
     cutoff = now - dt.timedelta(seconds=window_seconds)
     result = session.execute(
         update(Rollout)
-        .where(Rollout.id == rollout_id, Rollout.phase.in_(ACTIVE),
+        .where(Rollout.id == rollout_id, Rollout.phase.in_([p.value for p in Phase.active()]),
                or_(Rollout.analyzed_until.is_(None), Rollout.analyzed_until <= cutoff))
         .values(analyzed_until=now)
     )
     return result.rowcount == 1
 
 
+def load_sample_ratio(session: Session, rollout: Rollout, state: RolloutState,
+                      now: dt.datetime) -> SampleRatio | None:
+    """The sample ratio test of the stage (:mod:`rollout_server.analysis.sample_ratio`).
+
+    Active devices are those seen since the stage started (less the ``last_seen_at``
+    resolution), reporting ones those that sent any report for the rollout in the stage; both
+    are put in an arm by the server's own bucketing, whatever cohort their reports claim. None
+    at 100% (no stable arm), before the stage started and in its first ``SRM_GRACE_SECONDS``.
+    """
+    percent = state.stage.percent
+    if (state.stage_started_at is None or not 0 < percent < 100
+            or now.timestamp() - state.stage_started_at < SRM_GRACE_SECONDS):
+        return None
+    since = dt.datetime.fromtimestamp(state.stage_started_at, dt.timezone.utc)
+    seen_since = since - dt.timedelta(seconds=LAST_SEEN_RESOLUTION_SECONDS)
+    active = dict(session.execute(select(Device.id, Device.device_class)
+                                  .where(Device.last_seen_at >= seen_since, Device.revoked.is_(False))).all())
+    reporting = dict(session.execute(select(Report.device_id, func.min(Report.device_class))
+                                     .where(Report.rollout_id == rollout.id, Report.window_end > since)
+                                     .group_by(Report.device_id)).all())
+    stratify = bool(rollout.spec.get("stratify"))
+
+    def canary(device_id: str, device_class: str) -> bool:
+        return assign_cohort(rollout.salt, device_id, percent, device_class if stratify else None) == "canary"
+
+    arms = {device: canary(device, device_class) for device, device_class in {**active, **reporting}.items()}
+    canary_assigned = sum(arms.values())
+    canary_reporting = sum(arms[d] for d in reporting)
+    return sample_ratio(canary_assigned, canary_reporting, len(arms) - canary_assigned,
+                        len(reporting) - canary_reporting, alpha=look_alpha(SRM_ALPHA, state.next_look))
+
+
 def load_measurements(session: Session, rollout: Rollout, state: RolloutState) -> Measurements:
     """Stage-cumulative aggregates per cohort and device class: one GROUP BY over the reports."""
     since = (dt.datetime.fromtimestamp(state.stage_started_at, dt.timezone.utc)
              if state.stage_started_at is not None else rollout.created_at)
-    load_failed = or_(*(getattr(Report, f"err_{reason}") > 0 for reason in LOAD_FAILURES))
+    load_failed = or_(*(getattr(Report, f"err_{reason}") > 0 for reason in INSTALL_ERROR_REASONS))
     columns = [
         func.sum(Report.inferences), func.sum(Report.labelled), func.sum(Report.correct),
         func.sum(Report.shadow_samples), func.sum(Report.shadow_agree),
@@ -153,7 +187,8 @@ def step_rollout(
     state = RolloutState.from_dict(rollout.state)
     measurements = load_measurements(session, rollout, state)
     verdicts = assess(GuardSpec.from_dict(rollout.spec.get("guards")), measurements)
-    decision = decide(state, verdicts, now.timestamp(), canary_samples=measurements.canary.inferences)
+    decision = decide(state, verdicts, now.timestamp(), canary_samples=measurements.canary.inferences,
+                      sample_ratio=load_sample_ratio(session, rollout, state, now))
     for verdict in verdicts:
         session.add(Verdict(
             rollout_id=rollout.id, window_end=now, stage_index=state.stage_index,
@@ -188,7 +223,8 @@ def step_all(app: Flask, now: dt.datetime | None = None) -> dict[int, Decision]:
 
 def active_rollout_ids(app: Flask) -> list[int]:
     with session_scope(app) as session:
-        return list(session.scalars(select(Rollout.id).where(Rollout.phase.in_(ACTIVE))))
+        active = [p.value for p in Phase.active()]
+        return list(session.scalars(select(Rollout.id).where(Rollout.phase.in_(active))))
 
 
 def count_controller_error(app: Flask, reason: str) -> None:

@@ -38,17 +38,14 @@ from sqlalchemy import and_, bindparam, event, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from rollout_server.analysis import RolloutState
-from rollout_server.assignment import ReleaseInfo, VariantInfo, choose_variant, load_release
-from rollout_server.models import Counter, Device, Model, Rollout
+from rollout_server.analysis import Phase, RolloutState
+from rollout_server.assignment import ReleaseInfo, VariantInfo, choose_variant
+from rollout_server.counters import DEVICE_CHANGES
+from rollout_server.models import Counter, Device, Model, Release, Rollout
 
 EXTENSION = "edgeship.hot_cache"
-#: rollout phases in which devices are assigned by the rollout (``pending`` is not yet).
-ACTIVE_PHASES = ("running", "paused")
 #: ``devices.last_seen_at`` is written at most once per this many seconds per device and process.
 LAST_SEEN_RESOLUTION_SECONDS = 60
-#: the counter every ORM change to a device row bumps (``rollout_server.api.metrics.COUNTERS``).
-DEVICE_CHANGES = "device_changes"
 #: a device entry is read again after this long even if ``device_changes`` did not move.
 DEVICE_MAX_AGE_SECONDS = 300.0
 MAX_DEVICES = 65_536
@@ -66,11 +63,15 @@ MODEL_STATE = (
     select(_models.c.id, _models.c.stable_release_id, _rollouts.c.id.label("rollout_id"), _rollouts.c.salt,
            _rollouts.c.candidate_id, _rollouts.c.baseline_id, _rollouts.c.state, _rollouts.c.spec)
     .select_from(_models.outerjoin(_rollouts, and_(_rollouts.c.model_id == _models.c.id,
-                                                   _rollouts.c.phase.in_(ACTIVE_PHASES))))
+                                                   _rollouts.c.phase.in_([p.value for p in Phase.active()]))))
     .where(_models.c.name == bindparam("name"))
     .order_by(_rollouts.c.id.desc())
     .limit(1)
 )
+ROLLOUT_RECORD = select(
+    _rollouts.c.id, _rollouts.c.model_id, _rollouts.c.candidate_id, _rollouts.c.baseline_id, _rollouts.c.salt,
+    _rollouts.c.state, _rollouts.c.spec,
+).where(_rollouts.c.id == bindparam("rollout_id"))
 DEVICE_CHANGES_VALUE = select(_counters.c.value).where(_counters.c.name == DEVICE_CHANGES)
 BUMP_DEVICE_CHANGES = (update(_counters).where(_counters.c.name == DEVICE_CHANGES)
                        .values(value=_counters.c.value + 1))
@@ -81,6 +82,24 @@ TOUCH_DEVICE = (
     .values(last_seen_at=bindparam("seen_at"))
 )
 _MISSING = object()
+
+
+def load_release(session: Session, release_id: int) -> ReleaseInfo:
+    """The release's assignment data (:class:`~rollout_server.assignment.ReleaseInfo`), read
+    from the database: its variants, with the p50 latency its signed manifest records."""
+    release = session.get(Release, release_id)
+    entries = {e["id"]: e for e in release.manifest.get("variants", [])}
+
+    def p50(variant_id: str) -> float:
+        value = (entries.get(variant_id, {}).get("metrics") or {}).get("latency_ms", {}).get("p50")
+        return float(value) if value is not None else float("inf")
+
+    variants = tuple(
+        VariantInfo(v.variant_id, v.runtime, v.runtime_min_version or "", v.validation, v.sha256,
+                    v.size_bytes, v.peak_rss_bytes or 0, p50(v.variant_id), entries.get(v.variant_id, {}))
+        for v in release.variants
+    )
+    return ReleaseInfo(release.id, release.version, release.manifest, variants)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +135,31 @@ class RolloutSnapshot:
     stratify: bool
     shadow: bool
     shadow_share: float
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    """What report checks need of any rollout, active or ended: its model, its two releases
+    and the share and salt its bucketing uses now."""
+
+    id: int
+    model_id: int
+    candidate_id: int
+    baseline_id: int
+    salt: str
+    canary_percent: float
+    stratify: bool
+
+    @classmethod
+    def from_row(cls, row: Any) -> RolloutRecord:
+        state = RolloutState.from_dict(row.state)
+        # the highest share it reached: buckets only grow, and late reports of a rolled-back
+        # canary are still the canary's
+        reached = 0.0 if state.phase is Phase.PENDING else state.stage.percent
+        if state.phase is Phase.PROMOTED:
+            reached = 100.0
+        return cls(row.id, row.model_id, row.candidate_id, row.baseline_id, row.salt, reached,
+                   bool((row.spec or {}).get("stratify")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +209,7 @@ class HotCache:
         self._device_changes: int | None = None
         self._device_changes_due = 0.0
         self._models: dict[str, tuple[float, ModelState]] = {}
+        self._rollouts: dict[int, tuple[float, RolloutRecord]] = {}
         self._releases: dict[int, ReleaseInfo] = {}
         self._variants: dict[tuple, VariantInfo | None] = {}
         self._documents: dict[Hashable, tuple[bytes, str]] = {}
@@ -227,19 +272,31 @@ class HotCache:
 
     def model(self, name: str) -> ModelState | None:
         """The model's stable release and active rollout, at most the TTL old; None if unknown."""
+        return self._fresh(self._models, name, MODEL_STATE, {"name": name},
+                           lambda row: ModelState.from_row(name, row))
+
+    def rollout(self, rollout_id: int) -> RolloutRecord | None:
+        """A rollout as report checks need it, at most the TTL old (like models); None if unknown."""
+        return self._fresh(self._rollouts, rollout_id, ROLLOUT_RECORD, {"rollout_id": rollout_id},
+                           RolloutRecord.from_row)
+
+    def _fresh(self, table: dict, key: Hashable, query: Any, params: dict[str, Any],
+               build: Callable[[Any], Any]) -> Any:
+        """``table[key]`` if at most the TTL old, else ``build`` of the row ``query`` reads (None
+        when there is none), kept when the cache is on."""
         now = self.clock()
-        entry = self._models.get(name)
+        entry = table.get(key)
         if entry is not None and now - entry[0] <= self.ttl_seconds:
             return entry[1]
         generation = self._generation
         with self._engine.connect() as connection:
-            row = connection.execute(MODEL_STATE, {"name": name}).first()
+            row = connection.execute(query, params).first()
         if row is None:
             return None
-        state = ModelState.from_row(name, row)
+        value = build(row)
         if self.enabled:
-            self._store(self._models, name, (now, state), generation, MAX_MODELS)
-        return state
+            self._store(table, key, (now, value), generation, MAX_MODELS)
+        return value
 
     def release(self, release_id: int) -> ReleaseInfo:
         """The release's assignment data (read once: releases never change once published)."""
@@ -287,6 +344,7 @@ class HotCache:
                 self._seen.clear()
             if models:
                 self._models.clear()
+                self._rollouts.clear()
 
     def _store(self, table: dict, key: Hashable, value: Any, generation: int, limit: int) -> None:
         with self._lock:

@@ -123,7 +123,14 @@ def _paths() -> dict[str, Any]:
                                    "description": "Ids stored before (a retry is not an error)."},
                 }, ("accepted", "duplicates")), "Stored.")},
                 BAD_JSON, NO_DEVICE, (409, "Some reports of the batch were stored concurrently; retry."),
-                (413, "The body is over MAX_REPORT_BYTES.")),
+                (413, "The body is over MAX_REPORT_BYTES."),
+                (422, "A report claims what the server's records contradict; 'error' says which: "
+                      "'not_in_rollout' (rollout_id names no rollout of the model, or the version is "
+                      "neither its candidate nor its baseline), 'cohort_mismatch' (the candidate from a "
+                      "device the rollout did not bucket canary, or the baseline claimed as canary), "
+                      "'window_out_of_range' (window outside [now - REPORT_MAX_AGE_SECONDS, now + "
+                      "REPORT_CLOCK_SKEW_SECONDS]), 'count_over_cap' (more inferences and errors than "
+                      "MAX_INFERENCES_PER_SECOND allows for the window's length).")),
         }},
         "/v1/releases": {"post": {
             "tags": ["releases"], "operationId": "publishRelease", **_operator("publisher"),

@@ -11,7 +11,7 @@ from flask import request
 from rollout_server.errors import ApiError
 
 NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z")  # \Z: "$" would let a trailing newline through
-#: device classes as DESIGN.md spells them (``rpi4``, ``linux-x86_64``): names that may hold ``_``.
+#: device classes as docs/protocol.md spells them (``rpi4``, ``linux-x86_64``): names that may hold ``_``.
 DEVICE_CLASS = re.compile(r"^[a-z0-9]+([_-][a-z0-9]+)*\Z")
 
 

@@ -1,4 +1,8 @@
-"""Shared fixtures: signing keys, the trained digits example, small npz files."""
+"""Shared fixtures: signing keys, the trained digits example, small npz files.
+
+Also loads :mod:`tests.skip_policy`: under ``CI=true`` a skip whose reason is not on its short
+allow-list fails the run.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest_plugins = ("tests.skip_policy",)
 
 
 @pytest.fixture(scope="session")
@@ -19,11 +25,18 @@ def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits example trained once per session (a few seconds), files on disk."""
-    pytest.importorskip("torch")
+    from tests.skip_policy import require_module
+
+    torch = require_module("torch")
     from examples.digits import build_example
 
     out = tmp_path_factory.mktemp("digits")
-    build_example(out, epochs=15)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # seeded and on one thread: the same sums, in one order, on any core count
+    try:
+        build_example(out, epochs=15)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 

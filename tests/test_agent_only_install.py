@@ -7,19 +7,20 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.skip_policy import AGENT_VENV_ONLY, agent_only_venv
+
 ROOT = Path(__file__).resolve().parents[1]
 NEVER_ON_A_DEVICE = ("torch", "coremltools", "flask", "litert_torch", "ai_edge_quantizer", "onnx",
                      "sqlalchemy")
 
 
-@pytest.mark.skipif(not os.environ.get("EDGESHIP_AGENT_ONLY"), reason="runs in the agent-only venv")
+@pytest.mark.skipif(not agent_only_venv(), reason=f"{AGENT_VENV_ONLY} checks the venv of test-agent-only")
 def test_the_agent_only_venv_has_none_of_the_heavy_packages():
     present = [name for name in NEVER_ON_A_DEVICE if importlib.util.find_spec(name) is not None]
     assert present == []

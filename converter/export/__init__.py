@@ -1,5 +1,8 @@
-"""Export backends, one module per format: ``onnx``, ``tflite``, ``coreml``.
+"""Export backends and variant builders, per format: ``onnx*``, ``tflite*``, ``coreml*``.
 
-Each backend module provides the functions of :class:`converter.export.base.Backend`; heavy
-imports (onnx, litert-torch, coremltools) stay inside those functions.
+``<format>.py`` exports the base model (``export_base``, see :mod:`converter.export.base`);
+the builders of the other kinds sit beside it and share the format's leaf module
+(``onnx_common``, ``tflite_common``); :mod:`converter.export.dispatch` calls the builder the
+catalogue names for a kind. Heavy imports (onnx, litert-torch, coremltools) stay inside the
+functions.
 """

@@ -1,21 +1,20 @@
-"""What the pipeline hands an export backend, and what a backend hands back.
+"""What the pipeline hands an export backend and a variant builder, and what they hand back.
 
-A backend module (``converter/export/<format>.py``) provides two functions:
+A format's backend module (``converter/export/<format>.py``) provides:
 
 ``export_base(ctx: ExportContext) -> Any``
     Export the model once at full precision. It doubles as the format's preflight: it runs
     before any long step and raises :class:`converter.errors.UnsupportedModelError` naming the
     operator the toolchain refused. The return value is opaque to the pipeline (a path, an
-    in-memory model) and is passed back to ``build_variant``.
+    in-memory model) and is passed back to the format's builders.
 
-``build_variant(request: VariantRequest, base: Any, ctx: ExportContext) -> BuiltVariant``
-    Build one variant file under ``ctx.work_dir``; raise
-    :class:`converter.errors.VariantBuildError` when it cannot (the other variants go on), or
-    :class:`NotApplicable` when the kind has nothing to do on this model.
+``inspect_artifact(built: BuiltVariant, ctx) -> list[str]`` (optional)
+    A static check of the artifact (inputs, outputs, weight precision) that returns problems
+    found, used where no runtime on this host can execute the format (CoreML off macOS).
 
-A backend may also provide ``inspect_artifact(built: BuiltVariant, ctx) -> list[str]``: a
-static check of the artifact (inputs, outputs, weight precision) that returns problems found,
-used where no runtime on this host can execute the format (CoreML off macOS).
+Each variant kind names its :class:`Builder` in the catalogue
+(:attr:`converter.catalogue.VariantKind.builder`) and :mod:`converter.export.dispatch` calls
+it: one signature for every format, so the dispatcher is a table lookup.
 """
 
 from __future__ import annotations
@@ -105,11 +104,20 @@ class NotApplicable(Exception):
     """The kind has nothing to do on this model (e.g. weight-only MatMul int8 on a CNN)."""
 
 
-class Backend(Protocol):
-    """The functions a backend module provides (see the module docstring)."""
+class Builder(Protocol):
+    """Builds one variant kind; every kind's builder has this signature.
 
-    def export_base(self, ctx: ExportContext) -> Any: ...
+    Args:
+        request: the variant to build (its id, kind and options).
+        base: what the format's ``export_base`` returned.
+        ctx: the export context.
+        out: the file to write (``<request.id><format suffix>`` under ``ctx.work_dir``).
 
-    def build_variant(
-        self, request: VariantRequest, base: Any, ctx: ExportContext
+    Raises:
+        VariantBuildError: the toolchain failed on this variant (the other variants go on).
+        NotApplicable: the kind has nothing to do on this model.
+    """
+
+    def __call__(
+        self, request: VariantRequest, base: Any, ctx: ExportContext, out: Path
     ) -> BuiltVariant: ...

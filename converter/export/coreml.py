@@ -3,7 +3,9 @@
 The model is captured once (below) and converted once to an ML Program at
 float16 compute precision (minimum deployment target iOS15 / macOS12). That conversion is the
 format's preflight and is the ``coreml-fp16`` variant; the compressed kinds run a
-``coremltools.optimize.coreml`` pass over it:
+``coremltools.optimize.coreml`` pass over it. One builder per kind (the catalogue names it,
+:mod:`converter.export.dispatch` calls it), all with the common
+:class:`~converter.export.base.Builder` signature:
 
 * ``coreml-fp16``: float16 ``const`` weights; iOS15.
 * ``coreml-int8-weights``: int8 ``constexpr_affine_dequantize`` (linear symmetric); iOS16.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from converter.errors import UnsupportedModelError, VariantBuildError
@@ -46,7 +49,7 @@ from converter.export.coreml_inspect import (  # noqa: F401 - inspect_artifact i
     target_name,
     weight_census,
 )
-from converter.export.coreml_package import ZIP_SUFFIX, write_package_zip
+from converter.export.coreml_package import write_package_zip
 from converter.specs import TensorSpec
 from edgeship.contract.errors import first_line
 
@@ -212,22 +215,37 @@ class _Plan:
     compress: Callable[[Any], Any] | None = None
 
 
-def build_variant(request: VariantRequest, base: CoreMLBase, ctx: ExportContext) -> BuiltVariant:
-    """Build one ``coreml-*`` variant as ``<request.id>.mlpackage.zip`` under ``ctx.work_dir``.
+def build_fp16(request: VariantRequest, base: CoreMLBase, ctx: ExportContext, out: Path) -> BuiltVariant:
+    """``coreml-fp16``: the base conversion itself (float16 ``const`` weights, iOS15)."""
+    return _build(request, _Plan(request.kind.precision, ["fp16:compute"], BASE_TARGET), base, ctx, out)
 
-    Args:
-        request: the variant to build (its kind and options).
-        base: what :func:`export_base` returned.
-        ctx: the export context.
+
+def build_int8_weights(
+    request: VariantRequest, base: CoreMLBase, ctx: ExportContext, out: Path
+) -> BuiltVariant:
+    """``coreml-int8-weights``: linear symmetric int8 weights (option ``granularity``)."""
+    return _build(request, _int8_plan(request), base, ctx, out)
+
+
+def build_palettized(
+    request: VariantRequest, base: CoreMLBase, ctx: ExportContext, out: Path
+) -> BuiltVariant:
+    """``coreml-palettized-4bit``: ``2**nbits``-entry LUT weights (options ``nbits``, ``mode``)."""
+    return _build(request, _palette_plan(request), base, ctx, out)
+
+
+def _build(
+    request: VariantRequest, plan: _Plan, base: CoreMLBase, ctx: ExportContext, out: Path
+) -> BuiltVariant:
+    """Write ``plan``'s model as the zipped ``.mlpackage`` ``out``.
 
     Returns:
         The built variant; ``details`` holds the deployment target and weight op counts.
 
     Raises:
-        VariantBuildError: a bad option, or coremltools failed on this variant.
+        VariantBuildError: coremltools failed on this variant.
         NotApplicable: a compressed kind found no weight large enough to compress.
     """
-    plan = _plan(request)
     try:
         source = base.model_at_least(plan.target, ctx)
         model = source
@@ -239,27 +257,15 @@ def build_variant(request: VariantRequest, base: CoreMLBase, ctx: ExportContext)
     census = weight_census(model.get_spec())
     if plan.compress is not None and not (census.quantized or census.palettized):
         raise NotApplicable(f"no weight tensor has more than {WEIGHT_THRESHOLD} elements to compress")
-    path = ctx.work_dir / f"{request.id}{ZIP_SUFFIX}"
     try:
-        write_package_zip(model, path, ctx.work_dir / f"_coreml_{request.id}")
+        write_package_zip(model, out, ctx.work_dir / f"_coreml_{request.id}")
     except Exception as exc:
         raise VariantBuildError(f"{request.id}: writing the package failed: {first_line(exc)}") from exc
     details = {
         "minimum_deployment_target": target_name(model.get_spec().specificationVersion),
         "weight_ops": census.op_counts(),
     }
-    return BuiltVariant(path, plan.precision, plan.compression, details=details)
-
-
-def _plan(request: VariantRequest) -> _Plan:
-    kind = request.kind.kind
-    if kind == "coreml-fp16":
-        return _Plan(request.kind.precision, ["fp16:compute"], BASE_TARGET)
-    if kind == "coreml-int8-weights":
-        return _int8_plan(request)
-    if kind == "coreml-palettized-4bit":
-        return _palette_plan(request)
-    raise VariantBuildError(f"{request.id}: kind {kind!r} is not a coreml kind")
+    return BuiltVariant(out, plan.precision, plan.compression, details=details)
 
 
 def _int8_plan(request: VariantRequest) -> _Plan:

@@ -1,13 +1,15 @@
-"""ONNX backend: export with ``torch.onnx`` and build the ``onnx-*`` variants.
+"""ONNX backend: the base export with ``torch.onnx``, which is also the ``onnx-fp32`` variant.
 
 The base model is exported once with the torch.export-based (dynamo) exporter, the default and
 maintained path in torch >= 2.9; when ``torch.export`` cannot capture the model, the legacy
 TorchScript tracer is tried before giving up. Shapes are static (batch dimension as given) and
 the file is self-contained (weights inline, no external data).
 
-The quantized kinds live in :mod:`converter.export.onnx_quant` (fp16, int8 dynamic),
+``onnx-fp32`` is built here (:func:`build_fp32`: the base export, or a re-export at another
+opset). The other kinds live in :mod:`converter.export.onnx_quant` (fp16, int8 dynamic),
 :mod:`converter.export.onnx_static` (static int8) and :mod:`converter.export.onnx_weights`
-(weight-only int8).
+(weight-only int8); what they share with this module is in :mod:`converter.export.onnx_common`.
+The catalogue names each kind's builder and :mod:`converter.export.dispatch` calls it.
 """
 
 from __future__ import annotations
@@ -24,18 +26,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from converter.errors import UnsupportedModelError, VariantBuildError
 from converter.export.base import BuiltVariant, ExportContext, VariantRequest
+from converter.export.onnx_common import EXPORTER_KEY, count_nodes, read_exporter
 from edgeship.contract.errors import first_line
 
 #: opset the base model is exported at (the catalogue's default for ``onnx-fp32``).
 DEFAULT_OPSET = 18
 #: where the base export is written, under ``ctx.work_dir``.
 BASE_DIR = "_onnx_base"
-#: metadata key recording which exporter produced the file.
-EXPORTER_KEY = "edgeship.exporter"
 
 _ORT_MISSING_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(\d+\) node")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -71,43 +70,8 @@ def export_base(ctx: ExportContext) -> Path:
     return path
 
 
-def build_variant(request: VariantRequest, base: Path, ctx: ExportContext) -> BuiltVariant:
-    """Build one ``onnx-*`` variant file ``<request.id>.onnx`` under ``ctx.work_dir``.
-
-    Args:
-        request: the variant to build (its kind and options).
-        base: the path :func:`export_base` returned.
-        ctx: the export context.
-
-    Returns:
-        The built variant (path, precision, compression steps, details).
-
-    Raises:
-        VariantBuildError: the toolchain failed on this variant.
-        NotApplicable: the kind has nothing to do on this model.
-    """
-    from converter.export import onnx_quant, onnx_static, onnx_weights
-
-    kind = request.kind.kind
-    out = ctx.work_dir / f"{request.id}.onnx"
-    builders = {
-        "onnx-fp32": _build_fp32,
-        "onnx-fp16": onnx_quant.build_fp16,
-        "onnx-int8-dynamic": onnx_quant.build_int8_dynamic,
-        "onnx-int8-static": onnx_static.build_int8_static,
-        "onnx-int8-weights": onnx_weights.build_int8_weights,
-    }
-    if kind not in builders:
-        raise VariantBuildError(f"{request.id}: kind {kind!r} is not an ONNX kind")
-    built = builders[kind](request, Path(base), ctx, out)
-    built.details.setdefault("exporter", read_exporter(Path(base)))
-    return built
-
-
-def _build_fp32(
-    request: VariantRequest, base: Path, ctx: ExportContext, out: Path
-) -> BuiltVariant:
-    """Copy the base export, or re-export when the recipe asks for another opset."""
+def build_fp32(request: VariantRequest, base: Path, ctx: ExportContext, out: Path) -> BuiltVariant:
+    """``onnx-fp32``: copy the base export, or re-export when the recipe asks for another opset."""
     opset = int(request.options.get("opset", DEFAULT_OPSET))
     if opset == DEFAULT_OPSET:
         shutil.copyfile(base, out)
@@ -258,33 +222,3 @@ def find_unsupported_op(err: BaseException) -> str | None:
             name = "::".join(match.groups()) if len(match.groups()) > 1 else match.group(1)
             return name.replace(".", "::", 1) if "::" not in name else name
     return None
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def read_exporter(path: Path) -> str:
-    """Which exporter produced ``path`` (``dynamo`` / ``torchscript``), from its metadata."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return next((m.value for m in model.metadata_props if m.key == EXPORTER_KEY), "unknown")
-
-
-def count_nodes(path: Path) -> dict[str, int]:
-    """Node count per op type (for the report's details)."""
-    import onnx
-
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path)).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def float_params(model: Any) -> int:
-    """Number of float32 weight elements among a model's initializers."""
-    import onnx
-
-    return sum(
-        int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
-    )

@@ -5,31 +5,24 @@
 * ``onnx-int8-dynamic``: ``quant_pre_process`` then ``quantize_dynamic`` (int8 weights,
   activations quantized at run time).
 ``onnx-int8-static`` is in :mod:`converter.export.onnx_static` and ``onnx-int8-weights`` in
-:mod:`converter.export.onnx_weights`; the helpers at the end of this module (pre-processing,
-run check, details, error wrapping) are shared with them.
+:mod:`converter.export.onnx_weights`; the helpers all of them use (pre-processing, run check,
+details, error wrapping) are in :mod:`converter.export.onnx_common`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from converter.errors import VariantBuildError
-from converter.export.base import BuiltVariant, ExportContext, NotApplicable, VariantRequest
-from converter.export.onnx import count_nodes
-
-#: ops that carry quantized weights or activations, counted in ``details["quantized_nodes"]``.
-QUANT_OPS = (
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-    "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv", "MatMulNBits",
-    "GatherBlockQuantized", "QAttention",
+from converter.export.base import BuiltVariant, ExportContext, VariantRequest
+from converter.export.onnx_common import (
+    built_variant,
+    check_runs,
+    preprocess,
+    quiet_ort,
+    require_quantized,
+    toolchain_step,
 )
-
 
 # --------------------------------------------------------------------------- fp16
 
@@ -76,104 +69,3 @@ def build_int8_dynamic(
     granularity = "per-channel" if per_channel else "per-tensor"
     return built_variant(request, out, base, [f"quant:dynamic:{granularity}"], weight_type="int8",
                          reduce_range=reduce_range)
-
-
-# --------------------------------------------------------------------------- shared
-
-
-def preprocess(base: Path, tmp: Path, ctx: ExportContext) -> Path:
-    """``quant_pre_process`` (shape inference + graph optimization); falls back gracefully.
-
-    Symbolic shape inference fails on some graphs; the second try skips it, and when that
-    fails too the base model is quantized as exported.
-    """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    pre = tmp / "preprocessed.onnx"
-    for skip_symbolic in (False, True):
-        try:
-            with quiet_ort():
-                quant_pre_process(str(base), str(pre), skip_symbolic_shape=skip_symbolic)
-            return pre
-        except Exception as err:
-            ctx.progress.say(f"onnx: quant_pre_process failed ({short(err)}), retrying simpler")
-    return base
-
-
-def check_runs(request: VariantRequest, path: Path, ctx: ExportContext) -> None:
-    """Load the file on onnxruntime CPU and run the example sample once."""
-    from edgeship.runtimes.onnx import OnnxRunner
-
-    try:
-        OnnxRunner(path, [s.name for s in ctx.inputs], threads=1).run(ctx.example)
-    except Exception as err:
-        raise VariantBuildError(f"{request.id}: onnxruntime cannot run it: {short(err)}") from err
-
-
-def runs(path: Path, ctx: ExportContext) -> bool:
-    """Whether onnxruntime CPU loads ``path`` and runs the example."""
-    from edgeship.runtimes.onnx import OnnxRunner
-
-    try:
-        OnnxRunner(path, [s.name for s in ctx.inputs], threads=1).run(ctx.example)
-    except Exception:  # any failure means no
-        return False
-    return True
-
-
-def require_quantized(request: VariantRequest, path: Path, reason: str) -> None:
-    """Fail the variant when the quantizer left the graph without any quantized node."""
-    counts = count_nodes(path)
-    if not any(counts.get(op) for op in QUANT_OPS):
-        raise NotApplicable(f"{request.id}: {reason}")
-
-
-def built_variant(
-    request: VariantRequest, out: Path, base: Path, steps: list[str], **details: Any
-) -> BuiltVariant:
-    """The BuiltVariant with size and quantized-node counts in its details."""
-    counts = count_nodes(out)
-    size, base_size = out.stat().st_size, base.stat().st_size
-    details.update(
-        size_bytes=size,
-        size_ratio=round(size / base_size, 4),
-        quantized_nodes={op: counts[op] for op in QUANT_OPS if counts.get(op)},
-        nodes=counts,
-    )
-    return BuiltVariant(path=out, precision=request.kind.precision, compression=steps,
-                        details=details)
-
-
-@contextlib.contextmanager
-def toolchain_step(request: VariantRequest | str, what: str) -> Iterator[None]:
-    """Turn a toolchain exception into a one-line VariantBuildError (``request`` or its id)."""
-    variant_id = request if isinstance(request, str) else request.id
-    try:
-        yield
-    except (VariantBuildError, NotApplicable):
-        raise
-    except Exception as err:
-        raise VariantBuildError(f"{variant_id}: {what} failed: {short(err)}") from err
-
-
-@contextlib.contextmanager
-def quiet_ort() -> Iterator[None]:
-    """Keep onnxruntime's quantization logging (INFO per node, advice warnings) off the console."""
-    # onnxruntime.quantization also logs through the root logger (logging.warning).
-    names = ["", "onnxruntime", "onnxruntime.quantization.matmul_nbits_quantizer",
-             "onnxruntime.transformers"]
-    saved = [(lg, lg.level) for lg in map(logging.getLogger, names)]
-    try:
-        for lg, _ in saved:
-            lg.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print()
-            yield
-    finally:
-        for lg, level in saved:
-            lg.setLevel(level)
-
-
-def short(err: BaseException, limit: int = 200) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

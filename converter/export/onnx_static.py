@@ -22,7 +22,7 @@ import numpy as np
 
 from converter.errors import VariantBuildError
 from converter.export.base import BuiltVariant, ExportContext, VariantRequest
-from converter.export.onnx_quant import (
+from converter.export.onnx_common import (
     built_variant,
     check_runs,
     preprocess,

@@ -16,10 +16,10 @@ import numpy as np
 
 from converter.errors import VariantBuildError
 from converter.export.base import BuiltVariant, ExportContext, NotApplicable, VariantRequest
-from converter.export.onnx import float_params
-from converter.export.onnx_quant import (
+from converter.export.onnx_common import (
     built_variant,
     check_runs,
+    float_params,
     quiet_ort,
     require_quantized,
     toolchain_step,

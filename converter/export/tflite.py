@@ -1,15 +1,20 @@
-"""TFLite backend: litert-torch export, ai-edge-quantizer variants.
+"""TFLite backend: the litert-torch export, which is also the ``tflite-fp32`` variant.
 
 ``export_base`` converts the PyTorch model once to a float32 ``.tflite`` with litert-torch (it
 doubles as the preflight: an operator litert-torch cannot lower raises
-:class:`~converter.errors.UnsupportedModelError` naming it). ``build_variant`` derives every
-kind from that file:
+:class:`~converter.errors.UnsupportedModelError` naming it). Every kind is derived from that
+file by its builder (the catalogue names it, :mod:`converter.export.dispatch` calls it):
 
-* ``tflite-fp32``: the base file itself.
-* ``tflite-fp16``: weight-only float16 (FLOAT_CASTING), float compute.
-* ``tflite-int8-dynamic``: int8 weights, activations quantized at run time.
+* ``tflite-fp32``: the base file itself (:func:`build_fp32`, here).
+* ``tflite-fp16``: weight-only float16 (FLOAT_CASTING), float compute
+  (:mod:`converter.export.tflite_quant`).
+* ``tflite-int8-dynamic``: int8 weights, activations quantized at run time
+  (:mod:`converter.export.tflite_quant`).
 * ``tflite-int8``: int8 weights and activations from calibration; see
-  :mod:`converter.export.tflite_quant` for the io block of full-integer models.
+  :mod:`converter.export.tflite_static` for the io block of full-integer models.
+
+What these modules share (loading on LiteRT, report facts, writing the quantizer's result) is
+in :mod:`converter.export.tflite_common`.
 
 litert-torch downcasts 64-bit inputs and outputs to 32 bits (int64 token ids become int32
 tensors); runners cast feeds to the tensor's dtype.
@@ -22,10 +27,10 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
-from converter.errors import UnsupportedModelError, VariantBuildError
-from converter.export.base import BuiltVariant, ExportContext, NotApplicable, VariantRequest
+from converter.errors import UnsupportedModelError
+from converter.export.base import BuiltVariant, ExportContext, VariantRequest
+from converter.export.tflite_common import load_interpreter, model_facts
 from edgeship.contract.errors import first_line
 
 FORMAT = "tflite"
@@ -106,63 +111,7 @@ def _check_loads(path: Path, ctx: ExportContext) -> None:
         )
 
 
-def load_interpreter(path: Path) -> Any:
-    """A LiteRT interpreter on ``path`` with tensors allocated, without the XNNPACK delegate
-    (so the operator list is the model's own)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(
-        model_path=str(path),
-        num_threads=1,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def build_variant(request: VariantRequest, base: Path, ctx: ExportContext) -> BuiltVariant:
-    """Build one TFLite variant into ``ctx.work_dir / f"{request.id}.tflite"``.
-
-    Args:
-        request: the variant's id, kind (``tflite-*``) and options.
-        base: the float32 model from :func:`export_base`.
-        ctx: the export context (calibration samples for ``tflite-int8``).
-
-    Raises:
-        VariantBuildError: the quantizer failed; the message is one line.
-        NotApplicable: the kind quantizes nothing in this model.
-    """
-    from converter.export import tflite_quant
-
-    out = Path(ctx.work_dir) / f"{request.id}.tflite"
-    kind = request.kind.kind
-    if kind == "tflite-fp32":
-        shutil.copyfile(base, out)
-        return BuiltVariant(out, request.kind.precision, details=model_facts(out))
-    builders = {
-        "tflite-fp16": tflite_quant.build_fp16,
-        "tflite-int8-dynamic": tflite_quant.build_int8_dynamic,
-        "tflite-int8": tflite_quant.build_int8_static,
-    }
-    if kind not in builders:
-        raise VariantBuildError(f"{request.id}: kind {kind!r} is not a TFLite kind")
-    try:
-        return builders[kind](request, base, out, ctx)
-    except (NotApplicable, VariantBuildError):
-        raise
-    except Exception as err:
-        raise VariantBuildError(f"{request.id}: ai-edge-quantizer: {first_line(err)}") from err
-
-
-def model_facts(path: Path) -> dict[str, Any]:
-    """Facts for the report: file size, operator types and tensor counts by dtype."""
-    interpreter = load_interpreter(path)
-    ops: dict[str, int] = {}
-    for op in interpreter._get_ops_details():  # no public API lists operators
-        ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
-    dtypes: dict[str, int] = {}
-    for tensor in interpreter.get_tensor_details():
-        name = getattr(tensor["dtype"], "__name__", str(tensor["dtype"]))
-        dtypes[name] = dtypes.get(name, 0) + 1
-    return {"size_bytes": path.stat().st_size, "ops": dict(sorted(ops.items())),
-            "tensor_dtypes": dict(sorted(dtypes.items()))}
+def build_fp32(request: VariantRequest, base: Path, ctx: ExportContext, out: Path) -> BuiltVariant:
+    """``tflite-fp32``: the base file itself, with its facts for the report."""
+    shutil.copyfile(base, out)
+    return BuiltVariant(out, request.kind.precision, details=model_facts(out))

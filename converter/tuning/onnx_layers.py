@@ -41,7 +41,7 @@ def onnx_sensitivity(
         ``op``, ``module`` (the PyTorch module its weight comes from, when known), ``score``,
         ``agreement``.
     """
-    from converter.export.onnx_quant import preprocess
+    from converter.export.onnx_common import preprocess
     from converter.export.onnx_static import quantize_file, static_settings
 
     kind = VARIANT_KINDS["onnx-int8-static"]
@@ -96,6 +96,6 @@ def run_onnx(path: Path, samples: list[dict[str, np.ndarray]], names: list[str])
 
 
 def _has_qdq(path: Path) -> bool:
-    from converter.export.onnx import count_nodes
+    from converter.export.onnx_common import count_nodes
 
     return bool(count_nodes(path).get("DequantizeLinear"))

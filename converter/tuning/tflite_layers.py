@@ -39,11 +39,11 @@ def tflite_sensitivity(
     """
     from ai_edge_quantizer import qtyping, quantizer
 
-    from converter.export.tflite_quant import (
+    from converter.export.tflite_common import write_quantized
+    from converter.export.tflite_static import (
         calibration_stats,
         static_quantizer,
         weight_granularity,
-        write_quantized,
     )
     from converter.quiet import hidden_progress_bars
 

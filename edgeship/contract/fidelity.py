@@ -15,13 +15,19 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def per_sample_cosine(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
-    """Cosine similarity per row over all outputs concatenated (1.0 where both are zero)."""
+    """Cosine similarity per row over all outputs concatenated.
+
+    1.0 where both rows are zero, 0.0 where only one is: a model that outputs zeros does not
+    agree with a reference that does not.
+    """
     flat_a = np.concatenate([x.reshape(len(x), -1).astype(np.float64) for x in a], axis=1)
     flat_b = np.concatenate([x.reshape(len(x), -1).astype(np.float64) for x in b], axis=1)
     dot = (flat_a * flat_b).sum(axis=1)
-    norms = np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_b, axis=1)
+    norm_a, norm_b = np.linalg.norm(flat_a, axis=1), np.linalg.norm(flat_b, axis=1)
+    norms = norm_a * norm_b
     with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 1.0)
+        cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
+    cos = np.where((norm_a == 0) & (norm_b == 0), 1.0, cos)
     return np.clip(cos, -1.0, 1.0)
 
 

@@ -17,7 +17,7 @@ SCHEMA = "edgeship.manifest/v1"
 MANIFEST_FILE = "manifest.json"
 VALIDATION_STATES = ("passed", "failed", "not_validated")
 TASK_KINDS = ("classification", "embedding", "regression", "generic")
-MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -27,7 +27,7 @@ class ManifestError(ValueError):
 
 @dataclass
 class VariantEntry:
-    """One shippable variant of the release (see DESIGN.md, manifest ``variants``)."""
+    """One shippable variant of the release (docs/protocol.md §4.1, ``variants``)."""
 
     id: str
     format: str

@@ -47,6 +47,8 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("edgeship_rollout_phase", "gauge", "1 for the phase the model's latest rollout is in.",
                    ("model", "phase")),
         MetricSpec("edgeship_rollbacks_total", "counter", "Rollouts rolled back automatically.", ("model",)),
+        MetricSpec("edgeship_reports_refused_total", "counter",
+                   "Reports refused because the server's records contradict them, by reason.", ("reason",)),
         MetricSpec("edgeship_controller_errors_total", "counter",
                    "Rollout controller errors by reason (pass_failed, analysis_error).", ("reason",)),
         MetricSpec("edgeship_reports_total", "counter",

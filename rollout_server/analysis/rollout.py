@@ -7,7 +7,7 @@ Usage::
     decision = decide(state, verdicts, now, canary_samples=stage_canary_inferences)
     store(decision.state, verdicts); alert() if decision.alert else None
 
-Phases (DESIGN.md): ``pending → running(stage k) ⇄ paused → promoted | rolled_back | aborted``.
+Phases (docs/rollout-analysis.md): ``pending → running(stage k) ⇄ paused → promoted | rolled_back | aborted``.
 A stage at 100% has no stable arm left to compare with, so it is not analysed: passing the
 stage before it promotes (with the default 10 → 50 → 100, passing 50% promotes).
 """
@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
+from rollout_server.analysis.sample_ratio import SampleRatio
 from rollout_server.analysis.stages import DEFAULT_STAGES, Stage, check_stages, parse_stages
 from rollout_server.analysis.verdict import Outcome, Verdict, worst
 
@@ -27,7 +28,12 @@ ERROR_WINDOWS_TO_PAUSE = 4
 
 
 class Phase(str, Enum):
-    """Rollout phase."""
+    """Rollout phase; ``rollouts.phase`` stores its value.
+
+    The groups of phases are defined here and nowhere else: the controller, the assignment
+    cache and the API query the database by them (``Rollout.phase.in_(...)``), and they must
+    agree with the state machine below.
+    """
 
     PENDING = "pending"
     RUNNING = "running"
@@ -36,6 +42,12 @@ class Phase(str, Enum):
     ROLLED_BACK = "rolled_back"
     ABORTED = "aborted"
 
+    @classmethod
+    def active(cls) -> tuple[Phase, ...]:
+        """Running or paused: canary devices run the candidate, the controller analyses it, and
+        a model has at most one such rollout. ``pending`` is not active yet."""
+        return (cls.RUNNING, cls.PAUSED)
+
     @property
     def is_terminal(self) -> bool:
         """Promoted, rolled back or aborted: nothing moves any more."""
@@ -43,8 +55,8 @@ class Phase(str, Enum):
 
     @property
     def is_active(self) -> bool:
-        """Running or paused: canary devices run the candidate (one active rollout per model)."""
-        return self in (Phase.RUNNING, Phase.PAUSED)
+        """One of :meth:`active`."""
+        return self in Phase.active()
 
 
 class Action(str, Enum):
@@ -173,10 +185,12 @@ def decide(
     *,
     canary_samples: int,
     error_windows_to_pause: int = ERROR_WINDOWS_TO_PAUSE,
+    sample_ratio: SampleRatio | None = None,
 ) -> Decision:
     """Apply one analysis window's verdicts.
 
-    Rules, in order: any ``fail`` rolls back at once (running or paused); while running, an
+    Rules, in order: any ``fail`` rolls back at once (running or paused); while running, a
+    sample ratio mismatch pauses (with an alert: the arms are no longer comparable); an
     ``error`` counts towards a pause after ``error_windows_to_pause`` windows in a row (with an
     alert) and otherwise holds; ``inconclusive`` (or no verdict at all) holds; all ``pass``
     advances once the stage's minimum duration and sample count are reached, and passing the
@@ -188,6 +202,7 @@ def decide(
         now: epoch seconds.
         canary_samples: canary inferences collected since the stage started.
         error_windows_to_pause: see :data:`ERROR_WINDOWS_TO_PAUSE`.
+        sample_ratio: this window's sample ratio test (None: not tested).
     """
     if not state.phase.is_active:
         return Decision(state, Action.NONE, f"rollout is {state.phase.value}: window not applied")
@@ -198,6 +213,9 @@ def decide(
         return Decision(replace(counted, phase=Phase.ROLLED_BACK, reason=reason), Action.ROLLBACK, reason)
     if state.phase is Phase.PAUSED:
         return Decision(counted, Action.NONE, "rollout is paused: no fail, nothing to do")
+    if sample_ratio is not None and sample_ratio.mismatch:
+        reason = f"pausing: {sample_ratio.reason}"
+        return Decision(replace(counted, phase=Phase.PAUSED, reason=reason), Action.PAUSE, reason, alert=True)
     if outcome is Outcome.ERROR:
         errors = state.consecutive_error_windows + 1
         counted = replace(counted, consecutive_error_windows=errors)

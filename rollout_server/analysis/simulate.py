@@ -25,8 +25,10 @@ from scipy.special import ndtr
 from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
 from rollout_server.analysis.assess import assess
 from rollout_server.analysis.rollout import Action, Phase, RolloutState, decide, start
+from rollout_server.analysis.sample_ratio import SRM_ALPHA, SRM_GRACE_SECONDS, SampleRatio, sample_ratio
 from rollout_server.analysis.spec import GuardSpec
 from rollout_server.analysis.stages import Stage
+from rollout_server.analysis.stats import look_alpha
 from rollout_server.analysis.verdict import Outcome
 from rollout_server.analysis.window import SPREAD_CUTS, SPREAD_FIELDS, ArmWindow, Measurements
 
@@ -47,6 +49,8 @@ class ArmProfile:
         accuracy: probability a labelled sample is correct.
         load_failure_rate: probability a reporting device had a load / golden-check failure.
         shadow_agreement: probability candidate and stable agree top-1 (shadow mode).
+        silent_device_share: share of the arm's devices that never report (the model crashes
+            the app before it can): what the sample ratio check must catch.
     """
 
     error_rate: float = 0.01
@@ -55,6 +59,7 @@ class ArmProfile:
     accuracy: float = 0.9
     load_failure_rate: float = 0.002
     shadow_agreement: float = 0.99
+    silent_device_share: float = 0.0
 
     def bucket_probabilities(self) -> np.ndarray:
         """Probability of each latency bucket (``BUCKET_COUNT`` long, summing to 1)."""
@@ -130,6 +135,7 @@ class _Devices:
     error_factor: np.ndarray
     wrong_factor: np.ndarray
     latency_factor: np.ndarray
+    silence: np.ndarray | None = None  # uniform per device, drawn only when an arm has silent devices
 
     @classmethod
     def draw(cls, fleet: Fleet, rng: np.random.Generator) -> _Devices:
@@ -178,8 +184,10 @@ def simulate_window(
     n_classes = len(names)
     groups = 2 * n_classes
     reporting = rng.random(fleet.devices) < fleet.report_probability
-    inferences = rng.poisson(fleet.inferences_per_window, size=fleet.devices) * reporting
     group = (devices.bucket < round(percent * 100)).astype(int) * n_classes + devices.device_class
+    if devices.silence is not None:
+        reporting &= devices.silence >= np.array([p.silent_device_share for p in profiles])[group]
+    inferences = rng.poisson(fleet.inferences_per_window, size=fleet.devices) * reporting
     rates = np.array([p.error_rate for p in profiles])[group] * devices.error_factor
     errors = rng.binomial(inferences, np.clip(rates, 0.0, 1.0))
     inf_g = np.bincount(group, weights=inferences, minlength=groups).astype(np.int64)
@@ -271,6 +279,9 @@ def simulate_rollout(
     rng = np.random.default_rng(seed)
     devices = _Devices.draw(fleet, rng)
     profiles = _profiles(list(fleet.classes), stable, canary, canary_by_class or {})
+    if any(p.silent_device_share > 0 for p in profiles):  # its own stream: other draws stay as they were
+        devices = replace(devices, silence=np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+                          .random(fleet.devices))
     now = 0.0
     state = start(RolloutState(stages=tuple(stages)), now).state
     cumulative: Measurements | None = None
@@ -285,7 +296,8 @@ def simulate_rollout(
         served += window.canary.inferences
         cumulative = window if cumulative is None else _merged(cumulative, window)
         verdicts = assess(spec, cumulative)
-        decision = decide(state, verdicts, now, canary_samples=cumulative.canary.inferences)
+        decision = decide(state, verdicts, now, canary_samples=cumulative.canary.inferences,
+                          sample_ratio=stage_sample_ratio(cumulative, devices, state, now))
         state = decision.state
         if decision.action is Action.ADVANCE:
             cumulative = None  # the next stage starts its own cumulative data
@@ -295,6 +307,19 @@ def simulate_rollout(
     failed = tuple(v.guard for v in verdicts if v.outcome is Outcome.FAIL)
     reason = decision.reason if decision else ""
     return SimResult(state.phase, state.windows, served, reason, failed, state.stage_index)
+
+
+def stage_sample_ratio(measurements: Measurements, devices: _Devices, state: RolloutState,
+                       now: float) -> SampleRatio | None:
+    """The sample ratio test: every simulated device is active, reporting ones sent inferences
+    in the stage (None at 100%, where there is no stable arm, and in the stage's grace time)."""
+    percent = state.stage.percent
+    started = state.stage_started_at if state.stage_started_at is not None else now
+    if not 0 < percent < 100 or now - started < SRM_GRACE_SECONDS:
+        return None
+    canary = int((devices.bucket < round(percent * 100)).sum())
+    return sample_ratio(canary, measurements.canary.error_devices, len(devices.bucket) - canary,
+                        measurements.stable.error_devices, alpha=look_alpha(SRM_ALPHA, measurements.look))
 
 
 def _merged(cumulative: Measurements, window: Measurements) -> Measurements:

@@ -16,39 +16,18 @@ from flask import Blueprint, Response, current_app
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
 from edgeship.contract.metrics import METRICS
 from edgeship.contract.reports import ERROR_REASONS
-from rollout_server.analysis import RolloutState
-from rollout_server.hot_cache import DEVICE_CHANGES
+from rollout_server.analysis import Phase, RolloutState
+from rollout_server.counters import CONTROLLER_ERRORS, COUNTERS, REPORT_REFUSALS
 from rollout_server.models import Counter, Device, Model, ReportTotal, Rollout, utcnow
 
 bp = Blueprint("metrics", __name__)
 ACTIVE_DEVICE_SECONDS = 300
-CONTROLLER_ERRORS = ("pass_failed", "analysis_error")
-#: ``device_changes`` tells other processes to drop their cached devices (hot_cache).
-COUNTERS = ("reports_duplicate", "reports_rejected", *(f"controller_errors_{r}" for r in CONTROLLER_ERRORS),
-            DEVICE_CHANGES)
-
-
-def ensure_counters(session: Session) -> None:
-    """Create the counters' rows that are missing (safe when several processes start at once)."""
-    for name in COUNTERS:
-        if session.get(Counter, name) is None:
-            try:
-                with session.begin_nested():
-                    session.add(Counter(name=name, value=0))
-            except IntegrityError:  # another process created it first
-                pass
-
-
-def bump(session: Session, name: str, by: int = 1) -> None:
-    """Add to a server-wide counter (one UPDATE; the row exists from the first start)."""
-    session.execute(update(Counter).where(Counter.name == name).values(value=Counter.value + by))
 
 
 class DatabaseCollector:
@@ -112,11 +91,11 @@ def _rollout_metrics(session: Session) -> Iterator:
         state = RolloutState.from_dict(rollout.state)
         active = state.phase.is_active
         ratio.add_metric([rollout.model.name], state.canary_percent / 100 if active else 0.0)
-        for name in ("pending", "running", "paused", "promoted", "rolled_back", "aborted"):
-            phase.add_metric([rollout.model.name, name], 1.0 if rollout.phase == name else 0.0)
+        for each in Phase:  # one series per phase, 1 for the current one
+            phase.add_metric([rollout.model.name, each.value], 1.0 if rollout.phase == each.value else 0.0)
     counts = session.execute(
         select(Model.name, func.count(Rollout.id)).join(Model, Model.id == Rollout.model_id)
-        .where(Rollout.phase == "rolled_back").group_by(Model.name))
+        .where(Rollout.phase == Phase.ROLLED_BACK.value).group_by(Model.name))
     for model, count in counts:
         rollbacks.add_metric([model], count)
     yield from (ratio, phase, rollbacks)
@@ -140,6 +119,10 @@ def _report_metrics(session: Session) -> Iterator:
     for name in ("reports_duplicate", "reports_rejected"):
         reports.add_metric([name.removeprefix("reports_")], values.get(name, 0))
     yield reports
+    refused = _family(CounterMetricFamily, "edgeship_reports_refused_total")
+    for reason in REPORT_REFUSALS:
+        refused.add_metric([reason], values.get(f"reports_refused_{reason}", 0))
+    yield refused
     errors = _family(CounterMetricFamily, "edgeship_controller_errors_total")
     for reason in CONTROLLER_ERRORS:
         errors.add_metric([reason], values.get(f"controller_errors_{reason}", 0))

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from rollout_server import registry
+from rollout_server.analysis import Phase
 from rollout_server.artifact_store import app_store
 from rollout_server.auth import audit, requires_role
 from rollout_server.db import db
@@ -22,9 +23,6 @@ from rollout_server.models import Model, Release, Rollout
 from rollout_server.validation import json_body, short_text
 
 bp = Blueprint("releases", __name__)
-
-#: Rollout phases during which the stable release must not be switched by hand.
-ACTIVE_ROLLOUT_PHASES = ("pending", "running", "paused")
 
 
 @bp.post("/v1/releases")
@@ -110,8 +108,9 @@ def set_stable(name: str):
     session = db()
     release = registry.get_release(session, name, version)
     model = release.model
+    unfinished = [p.value for p in Phase if not p.is_terminal]  # pending too: it is about to run
     active = session.scalar(select(Rollout.id).where(Rollout.model_id == model.id,
-                                                     Rollout.phase.in_(ACTIVE_ROLLOUT_PHASES)).limit(1))
+                                                     Rollout.phase.in_(unfinished)).limit(1))
     if active is not None:
         raise Conflict(f"rollout {active} of {name} is active; promote or abort it instead")
     previous = model.stable_release.version if model.stable_release else None

@@ -10,19 +10,15 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from edgeship.contract.latency import BUCKET_COUNT
-from edgeship.contract.reports import MAX_BATCH
-from rollout_server.api.metrics import bump
+from edgeship.contract.reports import ERROR_REASONS, MAX_BATCH
+from rollout_server import hot_cache
 from rollout_server.auth import current_device
+from rollout_server.counters import bump
 from rollout_server.db import db
 from rollout_server.errors import ApiError
 from rollout_server.hot_cache import DeviceSnapshot
-from rollout_server.models import (
-    ERROR_REASONS,
-    Model,
-    Release,
-    Report,
-    Rollout,
-)
+from rollout_server.models import Model, Release, Report, Rollout, utcnow
+from rollout_server.report_checks import ReportLimits, ReportRefused, check_rows
 from rollout_server.report_rows import COLUMNS, fast_rows
 from rollout_server.report_writer import report_totals, writer_for
 from rollout_server.validation import (
@@ -60,10 +56,14 @@ def post_reports():
     device = current_device()
     try:
         rows = _parse_batch(device)
-    except ApiError:
+        limits = ReportLimits.from_config(current_app.config)
+        check_rows(rows, device, utcnow(), limits, hot_cache.of(current_app).rollout)
+    except ApiError as err:
         session = db()
         session.rollback()
         bump(session, "reports_rejected")
+        if isinstance(err, ReportRefused):
+            bump(session, f"reports_refused_{err.error}")
         session.commit()
         raise
     writer = writer_for(current_app)

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from rollout_server.analysis import (
     GuardSpec,
     InvalidTransition,
+    Phase,
     RolloutState,
     abort,
     parse_stages,
@@ -20,7 +21,7 @@ from rollout_server.analysis import (
     start,
 )
 from rollout_server.auth import audit, requires_role
-from rollout_server.controller import ACTIVE, apply_decision
+from rollout_server.controller import apply_decision
 from rollout_server.db import db
 from rollout_server.errors import ApiError, Conflict, NotFound
 from rollout_server.models import Model, Release, Rollout, Verdict, utcnow
@@ -64,12 +65,13 @@ def create():
             else GuardSpec.default(shadow=shadow)
     except ValueError as err:
         raise ApiError(str(err)) from None
-    if session.scalar(select(Rollout.id).where(Rollout.model_id == model.id, Rollout.phase.in_(ACTIVE))):
+    active = [p.value for p in Phase.active()]
+    if session.scalar(select(Rollout.id).where(Rollout.model_id == model.id, Rollout.phase.in_(active))):
         raise Conflict(f"model {model.name!r} already has an active rollout")
     now = utcnow()
     rollout = Rollout(
         model_id=model.id, candidate_id=candidate.id, baseline_id=model.stable_release_id,
-        salt=secrets.token_hex(16), phase="pending", stage_index=0, state=state.to_dict(),
+        salt=secrets.token_hex(16), phase=Phase.PENDING.value, stage_index=0, state=state.to_dict(),
         spec={"guards": guards.to_dict(), "stratify": field(data, "stratify", bool, required=False,
                                                             default=False),
               "shadow": shadow, "shadow_share": share},

@@ -20,15 +20,16 @@ server that is not on loopback (:mod:`~rollout_server.simulator.safety`).
 
 Modules: ``safety`` (loopback check), ``transport`` (keep-alive connections), ``profiles``
 (behaviour per release), ``fleet`` (device classes), ``device`` (one device's protocol),
-``stats`` and ``summary`` (counting and printing), ``watch`` (the rollout), ``runner`` (the
-worker pool), ``cli`` (``edgeship simulate``).
+``stats`` and ``summary`` (counting and printing), ``watch`` (the rollout), ``config`` (one
+run's settings), ``runner`` (the worker pool), ``cli`` (``edgeship simulate``).
 """
 
 from __future__ import annotations
 
+from rollout_server.simulator.config import SimulationConfig
 from rollout_server.simulator.errors import NotLoopbackError, SettingsError, SimulatorError
 from rollout_server.simulator.profiles import Profile, ProfileTable, parse_profile
-from rollout_server.simulator.runner import Simulation, SimulationConfig
+from rollout_server.simulator.runner import Simulation
 from rollout_server.simulator.safety import Target, loopback_target
 
 __all__ = [

@@ -8,10 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+from rollout_server.simulator.config import SimulationConfig
 from rollout_server.simulator.errors import SettingsError
 from rollout_server.simulator.fleet import DEFAULT_CLASSES, parse_classes, parse_runtimes
 from rollout_server.simulator.profiles import ProfileTable, parse_profile
-from rollout_server.simulator.runner import Simulation, SimulationConfig
+from rollout_server.simulator.runner import Simulation
 from rollout_server.simulator.summary import format_summary
 
 ENV_ENROLL_TOKEN = "EDGESHIP_ENROLL_TOKEN"

@@ -18,8 +18,8 @@ from rollout_server.simulator.transport import NO_RESPONSE
 from rollout_server.simulator.watch import RolloutStatus
 
 if TYPE_CHECKING:
+    from rollout_server.simulator.config import SimulationConfig
     from rollout_server.simulator.device import SimDevice
-    from rollout_server.simulator.runner import SimulationConfig
     from rollout_server.simulator.safety import Target
 
 

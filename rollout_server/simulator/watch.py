@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rollout_server.analysis import Phase
 from rollout_server.simulator.errors import SimulatorError
 from rollout_server.simulator.safety import Target
 from rollout_server.simulator.transport import Connection
 
-#: phases after which nothing moves any more (``analysis.rollout.Phase.is_terminal``).
-TERMINAL_PHASES = ("promoted", "rolled_back", "aborted")
+#: phases after which nothing moves any more, as the server's API spells them.
+TERMINAL_PHASES = frozenset(p.value for p in Phase if p.is_terminal)
 
 
 @dataclass(frozen=True)

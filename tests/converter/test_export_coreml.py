@@ -25,6 +25,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("coremltools")
 
 from converter.export import coreml, coreml_package  # noqa: E402 - after the toolchain check
+from converter.export.dispatch import build_variant  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -134,14 +135,14 @@ def _sha256(path: Path) -> str:
 def encoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportContext, dict[str, BuiltVariant]]:
     ctx = _encoder_ctx(tmp_path_factory.mktemp("coreml-encoder"))
     base = coreml.export_base(ctx)
-    return ctx, {k: coreml.build_variant(_request(k), base, ctx) for k in KINDS}
+    return ctx, {k: build_variant(_request(k), base, ctx) for k in KINDS}
 
 
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportContext, dict[str, BuiltVariant]]:
     ctx = _cnn_ctx(tmp_path_factory.mktemp("coreml-cnn"))
     base = coreml.export_base(ctx)
-    return ctx, {k: coreml.build_variant(_request(k), base, ctx) for k in KINDS}
+    return ctx, {k: build_variant(_request(k), base, ctx) for k in KINDS}
 
 
 @pytest.mark.parametrize("model", ["encoder", "cnn"])
@@ -189,7 +190,7 @@ def test_same_model_gives_the_same_sha256(encoder: tuple, tmp_path: Path) -> Non
     ctx = _encoder_ctx(tmp_path)
     base = coreml.export_base(ctx)
     for kind in ("coreml-fp16", "coreml-palettized-4bit"):
-        again = coreml.build_variant(_request(kind), base, ctx)
+        again = build_variant(_request(kind), base, ctx)
         assert _sha256(again.path) == _sha256(built[kind].path), kind
 
 
@@ -249,15 +250,15 @@ def test_nothing_to_compress_is_not_applicable(tmp_path: Path) -> None:
     ctx = _context(torch.nn.Linear(8, 4), [TensorSpec("x", (1, 8), "float32")], tmp_path)
     base = coreml.export_base(ctx)
     with pytest.raises(NotApplicable):
-        coreml.build_variant(_request("coreml-int8-weights"), base, ctx)
+        build_variant(_request("coreml-int8-weights"), base, ctx)
 
 
 def test_bad_option_is_a_variant_build_error(encoder: tuple) -> None:
     ctx, _ = encoder
     with pytest.raises(VariantBuildError, match="granularity"):
-        coreml.build_variant(_request("coreml-int8-weights", granularity="per_row"), None, ctx)
+        build_variant(_request("coreml-int8-weights", granularity="per_row"), None, ctx)
     with pytest.raises(VariantBuildError, match="nbits"):
-        coreml.build_variant(_request("coreml-palettized-4bit", nbits=5), None, ctx)
+        build_variant(_request("coreml-palettized-4bit", nbits=5), None, ctx)
 
 
 def test_runner_predicts_on_macos_and_refuses_elsewhere(encoder: tuple) -> None:

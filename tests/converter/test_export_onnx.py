@@ -23,6 +23,8 @@ from converter.export.base import (  # noqa: E402
     NotApplicable,
     VariantRequest,
 )
+from converter.export.dispatch import build_variant  # noqa: E402
+from converter.export.onnx_common import read_exporter  # noqa: E402
 from converter.specs import TensorSpec  # noqa: E402
 from edgeship.runtimes.onnx import OnnxRunner  # noqa: E402
 
@@ -191,7 +193,7 @@ def encoder(tmp_path_factory) -> tuple[ExportContext, Path]:
 @pytest.mark.parametrize("which", ["cnn", "encoder"])
 def test_fp32_matches_torch(which, request) -> None:
     ctx, base = request.getfixturevalue(which)
-    built = onnx_backend.build_variant(_request("onnx-fp32"), base, ctx)
+    built = build_variant(_request("onnx-fp32"), base, ctx)
     assert built.path == ctx.work_dir / "onnx-fp32.onnx"
     assert built.precision == "fp32"
     assert built.details["exporter"] == "dynamo"
@@ -236,8 +238,8 @@ def test_torchscript_fallback_when_torch_export_fails(tmp_path) -> None:
 
     ctx = _context(DataDependentBranch(), spec, sample, tmp_path)
     base = onnx_backend.export_base(ctx)
-    assert onnx_backend.read_exporter(base) == "torchscript"
-    built = onnx_backend.build_variant(_request("onnx-fp32"), base, ctx)
+    assert read_exporter(base) == "torchscript"
+    built = build_variant(_request("onnx-fp32"), base, ctx)
     assert built.details["exporter"] == "torchscript"
     assert np.abs(_run(built, ctx) - _torch_out(ctx)).max() <= 1e-4
 
@@ -264,7 +266,7 @@ def test_find_unsupported_op_from_messages() -> None:
 @pytest.mark.parametrize("which", ["cnn", "encoder"])
 def test_fp16_runs_with_float_io(which, request) -> None:
     ctx, base = request.getfixturevalue(which)
-    built = onnx_backend.build_variant(_request("onnx-fp16"), base, ctx)
+    built = build_variant(_request("onnx-fp16"), base, ctx)
     assert built.compression == ["cast:fp16"]
     ref = _torch_out(ctx)
     assert np.abs(_run(built, ctx) - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
@@ -275,7 +277,7 @@ def test_fp16_runs_with_float_io(which, request) -> None:
 @pytest.mark.parametrize("which", ["cnn", "encoder"])
 def test_int8_dynamic(which, request) -> None:
     ctx, base = request.getfixturevalue(which)
-    built = onnx_backend.build_variant(_request("onnx-int8-dynamic"), base, ctx)
+    built = build_variant(_request("onnx-int8-dynamic"), base, ctx)
     assert built.compression == ["quant:dynamic:per-tensor"]
     assert built.details["quantized_nodes"]
     out, ref = _run(built, ctx), _torch_out(ctx)
@@ -301,10 +303,10 @@ def test_int8_weights_are_7_bit_unless_asked(kind, cnn) -> None:
     digits CNN's static int8 1.3 points less accurate than with 7-bit weights, which cannot
     saturate)."""
     ctx, base = cnn
-    default = onnx_backend.build_variant(_request(kind), base, ctx)
+    default = build_variant(_request(kind), base, ctx)
     assert default.details["reduce_range"] is True
     assert _int8_weight_peak(default.path) <= 64
-    full = onnx_backend.build_variant(_request(kind, reduce_range=False), base, ctx)
+    full = build_variant(_request(kind, reduce_range=False), base, ctx)
     assert full.details["reduce_range"] is False
     assert _int8_weight_peak(full.path) == 127
 
@@ -315,7 +317,7 @@ def test_int8_static_qdq(which, request) -> None:
     import onnx
 
     ctx, base = request.getfixturevalue(which)
-    built = onnx_backend.build_variant(_request("onnx-int8-static"), base, ctx)
+    built = build_variant(_request("onnx-int8-static"), base, ctx)
     assert built.compression == ["quant:static:minmax:per-channel"]
     assert built.details["quantized_nodes"]["QuantizeLinear"] > 0
     assert built.path.stat().st_size < 0.6 * base.stat().st_size
@@ -339,13 +341,13 @@ def test_int8_static_other_calibrations(calibration, cnn) -> None:
     ctx, base = cnn
     req = _request("onnx-int8-static", calibration=calibration, activation_type="int8",
                    per_channel=False)
-    built = onnx_backend.build_variant(req, base, ctx)
+    built = build_variant(req, base, ctx)
     assert built.compression == [f"quant:static:{calibration}:per-tensor"]
     assert built.details["activation_type"] == "int8"
     assert np.isfinite(_run(built, ctx)).all()
     minmax = _request("onnx-int8-static", activation_type="int8", per_channel=False)
     minmax = VariantRequest("minmax", minmax.kind, minmax.options)
-    reference = onnx_backend.build_variant(minmax, base, ctx)
+    reference = build_variant(minmax, base, ctx)
     assert _activation_scales(built.path) != _activation_scales(reference.path)
 
 
@@ -365,13 +367,13 @@ def _activation_scales(path: Path) -> dict[str, float]:
 def test_int8_static_rejects_unknown_calibration(cnn) -> None:
     ctx, base = cnn
     with pytest.raises(VariantBuildError, match="calibration"):
-        onnx_backend.build_variant(_request("onnx-int8-static", calibration="magic"), base, ctx)
+        build_variant(_request("onnx-int8-static", calibration="magic"), base, ctx)
 
 
 @pytest.mark.slow
 def test_int8_weights_on_encoder(encoder) -> None:
     ctx, base = encoder
-    built = onnx_backend.build_variant(_request("onnx-int8-weights"), base, ctx)
+    built = build_variant(_request("onnx-int8-weights"), base, ctx)
     quantized = built.details["quantized_nodes"]
     assert quantized["MatMulNBits"] >= 12  # 6 Linear per layer x 2 layers
     assert quantized["GatherBlockQuantized"] == 1  # token table (positions fold to a constant)
@@ -386,7 +388,7 @@ def test_int8_weights_on_encoder(encoder) -> None:
 def test_int8_weights_without_embeddings(encoder) -> None:
     ctx, base = encoder
     req = _request("onnx-int8-weights", quantize_embeddings=False, block_size=16)
-    built = onnx_backend.build_variant(req, base, ctx)
+    built = build_variant(req, base, ctx)
     assert "GatherBlockQuantized" not in built.details["quantized_nodes"]
     assert built.compression == ["quant:weights:int8:block16"]
 
@@ -394,7 +396,7 @@ def test_int8_weights_without_embeddings(encoder) -> None:
 def test_int8_weights_not_applicable_on_cnn(cnn) -> None:
     ctx, base = cnn
     with pytest.raises(NotApplicable, match="Conv"):
-        onnx_backend.build_variant(_request("onnx-int8-weights"), base, ctx)
+        build_variant(_request("onnx-int8-weights"), base, ctx)
 
 
 def test_runner_casts_feeds_and_reports_runtime(cnn) -> None:

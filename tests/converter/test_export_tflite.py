@@ -17,6 +17,7 @@ from converter.catalogue import VARIANT_KINDS  # noqa: E402
 from converter.errors import UnsupportedModelError, VariantBuildError  # noqa: E402
 from converter.export import tflite  # noqa: E402
 from converter.export.base import ExportContext, VariantRequest  # noqa: E402
+from converter.export.dispatch import build_variant  # noqa: E402
 from converter.specs import TensorSpec  # noqa: E402
 from edgeship.runtimes.litert import LiteRTRunner  # noqa: E402
 
@@ -118,7 +119,7 @@ def _torch_outputs(ctx: ExportContext, sample) -> list[np.ndarray]:
 def _build(ctx: ExportContext, base: Path, kind: str, vid: str | None = None, **options):
     spec = VARIANT_KINDS[kind]
     request = VariantRequest(vid or kind, spec, {**spec.options, **options})
-    return tflite.build_variant(request, base, ctx)
+    return build_variant(request, base, ctx)
 
 
 def _runner(ctx: ExportContext, built) -> LiteRTRunner:
@@ -293,7 +294,7 @@ class EmbedAndLogits(nn.Module):
 def test_int8_output_also_read_by_the_float_head(tmp_path):
     """The DEQUANTIZE feeding both the float head and the ``embedding`` output: the signature
     must name it (ai-edge-quantizer leaves it on the int8 tensor, which XNNPACK never fills)."""
-    from converter.export.tflite import load_interpreter
+    from converter.export.tflite_common import load_interpreter
     from edgeship.runtimes.litert import signature_io
 
     torch.manual_seed(0)

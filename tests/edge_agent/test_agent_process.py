@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 from edge_agent.outbox import Outbox
 from edge_agent.store import ModelStore
 from tests.edge_agent.conftest import MODEL, wait_until
-from tests.edge_agent.harness import ROOT, ServerProcess
+from tests.edge_agent.harness import ROOT, ServerProcess, free_port
 from tests.edge_agent.proxy import ThrottlingProxy
 
 
@@ -61,24 +61,44 @@ def agents() -> list[AgentProcess]:
         agent.kill()
 
 
-def test_sigterm_flushes_the_outbox_and_exits_cleanly(tmp_path, server, releases, agents):
-    agent = AgentProcess(tmp_path / "agent", server.url, server, releases,
-                         "--workload", releases["eval"], "--rate", "40")
-    agents.append(agent.start())
-    agent.wait_for(f"now running {MODEL} v1")
-    wait_until(lambda: server.reports(), what="a first report")
-    time.sleep(0.7)  # part of a window is open when the signal comes
-    agent.process.send_signal(signal.SIGTERM)
-    assert agent.process.wait(timeout=20) == 0
-    log = agent.log()
-    assert "stopped:" in log and "Traceback" not in log
-    with Outbox(agent.state_dir / "outbox.sqlite") as outbox:
-        assert len(outbox) == 0  # everything it measured reached the server
-    rows = server.reports()
-    stopped = json.loads(log.split("stopped: ", 1)[1].splitlines()[0])
-    assert stopped["outbox"] == 0
-    assert sum(r["inferences"] for r in rows) >= 20
-    assert sum(r["labelled"] for r in rows) == sum(r["inferences"] for r in rows)
+def counted_inferences(port: int) -> float:
+    """The agent's own count of inferences, from its local /metrics."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("edgeship_inferences_total"))
+
+
+def test_sigterm_flushes_the_outbox_and_exits_cleanly(tmp_path, releases, agents):
+    # windows of an hour: nothing is reported on its own, all of it rides on the flush at SIGTERM
+    server = ServerProcess(tmp_path / "server", releases["keys"]["public"], report_seconds=3600).start()
+    try:
+        server.publish(releases["releases"]["1"])
+        server.set_stable(MODEL, "1")
+        port = free_port()
+        agent = AgentProcess(tmp_path / "agent", server.url, server, releases,
+                             "--workload", releases["eval"], "--rate", "40", "--metrics-port", str(port))
+        agents.append(agent.start())
+        agent.wait_for(f"now running {MODEL} v1")
+        wait_until(lambda: counted_inferences(port) >= 20, what="20 inferences counted by the agent")
+        counted = counted_inferences(port)
+        assert server.reports() == []  # they are all in the window open when the signal comes
+        agent.process.send_signal(signal.SIGTERM)
+        assert agent.process.wait(timeout=60) == 0
+        log = agent.log()
+        assert "stopped:" in log and "Traceback" not in log
+        with Outbox(agent.state_dir / "outbox.sqlite") as outbox:
+            assert len(outbox) == 0  # everything it measured reached the server
+        rows = server.reports()
+        stopped = json.loads(log.split("stopped: ", 1)[1].splitlines()[0])
+        assert stopped["outbox"] == 0
+        assert sum(r["inferences"] for r in rows) >= counted
+        assert sum(r["labelled"] for r in rows) == sum(r["inferences"] for r in rows)
+    finally:
+        server.stop()
 
 
 def test_kill_9_mid_download_restarts_on_the_old_model_and_resumes(tmp_path, server, releases, agents):

@@ -31,6 +31,7 @@ from edge_agent.download import (
     fetch,
     partial_path,
 )
+from tests.skip_policy import dev_venv_only
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOB = random.Random(0).randbytes(200_000)
@@ -297,11 +298,12 @@ def test_http_errors_carry_status_and_detail(serve, tmp_path, status, error_type
 
 def test_deadline_exceeded_keeps_the_partial(serve, tmp_path):
     art = serve()
-    art.throttle = (2048, 0.05)  # ~40 KB/s: 200 KB would take 5 s
+    art.throttle = (2048, 0.2)  # ~10 KB/s: 200 KB would take 20 s
     started = time.monotonic()
     with pytest.raises(TransferError, match="deadline exceeded"):
-        fetch(art.url, tmp_path / "m", SHA, len(BLOB), deadline_seconds=0.5, timeout_seconds=2.0)
-    assert time.monotonic() - started < 3.0
+        fetch(art.url, tmp_path / "m", SHA, len(BLOB), deadline_seconds=1.0, timeout_seconds=2.0)
+    # overrun by one read timeout at most: far below the 20 s of the whole file, whatever the load
+    assert time.monotonic() - started < 10.0
     kept = partial_path(tmp_path / "m").read_bytes()
     assert 0 < len(kept) < len(BLOB) and kept == BLOB[:len(kept)]
     assert not (tmp_path / "m").exists()
@@ -309,11 +311,11 @@ def test_deadline_exceeded_keeps_the_partial(serve, tmp_path):
 
 def test_a_silent_server_times_out(serve, tmp_path):
     art = serve()
-    art.stall_seconds = 10
+    art.stall_seconds = 60  # released when the test ends
     started = time.monotonic()
     with pytest.raises(TransferError, match="timed out"):
         fetch(art.url, tmp_path / "m", SHA, len(BLOB), timeout_seconds=0.3)
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 20.0  # gave up on its read timeout, not when the server spoke
 
 
 def test_connection_refused_is_a_transfer_error(tmp_path):
@@ -386,7 +388,7 @@ def test_sigkill_mid_download_then_a_fresh_fetch_resumes(serve, tmp_path):
 
 @pytest.fixture
 def rollout_server(tmp_path) -> Iterator[tuple[str, Any]]:
-    pytest.importorskip("flask")
+    dev_venv_only("flask")
     from werkzeug.serving import make_server
 
     from rollout_server.app import create_app

@@ -12,6 +12,7 @@ from edge_agent.local_metrics import LocalMetrics
 from edge_agent.window import WindowKey
 from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
 from edgeship.contract.metrics import METRICS
+from tests.skip_policy import dev_venv_only
 
 STABLE = WindowKey("digits-cnn", "1", "tflite-int8", rollout_id=None, cohort="stable")
 CANARY = WindowKey("digits-cnn", "2", "onnx-fp32", rollout_id=4, cohort="canary")
@@ -160,7 +161,7 @@ def test_bad_observations_are_refused():
 
 
 def test_prometheus_own_parser_reads_it(metrics):
-    parser = pytest.importorskip("prometheus_client.parser")
+    parser = dev_venv_only("prometheus_client.parser")
     families = {f.name: f for f in parser.text_string_to_metric_families(metrics.render())}
     histogram = families["edgeship_inference_latency_seconds"]
     assert histogram.type == "histogram"

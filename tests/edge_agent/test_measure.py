@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.skip_policy import COREML_NEEDS_MACOS, dev_venv_only, require_module
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_onnx(path: Path) -> Path:
-    onnx = pytest.importorskip("onnx")
+    onnx = dev_venv_only("onnx")  # builds the model; the agent venv has only onnxruntime
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "w")
@@ -30,7 +32,7 @@ def tiny_onnx(path: Path) -> Path:
 
 
 def test_measure_process_runs_every_sample_and_reports_its_own_memory(tmp_path):
-    pytest.importorskip("onnxruntime")
+    require_module("onnxruntime")
     x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
     np.savez(tmp_path / "inputs.npz", x=x)
     request = {"model": str(tiny_onnx(tmp_path / "m.onnx")), "format": "onnx",
@@ -50,7 +52,7 @@ def test_measure_process_runs_every_sample_and_reports_its_own_memory(tmp_path):
 
 def test_measure_reports_an_unavailable_runtime_instead_of_crashing(tmp_path):
     if sys.platform == "darwin":
-        pytest.skip("CoreML runs on macOS; this checks the refusal elsewhere")
+        pytest.skip(f"{COREML_NEEDS_MACOS} on macOS it predicts, this checks the refusal elsewhere")
     np.savez(tmp_path / "inputs.npz", x=np.zeros((1, 4), np.float32))
     request = {"model": str(tmp_path / "m.mlpackage.zip"), "format": "coreml",
                "inputs": str(tmp_path / "inputs.npz"), "input_names": ["x"], "batch": 1,

@@ -12,6 +12,7 @@ import pytest
 from edge_agent.window import Window, WindowKey, WindowSet, iso_utc, peak_rss_bytes
 from edgeship.contract.latency import BUCKET_COUNT, bucket_index
 from edgeship.contract.reports import ERROR_REASONS
+from tests.skip_policy import dev_venv_only
 
 KEY = WindowKey("digits-cnn", "1", "tflite-int8", rollout_id=None, cohort="stable")
 CANARY = WindowKey("digits-cnn", "2", "tflite-int8", rollout_id=7, cohort="canary")
@@ -258,7 +259,7 @@ def test_iso_utc_round_trips():
 
 def test_reports_pass_the_servers_validation(tmp_path):
     """The contract: the server accepts what close() makes (skipped on a device-only install)."""
-    pytest.importorskip("flask")
+    dev_venv_only("flask")
     from rollout_server.app import create_app
     from rollout_server.auth import FIRST_START_FILE
     from tests.rollout_server.conftest import auth, register, seed_release, variant_entry

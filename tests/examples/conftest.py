@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.skip_policy import require_module
+
 #: variant kinds of the tests' releases: one per runtime is enough, and converts faster.
 TEST_KINDS = ("onnx-fp32", "tflite-fp32")
 
@@ -13,8 +15,8 @@ TEST_KINDS = ("onnx-fp32", "tflite-fp32")
 @pytest.fixture(scope="session")
 def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``--workdir`` whose ``example/`` holds the signed releases (trained and converted once)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("flask")
+    require_module("torch")
+    require_module("flask")
     from examples.demo.prepare import ensure_releases
     from examples.demo.processes import Children
 

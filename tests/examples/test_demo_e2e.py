@@ -74,7 +74,7 @@ def first_data(prometheus, expr: str, started: float, ended: float) -> float | N
 def test_bad_release_rolls_back_good_one_is_promoted_and_every_panel_has_data(demo_workdir):
     require_binary("prometheus")
     from examples.demo.prepare import cached_releases
-    from monitoring.queries import panel_queries
+    from tests.monitoring.panel_queries import panel_queries
 
     config = small_loop(demo_workdir)
     out = io.StringIO()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS
+from examples.demo import live
 from examples.demo.fleet import PROFILES, FleetSettings, FleetSnapshot, plan_fleet
 from examples.demo.live import LiveView, MetricsHistory, latest_verdicts, parse_metrics, render
 from examples.demo.rollouts import GuardMinimums, rollout_body
@@ -88,20 +90,47 @@ def test_render_shows_the_rollout_both_cohorts_the_fleet_and_the_verdicts():
     assert "alerts firing: EdgeshipCohortSilent" in text
 
 
-def test_live_view_redraws_in_place_on_a_terminal_and_prints_periodically_otherwise():
+def test_live_view_redraws_in_place_on_a_terminal_and_prints_periodically_otherwise(monkeypatch):
     terminal = io.StringIO()
     view = LiveView(terminal, tty=True)
     view.show(["a", "b"])
     view.event("event")
     view.show(["c", "d"])
     assert terminal.getvalue() == "a\nb\n\x1b[2F\x1b[Jevent\na\nb\n\x1b[2F\x1b[Jc\nd\n"
+    clock = FakeClock(1_000_000.0)  # a machine up for days; the period counts on this clock only
+    monkeypatch.setattr(live, "time", SimpleNamespace(monotonic=clock))
     piped = io.StringIO()
-    view = LiveView(piped, tty=False, print_every_seconds=3600)
+    view = LiveView(piped, tty=False, print_every_seconds=8)
     view.show(["a"])
+    clock.now += 7.5
     view.show(["b"])  # within the period: not printed
     view.event("event")
-    view.show(["c"], force=True)
-    assert piped.getvalue() == "a\nevent\nc\n"
+    view.show(["c"], force=True)  # printed, and the period starts again
+    clock.now += 7.5
+    view.show(["d"])
+    clock.now += 0.5
+    view.show(["e"])  # a whole period after c
+    assert piped.getvalue() == "a\nevent\nc\ne\n"
+
+
+class FakeClock:
+    """``time.monotonic`` for :class:`LiveView`: moves only when the test moves it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.xfail(strict=True, reason="product bug, examples/demo/live.py LiveView.__init__: "
+                   "_printed_at = 0.0 takes boot time for the last print, so a machine up for less than "
+                   "print_every_seconds drops the first block; fix: start _printed_at at float('-inf')")
+def test_piped_live_view_prints_the_first_block_at_once_even_right_after_boot(monkeypatch):
+    monkeypatch.setattr(live, "time", SimpleNamespace(monotonic=FakeClock(5.0)))  # up for 5 s
+    piped = io.StringIO()
+    LiveView(piped, tty=False, print_every_seconds=10).show(["a"])
+    assert piped.getvalue() == "a\n"
 
 
 def test_plan_spreads_every_device_class_over_every_worker(tmp_path: Path):

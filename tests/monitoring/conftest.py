@@ -2,17 +2,18 @@
 
 ``promtool`` and ``prometheus`` come from Debian's ``prometheus`` package (``make system-deps``
 installs it as root). Missing: with ``CI`` set the tests that need them fail, otherwise they
-skip with the reason (the policy of tests/rollout_server/postgres.py).
+skip with the reason (:func:`tests.skip_policy.missing`, checked before anything else).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.skip_policy import missing, require_module
 
 INSTALL_HINT = "apt-get install -y --no-install-recommends prometheus (Debian) — make system-deps does this"
 MODEL = "digits-cnn"
@@ -22,10 +23,7 @@ def require_binary(name: str) -> str:
     """The path of ``name`` on PATH; skips the test when missing, or fails it under CI."""
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} not found on PATH ({INSTALL_HINT})"
-        if os.environ.get("CI"):
-            pytest.fail(f"Prometheus tests must run in CI: {reason}", pytrace=False)
-        pytest.skip(reason)
+        missing(f"Prometheus tests: {name} not found on PATH ({INSTALL_HINT})")
     return path
 
 
@@ -78,7 +76,7 @@ def seed_fleet(app) -> None:
 @pytest.fixture(scope="session")
 def seeded_app(tmp_path_factory: pytest.TempPathFactory):
     """A rollout server (SQLite in a temporary directory, no controller thread) with :func:`seed_fleet`."""
-    pytest.importorskip("flask")
+    require_module("flask")
     from rollout_server.app import create_app
 
     app = create_app({"DATA_DIR": str(tmp_path_factory.mktemp("server")), "CONTROLLER_ENABLED": False})

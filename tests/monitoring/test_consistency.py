@@ -11,7 +11,7 @@ from edgeship.contract.metrics import METRICS, MetricSpec
 from monitoring.alert_tests import promtool_cases
 from monitoring.alerts import ALERTS
 from monitoring.dashboards import DASHBOARDS
-from monitoring.queries import QUERIES, render
+from monitoring.queries import ACTIVE_ROLLOUT_PHASES, QUERIES, render
 from tests.monitoring.promql_refs import (
     created_labels,
     grouping_labels,
@@ -70,6 +70,13 @@ def test_matchers_use_only_the_metrics_labels_and_known_values():
                     assert set(value.split("|")) <= {p.value for p in Phase}, f"{origin}: phase {value!r}"
                 if label == "cohort" and value != ".+":
                     assert set(value.split("|")) <= {"stable", "canary"}, f"{origin}: cohort {value!r}"
+
+
+def test_the_active_phases_are_the_servers():
+    pytest.importorskip("scipy")  # the server's analysis package, for its Phase enum
+    from rollout_server.analysis.rollout import Phase
+
+    assert tuple(p.value for p in Phase.active()) == ACTIVE_ROLLOUT_PHASES
 
 
 def test_grouping_legend_and_annotation_labels_exist_on_the_metrics_used():

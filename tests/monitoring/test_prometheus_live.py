@@ -15,9 +15,9 @@ import pytest
 
 from monitoring.alerts import ALERTS
 from monitoring.build import ROOT
-from monitoring.queries import panel_queries
 from monitoring.scrape_config import JOB, render_scrape_config
 from tests.monitoring.conftest import MODEL
+from tests.monitoring.panel_queries import panel_queries
 from tests.processes import stop_processes
 from tests.rollout_server.postgres import free_port
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 
 from monitoring.dashboards import DASHBOARDS
-from monitoring.queries import (
-    DEFAULT_PARAMS,
-    QUERIES,
-    panel_queries,
-    render,
-    substitute_grafana_variables,
-)
+from monitoring.queries import DEFAULT_PARAMS, QUERIES, render
+from tests.monitoring.panel_queries import panel_queries, substitute_grafana_variables
 
 
 def test_every_query_renders_with_defaults_and_documents_itself():

@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def app(request, tmp_path: Path):
     """The app on SQLite; on PostgreSQL for tests parametrized with :data:`BOTH_BACKENDS`."""
-    config = {"DATA_DIR": str(tmp_path / "server"), "CONTROLLER_ENABLED": False}
+    # Tests date their windows on fixed days (a rollout's timeline); the age bound has its own
+    # tests (test_report_claims.py), dated from the real clock.
+    config = {"DATA_DIR": str(tmp_path / "server"), "CONTROLLER_ENABLED": False,
+              "REPORT_MAX_AGE_SECONDS": 20 * 365 * 86400}
     if getattr(request, "param", "sqlite") == "postgresql":
         config["DATABASE_URL"] = request.getfixturevalue("pg_url")
     return create_app(config)

@@ -7,8 +7,9 @@ the end. PostgreSQL refuses to run as root, so as root the binaries run as the `
 user (``runuser -u postgres --``) in a directory it owns. Durability is switched off (fsync,
 synchronous commit): the data is thrown away anyway.
 
-Binaries missing: with ``CI`` set in the environment the fixture fails (``.ci/run`` installs
-them), otherwise the tests that need it are skipped with the reason.
+Binaries or psycopg missing: with ``CI`` set in the environment the fixture fails (``make test``
+installs the binaries, the server extra psycopg), otherwise the tests that need it are skipped
+with the reason (:func:`tests.skip_policy.missing`, checked before anything else).
 
 Use from a test module::
 
@@ -25,6 +26,7 @@ Use from a test module::
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import re
@@ -37,8 +39,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
-import pytest
+from tests.skip_policy import missing
 
 #: the cluster's superuser; trust authentication, reachable only on 127.0.0.1 and the private socket.
 SUPERUSER = "edgeship"
@@ -130,15 +133,14 @@ class PostgresServer:
         return self.url(name)
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL tests must run in CI: {reason} ({INSTALL_HINT})", pytrace=False)
-    pytest.skip(f"no PostgreSQL server to test against: {reason} ({INSTALL_HINT})")
+def _missing(reason: str) -> NoReturn:
+    missing(f"no PostgreSQL server to test against: {reason} ({INSTALL_HINT})")
 
 
 def postgresql_server() -> Iterator[PostgresServer]:
     """Generator behind a session fixture: start a cluster, yield it, stop it and clean up."""
-    pytest.importorskip("psycopg")
+    if importlib.util.find_spec("psycopg") is None:
+        _missing("psycopg is not installed (the server extra)")
     bindir = find_bindir()
     if bindir is None:
         _missing("initdb/pg_ctl not found under /usr/lib/postgresql/*/bin or on PATH")

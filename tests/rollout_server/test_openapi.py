@@ -22,9 +22,11 @@ from typing import Any
 
 import pytest
 
+from tests.skip_policy import require_module
+
 pytest.importorskip("flask")
 # The dev extra installs schemathesis; in CI a missing one fails the module instead of skipping it.
-schemathesis = __import__("schemathesis") if os.environ.get("CI") else pytest.importorskip("schemathesis")
+schemathesis = require_module("schemathesis")
 
 from hypothesis import HealthCheck, settings  # noqa: E402  (after the importorskip)
 from schemathesis import checks  # noqa: E402

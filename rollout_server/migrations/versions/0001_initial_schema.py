@@ -48,7 +48,7 @@ def upgrade() -> None:
         sa.Column("value", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
-    # The server-wide counters' rows (rollout_server.api.metrics.COUNTERS) exist from the start,
+    # The server-wide counters' rows (rollout_server.counters.COUNTERS) exist from the start,
     # created under the migration lock: replicas starting together never race to insert them.
     op.bulk_insert(counters, [{"name": name, "value": 0} for name in COUNTERS])
     op.create_table(
