@@ -217,7 +217,7 @@ class LiveView:
         self.print_every_seconds = print_every_seconds
         self._drawn = 0
         self._lines: list[str] = []
-        self._printed_at = 0.0
+        self._printed_at = float("-inf")  # the first block prints at once, however long the host is up
 
     def show(self, lines: list[str], force: bool = False) -> None:
         """Replace the block with ``lines``."""

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from edgeship.contract.latency import BUCKET_COUNT
 from edgeship.contract.reports import ERROR_REASONS, MAX_BATCH
@@ -53,6 +54,7 @@ def post_reports():
     limit = current_app.config["MAX_REPORT_BYTES"]
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(f"report body over {limit} bytes", 413, "payload_too_large")
+    request.max_content_length = limit  # a chunked body has no Content-Length: stop reading past it
     device = current_device()
     try:
         rows = _parse_batch(device)
@@ -100,7 +102,13 @@ def _store_with_duplicates(device: DeviceSnapshot, rows: list[tuple[Any, ...]]):
 
 def _parse_batch(device: DeviceSnapshot) -> list[tuple[Any, ...]]:
     known = current_app.extensions.setdefault("edgeship.known_ids", {})
-    raw = request.get_data(cache=True)
+    try:
+        raw = request.get_data(cache=True)
+        if request.content_length is None and len(raw) >= request.max_content_length:
+            request.stream.read(1)  # werkzeug stops a chunked body at the limit: one byte more raises
+    except RequestEntityTooLarge:
+        limit = current_app.config["MAX_REPORT_BYTES"]
+        raise ApiError(f"report body over {limit} bytes", 413, "payload_too_large") from None
     refuse_nul(raw)
     rows = fast_rows(raw, device, known) if request.is_json else None
     if rows is None:

@@ -8,6 +8,7 @@ windows dated far ahead or long ago, and counts no device can produce.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 
 import pytest
@@ -147,3 +148,20 @@ def test_one_refused_report_refuses_its_whole_batch(live_server, rollout):
     answer = post(live_server, credential, good, bad)
     assert answer.status_code == 422 and "reports[1]" in answer.json()["detail"]
     assert post(live_server, credential, good).json()["accepted"] == [good["id"]]
+
+
+def test_a_chunked_body_over_the_report_limit_is_refused_without_being_stored(app, live_server, rollout):
+    credential = rollout["stable"][0]
+    big = window("1", "stable", rollout["id"])
+    big["variant"] = "x" * 64
+    body = json.dumps({"reports": [big], "padding": "y" * (2 * 2**20)}).encode()
+
+    def chunked(data: bytes) -> requests.Response:  # no Content-Length: Transfer-Encoding: chunked
+        parts = (data[start:start + 65536] for start in range(0, len(data), 65536))
+        return requests.post(f"{live_server}/v1/reports", data=parts, timeout=30,
+                             headers={**auth(credential), "Content-Type": "application/json"})
+
+    answer = chunked(body)
+    assert answer.status_code == 413 and answer.json()["error"] == "payload_too_large", answer.text
+    small = chunked(json.dumps({"reports": [big]}).encode())  # it was not stored before
+    assert small.status_code == 200 and small.json()["accepted"] == [big["id"]]
