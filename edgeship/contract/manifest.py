@@ -159,6 +159,7 @@ def check_manifest(data: Any) -> None:
     golden = _field(data, "golden", dict)
     _check_file_ref(golden, "golden")
     variants = _field(data, "variants", list)
+    _require(bool(variants), "variants", "must list at least one variant")
     seen: set[str] = set()
     for i, entry in enumerate(variants):
         where = f"variants[{i}]"

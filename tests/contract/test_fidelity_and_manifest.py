@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgeship.contract.fidelity import fidelity, per_sample_cosine
-from edgeship.contract.manifest import MODEL_NAME_PATTERN
+from edgeship.contract.manifest import MODEL_NAME_PATTERN, ManifestError, check_manifest
 
 
 def test_zero_outputs_do_not_agree_with_a_reference_that_is_not_zero():
@@ -23,3 +24,13 @@ def test_zero_outputs_agree_with_a_zero_reference():
 def test_a_model_name_with_a_trailing_newline_is_not_a_name():
     assert MODEL_NAME_PATTERN.match("digits-cnn")
     assert not MODEL_NAME_PATTERN.match("digits-cnn\n")
+
+
+def test_a_manifest_with_no_variant_is_refused():
+    tensor = {"shape": [1], "dtype": "float32"}
+    manifest = {"schema": "edgeship.manifest/v1", "model": "digits-cnn", "version": "1",
+                "task": {"kind": "classification", "inputs": [{"name": "x", **tensor}],
+                         "outputs": [{"name": "y", **tensor}]},
+                "reference": {}, "golden": {"file": "golden.npz", "sha256": "a" * 64}, "variants": []}
+    with pytest.raises(ManifestError, match="variants: must list at least one variant"):
+        check_manifest(manifest)
