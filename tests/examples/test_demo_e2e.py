@@ -140,6 +140,14 @@ def alive(pid: int, started: str) -> bool:
     return fields[19] == started and fields[0] != "Z"
 
 
+def sigint_as_on_a_terminal() -> None:
+    """In the demo's child, before exec: SIGINT at its default, as for a command typed at a terminal.
+    A suite started in the background by a non-interactive shell (``cmd &``, some CI runners)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the demo
+    would never see the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
 @pytest.mark.parametrize("target", ["demo process", "process group"])
 def test_ctrl_c_stops_every_process_the_demo_started(demo_workdir, tmp_path, target):
@@ -149,7 +157,8 @@ def test_ctrl_c_stops_every_process_the_demo_started(demo_workdir, tmp_path, tar
         demo = subprocess.Popen(
             [sys.executable, "-m", "edgeship.cli", "demo", "--workdir", str(demo_workdir), "--agents", "4",
              "--workers", "2", "--print-every", "2"],
-            cwd=ROOT, env=child_env(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=ROOT, env=child_env(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=sigint_as_on_a_terminal)
     try:
         deadline = time.monotonic() + 180
         while "rollout #1 started" not in log.read_text(errors="replace"):

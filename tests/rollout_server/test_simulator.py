@@ -120,8 +120,14 @@ def test_reports_follow_the_profile_of_their_release(app, live_server, tokens):
 
 def test_ctrl_c_stops_the_fleet_cleanly(app, live_server, tokens):
     seed(app, "1")
-    threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-    summary = Simulation(config(live_server, tokens["enroll"], devices=50, duration_seconds=30)).run()
+    # Ctrl-C as at a terminal: a suite started in the background by a non-interactive shell
+    # (``cmd &``, some CI runners) inherits SIGINT ignored, and the signal below would be lost
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        summary = Simulation(config(live_server, tokens["enroll"], devices=50, duration_seconds=30)).run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert summary["stopped_because"] == "interrupted"
     assert summary["elapsed_seconds"] < 10
     assert summary["reports"]["accepted"] > 0
