@@ -237,7 +237,9 @@ def test_bad_canary_is_rolled_back_by_the_controller_while_the_fleet_runs(app, l
     assert 0.005 < traffic["stable", "1"]["error_rate"] < 0.015
     cohorts = set(rows(app, select(Report.cohort, Release.version, Report.rollout_id)
                        .join(Release, Report.release_id == Release.id).distinct()))
-    assert cohorts == {("stable", "1", rollout_id), ("canary", "2", rollout_id)}
+    # a device that polled between the rollback and the end of the run is back on stable outside
+    # any rollout, as it should be: its window may land too
+    assert cohorts - {("stable", "1", None)} == {("stable", "1", rollout_id), ("canary", "2", rollout_id)}
 
 
 def test_good_canary_is_promoted_through_its_stages_while_the_fleet_runs(app, live_server, tokens, client,
