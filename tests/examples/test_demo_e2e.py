@@ -71,6 +71,19 @@ def first_data(prometheus, expr: str, started: float, ended: float) -> float | N
     return None
 
 
+ROLLBACK_ALERT = "EdgeshipRolloutRolledBack"
+
+
+def alert_fires(prometheus, name: str, timeout_seconds: float = 180.0) -> bool:
+    """Whether Prometheus reports alert ``name`` firing before ``timeout_seconds``."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if prometheus.query(f'ALERTS{{alertname="{name}", alertstate="firing"}}')["data"]["result"]:
+            return True
+        time.sleep(1.0)
+    return False
+
+
 def test_bad_release_rolls_back_good_one_is_promoted_and_every_panel_has_data(demo_workdir):
     require_binary("prometheus")
     from examples.demo.prepare import cached_releases
@@ -95,7 +108,9 @@ def test_bad_release_rolls_back_good_one_is_promoted_and_every_panel_has_data(de
         assert result.final_versions == {"2": 20}
         assert {variant for variants in result.variants_by_class.values() for variant in variants} == {
             "onnx-fp32", "tflite-fp32"}  # the runtimes' mix gives different variants
-        assert result.rollback_alert_seconds is not None  # EdgeshipRolloutRolledBack fired
+        # EdgeshipRolloutRolledBack fired: within the demo's own 30 s wait, or (a loaded host's
+        # Prometheus evaluates late) while this test waits on the event itself
+        assert result.rollback_alert_seconds is not None or alert_fires(prometheus, ROLLBACK_ALERT)
 
         queries = panel_queries({"model": MODEL})
         invalid = [(uid, title, answer.get("error")) for uid, title, expr in queries
