@@ -1,13 +1,21 @@
 """Rollout statistics benchmark: the guards and the state machine on simulated fleets.
 
-    python -m benchmarks.rollout_stats [--runs 200] [--seed 1]
+    python -m benchmarks.rollout_stats [--runs 200] [--sweep-runs 100] [--seed 1] [--jobs 2]
+                                       [--only main|sweep]
 
-Prints one table (false rollbacks with identical arms, detection of a 2× error rate and of
-latency regressions with the canary inferences it took, required-gain behaviour, pauses on a
-sample ratio mismatch when canary devices go silent, and the canary share of sticky bucketing
-over 10,000 devices) and writes it to
-``benchmarks/results/rollout_stats.json``. Simulator: ``rollout_server/analysis/simulate.py``;
-method: docs/rollout-analysis.md.
+Prints three tables and writes them to ``benchmarks/results/rollout_stats.json``:
+
+* main: false rollbacks with identical arms, detection of a 2× error rate and of latency
+  regressions with the canary inferences it took, required-gain behaviour, pauses on a sample
+  ratio mismatch when canary devices go silent, and the canary share of sticky bucketing over
+  10,000 devices;
+* sweep: the latency guard alone (p95 ≤ 1.2× stable, and a required 30% gain) over latency
+  shapes × stable medians × canaries (identical, 1.2×, 1.3×, 1.5× slower, 40% faster, equal),
+  each cell the rate its target is on, a ``!`` where it misses it;
+* the issue's cases read with reports of schema 1 (the v1 histogram) and schema 2 (sketches).
+
+The simulated devices report schema 2 unless a row says otherwise. Simulator:
+``rollout_server/analysis/simulate.py``; method: docs/rollout-analysis.md.
 """
 
 from __future__ import annotations
@@ -17,36 +25,118 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rollout_server.analysis import Guard, GuardSpec, Metric, Mode
 from rollout_server.analysis.simulate import (
+    LATENCY_SHAPES,
     SIM_STAGES,
     ArmProfile,
     Fleet,
     run_rollouts,
     summarize,
     with_latency_factor,
+    with_latency_shape,
 )
 from rollout_server.bucketing import assign_cohort
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "rollout_stats.json"
 
+#: the sweep's shapes (``simulate.LATENCY_SHAPES``) with their labels, and stable medians.
+SWEEP_SHAPES: dict[str, str] = {
+    "lognormal": "lognormal σ0.5",
+    "two_modes": "two modes",
+    "heavy_tail": "heavy tail",
+    "throttled": "throttled tail",
+    "tight": "tight σ0.05",
+}
+SWEEP_MEDIANS: tuple[float, ...] = (0.0001, 0.001, 0.01, 0.1, 1.0)
+#: the latency guard alone, as the sweep and the issue's rows run it
+LIMIT_SPEC = GuardSpec((Guard(Metric.LATENCY),))
+GAIN_SPEC = GuardSpec((Guard(Metric.LATENCY), Guard(Metric.LATENCY, Mode.GAIN, threshold=0.3)))
 
-def scenario(
-    name: str, runs: int, seed: int, canary: ArmProfile, target: str, **kwargs: Any
-) -> dict[str, Any]:
-    """Run ``runs`` seeded rollouts of one scenario and summarise them."""
-    spec = kwargs.pop("spec", GuardSpec.default())
+
+@dataclass(frozen=True)
+class Case:
+    """One column of the sweep: the canary's latency factor, the spec, and which rate meets
+    which target (``rate`` of a summary, ``ok`` on it)."""
+
+    label: str
+    factor: float
+    spec: GuardSpec
+    rate: str
+    target: str
+    ok: Callable[[float], bool]
+    max_windows: int = 60
+
+
+def _not_rolled_back(summary: dict[str, Any]) -> float:
+    return 1.0 - summary["rolled_back_rate"]
+
+
+SWEEP_CASES: tuple[Case, ...] = (
+    Case("A/A", 1.0, LIMIT_SPEC, "rolled_back_rate", "rolled back <= 1%", lambda r: r <= 0.01),
+    Case("x1.2 (limit)", 1.2, LIMIT_SPEC, "not_rolled_back_rate", "not rolled back >= 95%",
+         lambda r: r >= 0.95),
+    Case("x1.3", 1.3, LIMIT_SPEC, "rolled_back_rate", "rolled back >= 95%", lambda r: r >= 0.95),
+    Case("x1.5", 1.5, LIMIT_SPEC, "rolled_back_rate", "rolled back >= 95%", lambda r: r >= 0.95),
+    Case("gain, 0.6x", 0.6, GAIN_SPEC, "promoted_rate", "promoted >= 95%", lambda r: r >= 0.95),
+    Case("gain, equal", 1.0, GAIN_SPEC, "held_rate", "held 100%", lambda r: r >= 1.0, max_windows=30),
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    """``runs`` seeded rollouts of one scenario (run in a worker process)."""
+
+    name: str
+    runs: int
+    seed: int
+    canary: ArmProfile
+    target: str
+    stable: ArmProfile = field(default_factory=ArmProfile)
+    spec: GuardSpec = field(default_factory=GuardSpec.default)
+    options: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # copied into the row
+
+
+def run_task(task: Task) -> dict[str, Any]:
+    """Run one task and summarise it."""
     started = time.perf_counter()
-    print(f"[{time.strftime('%H:%M:%S')}] {name}: {runs} rollouts ...", file=sys.stderr, flush=True)
-    summary = summarize(run_rollouts(runs, spec, ArmProfile(), canary, seed=seed, **kwargs))
-    seconds = round(time.perf_counter() - started, 2)
-    print(f"    rolled back {summary['rolled_back_rate']:.1%}, promoted {summary['promoted_rate']:.1%} "
-          f"({seconds:.0f} s)", file=sys.stderr, flush=True)
-    return {"scenario": name, "target": target, **summary, "seconds": seconds}
+    results = run_rollouts(task.runs, task.spec, task.stable, task.canary, seed=task.seed, **task.options)
+    summary = summarize(results)
+    summary["not_rolled_back_rate"] = _not_rolled_back(summary)
+    return {"scenario": task.name, "target": task.target, **task.extra, **summary,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def run_tasks(tasks: Sequence[Task], jobs: int) -> list[dict[str, Any]]:
+    """Every task's row, in the order given; ``jobs`` worker processes (1: in this one)."""
+    started = time.perf_counter()
+
+    def progress(done: int, row: dict[str, Any]) -> None:
+        print(f"[{time.perf_counter() - started:6.0f} s] {done}/{len(tasks)} {row['scenario']}: "
+              f"rolled back {row['rolled_back_rate']:.1%}, promoted {row['promoted_rate']:.1%} "
+              f"({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+    if jobs <= 1:
+        rows = []
+        for i, task in enumerate(tasks):
+            rows.append(run_task(task))
+            progress(i + 1, rows[-1])
+        return rows
+    out: list[dict[str, Any] | None] = [None] * len(tasks)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_task, task): i for i, task in enumerate(tasks)}
+        for done, future in enumerate(as_completed(futures), 1):
+            out[futures[future]] = future.result()
+            progress(done, future.result())
+    return [row for row in out if row is not None]
 
 
 def canary_share(devices: int = 10_000, salt: str = "rollout-bench") -> dict[str, Any]:
@@ -65,39 +155,21 @@ def canary_share(devices: int = 10_000, salt: str = "rollout-bench") -> dict[str
     }
 
 
-def run(runs: int, seed: int) -> list[dict[str, Any]]:
-    """Every scenario of the table."""
+def main_tasks(runs: int, seed: int) -> list[Task]:
+    """Every scenario of the main table (devices reporting schema 2)."""
     base = ArmProfile()
     gain_spec = GuardSpec.default().with_guards(Guard(Metric.LATENCY, Mode.GAIN, threshold=0.3))
-    rows = [
-        scenario("A/A identical arms", runs, seed, base, "rolled back <= 5%"),
-        scenario(
-            "A/A, clumpy fleet (per-device error dispersion 1)",
-            runs,
-            seed + 1,
-            base,
-            "rolled back <= 5%",
-            fleet=Fleet(error_dispersion=1.0),
-        ),
-        scenario(
-            "A/A, very clumpy fleet (dispersion 3)",
-            runs,
-            seed + 5,
-            base,
-            "rolled back <= 5%",
-            fleet=Fleet(error_dispersion=3.0),
-        ),
-        scenario("error rate 1% -> 2%", runs, seed + 2, ArmProfile(error_rate=0.02), "rolled back >= 95%"),
-        scenario(
-            "error rate 1% -> 2%, clumpy fleet (dispersion 1)",
-            runs // 2,
-            seed + 6,
-            ArmProfile(error_rate=0.02),
-            "never promoted",
-            fleet=Fleet(error_dispersion=1.0),
-        ),
-        scenario("error rate 1% -> 1.5%", runs // 2, seed + 3, ArmProfile(error_rate=0.015), "(reported)"),
-        scenario("accuracy 90% -> 88%", runs // 2, seed + 4, ArmProfile(accuracy=0.88), "(reported)"),
+    tasks = [
+        Task("A/A identical arms", runs, seed, base, "rolled back <= 5%"),
+        Task("A/A, clumpy fleet (per-device error dispersion 1)", runs, seed + 1, base, "rolled back <= 5%",
+             options={"fleet": Fleet(error_dispersion=1.0)}),
+        Task("A/A, very clumpy fleet (dispersion 3)", runs, seed + 5, base, "rolled back <= 5%",
+             options={"fleet": Fleet(error_dispersion=3.0)}),
+        Task("error rate 1% -> 2%", runs, seed + 2, ArmProfile(error_rate=0.02), "rolled back >= 95%"),
+        Task("error rate 1% -> 2%, clumpy fleet (dispersion 1)", runs // 2, seed + 6,
+             ArmProfile(error_rate=0.02), "never promoted", options={"fleet": Fleet(error_dispersion=1.0)}),
+        Task("error rate 1% -> 1.5%", runs // 2, seed + 3, ArmProfile(error_rate=0.015), "(reported)"),
+        Task("accuracy 90% -> 88%", runs // 2, seed + 4, ArmProfile(accuracy=0.88), "(reported)"),
     ]
     # some devices see harder inputs than others, whichever model runs (Gamma-dispersed shares of
     # wrong predictions): identical arms, then a small and a clear drop
@@ -106,71 +178,85 @@ def run(runs: int, seed: int) -> list[dict[str, Any]]:
         ("accuracy 90% -> 88%, accuracy dispersion 1", runs // 2, 0.88, 1.0, "(reported)"),
         ("accuracy 90% -> 85%, accuracy dispersion 1", runs // 2, 0.85, 1.0, "never promoted"),
     )):
-        rows.append(scenario(name, count, seed + 7 + i, ArmProfile(accuracy=accuracy), target,
-                             fleet=Fleet(accuracy_dispersion=dispersion)))
-    for factor, target in (
-        (1.1, "promoted"),
-        (1.2, "(the limit)"),
-        (1.3, "rolled back"),
-        (1.5, "rolled back >= 95%"),
-    ):
-        rows.append(
-            scenario(
-                f"latency p95 x{factor:g} (limit 1.2)",
-                runs // 2,
-                seed + int(10 * factor),
-                with_latency_factor(base, factor),
-                target,
-            )
-        )
+        tasks.append(Task(name, count, seed + 7 + i, ArmProfile(accuracy=accuracy), target,
+                          options={"fleet": Fleet(accuracy_dispersion=dispersion)}))
+    for factor, target in ((1.1, "promoted"), (1.2, "(the limit)"), (1.3, "rolled back"),
+                           (1.5, "rolled back >= 95%")):
+        tasks.append(Task(f"latency p95 x{factor:g} (limit 1.2)", runs // 2, seed + int(10 * factor),
+                          with_latency_factor(base, factor), target))
     # some devices are slower than others whichever model runs (log-normal factor, sigma 0.6)
-    mixed_speeds = Fleet(latency_dispersion=0.6)
-    rows.append(scenario("A/A, devices of mixed speeds (latency disp. 0.6)", runs, seed + 40, base,
-                         "rolled back <= 5%", fleet=mixed_speeds))
-    rows.append(scenario("latency p95 x1.5, latency dispersion 0.6", runs // 2, seed + 41,
-                         with_latency_factor(base, 1.5), "never promoted", fleet=mixed_speeds))
+    mixed = {"fleet": Fleet(latency_dispersion=0.6)}
+    tasks.append(Task("A/A, devices of mixed speeds (latency disp. 0.6)", runs, seed + 40, base,
+                      "rolled back <= 5%", options=mixed))
+    tasks.append(Task("latency p95 x1.5, latency dispersion 0.6", runs // 2, seed + 41,
+                      with_latency_factor(base, 1.5), "never promoted", options=mixed))
     # on such a fleet the canary's devices may be faster than stable's by chance: a limit that
     # passes on its point estimate lets some of a 1.3x regression through; pass_alpha holds more
     shown = GuardSpec.default().with_options(Metric.LATENCY, pass_alpha=0.2)
-    rows.append(scenario("latency p95 x1.3, latency dispersion 0.6", runs // 2, seed + 42,
-                         with_latency_factor(base, 1.3), "(reported: point estimate)", fleet=mixed_speeds))
-    rows.append(scenario("latency p95 x1.3, latency disp. 0.6, pass_alpha 0.2", runs // 2, seed + 42,
-                         with_latency_factor(base, 1.3), "(reported: fewer promoted)", spec=shown,
-                         fleet=mixed_speeds))
-    rows.append(scenario("A/A, latency dispersion 0.6, pass_alpha 0.2", runs // 2, seed + 43, base,
-                         "rolled back <= 5%", spec=shown, fleet=mixed_speeds))
-    rows.append(
-        scenario(
-            "gain 30% required, canary 40% faster",
-            runs // 4,
-            seed + 30,
-            with_latency_factor(base, 0.6),
-            "promoted",
-            spec=gain_spec,
-        )
-    )
-    rows.append(
-        scenario(
-            "gain 30% required, canary equal",
-            runs // 4,
-            seed + 31,
-            base,
-            "held, never promoted",
-            spec=gain_spec,
-            max_windows=30,
-        )
-    )
+    tasks.append(Task("latency p95 x1.3, latency dispersion 0.6", runs // 2, seed + 42,
+                      with_latency_factor(base, 1.3), "(reported: point estimate)", options=mixed))
+    tasks.append(Task("latency p95 x1.3, latency disp. 0.6, pass_alpha 0.2", runs // 2, seed + 42,
+                      with_latency_factor(base, 1.3), "(reported: fewer promoted)", spec=shown,
+                      options=mixed))
+    tasks.append(Task("A/A, latency dispersion 0.6, pass_alpha 0.2", runs // 2, seed + 43, base,
+                      "rolled back <= 5%", spec=shown, options=mixed))
+    tasks.append(Task("gain 30% required, canary 40% faster", runs // 4, seed + 30,
+                      with_latency_factor(base, 0.6), "promoted", spec=gain_spec))
+    tasks.append(Task("gain 30% required, canary equal", runs // 4, seed + 31, base, "held, never promoted",
+                      spec=gain_spec, options={"max_windows": 30}))
     # the sample ratio check: canary devices that never report (the candidate crashes the app)
-    rows.append(scenario("canary: 30% of its devices silent", runs // 2, seed + 50,
-                         ArmProfile(silent_device_share=0.3), "paused >= 95%"))
-    rows.append(scenario("canary: 5% of its devices silent", runs // 2, seed + 51,
-                         ArmProfile(silent_device_share=0.05), "(reported)"))
-    rows.append(canary_share())
-    return rows
+    tasks.append(Task("canary: 30% of its devices silent", runs // 2, seed + 50,
+                      ArmProfile(silent_device_share=0.3), "paused >= 95%"))
+    tasks.append(Task("canary: 5% of its devices silent", runs // 2, seed + 51,
+                      ArmProfile(silent_device_share=0.05), "(reported)"))
+    return tasks
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    """The table on stdout."""
+def sweep_tasks(runs: int, seed: int) -> list[Task]:
+    """The sweep: shape × stable median × case, the latency guard alone."""
+    tasks = []
+    for s, shape in enumerate(SWEEP_SHAPES):
+        for m, median in enumerate(SWEEP_MEDIANS):
+            stable = with_latency_shape(ArmProfile(), shape, median)
+            for c, case in enumerate(SWEEP_CASES):
+                tasks.append(Task(
+                    f"{SWEEP_SHAPES[shape]}, {_ms(median)}: {case.label}", runs,
+                    seed * 100_000 + 1_000 + 100 * s + 10 * m + c, with_latency_factor(stable, case.factor),
+                    case.target, stable=stable, spec=case.spec, options={"max_windows": case.max_windows},
+                    extra={"shape": shape, "median_seconds": median, "case": case.label}))
+    return tasks
+
+
+def issue_profiles() -> list[tuple[str, ArmProfile, ArmProfile]]:
+    """The issue's cases: (label, stable, canary)."""
+    def shaped(shape: str, stable_seconds: float, canary_seconds: float) -> tuple[ArmProfile, ArmProfile]:
+        return (with_latency_shape(ArmProfile(), shape, stable_seconds),
+                with_latency_shape(ArmProfile(), shape, canary_seconds))
+
+    throttled = with_latency_shape(ArmProfile(), "throttled", 0.003)
+    return [
+        ("3 ms, 10% throttled at 9 ms -> 14 ms", throttled, replace(throttled, latency_slow_factor=14 / 3)),
+        ("tight 3.1 ms -> 4.6 ms", *shaped("tight", 0.0031, 0.0046)),
+        ("tight 5.5 ms -> 7.0 ms", *shaped("tight", 0.0055, 0.0070)),
+        ("log-normal 0.3 ms -> 0.45 ms", *shaped("lognormal", 0.0003, 0.00045)),
+    ]
+
+
+def issue_tasks(runs: int, seed: int) -> list[Task]:
+    """The issue's cases, each read with reports of schema 1 and of schema 2."""
+    tasks = []
+    for i, (label, stable, canary) in enumerate(issue_profiles()):
+        true_ratio = canary.latency_quantile(0.95) / stable.latency_quantile(0.95)
+        for schema in (1, 2):
+            tasks.append(Task(f"{label}, schema {schema}", runs, seed * 100_000 + 500 + i, canary,
+                              "rolled back (schema 2)", stable=stable, spec=LIMIT_SPEC,
+                              options={"fleet": Fleet(report_schema=schema)},
+                              extra={"case": label, "schema": schema, "true_ratio": true_ratio}))
+    return tasks
+
+
+def print_main(rows: list[dict[str, Any]]) -> None:
+    """The main table on stdout."""
     header = (
         f"{'scenario':<52} {'rolled back':>11} {'promoted':>9} {'held':>6} {'paused':>6} {'median inf.':>11} "
         f"{'p90 inf.':>9}  target"
@@ -192,6 +278,65 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
 
 
+def sweep_cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each sweep row with its case's rate and whether it meets the target (``value``, ``ok``)."""
+    cases = {case.label: case for case in SWEEP_CASES}
+    out = []
+    for row in rows:
+        case = cases[row["case"]]
+        out.append({**row, "rate": case.rate, "value": row[case.rate], "ok": case.ok(row[case.rate])})
+    return out
+
+
+def print_sweep(cells: list[dict[str, Any]], runs: int) -> None:
+    """The sweep as a table: rows shape × stable median, columns the cases."""
+    width = 15
+    print(f"\nLatency sweep: p95 limit 1.2x / required gain 30%, latency guard alone, {runs} rollouts "
+          "per cell, schema 2; '!' = misses its target")
+    header = f"{'shape, stable median':<27}" + "".join(f"{c.label:>{width}}" for c in SWEEP_CASES)
+    print(header)
+    print(f"{'(rate shown)':<27}" + "".join(f"{_short(c.target):>{width}}" for c in SWEEP_CASES))
+    print("-" * len(header))
+    by_row: dict[tuple[str, float], dict[str, dict[str, Any]]] = {}
+    for cell in cells:
+        by_row.setdefault((cell["shape"], cell["median_seconds"]), {})[cell["case"]] = cell
+    for (shape, median), row in by_row.items():
+        text = "".join(f"{_cell(row.get(c.label)):>{width}}" for c in SWEEP_CASES)
+        print(f"{SWEEP_SHAPES[shape] + ', ' + _ms(median):<27}{text}".rstrip())
+    missed = [c for c in cells if not c["ok"]]
+    print(f"{len(cells) - len(missed)} of {len(cells)} cells meet their target"
+          + (": missed " + "; ".join(f"{c['scenario']} {c['value']:.1%}" for c in missed) if missed else ""))
+
+
+def print_issue(rows: list[dict[str, Any]]) -> None:
+    """The issue's cases, schema 1 against schema 2."""
+    print("\nThe issue's cases: p95 limit 1.2x, latency guard alone, default fleet")
+    header = (f"{'stable -> canary':<40} {'true p95 ratio':>14} {'schema':>6} {'read ratio':>10} "
+              f"{'rolled back':>11} {'promoted':>9} {'held':>6}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        read = row["median_latency_ratio"]
+        print(f"{row['case']:<40} {row['true_ratio']:>14.2f} {row['schema']:>6} "
+              f"{'-' if read is None else f'{read:.2f}':>10} {row['rolled_back_rate']:>11.1%} "
+              f"{row['promoted_rate']:>9.1%} {row['held_rate']:>6.1%}")
+
+
+def _cell(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "-"
+    return f"{cell['value']:.1%}" + (" !" if not cell["ok"] else "  ")
+
+
+def _short(target: str) -> str:
+    short = target.replace("not rolled back", "not rb").replace("rolled back", "rb")
+    return short.replace("promoted", "prom.")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds:g} s" if seconds >= 1 else f"{1000 * seconds:g} ms"
+
+
 def _count(value: float | None, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width},.0f}"
 
@@ -199,13 +344,30 @@ def _count(value: float | None, width: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run, print, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200, help="rollouts per main scenario")
+    parser.add_argument("--runs", type=int, default=200,
+                        help="rollouts per main scenario (some rows run 1/2 or 1/4 of it)")
+    parser.add_argument("--sweep-runs", type=int, default=100,
+                        help="rollouts per cell of the latency sweep and per row of the issue's cases")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--only", choices=("main", "sweep"), help="run only the main table, or only the "
+                        "sweep and the issue's cases")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    rows = run(args.runs, args.seed)
-    print_table(rows)
+    main_list = main_tasks(args.runs, args.seed) if args.only != "sweep" else []
+    sweep_list = sweep_tasks(args.sweep_runs, args.seed) if args.only != "main" else []
+    issue_list = issue_tasks(args.sweep_runs, args.seed) if args.only != "main" else []
+    rows = run_tasks([*main_list, *issue_list, *sweep_list], args.jobs)
+    main_rows, issue_rows = rows[:len(main_list)], rows[len(main_list):len(main_list) + len(issue_list)]
+    cells = sweep_cells(rows[len(main_list) + len(issue_list):])
+    if main_list:
+        main_rows.append(canary_share())
+        print_main(main_rows)
+    if issue_rows:
+        print_issue(issue_rows)
+    if cells:
+        print_sweep(cells, args.sweep_runs)
     fleet = Fleet()
     setup = {
         "fleet": {
@@ -214,21 +376,33 @@ def main(argv: list[str] | None = None) -> int:
             "inferences_per_device_window": fleet.inferences_per_window,
             "labelled_fraction": fleet.labelled_fraction,
             "window_seconds": fleet.window_seconds,
+            "report_schema": fleet.report_schema,
         },
         "stable": vars(ArmProfile()),
         "stages": [s.to_dict() for s in SIM_STAGES],
         "guards": GuardSpec.default().to_dict(),
+        "sweep": {
+            "shapes": {name: LATENCY_SHAPES[name] for name in SWEEP_SHAPES},
+            "stable_medians_seconds": list(SWEEP_MEDIANS),
+            "cases": [{"label": c.label, "canary_latency_factor": c.factor, "guards": c.spec.to_dict(),
+                       "target": c.target, "max_windows": c.max_windows} for c in SWEEP_CASES],
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
                 "runs": args.runs,
+                "sweep_runs": args.sweep_runs,
                 "seed": args.seed,
+                "jobs": args.jobs,
+                "only": args.only,
                 "host": platform.node(),
                 "seconds": round(time.perf_counter() - started, 1),
                 "setup": setup,
-                "rows": rows,
+                "rows": main_rows,
+                "issue_cases": issue_rows,
+                "sweep": cells,
             },
             indent=2,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import random
 import re
 import threading
@@ -54,16 +55,21 @@ def make_release(directory: Path, private_key: Path) -> Path:
 
 
 def report_template() -> str:
-    """One valid report as JSON, its id the placeholder ``@ID@`` the Lua script fills in."""
-    from edgeship.contract.latency import BUCKET_COUNT
+    """One valid report as JSON (schema 2, as this release's agents send), its id the
+    placeholder ``@ID@`` the Lua script fills in. Its 98 latencies spread over the sketch buckets
+    of a log-normal (median 4 ms, sigma 0.5), as a real window's do."""
+    import random
+
+    from edgeship.contract.sketch import LatencySketch
 
     now = dt.datetime.now(dt.timezone.utc)
-    latency = [0] * BUCKET_COUNT
-    latency[2], latency[3] = 80, 10
+    draws = random.Random(0)
+    latency = LatencySketch()
+    latency.add_all(draws.lognormvariate(math.log(0.004), 0.5) for _ in range(98))
     return json.dumps({
         "id": "@ID@", "model": MODEL, "version": VERSION, "variant": "tflite-int8", "cohort": "stable",
         "window_start": (now - dt.timedelta(seconds=30)).isoformat(), "window_end": now.isoformat(),
-        "inferences": 100, "errors": {"runtime_error": 2}, "latency_counts": latency,
+        "inferences": 100, "errors": {"runtime_error": 2}, "schema": 2, "latency": latency.to_wire(),
         "labelled": 20, "correct": 19, "latency_sum_seconds": 0.45,
     }, separators=(",", ":"))
 

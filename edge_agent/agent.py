@@ -26,6 +26,7 @@ import numpy as np
 from edge_agent.backoff import Backoff, VariantBackoff
 from edge_agent.config import AgentConfig
 from edge_agent.download import DownloadError
+from edge_agent.health import read_health
 from edge_agent.identity import Identity
 from edge_agent.installer import Installer, trusted_keys
 from edge_agent.local_metrics import LocalMetrics
@@ -71,7 +72,8 @@ class Agent:
         self.identity = Identity(state / "identity.json")
         self.store = ModelStore(state / "models")
         self.outbox = Outbox(state / "outbox.sqlite", max_reports=config.outbox_max_reports)
-        self.windows = WindowSet()
+        thermal, vcgencmd = config.thermal_dir, str(config.vcgencmd) if config.vcgencmd else None
+        self.windows = WindowSet(health_reader=lambda: read_health(thermal, vcgencmd))
         self.installer = Installer(self.api, self.store, trusted_keys(config.trusted_keys), config.threads,
                                    config.golden_agreement_slack, config.download_max_bytes,
                                    config.download_deadline_seconds)
@@ -332,7 +334,7 @@ class Agent:
 
     def close_window(self) -> None:
         """Close the reporting window(s) into the outbox (kept in memory if the disk is full)."""
-        reports = self._pending + self.windows.close()
+        reports = self._pending + self._with_load_time(self.windows.close())
         if not reports:
             return
         try:
@@ -342,6 +344,18 @@ class Agent:
             self._pending = reports[-self.config.outbox_max_reports:]
             self.outbox.note_dropped(len(reports) - len(self._pending))
             log.error("%s; keeping %d report(s) in memory and running on", err, len(self._pending))
+
+    def _with_load_time(self, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The reports, those of the model running now with the seconds it took to load."""
+        active = self._active
+        seconds = active.model.load_seconds if active is not None else None
+        if seconds is None:
+            return reports
+        running = (active.model.release.model, active.model.version, active.model.variant_id)
+        for report in reports:
+            if (report["model"], report["version"], report["variant"]) == running:
+                report["load_seconds"] = round(seconds, 6)
+        return reports
 
     def flush(self) -> bool:
         """Deliver one batch from the outbox; ``False`` when the server is away."""

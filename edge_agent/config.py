@@ -62,6 +62,9 @@ class AgentConfig:
             only ``predict`` calls).
         rate_per_second: replay rate of the workload.
         ram_bytes: RAM to report (``None``: this host's).
+        thermal_dir: where the CPU's thermal zones are (``None``: ``/sys/class/thermal``).
+        vcgencmd: the Raspberry Pi firmware tool asked whether the CPU is throttled (``None``:
+            ``vcgencmd`` on the PATH, if any).
     """
 
     server: str = ""
@@ -86,6 +89,8 @@ class AgentConfig:
     workload: Path | None = None
     rate_per_second: float = 10.0
     ram_bytes: int | None = None
+    thermal_dir: Path | None = None
+    vcgencmd: Path | None = None
 
     def check(self) -> AgentConfig:
         """Raise :class:`ConfigError` for a setting the agent cannot run with; return self."""
@@ -147,7 +152,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if name == "trusted_keys":
             items = value.split(",") if isinstance(value, str) else list(value)
             return [Path(str(v).strip()) for v in items if str(v).strip()]
-        if name in ("state_dir", "workload"):
+        if name in ("state_dir", "workload", "thermal_dir", "vcgencmd"):
             return Path(value)
         if name in ("threads", "metrics_port", "ram_bytes", "download_max_bytes", "outbox_max_reports"):
             return int(value)

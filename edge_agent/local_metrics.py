@@ -1,8 +1,9 @@
 """An optional local ``/metrics`` endpoint, for people who scrape their devices with Prometheus.
 
 Renders the Prometheus text format (0.0.4) itself, without ``prometheus_client``. Fleet-shaped
-metrics use the exact names and labels of ``edgeship.contract.metrics`` (and the shared latency
-buckets), so the same queries and dashboards work on one device; agent-only metrics are named
+metrics use the exact names and labels of ``edgeship.contract.metrics`` and the latency histogram
+has the server's /metrics bounds (``METRIC_BUCKETS_SECONDS``: 100 µs to 10 s, at most 10% apart),
+so the same queries and dashboards work on one device; agent-only metrics are named
 ``edgeship_agent_*``::
 
     metrics = LocalMetrics(device_class="rpi4")
@@ -19,13 +20,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from edge_agent.window import WindowKey, peak_rss_bytes, shadow_distance
-from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS, bucket_index
+from edgeship.contract.latency import METRIC_BUCKETS_SECONDS
 from edgeship.contract.metrics import METRICS
 from edgeship.contract.reports import counts_as_inference
 
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _FLEET = ("model", "variant", "cohort", "device_class")
+#: latency buckets: one per bound of ``METRIC_BUCKETS_SECONDS`` plus +Inf; their ``le`` values
+#: spelled as prometheus_client (and so the server) prints them (``floatToGoString``: repr here).
+_LATENCY_BUCKETS = len(METRIC_BUCKETS_SECONDS) + 1
+_LE_VALUES = (*(repr(float(bound)) for bound in METRIC_BUCKETS_SECONDS), "+Inf")
 
 
 @dataclass(frozen=True)
@@ -116,8 +122,10 @@ class LocalMetrics:
         with self._lock:
             self._counters[INFERENCES.name][self._labels(INFERENCES, key)] += 1
             labels = self._labels(LATENCY, key)
-            counts = self._latency_counts.setdefault(labels, [0] * BUCKET_COUNT)
-            counts[bucket_index(latency_seconds)] += 1
+            counts = self._latency_counts.get(labels)
+            if counts is None:
+                counts = self._latency_counts[labels] = [0] * _LATENCY_BUCKETS
+            counts[bisect_left(METRIC_BUCKETS_SECONDS, latency_seconds)] += 1  # le: bound >= latency
             self._latency_sums[labels] += latency_seconds
 
     def observe_error(self, key: WindowKey, reason: str) -> None:
@@ -249,8 +257,7 @@ def _render_family(lines: list[str], family: _Family, series: list[tuple[tuple[s
 def _render_histogram(lines: list[str], family: _Family, labels: tuple[str, ...], counts: list[int],
                       total_seconds: float) -> None:
     cumulative = 0
-    bounds = [_number(b) for b in LATENCY_BUCKETS_SECONDS] + ["+Inf"]
-    for bound, count in zip(bounds, counts, strict=True):
+    for bound, count in zip(_LE_VALUES, counts, strict=True):
         cumulative += count
         le_labels = _label_text((*family.labels, "le"), (*labels, bound))
         lines.append(f"{family.name}_bucket{le_labels} {cumulative}")

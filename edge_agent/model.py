@@ -7,6 +7,7 @@ probe) before a :class:`LoadedModel` exists, so the agent swaps in only finished
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ class LoadedModel:
     output_names: list[str]
     classification: bool
     golden: GoldenResult
+    #: seconds the runtime took to load the file (the golden probe not included)
+    load_seconds: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -135,6 +138,7 @@ def load_model(release: Release, model_path: Path, golden_path: Path, threads: i
     input_names = [i["name"] for i in task["inputs"]]
     output_names = [o["name"] for o in task["outputs"]]
     variant = release.variant
+    started = time.perf_counter()
     try:
         runner = open_runner(model_path, variant["format"], input_names, io=variant.get("io"),
                              threads=threads, output_names=output_names)
@@ -143,6 +147,7 @@ def load_model(release: Release, model_path: Path, golden_path: Path, threads: i
     except Exception as err:  # runtimes raise their own types for a file they cannot load
         raise ModelRefused("load_failed",
                            f"{variant['id']}: runtime cannot load it: {first_line(err)}") from None
+    load_seconds = time.perf_counter() - started
     classification = task.get("kind") == "classification"
     batch = int(task["inputs"][0]["shape"][0]) if task["inputs"][0]["shape"] else 1
     try:
@@ -155,4 +160,4 @@ def load_model(release: Release, model_path: Path, golden_path: Path, threads: i
     result = check_golden(outputs, golden, classification, expected, golden_slack)
     if not result.passed:
         raise ModelRefused("golden_mismatch", f"{variant['id']} v{release.version}: {result.reason}")
-    return LoadedModel(release, runner, input_names, output_names, classification, result)
+    return LoadedModel(release, runner, input_names, output_names, classification, result, load_seconds)

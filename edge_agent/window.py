@@ -11,7 +11,7 @@ windows::
     windows.record_error(key, "timeout")
     reports = windows.close()  # -> outbox
 
-Only the standard library and ``edgeship.contract.latency``: this runs on the device.
+Only the standard library and ``edgeship.contract``: this runs on the device.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import ceil, log2
 from typing import Any
 
-from edgeship.contract.latency import BUCKET_COUNT, bucket_index
-from edgeship.contract.reports import COHORTS, ERROR_REASONS, counts_as_inference
+from edgeship.contract.reports import COHORTS, ERROR_REASONS, REPORT_SCHEMA, counts_as_inference
+from edgeship.contract.sketch import INDEX_SCALE, MAX_SECONDS, MIN_SECONDS, LatencySketch
 
 
 def peak_rss_bytes() -> int:
@@ -90,7 +91,7 @@ class Window:
     opened_at: float
     inferences: int = 0
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_REASONS, 0))
-    latency_counts: list[int] = field(default_factory=lambda: [0] * BUCKET_COUNT)
+    latency: LatencySketch = field(default_factory=LatencySketch)
     latency_sum_seconds: float = 0.0
     labelled: int = 0
     correct: int = 0
@@ -111,7 +112,12 @@ class Window:
     def _count_inference(self, latency_seconds: float) -> None:
         # unchecked: callers pass a float they checked (WindowSet's hot path checks only once)
         self.inferences += 1
-        self.latency_counts[bucket_index(latency_seconds)] += 1
+        if MIN_SECONDS < latency_seconds < MAX_SECONDS:  # LatencySketch.add inlined: every predict
+            index = ceil(log2(latency_seconds) * INDEX_SCALE)
+            counts = self.latency.counts
+            counts[index] = counts.get(index, 0) + 1
+        else:
+            self.latency.add(latency_seconds)
         self.latency_sum_seconds += latency_seconds
 
     def record_error(self, reason: str) -> None:
@@ -177,7 +183,8 @@ class Window:
             "window_end": iso_utc(max(closed_at, self.opened_at)),
             "inferences": self.inferences,
             "errors": dict(self.errors),
-            "latency_counts": list(self.latency_counts),
+            "schema": REPORT_SCHEMA,
+            "latency": self.latency.to_wire(),
             "latency_sum_seconds": self.latency_sum_seconds,
             "labelled": self.labelled,
             "correct": self.correct,
@@ -202,12 +209,16 @@ class WindowSet:
     Args:
         clock: unix seconds now; tests pass a fake.
         rss_reader: the process' peak RSS in bytes, read once per close.
+        health_reader: report fields about the device's state (``edge_agent.health``), read
+            once per close and put in every report of it; none by default.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time,
-                 rss_reader: Callable[[], int] = peak_rss_bytes) -> None:
+                 rss_reader: Callable[[], int] = peak_rss_bytes,
+                 health_reader: Callable[[], dict[str, Any]] = dict) -> None:
         self._clock = clock
         self._rss_reader = rss_reader
+        self._health_reader = health_reader
         self._lock = threading.Lock()
         self._windows: dict[WindowKey, Window] = {}
         # The window recorded into last, and its key: the agent records every inference under one
@@ -269,6 +280,7 @@ class WindowSet:
             One report dict per non-empty window (``id`` a fresh uuid4 hex), ready for the outbox.
         """
         peak_rss = self._rss_reader()
+        health = self._health_reader()
         with self._lock:
             closed_at = self._clock() if now is None else now
             closed, self._windows = self._windows, {}
@@ -277,7 +289,7 @@ class WindowSet:
             for key, window in closed.items():
                 if window.is_empty:
                     continue
-                reports.append(window.to_report(key, closed_at, peak_rss, uuid.uuid4().hex))
+                reports.append({**window.to_report(key, closed_at, peak_rss, uuid.uuid4().hex), **health})
                 self._windows[key] = Window(opened_at=closed_at)
         return reports
 

@@ -5,18 +5,20 @@ Usage::
     promtool test rules monitoring/prometheus/alerts_test.yml    # after python -m monitoring.build
 
 Each alert has a test where it fires (series shaped like the server's ``/metrics``: the
-catalogue's labels, ``edgeship.contract.latency`` bounds) beside look-alike series that must not
-fire, and one healthy fleet with an active rollout on which no alert fires at all. Expected
+catalogue's labels, the latency histogram on every bound of ``METRIC_BUCKETS_SECONDS``
+(``edgeship.contract.latency``) spelled as the server prints it) beside look-alike series that
+must not fire, and one healthy fleet with an active rollout on which no alert fires at all. Expected
 annotations are the rules' own templates with the labels and the formatted value filled in,
 so a templating mistake fails the test.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
-from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS
+from edgeship.contract.latency import METRIC_BUCKETS_SECONDS
 from monitoring.alerts import ALERTS
 from monitoring.yaml_text import to_yaml
 
@@ -48,15 +50,23 @@ def _traffic(model: str, cohort: str, per_minute: int, errors: int = 0, reason: 
     return series
 
 
-def _latency(model: str, cohort: str, bucket: int, per_minute: int) -> list[dict[str, str]]:
-    """A latency histogram whose every sample falls in bucket ``bucket`` (index into the bounds)."""
+def _latency(model: str, cohort: str, le: float, per_minute: int) -> list[dict[str, str]]:
+    """A latency histogram whose every sample falls in the bucket of upper bound ``le`` (a bound of
+    ``METRIC_BUCKETS_SECONDS``): its p95 reads 95% of the way from the bound below to ``le``."""
+    if le not in METRIC_BUCKETS_SECONDS:
+        raise ValueError(f"{le!r} is not a bound of METRIC_BUCKETS_SECONDS")
     labels = _fleet(model, cohort)
-    bounds = [*map(str, LATENCY_BUCKETS_SECONDS), "+Inf"]  # as the server exports them
-    series = [_series("edgeship_inference_latency_seconds_bucket",
-                      _counter(per_minute if i >= bucket else 0), **labels, le=le)
-              for i, le in enumerate(bounds)]
+    bounds = [*METRIC_BUCKETS_SECONDS, math.inf]
+    series = [_series("edgeship_inference_latency_seconds_bucket", _counter(per_minute if bound >= le else 0),
+                      **labels, le=_le(bound))
+              for bound in bounds]
     series.append(_series("edgeship_inference_latency_seconds_count", _counter(per_minute), **labels))
     return series
+
+
+def _le(bound: float) -> str:
+    """``bound`` as prometheus_client prints it (``floatToGoString``: ``repr``, ``+Inf``)."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
 
 
 def _rollout(model: str, phase: str, canary_ratio: float, phases: str | None = None, minutes: int = MINUTES,
@@ -93,8 +103,8 @@ def _healthy_fleet() -> list[dict[str, str]]:
     return [
         *_traffic("digits-cnn", "stable", 9000, errors=90, load_failed=1),
         *_traffic("digits-cnn", "canary", 1000, errors=10),
-        *_latency("digits-cnn", "stable", 4, 9000),
-        *_latency("digits-cnn", "canary", 4, 1000),
+        *_latency("digits-cnn", "stable", 0.01, 9000),
+        *_latency("digits-cnn", "canary", 0.01, 1000),
         *_rollout("digits-cnn", "running", 0.1),
         _series("edgeship_rollbacks_total", f"1x{MINUTES}", model="digits-cnn"),
         _series("edgeship_reports_total", _counter(300), outcome="accepted"),
@@ -134,12 +144,16 @@ def promtool_cases() -> list[dict[str, Any]]:
                *_traffic("sparse-net", "stable", 5000, errors=50)],
               _check("5m", error),  # pending: the condition must hold 10m
               _check("25m", error, expect(error, "4%", model="digits-cnn"))),
-        _case("canary p95 latency: 2.5x stable fires; equal latency and thin traffic do not",
-              [*_latency("digits-cnn", "canary", 5, 1000), *_latency("digits-cnn", "stable", 4, 9000),
-               *_latency("healthy-net", "canary", 4, 1000), *_latency("healthy-net", "stable", 4, 9000),
-               *_latency("sparse-net", "canary", 8, 30), *_latency("sparse-net", "stable", 4, 9000)],
+        _case("canary p95 latency: 2.5x stable fires, so does 1.3x under a millisecond (one v1 bucket); "
+              "equal latency, 1.1x and thin traffic do not",
+              [*_latency("digits-cnn", "canary", 0.025, 1000), *_latency("digits-cnn", "stable", 0.01, 9000),
+               *_latency("fast-net", "canary", 0.00065, 1000), *_latency("fast-net", "stable", 0.0005, 9000),
+               *_latency("healthy-net", "canary", 0.01, 1000), *_latency("healthy-net", "stable", 0.01, 9000),
+               *_latency("close-net", "canary", 0.0022, 1000), *_latency("close-net", "stable", 0.002, 9000),
+               *_latency("sparse-net", "canary", 0.1, 30), *_latency("sparse-net", "stable", 0.01, 9000)],
               _check("5m", latency),
-              _check("25m", latency, expect(latency, "2.46", model="digits-cnn"))),
+              _check("25m", latency, expect(latency, "2.50", model="digits-cnn"),
+                     expect(latency, "1.30", model="fast-net"))),
         _case("rollback: the counter grows, or a model's first rollback flips its phase; old ones "
               "do not fire",
               [_series("edgeship_rollbacks_total", "1x20 2x40", model="counter-net"),

@@ -27,6 +27,13 @@ def _t(query: str, legend: str | None = None, **params: str) -> Target:
     return Target(query, params, legend)
 
 
+def _device_value(what: str, field: str) -> str:
+    """The description of a panel showing the mean of an optional report value."""
+    return (f"{what}: the mean over the reports that carried it (field {field}), by cohort. Devices "
+            "that cannot tell leave the field out, and those reports are left out of the mean, not "
+            "counted as zero. No line where no report in the interval carried it.")
+
+
 def fleet_overview() -> dict[str, Any]:
     """The whole fleet: devices, traffic, errors, reports and every model's rollout."""
     return dashboard(
@@ -91,6 +98,18 @@ def rollout() -> dict[str, Any]:
                               "second by cohort (the load-failure guard's input)."),
             Panel("Latency distribution (canary)", (_t("latency_buckets_increase", cohort="canary"),),
                   kind="heatmap"),
+            Panel("Mean peak RSS by cohort", (_t("peak_rss_mean_mib", "{{cohort}}"),),
+                  description=_device_value("Peak RSS of the agent process, in MiB", "peak_rss_bytes")),
+            Panel("Mean model load time by cohort", (_t("load_seconds_mean", "{{cohort}}"),),
+                  description=_device_value("Time to load the model on the device", "load_seconds")),
+            Panel("Mean CPU temperature by cohort", (_t("cpu_temperature_mean", "{{cohort}}"),),
+                  description=_device_value("CPU temperature at the report window's close, in °C",
+                                            "cpu_temp_celsius")),
+            Panel("Share of reports throttled by cohort", (_t("throttled_ratio", "{{cohort}}"),),
+                  description="Reports that said the CPU was throttled at the window's close, over the "
+                              "reports that said whether it was (field throttled), by cohort. Reports "
+                              "without the field (no vcgencmd on the device) are left out: absent is "
+                              "not false. No line where no report in the interval said."),
             stat("Rollbacks in the time range", _t("rollbacks_increase", **OVER_RANGE), width=24,
                  thresholds=((None, "green"), (1, "red"))),
         ],

@@ -12,8 +12,9 @@ Templates use ``$name`` placeholders (:class:`string.Template`; PromQL itself ne
 ``$model``, ``$device_class``, ``$cohort``, ``$outcome`` and ``$reasons`` are values of regex
 matchers (``model=~"$model"``), so ``.+`` means all and a Grafana variable such as ``$model``
 can be passed through as it is; ``$window`` and ``$offset`` are durations (``5m``) or Grafana
-interval variables (``$__rate_interval``); ``$le`` is a latency bucket bound from
-:mod:`edgeship.contract.latency`. The alert rules (:mod:`monitoring.alerts`) and the dashboards
+interval variables (``$__rate_interval``); ``$le`` is a bound of the /metrics latency histogram
+(``METRIC_BUCKETS_SECONDS`` of :mod:`edgeship.contract.latency`, spelled as the server prints
+it: :data:`LE_VALUES`). The alert rules (:mod:`monitoring.alerts`) and the dashboards
 (:mod:`monitoring.dashboards`) are generated from this table by ``python -m monitoring.build``.
 
 Metrics are computed by the server from its database (docs/monitoring.md), so counters are fleet totals:
@@ -28,7 +29,7 @@ from string import Template
 from textwrap import indent
 
 from edgeship.contract import reports
-from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS
+from edgeship.contract.latency import METRIC_BUCKETS_SECONDS
 from edgeship.contract.reports import reasons_regex
 
 #: error reasons of inference errors proper, as the rollout error-rate guard counts them by
@@ -49,6 +50,9 @@ DEFAULT_PARAMS: dict[str, str] = {
 }
 _DURATION = re.compile(r"^(\d+(ms|[smhdwy]))+$|^\$\{?__\w+\}?$")
 _DURATION_PARAMS = frozenset({"window", "offset"})
+#: the ``le`` values of the latency histogram as prometheus_client prints them (its
+#: ``floatToGoString``, which is ``repr`` below 1e6 s): another spelling ("0.10") matches no series.
+LE_VALUES: frozenset[str] = frozenset(repr(float(bound)) for bound in METRIC_BUCKETS_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,18 @@ def _quantile(q: float, by: str, matchers: tuple[str, ...]) -> str:
     return f"histogram_quantile({q}, {_over('rate', _BUCKETS, by, *matchers)})"
 
 
+def _mean(metric: str, by: str, matchers: tuple[str, ...]) -> str:
+    """Mean of a per-report value (a catalogue summary) over the reports in the window that carried
+    one: ``increase(_sum) / increase(_count)``; no series where none did (not 0, not NaN)."""
+    return (f"{_over('increase', f'{metric}_sum', by, *matchers)}\n"
+            f"/ ({_over('increase', f'{metric}_count', by, *matchers)} > 0)")
+
+
+def _throttled_ratio(by: str, matchers: tuple[str, ...]) -> str:
+    return (f"{_over('increase', 'edgeship_reports_throttled_total', by, *matchers)}\n"
+            f"/ ({_over('increase', 'edgeship_reports_throttle_known_total', by, *matchers)} > 0)")
+
+
 def _silent(cohort: str, share_condition: str) -> str:
     """Models with an active rollout whose ``cohort`` should have devices but sent no inferences."""
     reporting = _over("rate", _INFERENCES, "model", _MODEL, f'cohort="{cohort}"')
@@ -189,7 +205,8 @@ QUERIES: dict[str, Query] = {
     "errors_rate_by_device_class_and_reason": Query(
         _over("rate", _ERRORS, "device_class, reason", *_FLEET, _REASONS),
         "Errors per second by device class and reason.", "ops", "{{device_class}} {{reason}}"),
-    # latency (histogram on edgeship.contract.latency)
+    # latency (histogram on METRIC_BUCKETS_SECONDS of edgeship.contract.latency: 100 µs to 10 s,
+    # neighbours at most 10% apart, so histogram_quantile is within 10% of the true quantile)
     "latency_p50": Query(
         _quantile(0.5, "model, cohort, le", _FLEET), "Median on-device inference latency per cohort.",
         "s", "{{model}} {{cohort}} p50"),
@@ -221,6 +238,27 @@ QUERIES: dict[str, Query] = {
     "accuracy_by_device_class": Query(
         _accuracy("device_class, cohort"), "Accuracy per device class and cohort.", "percentunit",
         "{{device_class}} {{cohort}}"),
+    # device values the reports may carry (schema 2): means over the reports that carried them
+    "peak_rss_mean_mib": Query(
+        f"(\n{_nested(_mean('edgeship_report_peak_rss_bytes', 'model, cohort', _FLEET))}\n)\n/ 1048576",
+        "Mean peak RSS of the agent process in MiB, per model and cohort, over the reports in the "
+        "window that carried one (devices that cannot tell leave it out; those reports are not "
+        "counted as 0).", "mbytes", "{{model}} {{cohort}}"),
+    "load_seconds_mean": Query(
+        _mean("edgeship_report_load_seconds", "model, cohort", _FLEET),
+        "Mean model load time per model and cohort, over the reports in the window that carried "
+        "one (reports without it are left out, not counted as 0).", "s", "{{model}} {{cohort}}"),
+    "cpu_temperature_mean": Query(
+        f"(\n{_nested(_mean('edgeship_report_cpu_temperature_kelvin', 'model, cohort', _FLEET))}\n)\n"
+        "- 273.15",
+        "Mean CPU temperature in degrees Celsius per model and cohort, over the reports in the "
+        "window that carried one (devices without a thermal zone leave it out; those reports are "
+        "not counted as 0).", "celsius", "{{model}} {{cohort}}"),
+    "throttled_ratio": Query(
+        _throttled_ratio("model, cohort", _FLEET),
+        "Share of reports that said the CPU was throttled, per model and cohort, among the reports "
+        "in the window that said whether it was (reports that could not tell are left out, not "
+        "counted as unthrottled).", "percentunit", "{{model}} {{cohort}}"),
     # rollouts
     "canary_share": Query(
         f"max by (model) ({_sel('edgeship_rollout_canary_ratio', _MODEL)})",
@@ -312,9 +350,9 @@ def render(name: str, **params: str | float) -> str:
 def _check(key: str, value: str) -> str:
     if key in _DURATION_PARAMS and not _DURATION.match(value):
         raise ValueError(f"{key} must be a duration like 5m or a Grafana interval variable, got {value!r}")
-    if key == "le" and value not in {str(bound) for bound in LATENCY_BUCKETS_SECONDS}:
-        # the server exports bounds as str(float): another spelling ("0.10") matches no series
-        raise ValueError(f"le must be a bound of edgeship.contract.latency as str(float), got {value!r}")
+    if key == "le" and value not in LE_VALUES:
+        raise ValueError("le must be a bound of METRIC_BUCKETS_SECONDS (edgeship.contract.latency) spelled "
+                         f"as the server prints it (0.1, 0.00025, 1.0), got {value!r}")
     if any(c in value for c in '"\n\\') and key not in _DURATION_PARAMS:
         raise ValueError(f"{key} must not contain quotes, backslashes or newlines, got {value!r}")
     return value

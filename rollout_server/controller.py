@@ -10,6 +10,7 @@ re-checks the condition after the row lock), so each rollout advances exactly on
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from typing import Any
 
@@ -32,6 +33,7 @@ from rollout_server.analysis import (
     assess,
     decide,
 )
+from rollout_server.analysis.device_latency import arm_latency
 from rollout_server.analysis.sample_ratio import SRM_ALPHA, SRM_GRACE_SECONDS, SampleRatio, sample_ratio
 from rollout_server.analysis.stats import look_alpha
 from rollout_server.analysis.window import SPREAD_FIELDS
@@ -105,7 +107,8 @@ def load_sample_ratio(session: Session, rollout: Rollout, state: RolloutState,
 
 
 def load_measurements(session: Session, rollout: Rollout, state: RolloutState) -> Measurements:
-    """Stage-cumulative aggregates per cohort and device class: one GROUP BY over the reports."""
+    """Stage-cumulative aggregates per cohort and device class: GROUP BYs over the reports, and
+    the latencies per device (:func:`_stage_latency`)."""
     since = (dt.datetime.fromtimestamp(state.stage_started_at, dt.timezone.utc)
              if state.stage_started_at is not None else rollout.created_at)
     load_failed = or_(*(getattr(Report, f"err_{reason}") > 0 for reason in INSTALL_ERROR_REASONS))
@@ -115,7 +118,6 @@ def load_measurements(session: Session, rollout: Rollout, state: RolloutState) -
         func.count(distinct(Report.device_id)),
         func.count(distinct(case((load_failed, Report.device_id)))),
         *(func.sum(getattr(Report, f"err_{reason}")) for reason in ERROR_REASONS),
-        *(func.sum(getattr(Report, f"lat_{i}")) for i in range(BUCKET_COUNT)),
     ]
     in_stage = (Report.rollout_id == rollout.id, Report.window_end > since)
     rows = session.execute(
@@ -124,57 +126,94 @@ def load_measurements(session: Session, rollout: Rollout, state: RolloutState) -
         .group_by(Report.cohort, Report.device_class)
     )
     spread = _device_spread(session, in_stage)
+    latency = _stage_latency(session, in_stage)
+    per_device = _device_values(session, in_stage)
     by_cohort: dict[str, dict[str, ArmWindow]] = {"stable": {}, "canary": {}}
     for cohort, device_class, *sums in rows:
         values = [int(v or 0) for v in sums]
         inferences, labelled, correct, shadow, agree, devices, failed = values[:7]
-        errors = dict(zip(ERROR_REASONS, values[7 : 7 + len(ERROR_REASONS)], strict=True))
+        errors = dict(zip(ERROR_REASONS, values[7:], strict=True))
         by_cohort[cohort][device_class] = ArmWindow(
-            inferences=inferences, errors=errors, latency_counts=tuple(values[7 + len(ERROR_REASONS):]),
+            inferences=inferences, errors=errors,
             labelled_samples=labelled, labelled_correct=correct, devices_reporting=devices,
             devices_load_failed=failed, shadow_samples=shadow, shadow_agreements=agree,
-            **spread.get((cohort, device_class), {}),
+            **spread.get((cohort, device_class), {}), **latency.get((cohort, device_class), {}),
+            **per_device.get((cohort, device_class), {}),
         )
     return Measurements.from_classes(by_cohort["stable"], by_cohort["canary"], look=state.next_look)
 
 
 def _device_spread(session: Session, in_stage: tuple) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per cohort and device class, the per-device sums of :class:`ArmWindow` (``error_devices``,
-    ``device_errors_sq``, ..., ``labelled_devices``, ..., ``latency_devices``, ...,
-    ``device_above_sq``, ``device_above_samples``) over the stage: how unevenly inference
-    errors, wrong predictions and slow inferences fall on devices."""
+    """Per cohort and device class, the per-device sums of :class:`ArmWindow` for errors
+    (``error_devices``, ``device_errors_sq``, ...) and wrong predictions (``labelled_devices``,
+    ...) over the stage: how unevenly they fall on devices."""
     errors = sum(getattr(Report, f"err_{reason}") for reason in INFERENCE_ERROR_REASONS)
-    buckets = [getattr(Report, f"lat_{i}") for i in range(BUCKET_COUNT)]
     per_device = (
         select(Report.cohort, Report.device_class, func.sum(Report.inferences).label("n"),
                func.sum(errors).label("x"), func.sum(Report.labelled).label("l"),
-               func.sum(Report.labelled - Report.correct).label("w"), func.sum(sum(buckets)).label("s"),
-               *(func.sum(sum(buckets[k + 1:])).label(f"a{k}") for k in range(BUCKET_COUNT - 1)))
+               func.sum(Report.labelled - Report.correct).label("w"))
         .where(*in_stage)
         .group_by(Report.cohort, Report.device_class, Report.device_id)
         .subquery()
     )
     c = per_device.c
     # as floats: squares overflow BIGINT
-    n, x, lab, w, samples = (cast(column, Float) for column in (c.n, c.x, c.l, c.w, c.s))
-    above = [cast(c[f"a{k}"], Float) for k in range(BUCKET_COUNT - 1)]
+    n, x, lab, w = (cast(column, Float) for column in (c.n, c.x, c.l, c.w))
     rows = session.execute(
         select(c.cohort, c.device_class, func.count(c.n).filter(c.n > 0),
                func.sum(x * x), func.sum(x * n), func.sum(n * n),
-               func.count(c.l).filter(c.l > 0), func.sum(w * w), func.sum(w * lab), func.sum(lab * lab),
-               func.count(c.s).filter(c.s > 0), func.sum(samples * samples),
-               *(func.sum(a * a) for a in above), *(func.sum(a * samples) for a in above))
+               func.count(c.l).filter(c.l > 0), func.sum(w * w), func.sum(w * lab), func.sum(lab * lab))
         .group_by(c.cohort, c.device_class)
     )
-    spread = {}
-    cuts = BUCKET_COUNT - 1
-    for cohort, device_class, *sums in rows:
-        values = [round(v or 0) for v in sums]
-        scalars, above_sq, above_samples = values[:-2 * cuts], values[-2 * cuts:-cuts], values[-cuts:]
-        spread[(cohort, device_class)] = {**dict(zip(SPREAD_FIELDS, scalars, strict=True)),
-                                          "device_above_sq": tuple(above_sq),
-                                          "device_above_samples": tuple(above_samples)}
-    return spread
+    return {(cohort, device_class): dict(zip(COUNT_SPREAD, (round(v or 0) for v in sums), strict=True))
+            for cohort, device_class, *sums in rows}
+
+
+def _device_values(session: Session, in_stage: tuple) -> dict[tuple[str, str], dict[str, tuple[float, ...]]]:
+    """Per cohort and device class, each device's largest peak RSS and model load time over the
+    stage (``device_peak_rss``, ``device_load_seconds``; devices that never said are left out)."""
+    rows = session.execute(
+        select(Report.cohort, Report.device_class, func.max(Report.peak_rss_bytes),
+               func.max(Report.load_seconds))
+        .where(*in_stage)
+        .group_by(Report.cohort, Report.device_class, Report.device_id))
+    found: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for cohort, device_class, rss, load in rows:
+        arm = found.setdefault((cohort, device_class), {"device_peak_rss": [], "device_load_seconds": []})
+        if rss:
+            arm["device_peak_rss"].append(float(rss))
+        if load is not None:
+            arm["device_load_seconds"].append(float(load))
+    return {arm: {name: tuple(v) for name, v in fields.items()} for arm, fields in found.items()}
+
+
+#: the per-device sums :func:`_device_spread` computes in SQL (the latency ones come from Python).
+COUNT_SPREAD = tuple(name for name in SPREAD_FIELDS if not name.startswith(("latency_", "device_latency")))
+
+
+def _stage_latency(session: Session, in_stage: tuple) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per cohort and device class, :class:`ArmWindow`'s latency fields (:func:`arm_latency`)
+    from each device's stage data: its schema-1 histograms summed in SQL, its schema-2 sketches
+    merged here."""
+    v1 = session.execute(
+        select(Report.cohort, Report.device_class, Report.device_id,
+               *(func.sum(getattr(Report, f"lat_{i}")) for i in range(BUCKET_COUNT)))
+        .where(*in_stage, Report.latency_sketch.is_(None))
+        .group_by(Report.cohort, Report.device_class, Report.device_id))
+    devices: dict[tuple[str, str, str], tuple[list[int], dict[int, int]]] = {}
+    for cohort, device_class, device_id, *counts in v1:
+        devices[(cohort, device_class, device_id)] = ([int(c or 0) for c in counts], {})
+    sketches = session.execute(
+        select(Report.cohort, Report.device_class, Report.device_id, Report.latency_sketch)
+        .where(*in_stage, Report.latency_sketch.is_not(None)))
+    for cohort, device_class, device_id, text in sketches:
+        _, merged = devices.setdefault((cohort, device_class, device_id), ([0] * BUCKET_COUNT, {}))
+        for index, count in json.loads(text)["buckets"]:
+            merged[index] = merged.get(index, 0) + count
+    arms: dict[tuple[str, str], list[tuple[list[int], dict[int, int]]]] = {}
+    for (cohort, device_class, _), data in devices.items():
+        arms.setdefault((cohort, device_class), []).append(data)
+    return {arm: arm_latency(data) for arm, data in arms.items()}
 
 
 def step_rollout(

@@ -165,6 +165,14 @@ class Report(Base):
     peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     dropped_windows: Mapped[int] = mapped_column(Integer, default=0)
     latency_sum_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    #: schema-2 reports: the latency sketch as JSON (``edgeship.contract.sketch`` wire form);
+    #: their ``lat_*`` columns stay 0, which hold only what schema-1 reports sent.
+    latency_sketch: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: what the device could tell (NULL when it could not): the model's load time, its CPU's
+    #: temperature and whether it was throttled at the window's close
+    load_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cpu_temp_celsius: Mapped[float | None] = mapped_column(Float, nullable=True)
+    throttled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
     @property
     def errors(self) -> dict[str, int]:
@@ -213,6 +221,34 @@ TOTALLED: tuple[str, ...] = (
 )
 for _name in TOTALLED[4:]:
     setattr(ReportTotal, _name, mapped_column(_name, BigInteger, default=0, nullable=False))
+
+#: ``report_totals`` columns over the optional per-report values, in the writer's order after
+#: :data:`TOTALLED`: name → (the ``reports`` column, what is summed: ``sum`` of the values
+#: given, ``count`` of reports that gave one, ``true`` of reports whose value is true). A mean
+#: is a sum over its count; absent values count in neither.
+DEVICE_TOTALS: dict[str, tuple[str, str]] = {
+    "peak_rss_sum": ("peak_rss_bytes", "sum"), "peak_rss_reports": ("peak_rss_bytes", "count"),
+    "load_seconds_sum": ("load_seconds", "sum"), "load_reports": ("load_seconds", "count"),
+    "cpu_temp_sum": ("cpu_temp_celsius", "sum"), "cpu_temp_reports": ("cpu_temp_celsius", "count"),
+    "throttled_reports": ("throttled", "true"), "throttle_known_reports": ("throttled", "count"),
+}
+for _name, (_source, _kind) in DEVICE_TOTALS.items():
+    setattr(ReportTotal, _name, mapped_column(_name, Float if _kind == "sum" else BigInteger, default=0,
+                                              nullable=False))
+
+
+class LatencyTotal(Base):
+    """Running sums of the schema-2 reports' latency sketches per ``report_totals`` key and sketch
+    bucket, for ``/metrics`` (sharded like :class:`ReportTotal`)."""
+
+    __tablename__ = "latency_totals"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    variant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cohort: Mapped[str] = mapped_column(String(8), primary_key=True)
+    device_class: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
 
 
 class AuditEntry(Base):

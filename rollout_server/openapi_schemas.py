@@ -9,6 +9,8 @@ from typing import Any
 
 from edgeship.contract.latency import BUCKET_COUNT
 from edgeship.contract.reports import ERROR_REASONS
+from edgeship.contract.sketch import MAX_BUCKETS, MAX_INDEX, MIN_INDEX
+from edgeship.contract.sketch import SCHEMA as SKETCH_SCHEMA
 from rollout_server.analysis import Metric, Mode, Phase
 from rollout_server.auth import ENROLL, ROLES
 
@@ -227,7 +229,7 @@ RELEASE = _object({
     "created": {"type": "boolean", "description": "Publish only: false for an identical re-publish."},
 }, ("model", "version", "signed_by", "created_at", "stable", "variants", "golden"))
 
-REPORT = _object({
+_REPORT_FIELDS: dict[str, Schema] = {
     "id": _text(description="Made by the device; the server accepts each id at most once per device."),
     "model": _text(pattern=NAME_PATTERN),
     "version": _text(),
@@ -239,18 +241,40 @@ REPORT = _object({
     "inferences": _count(),
     "errors": _object({reason: _nullable(_count()) for reason in ERROR_REASONS}, closed=True,
                       description="Errors by reason."),
-    "latency_counts": {"type": "array", "minItems": BUCKET_COUNT, "maxItems": BUCKET_COUNT,
-                       "items": _count(),
-                       "description": "Latency histogram on the shared buckets (edgeship.contract.latency); "
-                                      "its sum must not exceed inferences."},
+    "latency_sum_seconds": _nullable({"type": "number", "minimum": 0, "maximum": 1e9}),
     "labelled": _nullable(_count()),
     "correct": _nullable(_count(description="At most labelled.")),
     "shadow_samples": _nullable(_count()),
     "shadow_agree": _nullable(_count(description="At most shadow_samples.")),
     "peak_rss_bytes": _nullable(_count()),
     "dropped_windows": _nullable(_count(10**6)),
-}, ("id", "model", "version", "variant", "cohort", "window_start", "window_end", "inferences",
-    "latency_counts"))
+}
+_REPORT_REQUIRED = ("id", "model", "version", "variant", "cohort", "window_start", "window_end", "inferences")
+
+REPORT_V2 = _object({
+    **_REPORT_FIELDS,
+    "schema": {"type": "integer", "enum": [2]},
+    "latency": _object({
+        "schema": {"type": "integer", "enum": [SKETCH_SCHEMA]},
+        "buckets": {"type": "array", "maxItems": MAX_BUCKETS, "items": {
+            "type": "array", "minItems": 2, "maxItems": 2,
+            "items": {"type": "integer", "minimum": MIN_INDEX, "maximum": MAX_INDEX},
+            "description": "[index, count]: count latencies in (2^((index-1)/32), 2^(index/32)] s; "
+                           "each index once."}},
+    }, ("schema", "buckets"), closed=True,
+        description="Latency sketch (edgeship.contract.sketch); its total must not exceed inferences."),
+}, (*_REPORT_REQUIRED, "schema", "latency"), description="A report of this release's agents.")
+
+REPORT_V1 = _object({
+    **_REPORT_FIELDS,
+    "schema": {"type": "integer", "enum": [1]},
+    "latency_counts": {"type": "array", "minItems": BUCKET_COUNT, "maxItems": BUCKET_COUNT,
+                       "items": _count(),
+                       "description": "The v1 latency histogram (edgeship.contract.latency); "
+                                      "its sum must not exceed inferences."},
+}, (*_REPORT_REQUIRED, "latency_counts"), description="A report of an agent before schema 2.")
+
+REPORT: Schema = {"oneOf": [_ref("ReportV2"), _ref("ReportV1")]}
 
 ASSIGNMENT = _object({
     "model": {"type": "string"},
@@ -301,6 +325,7 @@ TOKEN_CREATE = _object({
 SCHEMAS: dict[str, Schema] = {
     "Error": ERROR, "Stage": STAGE, "Guard": GUARD, "GuardSpec": GUARD_SPEC,
     "RolloutCreate": ROLLOUT_CREATE, "RolloutSummary": ROLLOUT_SUMMARY, "RolloutStatus": ROLLOUT_STATUS,
-    "Variant": VARIANT, "Release": RELEASE, "Report": REPORT, "Assignment": ASSIGNMENT,
+    "Variant": VARIANT, "Release": RELEASE, "Report": REPORT, "ReportV1": REPORT_V1, "ReportV2": REPORT_V2,
+    "Assignment": ASSIGNMENT,
     "DeviceRegistration": REGISTER, "TokenCreate": TOKEN_CREATE,
 }

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from edgeship.contract.latency import BUCKET_COUNT
-from edgeship.contract.reports import ERROR_REASONS, MAX_BATCH
+from edgeship.contract.reports import ERROR_REASONS, MAX_BATCH, MAX_LOAD_SECONDS, TEMPERATURE_RANGE
+from edgeship.contract.sketch import MAX_BUCKETS, MAX_INDEX, MIN_INDEX, SCHEMA, LatencySketch
 from rollout_server.hot_cache import DeviceSnapshot
 from rollout_server.validation import utc_time
 
@@ -19,12 +20,27 @@ COLUMNS: tuple[str, ...] = (
     "device_class", "window_start", "window_end", "inferences", "labelled", "correct", "shadow_samples",
     "shadow_agree", "peak_rss_bytes", "dropped_windows", "latency_sum_seconds",
     *(f"err_{reason}" for reason in ERROR_REASONS), *(f"lat_{i}" for i in range(BUCKET_COUNT)),
+    "latency_sketch", "load_seconds", "cpu_temp_celsius", "throttled",
 )
+#: the ``lat_*`` columns of a schema-2 report: it sends a sketch, stored in ``latency_sketch``.
+NO_V1_LATENCY: tuple[int, ...] = (0,) * BUCKET_COUNT
+
+
+def sketch_text(sketch: LatencySketch) -> str:
+    """How ``reports.latency_sketch`` stores a sketch: its wire form as compact JSON."""
+    return msgspec.json.encode(sketch.to_wire()).decode()
 
 
 _MAX_COUNT = 10**12
 _Count = Annotated[int, msgspec.Meta(ge=0, le=_MAX_COUNT)]
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+_Celsius = Annotated[float, msgspec.Meta(ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])]
+
+
+class _PlainSketch(msgspec.Struct, forbid_unknown_fields=True):
+    schema: Literal[SCHEMA]  # type: ignore[valid-type]
+    buckets: Annotated[list[tuple[Annotated[int, msgspec.Meta(ge=MIN_INDEX, le=MAX_INDEX)], _Count]],
+                       msgspec.Meta(max_length=MAX_BUCKETS)]
 
 
 class _PlainReport(msgspec.Struct):
@@ -42,7 +58,10 @@ class _PlainReport(msgspec.Struct):
     window_start: str
     window_end: str
     inferences: _Count
-    latency_counts: Annotated[list[_Count], msgspec.Meta(min_length=BUCKET_COUNT, max_length=BUCKET_COUNT)]
+    schema: Literal[1, 2] = 1
+    latency_counts: Annotated[list[_Count], msgspec.Meta(min_length=BUCKET_COUNT,
+                                                         max_length=BUCKET_COUNT)] | None = None
+    latency: _PlainSketch | None = None
     rollout_id: Annotated[int, msgspec.Meta(ge=0, lt=2**31)] | None = None
     errors: dict[str, _Count | None] | None = None
     latency_sum_seconds: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
@@ -52,6 +71,9 @@ class _PlainReport(msgspec.Struct):
     shadow_agree: _Count | None = None
     peak_rss_bytes: _Count | None = None
     dropped_windows: Annotated[int, msgspec.Meta(ge=0, le=10**6)] | None = None
+    load_seconds: Annotated[float, msgspec.Meta(ge=0, le=MAX_LOAD_SECONDS)] | None = None
+    cpu_temp_celsius: _Celsius | None = None
+    throttled: bool | None = None
 
 
 class _PlainBatch(msgspec.Struct):
@@ -95,9 +117,20 @@ def fast_rows(body: bytes, device: DeviceSnapshot, known: dict) -> list[tuple[An
                 end = times[r.window_end] = utc_time(r.window_end)
         except ValueError:
             return None
-        latency, inferences = r.latency_counts, r.inferences
-        if end < start or sum(latency) > inferences:
+        inferences = r.inferences
+        if end < start:
             return None
+        if r.schema == 1:
+            latency, sketch = r.latency_counts, None
+            if latency is None or r.latency is not None or sum(latency) > inferences:
+                return None
+        else:
+            if r.latency is None or r.latency_counts is not None:
+                return None
+            counts = dict(r.latency.buckets)
+            if len(counts) != len(r.latency.buckets) or sum(counts.values()) > inferences:
+                return None
+            latency, sketch = NO_V1_LATENCY, sketch_text(LatencySketch(counts))
         errors = r.errors
         if errors is None:
             error_counts = [0] * len(ERROR_REASONS)
@@ -112,5 +145,7 @@ def fast_rows(body: bytes, device: DeviceSnapshot, known: dict) -> list[tuple[An
         rows.append((r.id, device.id, model_id, release_id, r.variant, rollout_id, r.cohort,
                      device.device_class, start, end, inferences, labelled, correct, shadow, agree,
                      r.peak_rss_bytes or None, r.dropped_windows or 0, float(r.latency_sum_seconds or 0.0),
-                     *error_counts, *latency))
+                     *error_counts, *latency, sketch,
+                     None if r.load_seconds is None else float(r.load_seconds),
+                     None if r.cpu_temp_celsius is None else float(r.cpu_temp_celsius), r.throttled))
     return rows

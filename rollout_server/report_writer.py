@@ -1,5 +1,6 @@
-"""The report writer: report rows into ``reports`` and their sums into ``report_totals``, one
-transaction per group of batches (SQLite file, PostgreSQL, in-memory SQLite)."""
+"""The report writer: report rows into ``reports`` and their sums into ``report_totals`` and
+``latency_totals``, one transaction per group of batches (SQLite file, PostgreSQL, in-memory
+SQLite)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
@@ -20,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from rollout_server import db as dbmod
-from rollout_server.models import TOTALLED, Report, ReportTotal, utcnow
+from rollout_server.models import DEVICE_TOTALS, TOTALLED, LatencyTotal, Report, ReportTotal, utcnow
 from rollout_server.report_rows import COLUMNS
 
 #: the most rows the writer puts in one transaction (a group of batches; one batch may be more).
@@ -61,6 +63,7 @@ class ReportWriter:
         marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
         self.sql = f"INSERT INTO {REPORTS.name} ({', '.join(columns)}) VALUES ({marks})"
         self.totals_sql = _totals_upsert(dialect.paramstyle)
+        self.latency_sql = _latency_upsert(dialect.paramstyle)
         #: PostgreSQL: rows and totals in one autocommit statement (:func:`_insert_and_add_sql`)
         self.postgres = dialect.name == "postgresql"
         self.postgres_sql = _insert_and_add_sql(dialect, columns) if self.postgres else None
@@ -114,7 +117,7 @@ class ReportWriter:
         in its own transaction, so a batch is still stored all or none and only the batch with
         the stored id gets the IntegrityError.
         """
-        entry = _Pending(self._params(rows), {} if self.postgres else report_totals(rows))
+        entry = _Pending(self._params(rows), Totals() if self.postgres else report_totals(rows))
         with self._mutex:
             self._pending.append(entry)
             lead = not self._leading
@@ -203,17 +206,25 @@ class ReportWriter:
             params = [(*row, received) for row in rows]
         return params
 
-    def add_totals(self, connection: Any, totals: dict[tuple[Any, ...], list[Any]]) -> None:
+    def add_totals(self, connection: Any, totals: Totals) -> None:
         """Add ``totals`` to this process's shard, in ``connection``'s transaction (SQLAlchemy)."""
         for added in self.totals_params(totals):  # mostly one key: execute, not executemany
             connection.exec_driver_sql(self.totals_sql, added)
+        latency = self.latency_params(totals)
+        if latency:
+            connection.exec_driver_sql(self.latency_sql, latency)
 
-    def totals_params(self, totals: dict[tuple[Any, ...], list[Any]]) -> list[tuple[Any, ...]]:
+    def totals_params(self, totals: Totals) -> list[tuple[Any, ...]]:
         """Parameters of :attr:`totals_sql` adding ``totals`` to this process's shard."""
         shard = os.getpid() % TOTAL_SHARDS
-        return [(*key, shard, *sums) for key, sums in totals.items()]
+        return [(*key, shard, *sums) for key, sums in totals.reports.items()]
 
-    def _write(self, params: list[Any], totals: dict[tuple[Any, ...], list[Any]]) -> None:
+    def latency_params(self, totals: Totals) -> list[tuple[Any, ...]]:
+        """Parameters of :attr:`latency_sql` (executemany) adding the sketch buckets of ``totals``."""
+        shard = os.getpid() % TOTAL_SHARDS
+        return [(*key, shard, bucket, count) for (*key, bucket), count in totals.latency.items()]
+
+    def _write(self, params: list[Any], totals: Totals) -> None:
         """Insert the rows and add their totals, in one transaction."""
         if self.postgres:
             self._write_postgres(params)
@@ -229,6 +240,9 @@ class ReportWriter:
             connection.executemany(self.sql, params)  # pysqlite begins the transaction first
             for added in self.totals_params(totals):
                 connection.execute(self.totals_sql, added)
+            latency = self.latency_params(totals)
+            if latency:
+                connection.executemany(self.latency_sql, latency)
             connection.commit()
         except BaseException as err:
             self._failed(err, _rollback(connection))
@@ -246,7 +260,8 @@ class ReportWriter:
             if not connection.autocommit:
                 connection.autocommit = True
             rows = json.dumps(params, separators=(",", ":"))
-            connection.execute(self.postgres_sql, (rows, os.getpid() % TOTAL_SHARDS))
+            shard = os.getpid() % TOTAL_SHARDS
+            connection.execute(self.postgres_sql, (rows, shard, shard))
         except BaseException as err:  # autocommit: a failed statement left nothing to roll back
             self._failed(err, not connection.closed)
             raise
@@ -306,7 +321,7 @@ class _Pending:
 
     __slots__ = ("done", "error", "params", "totals", "wake")
 
-    def __init__(self, params: list[Any], totals: dict[tuple[Any, ...], list[Any]]) -> None:
+    def __init__(self, params: list[Any], totals: Totals) -> None:
         self.params = params
         self.totals = totals
         self.wake = threading.Event()
@@ -337,32 +352,62 @@ TOTAL_SHARDS = 16
 _TOTAL_KEY = ("model_id", "variant_id", "cohort", "device_class")
 _key_of = operator.itemgetter(*(COLUMNS.index(name) for name in _TOTAL_KEY))
 _summed_of = operator.itemgetter(*(COLUMNS.index(name) for name in TOTALLED))
+_optional_of = operator.itemgetter(*(COLUMNS.index(source) for source, _ in DEVICE_TOTALS.values()))
+_OPTIONAL_KINDS = tuple(kind for _, kind in DEVICE_TOTALS.values())
 
 
-def report_totals(rows: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], list[Any]]:
-    """Rows (in :data:`COLUMNS` order) summed per ``report_totals`` key: [reports, *TOTALLED]."""
-    totals: dict[tuple[Any, ...], list[Any]] = {}
-    for row in rows:
-        key = _key_of(row)
-        sums = totals.get(key)
-        if sums is None:
-            totals[key] = [1, *_summed_of(row)]
-        else:
-            totals[key] = [sums[0] + 1, *map(operator.add, sums[1:], _summed_of(row))]
-    return totals
+def _optional_sums(row: tuple[Any, ...]) -> list[Any]:
+    """A row's contribution to the :data:`DEVICE_TOTALS` columns."""
+    return [(float(value) if value is not None else 0.0) if kind == "sum"
+            else int(value is not None) if kind == "count" else int(value is True)
+            for value, kind in zip(_optional_of(row), _OPTIONAL_KINDS, strict=True)]
+_SKETCH = COLUMNS.index("latency_sketch")
 
 
-def merge_totals(parts: Iterable[dict[tuple[Any, ...], list[Any]]]) -> dict[tuple[Any, ...], list[Any]]:
-    """The sum of several :func:`report_totals` results."""
-    merged: dict[tuple[Any, ...], list[Any]] = {}
-    for part in parts:
-        for key, sums in part.items():
-            into = merged.get(key)
+@dataclass
+class Totals:
+    """What a group of rows adds: per ``report_totals`` key ``[reports, *TOTALLED]``; per key and
+    sketch bucket, the latencies of schema-2 reports (``latency_totals``)."""
+
+    reports: dict[tuple[Any, ...], list[Any]] = field(default_factory=dict)
+    latency: dict[tuple[Any, ...], int] = field(default_factory=dict)
+
+    def add(self, other: Totals) -> None:
+        for key, sums in other.reports.items():
+            into = self.reports.get(key)
             if into is None:
-                merged[key] = list(sums)
+                self.reports[key] = list(sums)
             else:
                 for j, value in enumerate(sums):
                     into[j] += value
+        for key, count in other.latency.items():
+            self.latency[key] = self.latency.get(key, 0) + count
+
+
+def report_totals(rows: list[tuple[Any, ...]]) -> Totals:
+    """Rows (in :data:`COLUMNS` order) summed per ``report_totals`` key and sketch bucket."""
+    totals = Totals()
+    reports, latency = totals.reports, totals.latency
+    for row in rows:
+        key = _key_of(row)
+        sums = reports.get(key)
+        added = [*_summed_of(row), *_optional_sums(row)]
+        if sums is None:
+            reports[key] = [1, *added]
+        else:
+            reports[key] = [sums[0] + 1, *map(operator.add, sums[1:], added)]
+        sketch = row[_SKETCH]
+        if sketch is not None:
+            for bucket, count in json.loads(sketch)["buckets"]:
+                latency[(*key, bucket)] = latency.get((*key, bucket), 0) + count
+    return totals
+
+
+def merge_totals(parts: Iterable[Totals]) -> Totals:
+    """The sum of several :func:`report_totals` results."""
+    merged = Totals()
+    for part in parts:
+        merged.add(part)
     return merged
 
 
@@ -384,27 +429,55 @@ def _insert_and_add_sql(dialect: Any, columns: tuple[str, ...]) -> str:
 
     One statement is atomic on its own, so it runs in autocommit: one round trip per batch
     (BEGIN, INSERT, upsert and COMMIT were four). Its parameters are the rows as one JSON
-    array of arrays (values in ``columns`` order), then the writer's shard.
+    array of arrays (values in ``columns`` order), then the writer's shard twice (for
+    ``report_totals`` and for ``latency_totals``, which sums the stored sketches' buckets).
     """
     table = ReportTotal.__tablename__
     key = ", ".join(_TOTAL_KEY)
-    added = ("reports", *TOTALLED)
+    added = ("reports", *TOTALLED, *DEVICE_TOTALS)
+    optional = ", ".join(_optional_sql(source, kind) for source, kind in DEVICE_TOTALS.values())
+    sources = ", ".join(dict.fromkeys(source for source, _ in DEVICE_TOTALS.values()))
     values = ", ".join(f"(r->>{i})::{_cast(name, dialect)}" for i, name in enumerate(columns))
     updates = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in added)
+    latency = LatencyTotal.__tablename__
+    bucket = "(b->>0)::integer"
     return (f"WITH new AS (INSERT INTO {REPORTS.name} ({', '.join(columns)}) "
             f"SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS r "
-            f"RETURNING {key}, {', '.join(TOTALLED)}) "
-            f"INSERT INTO {table} ({key}, shard, {', '.join(added)}) "
-            f"SELECT {key}, %s, count(*), {', '.join(f'sum({name})' for name in TOTALLED)} "
+            f"RETURNING {key}, {', '.join(TOTALLED)}, {sources}, latency_sketch), "
+            f"added AS (INSERT INTO {table} ({key}, shard, {', '.join(added)}) "
+            f"SELECT {key}, %s, count(*), {', '.join(f'sum({name})' for name in TOTALLED)}, {optional} "
             f"FROM new GROUP BY {key} "
-            f"ON CONFLICT ({key}, shard) DO UPDATE SET {updates}")
+            f"ON CONFLICT ({key}, shard) DO UPDATE SET {updates}) "
+            f"INSERT INTO {latency} ({key}, shard, bucket, count) "
+            f"SELECT {key}, %s, {bucket}, sum((b->>1)::bigint) "
+            f"FROM new CROSS JOIN LATERAL jsonb_array_elements(new.latency_sketch::jsonb->'buckets') AS b "
+            f"WHERE new.latency_sketch IS NOT NULL GROUP BY {key}, {bucket} "
+            f"ON CONFLICT ({key}, shard, bucket) DO UPDATE SET count = {latency}.count + excluded.count")
+
+
+def _optional_sql(source: str, kind: str) -> str:
+    """SQL of one :data:`DEVICE_TOTALS` column over the inserted rows (as :func:`_optional_sums`)."""
+    if kind == "sum":
+        return f"coalesce(sum({source}), 0)"
+    if kind == "count":
+        return f"count({source})"
+    return f"count(*) FILTER (WHERE {source})"
+
+
+def _latency_upsert(paramstyle: str) -> str:
+    """INSERT ... ON CONFLICT DO UPDATE adding to a ``latency_totals`` row (SQLite and PostgreSQL)."""
+    table = LatencyTotal.__tablename__
+    columns = (*_TOTAL_KEY, "shard", "bucket", "count")
+    marks = ", ".join("?" if paramstyle == "qmark" else "%s" for _ in columns)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(columns[:-1])}) DO UPDATE SET count = {table}.count + excluded.count")
 
 
 def _totals_upsert(paramstyle: str) -> str:
     """INSERT ... ON CONFLICT DO UPDATE adding to a ``report_totals`` row (SQLite and PostgreSQL)."""
     table = ReportTotal.__tablename__
     key = (*_TOTAL_KEY, "shard")
-    added = ("reports", *TOTALLED)
+    added = ("reports", *TOTALLED, *DEVICE_TOTALS)
     marks = ", ".join("?" if paramstyle == "qmark" else "%s" for _ in (*key, *added))
     updates = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in added)
     return (f"INSERT INTO {table} ({', '.join((*key, *added))}) VALUES ({marks}) "

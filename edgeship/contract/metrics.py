@@ -3,6 +3,14 @@
 The server exports these (``rollout_server.api.metrics``), the agent's local ``/metrics`` uses the
 same names, and the alert rules and dashboards query them. Labels are bounded: no per-device
 label ever (docs/protocol.md).
+
+Kinds: ``counter`` (exported as ``<name>``, ending ``_total``), ``gauge``, ``histogram``
+(``_bucket``/``_sum``/``_count``) and ``summary``: a quantile-less summary, only ``<name>_sum``
+and ``<name>_count``, both counters, so a mean over a window is
+``increase(<name>_sum[w]) / increase(<name>_count[w])``. The ``edgeship_report_*`` summaries
+hold optional per-report values (peak RSS, model load time, CPU temperature): ``_sum`` adds the
+values reports carried, ``_count`` counts those reports; a report without the value adds to
+neither, so an absent value is never read as zero.
 """
 
 from __future__ import annotations
@@ -12,17 +20,24 @@ from dataclasses import dataclass
 #: every label a metric may carry; all have a bounded set of values.
 BOUNDED_LABELS = frozenset({"model", "variant", "cohort", "device_class", "reason", "phase", "outcome"})
 
+#: the metric types the catalogue uses (Prometheus' text-format ``# TYPE``).
+KINDS = frozenset({"counter", "gauge", "histogram", "summary"})
+
 
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    kind: str  # counter, gauge or histogram
+    kind: str  # counter, gauge, histogram or summary (``_sum`` and ``_count`` only)
     help: str
     labels: tuple[str, ...]
 
     def __post_init__(self) -> None:
         if not self.name.startswith("edgeship_"):
             raise ValueError(f"metric {self.name!r} must start with edgeship_")
+        if self.kind not in KINDS:
+            raise ValueError(f"metric {self.name!r} has kind {self.kind!r}, not one of {sorted(KINDS)}")
+        if (self.kind == "counter") != self.name.endswith("_total"):
+            raise ValueError(f"metric {self.name!r}: counters, and only counters, end in _total")
         if not set(self.labels) <= BOUNDED_LABELS:
             raise ValueError(f"metric {self.name!r} has unbounded labels {set(self.labels) - BOUNDED_LABELS}")
 
@@ -54,5 +69,20 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("edgeship_reports_total", "counter",
                    "Device reports by outcome (accepted and duplicate reports, rejected batches).",
                    ("outcome",)),
+        # optional per-report values (schema 2): only reports that carried one count
+        MetricSpec("edgeship_report_peak_rss_bytes", "summary",
+                   "Peak RSS of the agent process in reports that carried one: _sum of the values, "
+                   "_count of those reports (reports without it count in neither).", _FLEET),
+        MetricSpec("edgeship_report_load_seconds", "summary",
+                   "Model load time in reports that carried one: _sum of the values, _count of those "
+                   "reports (reports without it count in neither).", _FLEET),
+        MetricSpec("edgeship_report_cpu_temperature_kelvin", "summary",
+                   "CPU temperature in reports that carried one, in kelvin (degrees Celsius + 273.15, "
+                   "so _sum never decreases): _sum of the values, _count of those reports (reports "
+                   "without it count in neither).", _FLEET),
+        MetricSpec("edgeship_reports_throttled_total", "counter",
+                   "Reports that said the CPU was throttled at the window's close.", _FLEET),
+        MetricSpec("edgeship_reports_throttle_known_total", "counter",
+                   "Reports that said whether the CPU was throttled (true or false).", _FLEET),
     )
 }

@@ -1,7 +1,8 @@
 """The device report (``POST /v1/reports``): error reasons, cohorts and limits, defined once.
 
-A device counts inferences, errors by reason and latencies (in the histogram of
-:mod:`edgeship.contract.latency`) per window and sends one report per (model, version,
+A device counts inferences, errors by reason and latencies (in a sketch of
+:mod:`edgeship.contract.sketch`; schema-1 reports of older agents carry the histogram of
+:mod:`edgeship.contract.latency` instead) per window and sends one report per (model, version,
 variant, rollout, cohort). The agent fills these fields, the server checks them, the rollout
 guards and the dashboards read them; docs/protocol.md gives every field.
 """
@@ -16,6 +17,17 @@ INSTALL_ERROR_REASONS: tuple[str, ...] = ("load_failed", "golden_mismatch")
 ERROR_REASONS: tuple[str, ...] = ("load_failed", "runtime_error", "golden_mismatch", "timeout", "other")
 #: the arm of a rollout a device runs in; ``stable`` also outside any rollout.
 COHORTS: tuple[str, ...] = ("stable", "canary")
+
+#: the report schema this release's agents send: ``"schema": 2`` with a latency sketch in
+#: ``latency``. A report without ``schema`` is schema 1 (``latency_counts``, the v1 histogram).
+REPORT_SCHEMA = 2
+#: the schemas the server accepts.
+REPORT_SCHEMAS: tuple[int, ...] = (1, 2)
+
+#: ``load_seconds``: the most seconds a model load may report (the field's range is [0, this]).
+MAX_LOAD_SECONDS = 3600.0
+#: ``cpu_temp_celsius``: the readings a report may carry, °C.
+TEMPERATURE_RANGE: tuple[float, float] = (-50.0, 150.0)
 
 #: the most reports one ``POST /v1/reports`` may carry.
 MAX_BATCH = 100

@@ -34,7 +34,10 @@ RELATIVE_ERROR = (BASE - 1.0) / (BASE + 1.0)
 MIN_SECONDS = 1e-6
 MAX_SECONDS = 100.0
 
-_SCALE = float(2**SCHEMA)
+#: ``bucket_of(v) == ceil(log2(v) * INDEX_SCALE)`` inside (MIN_SECONDS, MAX_SECONDS): for hot
+#: paths that inline it.
+INDEX_SCALE = float(2**SCHEMA)
+_SCALE = INDEX_SCALE
 MIN_INDEX = math.ceil(math.log2(MIN_SECONDS) * _SCALE)
 MAX_INDEX = math.ceil(math.log2(MAX_SECONDS) * _SCALE)
 #: the most buckets a sketch can hold (and so the longest ``buckets`` list on the wire).

@@ -29,6 +29,29 @@ STATUS_SECONDS = 1.0
 START_SPACING_SECONDS = 0.05  # spread the registrations and first downloads a little
 
 
+def simulated_sensors(agent: dict[str, Any]) -> dict[str, Path | None]:
+    """A thermal zone and, for Raspberry Pi classes, a ``vcgencmd`` for one simulated device.
+
+    The demo's agents share one host, whose sensors (if any) say nothing about the devices they
+    stand for: each gets its own, under its state directory, read by the real agent code
+    (``edge_agent.health``). Temperatures 45–70 °C by agent; a Raspberry Pi in five reports a
+    throttled CPU (under-voltage and throttled now).
+    """
+    root = Path(agent["state_dir"]) / "sensors"
+    zone = root / "thermal" / "thermal_zone0"
+    zone.mkdir(parents=True, exist_ok=True)
+    seed = sum(map(ord, agent["name"]))
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text(f"{45_000 + (seed * 7919) % 25_000}\n")
+    vcgencmd = None
+    if agent["device_class"].startswith("rpi"):
+        vcgencmd = root / "vcgencmd"
+        state = "0x50005" if seed % 5 == 0 else "0x0"
+        vcgencmd.write_text(f"#!/bin/sh\necho throttled={state}\n")
+        vcgencmd.chmod(0o755)
+    return {"thermal_dir": root / "thermal", "vcgencmd": vcgencmd}
+
+
 def agent_config(spec: dict[str, Any], agent: dict[str, Any]):
     """The :class:`edge_agent.config.AgentConfig` of one agent of the worker's ``spec``."""
     from edge_agent.config import AgentConfig
@@ -40,7 +63,7 @@ def agent_config(spec: dict[str, Any], agent: dict[str, Any]):
         report_interval_seconds=spec["report_interval_seconds"], request_timeout_seconds=10.0,
         backoff_initial_seconds=0.5, backoff_max_seconds=5.0,
         variant_backoff_seconds=spec["variant_backoff_seconds"], threads=1,
-        ram_bytes=agent["ram_bytes"],
+        ram_bytes=agent["ram_bytes"], **simulated_sensors(agent),
     )
 
 

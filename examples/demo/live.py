@@ -3,10 +3,9 @@
 Every tick reads the server's ``/metrics`` (fleet totals per model, variant, cohort and device
 class, computed from its database) and keeps a short history; the view shows the difference
 over the last ``window_seconds`` per cohort: inferences per second, inference error rate,
-load/golden-check failures, p95 latency (from the merged histogram buckets, as Prometheus'
-``histogram_quantile`` interpolates, so within the 1 ms first bucket it says little; the mean
-from the histogram's ``_sum`` shows the actual sub-millisecond times) and accuracy on labelled
-samples. The rollout line comes
+load/golden-check failures, p95 latency (from the merged histogram buckets, at most 10% apart
+from 100 µs to 10 s, as Prometheus' ``histogram_quantile`` interpolates), the mean (from the
+histogram's ``_sum``) and accuracy on labelled samples. The rollout line comes
 from the rollouts API, the agent counts from the fleet's own status files.
 
 On a terminal the block is redrawn in place; otherwise (a pipe, a log, a test) it is printed
@@ -21,13 +20,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS, quantile
+from edgeship.contract.latency import METRIC_BUCKETS_SECONDS, quantile
 from monitoring.queries import INFERENCE_ERROR_REASONS, LOAD_FAILURE_REASONS
 
 COHORTS = ("stable", "canary")
 INFERENCE_ERRORS = frozenset(INFERENCE_ERROR_REASONS.split("|"))
 LOAD_FAILURES = frozenset(LOAD_FAILURE_REASONS.split("|"))
-_BOUNDS = [*map(str, LATENCY_BUCKETS_SECONDS), "+Inf"]
+_BOUNDS = [*map(str, METRIC_BUCKETS_SECONDS), "+Inf"]
 
 
 @dataclass
@@ -40,7 +39,7 @@ class CohortTotals:
     labelled: float = 0.0
     correct: float = 0.0
     latency_sum_seconds: float = 0.0
-    cumulative_buckets: list[float] = field(default_factory=lambda: [0.0] * BUCKET_COUNT)
+    cumulative_buckets: list[float] = field(default_factory=lambda: [0.0] * len(_BOUNDS))
 
     def minus(self, older: CohortTotals) -> CohortTotals:
         """The increase since ``older``."""
@@ -101,7 +100,7 @@ def rates(delta: CohortTotals, seconds: float) -> CohortRates:
         inferences_per_second=delta.inferences / seconds if seconds > 0 else 0.0,
         error_rate=delta.errors / delta.inferences if delta.inferences > 0 else None,
         load_failures=round(delta.load_failures),
-        p95_seconds=quantile(counts, 0.95) if sum(counts) > 0 else None,
+        p95_seconds=quantile(counts, 0.95, METRIC_BUCKETS_SECONDS) if sum(counts) > 0 else None,
         mean_seconds=delta.latency_sum_seconds / sum(counts) if sum(counts) > 0 else None,
         accuracy=delta.correct / delta.labelled if delta.labelled > 0 else None,
     )

@@ -15,7 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from scipy.special import stdtr
+
 from edgeship.contract.latency import quantile
+from edgeship.contract.sketch import RELATIVE_ERROR
 from rollout_server.analysis.latency import latencies_above, quantile_seconds
 from rollout_server.analysis.spec import Guard, Metric, Mode
 from rollout_server.analysis.stats import binomial_above, binomial_below, excess_test
@@ -151,12 +154,44 @@ def check_load_failures(guard: Guard, stable: ArmWindow, canary: ArmWindow, alph
     return _rate_limit("load/golden failure share", x_c, n_c, x_s, n_s, guard, alpha, stats)
 
 
+@dataclass(frozen=True)
+class _Latencies:
+    """How the latency guard reads one arm: at sketch resolution per device (schema-2 reports),
+    or on the v1 histogram with its smooth interpolation and per-bound clustering sums."""
+
+    samples: int
+    quantile: Callable[[float], float | None]
+    count_above: Callable[[float], float]
+    design_effect: Callable[[float], float]
+
+
+def _latencies(stable: ArmWindow, canary: ArmWindow) -> tuple[_Latencies, _Latencies, float, str]:
+    """Both arms' readers, the resolution the verdict cannot see below (a relative margin on the
+    ratio) and a note for the reason when some latencies are only known at v1 resolution."""
+    if stable.precise_latency and canary.precise_latency:
+        readers = tuple(_Latencies(arm.latency_samples, arm.device_latency.quantile,
+                                   arm.device_latency.count_above, arm.device_latency.design_effect)
+                        for arm in (stable, canary) if arm.device_latency is not None)
+        return readers[0], readers[1], RELATIVE_ERROR, ""
+    readers = tuple(_Latencies(arm.latency_samples, lambda q, c=arm.latency_counts: quantile_seconds(c, q),
+                               lambda t, c=arm.latency_counts: latencies_above(c, t),
+                               arm.latency_design_effect) for arm in (stable, canary))
+    v1 = stable.v1_latency_samples + canary.v1_latency_samples
+    total = stable.latency_samples + canary.latency_samples
+    note = (f" [read at v1 histogram resolution: {v1:,} of {total:,} latencies are from agents "
+            f"reporting schema 1]" if v1 else "")
+    return readers[0], readers[1], 0.0, note
+
+
 def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:
-    """Ratio of canary to stable quantile from the merged histograms, with an exact binomial test.
+    """Ratio of canary to stable quantile from the merged latencies, with an exact binomial test.
 
     Canary's quantile q is above ``t`` exactly when more than ``1 - q`` of its latencies are
     above ``t``; so with ``t = threshold × stable quantile`` the test is on the count of
-    canary latencies above ``t`` (interpolated in the bucket like the quantile itself).
+    canary latencies above ``t`` (interpolated in the bucket like the quantile itself). At
+    sketch resolution a ratio within ``RELATIVE_ERROR`` (1.1%) of the limit is read as at it:
+    the limit is tested at ``threshold × (1 + RELATIVE_ERROR)`` and a required gain at
+    ``(1 - threshold) × (1 - RELATIVE_ERROR)``, so the sketch's own error never decides.
     """
     q = guard.quantile or 0.95
     label = f"p{100 * q:g}"
@@ -164,62 +199,71 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
     stats: dict[str, Any] = {"quantile": q, "canary_samples": n_c, "stable_samples": n_s}
     if min(n_c, n_s) < (guard.min_samples or 1):
         return _too_few("latency samples", n_c, n_s, guard.min_samples or 1, stats)
-    q_s, q_c = quantile_seconds(stable.latency_counts, q), quantile_seconds(canary.latency_counts, q)
+    read_s, read_c, resolution, note = _latencies(stable, canary)
+    q_s, q_c = read_s.quantile(q), read_c.quantile(q)
     if not q_s or q_c is None:  # unreachable with samples; kept so no-data never passes
         return Check(Outcome.INCONCLUSIVE, f"stable {label} is zero: no ratio", stats, enough=False)
     ratio = q_c / q_s
     tail = 1.0 - q
-    head = f"canary {label} {1000 * q_c:.1f} ms vs stable {1000 * q_s:.1f} ms (ratio {ratio:.2f})"
-    # Prometheus' linear rule, for comparison with the dashboards (not used to decide).
+    head = f"canary {label} {_ms(q_c)} vs stable {_ms(q_s)} (ratio {ratio:.2f})"
+    # Prometheus' linear rule on the v1 histogram, as older dashboards read it (not used to decide).
     prom_s, prom_c = quantile(stable.latency_counts, q), quantile(canary.latency_counts, q)
     stats.update(
         canary_quantile_seconds=q_c,
         stable_quantile_seconds=q_s,
         ratio=ratio,
         alpha=alpha,
+        resolution=resolution,
+        v1_latency_samples=stable.v1_latency_samples + canary.v1_latency_samples,
         prometheus_ratio=prom_c / prom_s if prom_c and prom_s else None,
     )
     threshold = guard.threshold or 0.0
     if guard.mode is Mode.LIMIT:
-        above = latencies_above(canary.latency_counts, threshold * q_s)
-        p = _above_p(canary, stable, above, (threshold * q_s, q_s), tail, stats, binomial_above)
+        limit = threshold * (1.0 + resolution)
+        above = read_c.count_above(limit * q_s)
+        p = _above_p(read_c, read_s, above, (limit * q_s, q_s), tail, stats, binomial_above)
         stats.update(max_ratio=threshold, canary_above=above, p_value=p)
-        if ratio > threshold and p < alpha:
+        if ratio > limit and p < alpha:
             return Check(
                 Outcome.FAIL,
                 f"{head}: significantly above {threshold:g}× stable ({above:,.0f} of "
-                f"{n_c:,} above {1000 * threshold * q_s:.1f} ms, p = {p:.2g} "
-                f"< α = {alpha:.2g})",
+                f"{n_c:,} above {_ms(limit * q_s)}, p = {p:.2g} < α = {alpha:.2g}){note}",
                 stats,
             )
-        if ratio > threshold:
+        if ratio > limit:
             return Check(
                 Outcome.INCONCLUSIVE,
                 f"{head}: above {threshold:g}× stable but not significantly yet "
-                f"(p = {p:.2g}, α = {alpha:.2g})",
+                f"(p = {p:.2g}, α = {alpha:.2g}){note}",
                 stats,
             )
-        return _within(guard, head, f"within {threshold:g}× stable", lambda: _above_p(
-            canary, stable, above, (threshold * q_s, q_s), tail, stats, binomial_below), stats)
+        return _within(guard, head, f"within {threshold:g}× stable{note}", lambda: _above_p(
+            read_c, read_s, above, (limit * q_s, q_s), tail, stats, binomial_below), stats)
     max_ratio = 1.0 - threshold
-    above = latencies_above(canary.latency_counts, max_ratio * q_s)
-    p = _above_p(canary, stable, above, (max_ratio * q_s, q_s), tail, stats, binomial_below)
+    required = max_ratio * (1.0 - resolution)
+    above = read_c.count_above(required * q_s)
+    p = _above_p(read_c, read_s, above, (required * q_s, q_s), tail, stats, binomial_below)
     stats.update(required_ratio=max_ratio, canary_above=above, p_value=p)
-    if ratio <= max_ratio and p < alpha:
+    if ratio <= required and p < alpha:
         return Check(
             Outcome.PASS,
-            f"{head}: at least {_pct(threshold)} lower, significantly (p = {p:.2g} < α = {alpha:.2g})",
+            f"{head}: at least {_pct(threshold)} lower, significantly (p = {p:.2g} < α = {alpha:.2g}){note}",
             stats,
         )
     return Check(
         Outcome.INCONCLUSIVE,
         f"{head}: required gain not shown, need ratio ≤ {max_ratio:.2f} "
-        f"significantly (p = {p:.2g}, α = {alpha:.2g})",
+        f"significantly (p = {p:.2g}, α = {alpha:.2g}){note}",
         stats,
     )
 
 
-def _above_p(canary: ArmWindow, stable: ArmWindow, above: float, cuts: tuple[float, float], tail: float,
+def _ms(seconds: float) -> str:
+    """A latency in ms with three significant digits (0.132 ms, 4.61 ms, 1.2e+03 ms)."""
+    return f"{1000 * seconds:.3g} ms"
+
+
+def _above_p(canary: _Latencies, stable: _Latencies, above: float, cuts: tuple[float, float], tail: float,
              stats: dict[str, Any], test: Callable[[int, int, float], float]) -> float:
     """``test``'s p-value (:func:`binomial_above` or :func:`binomial_below`) for ``above`` of
     the canary's latencies above ``cuts[0]`` (a multiple of stable's quantile ``cuts[1]``) when a
@@ -227,16 +271,16 @@ def _above_p(canary: ArmWindow, stable: ArmWindow, above: float, cuts: tuple[flo
 
     The binomial runs on the effective sample size of *both* arms, ``1 / (1/n_c + 1/n_s)``, each
     arm's ``n`` its latency samples over its design effect (slow inferences clustering on slow
-    devices, :meth:`ArmWindow.latency_design_effect`). The canary's count carries its own noise;
+    devices, measured at the cut). The canary's count carries its own noise;
     stable's quantile carries stable's, and when the canary sits exactly at the tested ratio its
     share above the cut moves with stable's estimate by a binomial share on stable's samples
     (the density terms cancel), so the two variances add. With ten times more stable samples
     the test loses a tenth of its samples; at a 50% stage, half. The count is rounded against
     what the test would show: down when testing for too many, up when testing for few enough.
     """
-    n_c = canary.latency_samples
-    deff_c, deff_s = canary.latency_design_effect(cuts[0]), stable.latency_design_effect(cuts[1])
-    effective_c, effective_s = n_c / deff_c, stable.latency_samples / deff_s
+    n_c = canary.samples
+    deff_c, deff_s = canary.design_effect(cuts[0]), stable.design_effect(cuts[1])
+    effective_c, effective_s = n_c / deff_c, stable.samples / deff_s
     n = max(1, round(1.0 / (1.0 / effective_c + 1.0 / effective_s)))
     stats.update(effective_samples=n)
     if deff_c > 1.0:
@@ -331,10 +375,64 @@ def check_agreement(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: f
     return _within(guard, head, "within", lambda: binomial_above(x, n, threshold), stats)
 
 
+def check_memory(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:
+    """Canary devices' peak resident memory against stable devices' (a ratio limit)."""
+    return _typical_ratio("peak RSS", stable.device_peak_rss, canary.device_peak_rss, guard, alpha,
+                          lambda v: f"{v / 2**20:.1f} MiB")
+
+
+def check_load_time(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:
+    """Canary devices' model load time against stable devices' (a ratio limit)."""
+    return _typical_ratio("model load time", stable.device_load_seconds, canary.device_load_seconds, guard,
+                          alpha, _ms)
+
+
+def _typical_ratio(what: str, stable: tuple[float, ...], canary: tuple[float, ...], guard: Guard,
+                   alpha: float, show: Callable[[float], str]) -> Check:
+    """A limit on the ratio of the typical (geometric mean) per-device value, canary to stable.
+
+    One value per device (its largest over the stage): devices are the samples, so a device
+    that reports often weighs no more than one that reports rarely. Welch's t-test on the logs,
+    one-sided against ``log(threshold)``.
+    """
+    n_c, n_s = len(canary), len(stable)
+    need = guard.min_samples or 1
+    stats: dict[str, Any] = {"canary_devices": n_c, "stable_devices": n_s}
+    if min(n_c, n_s) < max(need, 2):
+        return _too_few(f"devices reporting {what}", n_c, n_s, max(need, 2), stats)
+    floor = 1e-9  # a value of 0 (an instant load) must not make the log undefined
+    log_c = [math.log(max(v, floor)) for v in canary]
+    log_s = [math.log(max(v, floor)) for v in stable]
+    mean_c, mean_s = sum(log_c) / n_c, sum(log_s) / n_s
+    var_c = sum((v - mean_c) ** 2 for v in log_c) / (n_c - 1)
+    var_s = sum((v - mean_s) ** 2 for v in log_s) / (n_s - 1)
+    se2 = var_c / n_c + var_s / n_s
+    ratio = math.exp(mean_c - mean_s)
+    threshold = guard.threshold or 1.0
+    se = math.sqrt(max(se2, 1e-12))
+    parts = (var_c / n_c) ** 2 / (n_c - 1) + (var_s / n_s) ** 2 / (n_s - 1)
+    df = se2 ** 2 / parts if parts > 0 else n_c + n_s - 2  # Welch–Satterthwaite
+    t = (mean_c - mean_s - math.log(threshold)) / se
+    p = float(stdtr(df, -t))  # P(T >= t)
+    head = (f"canary {what} {show(math.exp(mean_c))} vs stable {show(math.exp(mean_s))} "
+            f"(typical per device, ratio {ratio:.2f})")
+    stats.update(ratio=ratio, max_ratio=threshold, p_value=p, alpha=alpha,
+                 canary_typical=math.exp(mean_c), stable_typical=math.exp(mean_s))
+    if ratio > threshold and p < alpha:
+        return Check(Outcome.FAIL, f"{head}: significantly above {threshold:g}× stable "
+                                   f"(p = {p:.2g} < α = {alpha:.2g})", stats)
+    if ratio > threshold:
+        return Check(Outcome.INCONCLUSIVE, f"{head}: above {threshold:g}× stable but not significantly "
+                                           f"yet (p = {p:.2g}, α = {alpha:.2g})", stats)
+    return _within(guard, head, f"within {threshold:g}× stable", lambda: float(stdtr(df, t)), stats)
+
+
 CHECKS: dict[Metric, Callable[[Guard, ArmWindow, ArmWindow, float], Check]] = {
     Metric.ERROR_RATE: check_error_rate,
     Metric.LATENCY: check_latency,
     Metric.ACCURACY: check_accuracy,
     Metric.LOAD_FAILURES: check_load_failures,
     Metric.AGREEMENT: check_agreement,
+    Metric.MEMORY: check_memory,
+    Metric.LOAD_TIME: check_load_time,
 }

@@ -7,23 +7,32 @@ Usage::
 
 Real statistics, nothing mocked: each window every device reports with some probability,
 draws Poisson inferences, binomial errors at its arm's rate (optionally with per-device
-heterogeneity), latencies from a log-normal per arm binned on ``edgeship.contract.latency`` (exact
-multinomial on the bucket probabilities, so no per-request sampling), labelled samples and
-correct predictions. Devices are canary while their uniform bucket is below percent × 100,
-the same sticky rule as ``rollout_server.bucketing`` (uniform draws stand in for the hash to
-keep thousands of rollouts fast). Data are cumulative within a stage, as the server does.
+heterogeneity), one latency per inference from its arm's latency shape (:class:`ArmProfile`:
+a log-normal body, optionally with a share of slower inferences, see :data:`LATENCY_SHAPES`),
+labelled samples and correct predictions. Latencies are reported as agents of report schema 2
+do by default, in the log-bucketed sketch of ``edgeship.contract.sketch`` (the windows carry
+each device's stage-cumulative sketch counts, ``ArmWindow.device_latency``, and the same
+latencies on the v1 histogram); with ``Fleet(report_schema=1)`` as v1 agents do, on the v1
+histogram of ``edgeship.contract.latency`` only. Devices are canary while their uniform bucket is
+below percent × 100, the same sticky rule as ``rollout_server.bucketing`` (uniform draws stand
+in for the hash to keep thousands of rollouts fast). Data are cumulative within a stage, as
+the server does.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.optimize import brentq
+from scipy.special import log_ndtr, ndtr
 
 from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
+from edgeship.contract.sketch import MAX_INDEX, MIN_INDEX, SCHEMA
 from rollout_server.analysis.assess import assess
+from rollout_server.analysis.device_latency import DeviceLatencies
 from rollout_server.analysis.rollout import Action, Phase, RolloutState, decide, start
 from rollout_server.analysis.sample_ratio import SRM_ALPHA, SRM_GRACE_SECONDS, SampleRatio, sample_ratio
 from rollout_server.analysis.spec import GuardSpec
@@ -36,21 +45,58 @@ from rollout_server.analysis.window import SPREAD_CUTS, SPREAD_FIELDS, ArmWindow
 ERROR_SPLIT = {"runtime_error": 0.6, "timeout": 0.3, "other": 0.1}
 #: stages of the simulated rollouts: 30 min and a few thousand canary inferences per stage.
 SIM_STAGES: tuple[Stage, ...] = (Stage(10, 1800, 2000), Stage(50, 1800, 5000), Stage(100, 0, 0))
+#: report schemas a simulated fleet can speak (``Fleet.report_schema``).
+REPORT_SCHEMAS = (1, 2)
+
+#: named latency shapes: the :class:`ArmProfile` latency parameters each sets (the median is
+#: the profile's). ``with_latency_shape(profile, name, median)`` applies one.
+LATENCY_SHAPES: dict[str, dict[str, float]] = {
+    # log-normal, p95 ≈ 2.3× the median
+    "lognormal": {"latency_sigma": 0.5},
+    # 70% around the median, 30% around 2.5× it (two modes of σ 0.2: clearly apart)
+    "two_modes": {"latency_sigma": 0.2, "latency_slow_share": 0.3, "latency_slow_factor": 2.5},
+    # a log-normal body with 5% of inferences × a Pareto(α 1.5) factor (≥ 1): a long tail
+    "heavy_tail": {"latency_sigma": 0.5, "latency_slow_share": 0.05, "latency_tail_alpha": 1.5},
+    # 10% of inferences at 3× the median, as on a thermally throttled device; p95 is then the
+    # throttled inferences' median
+    "throttled": {"latency_sigma": 0.2, "latency_slow_share": 0.1, "latency_slow_factor": 3.0},
+    # nearly constant: p95 only 8.6% above the median
+    "tight": {"latency_sigma": 0.05},
+}
+_NO_SLOW_PART = {"latency_slow_share": 0.0, "latency_slow_factor": 1.0, "latency_tail_alpha": 0.0}
+
+_SCALE = float(2**SCHEMA)  # sketch positions per doubling: bucket i spans positions (i - 1, i]
+_LN2 = math.log(2.0)
+#: the v1 bounds on the sketch's position axis (32 × log2 seconds)
+_V1_POSITIONS = np.log2(np.asarray(LATENCY_BUCKETS_SECONDS)) * _SCALE
 
 
 @dataclass(frozen=True)
 class ArmProfile:
     """How one model behaves on devices.
 
+    The latency of an inference is ``median × exp(sigma × Z)`` (Z standard normal: the body),
+    except for a share ``latency_slow_share`` of inferences, which take that times
+    ``latency_slow_factor`` and, when ``latency_tail_alpha`` is above 0, times a Pareto factor
+    ``U ** (-1 / alpha)`` (≥ 1, heavy-tailed). Every part scales with the median, so
+    :func:`with_latency_factor` multiplies every latency, hence every quantile, by its factor.
+    :data:`LATENCY_SHAPES` names the shapes the benchmark uses (:func:`with_latency_shape`).
+
     Attributes:
         error_rate: probability an inference fails.
-        latency_median_seconds: median of the log-normal latency.
-        latency_sigma: log-normal shape (0.5 puts p95 at about 2.3× the median).
+        latency_median_seconds: median of the log-normal body (the whole latency's median when
+            there is no slow part).
+        latency_sigma: log-normal shape of the body (0.5 puts p95 at about 2.3× the median).
         accuracy: probability a labelled sample is correct.
         load_failure_rate: probability a reporting device had a load / golden-check failure.
         shadow_agreement: probability candidate and stable agree top-1 (shadow mode).
         silent_device_share: share of the arm's devices that never report (the model crashes
             the app before it can): what the sample ratio check must catch.
+        latency_slow_share: share of inferences in the slow part (0: none).
+        latency_slow_factor: the slow part's latency over the body's (a second mode, or
+            throttled inferences).
+        latency_tail_alpha: when above 0, the slow part is also multiplied by a Pareto factor
+            of this index (1.5: a heavy tail, infinite variance).
     """
 
     error_rate: float = 0.01
@@ -60,15 +106,41 @@ class ArmProfile:
     load_failure_rate: float = 0.002
     shadow_agreement: float = 0.99
     silent_device_share: float = 0.0
+    latency_slow_share: float = 0.0
+    latency_slow_factor: float = 1.0
+    latency_tail_alpha: float = 0.0
+
+    def latency_cdf(self, seconds: np.ndarray | float) -> np.ndarray:
+        """Probability that a latency is at most ``seconds`` (the exact mixture, elementwise)."""
+        x = np.log(np.maximum(np.asarray(seconds, dtype=float), 1e-300))
+        sigma, share = self.latency_sigma, self.latency_slow_share
+        body = ndtr((x - math.log(self.latency_median_seconds)) / sigma)
+        if share <= 0:
+            return body
+        a = (x - math.log(self.latency_median_seconds * self.latency_slow_factor)) / sigma
+        alpha = self.latency_tail_alpha
+        if alpha > 0:
+            # P(B·P ≤ x) for a log-normal B and a Pareto P: Φ(a) - (x/m)^-α e^{α²σ²/2} Φ(a - ασ)
+            log_tail = -alpha * sigma * a + (alpha * sigma) ** 2 / 2 + log_ndtr(a - alpha * sigma)
+            slow = np.maximum(ndtr(a) - np.exp(log_tail), 0.0)
+        else:
+            slow = ndtr(a)
+        return (1.0 - share) * body + share * slow
+
+    def latency_quantile(self, q: float) -> float:
+        """The true ``q`` quantile (0 < q < 1) of the latency, in seconds."""
+        m = self.latency_median_seconds
+        low, high = math.log(m) - 40 * self.latency_sigma, math.log(m) + 40 * self.latency_sigma
+        if self.latency_slow_share > 0:
+            high += math.log(self.latency_slow_factor)
+            if self.latency_tail_alpha > 0:
+                high += 60.0 / self.latency_tail_alpha
+        return math.exp(brentq(lambda x: float(self.latency_cdf(math.exp(x))) - q, low, high, xtol=1e-12))
 
     def bucket_probabilities(self) -> np.ndarray:
-        """Probability of each latency bucket (``BUCKET_COUNT`` long, summing to 1)."""
-        bounds = np.log(np.asarray(LATENCY_BUCKETS_SECONDS))
-        cdf = ndtr((bounds - np.log(self.latency_median_seconds)) / self.latency_sigma)
+        """Probability of each v1 latency bucket (``BUCKET_COUNT`` long, summing to 1)."""
+        cdf = self.latency_cdf(np.asarray(LATENCY_BUCKETS_SECONDS))
         return np.diff(np.concatenate([[0.0], cdf, [1.0]]))
-
-
-_LOG_BOUNDS = np.log(np.asarray(LATENCY_BUCKETS_SECONDS))
 
 
 @dataclass(frozen=True)
@@ -90,6 +162,10 @@ class Fleet:
             arm's times a log-normal factor (median 1, this sigma of its log): some devices are
             slower than others whichever model runs (older hardware, thermal limits, load).
         window_seconds: analysis window.
+        report_schema: 2 (default): devices report latency sketches and the windows carry them
+            per device (``ArmWindow.device_latency``), so the latency guard reads at sketch
+            resolution; 1: devices report the v1 histogram only, as agents before schema 2
+            (every latency counts in ``ArmWindow.v1_latency_samples``).
     """
 
     devices: int = 1000
@@ -102,6 +178,11 @@ class Fleet:
     accuracy_dispersion: float = 0.0
     latency_dispersion: float = 0.0
     window_seconds: float = 300.0
+    report_schema: int = 2
+
+    def __post_init__(self) -> None:
+        if self.report_schema not in REPORT_SCHEMAS:
+            raise ValueError(f"report_schema must be one of {REPORT_SCHEMAS}, got {self.report_schema!r}")
 
 
 @dataclass(frozen=True)
@@ -115,6 +196,8 @@ class SimResult:
         reason: the last decision's reason.
         failed_guards: guards that failed in the last window.
         stage_index: stage reached.
+        latency_ratio: canary over stable latency quantile as the first latency guard read it
+            (pooled) in the last window; None without such a guard or samples.
     """
 
     phase: Phase
@@ -123,6 +206,7 @@ class SimResult:
     reason: str
     failed_guards: tuple[str, ...]
     stage_index: int
+    latency_ratio: float | None = None
 
 
 @dataclass
@@ -162,6 +246,72 @@ def _profiles(
     return [stable for _ in classes] + [canary_by_class.get(c, canary) for c in classes]
 
 
+@dataclass
+class StageCounts:
+    """Each device's counts since its stage began, as the server keeps them per stage.
+
+    Attributes:
+        counts: 4 rows × devices: inferences, inference errors, labelled samples, wrong predictions.
+        v1: devices × ``BUCKET_COUNT``: latencies on the v1 histogram.
+        offset: the sketch bucket of ``sketch``'s first column.
+        sketch: devices × buckets: latencies at sketch resolution (schema 2; no columns for
+            schema 1). Widened as latencies outside its range come in.
+    """
+
+    counts: np.ndarray
+    v1: np.ndarray
+    offset: int = 0
+    sketch: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+
+    @classmethod
+    def empty(cls, devices: int) -> StageCounts:
+        return cls(np.zeros((4, devices), dtype=np.int64), np.zeros((devices, BUCKET_COUNT), dtype=np.int64),
+                   0, np.zeros((devices, 0), dtype=np.int64))
+
+    def add_latencies(self, device: np.ndarray, index: np.ndarray) -> None:
+        """Count one latency of ``device[k]`` in sketch bucket ``index[k]`` for every k."""
+        if not len(index):
+            return
+        low, high = int(index.min()), int(index.max())
+        width = self.sketch.shape[1]
+        if width == 0:
+            self.offset, width = low, 0
+        start, end = min(self.offset, low), max(self.offset + width, high + 1)
+        if (start, end) != (self.offset, self.offset + width):
+            wider = np.zeros((self.sketch.shape[0], end - start), dtype=np.int64)
+            wider[:, self.offset - start:self.offset - start + width] = self.sketch
+            self.sketch, self.offset, width = wider, start, end - start
+        np.add.at(self.sketch, (device, index - self.offset), 1)
+
+    def device_latency(self, rows: np.ndarray) -> DeviceLatencies:
+        """The sketch rows of the devices ``rows`` selects (a copy), trimmed to their buckets."""
+        counts = self.sketch[rows]
+        used = np.flatnonzero(counts.any(axis=0))
+        if counts.shape[0] == 0 or not len(used):
+            return DeviceLatencies()
+        return DeviceLatencies(self.offset + int(used[0]), counts[:, used[0]:used[-1] + 1])
+
+
+def _latency_positions(rng: np.random.Generator, profiles: Sequence[ArmProfile], group: np.ndarray,
+                       base: np.ndarray) -> np.ndarray:
+    """One latency per entry of ``group`` (each latency's group), as its position on the
+    sketch's axis (32 × log2 seconds, so bucket ``ceil(position)``); ``base`` is the position
+    of each latency's device's median."""
+    sigma = np.array([p.latency_sigma for p in profiles]) * (_SCALE / _LN2)
+    positions = base + sigma[group] * rng.standard_normal(len(group))
+    shares = np.array([p.latency_slow_share for p in profiles])
+    if shares.any():
+        slow = rng.random(len(group)) < shares[group]
+        slow_group = group[slow]
+        extra = (np.log2([p.latency_slow_factor for p in profiles]) * _SCALE)[slow_group]
+        alphas = np.array([p.latency_tail_alpha for p in profiles])
+        if (alphas > 0).any():  # log2 of a Pareto(α) factor is Exponential(1) / (α ln 2)
+            per_unit = np.where(alphas > 0, _SCALE / _LN2 / np.where(alphas > 0, alphas, 1.0), 0.0)
+            extra = extra + per_unit[slow_group] * rng.standard_exponential(len(slow_group))
+        positions[slow] += extra
+    return positions
+
+
 def simulate_window(
     rng: np.random.Generator,
     fleet: Fleet,
@@ -169,20 +319,30 @@ def simulate_window(
     profiles: Sequence[ArmProfile],
     percent: float,
     look: int,
-    stage_counts: np.ndarray | None = None,
+    stage: StageCounts | None = None,
 ) -> Measurements:
     """One window of reports from the whole fleet, aggregated per arm and class.
 
-    ``stage_counts`` (4 + BUCKET_COUNT rows × devices: inferences, inference errors, labelled,
-    wrong predictions, then latencies per bucket) accumulates each device's counts over the
-    stage; when given, the windows carry the per-device sums of the stage so far
+    ``stage`` accumulates each device's counts over the stage (a new one for this window alone
+    when omitted); the windows carry the per-device sums of the stage so far
     (:class:`ArmWindow`'s ``error_devices`` ..., ``labelled_devices`` ..., ``latency_devices``
-    ...), as the server computes them. Replace them, do not add them, when merging this window
-    into stage-cumulative data.
+    ..., and ``device_latency`` with schema 2), as the server computes them. Replace them, do
+    not add them, when merging this window into stage-cumulative data (:func:`merge_window`).
     """
+    stable, canary = _window_classes(rng, fleet, devices, profiles, percent, stage)
+    return Measurements.from_classes(stable, canary, look=look)
+
+
+_ByClass = dict[str, ArmWindow]
+
+
+def _window_classes(rng: np.random.Generator, fleet: Fleet, devices: _Devices, profiles: Sequence[ArmProfile],
+                    percent: float, stage: StageCounts | None) -> tuple[_ByClass, _ByClass]:
+    """:func:`simulate_window`'s windows per class, stable and canary (not pooled yet)."""
     names = list(fleet.classes)
     n_classes = len(names)
     groups = 2 * n_classes
+    stage = stage if stage is not None else StageCounts.empty(fleet.devices)
     reporting = rng.random(fleet.devices) < fleet.report_probability
     group = (devices.bucket < round(percent * 100)).astype(int) * n_classes + devices.device_class
     if devices.silence is not None:
@@ -194,14 +354,20 @@ def simulate_window(
     err_g = np.bincount(group, weights=errors, minlength=groups).astype(np.int64)
     dev_g = np.bincount(group, weights=reporting, minlength=groups).astype(np.int64)
     split = rng.multinomial(err_g, list(ERROR_SPLIT.values()))
-    # each device its own histogram, from its arm's median times its own factor
+    # one latency per inference, from its arm's shape times its device's own factor
+    device = np.repeat(np.arange(fleet.devices), inferences)
     medians = np.array([p.latency_median_seconds for p in profiles])[group] * devices.latency_factor
-    sigmas = np.array([p.latency_sigma for p in profiles])[group]
-    cdf = ndtr((_LOG_BOUNDS[None, :] - np.log(medians)[:, None]) / sigmas[:, None])
-    edges = np.concatenate([np.zeros((fleet.devices, 1)), cdf, np.ones((fleet.devices, 1))], axis=1)
-    per_device = rng.multinomial(inferences, np.diff(edges, axis=1))
-    latency = np.stack([np.bincount(group, weights=per_device[:, k], minlength=groups)
-                        for k in range(BUCKET_COUNT)], axis=1).astype(np.int64)
+    positions = _latency_positions(rng, profiles, group[device], (np.log2(medians) * _SCALE)[device])
+    if fleet.report_schema == 2:
+        index = np.clip(np.ceil(positions), MIN_INDEX, MAX_INDEX).astype(np.int64)
+        stage.add_latencies(device, index)
+        # on the v1 histogram as DeviceLatencies.v1_counts maps the sketch
+        v1 = np.searchsorted(_V1_POSITIONS, index - 0.5, side="left")
+    else:
+        v1 = np.searchsorted(_V1_POSITIONS, positions, side="left")
+    latency = np.bincount(group[device] * BUCKET_COUNT + v1,
+                          minlength=groups * BUCKET_COUNT).reshape(groups, BUCKET_COUNT)
+    np.add.at(stage.v1, (device, v1), 1)
     labelled_d = rng.binomial(inferences, fleet.labelled_fraction)
     wrong_rates = (1.0 - np.array([p.accuracy for p in profiles]))[group] * devices.wrong_factor
     wrong_d = rng.binomial(labelled_d, np.clip(wrong_rates, 0.0, 1.0))
@@ -210,26 +376,19 @@ def simulate_window(
     load_failed = rng.binomial(dev_g, [p.load_failure_rate for p in profiles])
     shadow = rng.binomial(inf_g, fleet.shadow_fraction)
     agree = rng.binomial(shadow, [p.shadow_agreement for p in profiles])
-    spread = [{} for _ in range(groups)]
-    if stage_counts is not None:
-        stage_counts += np.concatenate([np.stack([inferences, errors, labelled_d, wrong_d]), per_device.T])
-        n, x, lab, w = stage_counts[:4]
-        slow = np.cumsum(stage_counts[4:][::-1], axis=0)[::-1]  # row k: latencies in bucket k or above
-        samples, above = slow[0], slow[1:]  # above[k]: latencies above bound k
-        sums = [np.bincount(group, weights=v, minlength=groups)
-                for v in ((n > 0).astype(float), x * x, x * n, n * n, (lab > 0).astype(float), w * w, w * lab,
-                          lab * lab, (samples > 0).astype(float), samples * samples)]
-        above_sq = [np.bincount(group, weights=a * a, minlength=groups) for a in above]
-        above_samples = [np.bincount(group, weights=a * samples, minlength=groups) for a in above]
-        spread = [dict(zip(SPREAD_FIELDS, (round(float(s[g])) for s in sums), strict=True),
-                       device_above_sq=tuple(round(float(a[g])) for a in above_sq),
-                       device_above_samples=tuple(round(float(a[g])) for a in above_samples))
-                  for g in range(groups)]
+    stage.counts += np.stack([inferences, errors, labelled_d, wrong_d])
+    spread = _spread(stage, group, groups)
+    if fleet.report_schema == 2:
+        has_latency = stage.counts[0] > 0
+        precise = [{"device_latency": stage.device_latency((group == g) & has_latency)}
+                   for g in range(groups)]
+    else:
+        precise = [{"v1_latency_samples": int(latency[g].sum())} for g in range(groups)]
     windows = [
         ArmWindow(
             inferences=int(inf_g[g]),
             errors=dict(zip(ERROR_SPLIT, map(int, split[g]), strict=True)),
-            latency_counts=tuple(int(c) for c in latency[g]),
+            latency_counts=tuple(latency[g].tolist()),
             labelled_samples=int(labelled[g]),
             labelled_correct=int(correct[g]),
             devices_reporting=int(dev_g[g]),
@@ -237,6 +396,7 @@ def simulate_window(
             shadow_samples=int(shadow[g]),
             shadow_agreements=int(agree[g]),
             **spread[g],
+            **precise[g],
         )
         for g in range(groups)
     ]
@@ -246,7 +406,22 @@ def simulate_window(
         for i, name in enumerate(names)
         if windows[n_classes + i].devices_reporting
     }
-    return Measurements.from_classes(stable, canary, look=look)
+    return stable, canary
+
+
+def _spread(stage: StageCounts, group: np.ndarray, groups: int) -> list[dict[str, object]]:
+    """Per group, the per-device sums of the stage (``SPREAD_FIELDS`` and ``SPREAD_CUTS``)."""
+    n, x, lab, w = stage.counts.astype(float)
+    slow = np.cumsum(stage.v1[:, ::-1], axis=1)[:, ::-1].astype(float)  # column k: in bucket k or above
+    samples, above = slow[:, 0], slow[:, 1:]  # above[:, k]: latencies above bound k
+    member = (group[None, :] == np.arange(groups)[:, None]).astype(float)  # groups × devices
+    sums = member @ np.stack([n > 0, x * x, x * n, n * n, lab > 0, w * w, w * lab, lab * lab, samples > 0,
+                              samples * samples], axis=1)
+    above_sq, above_samples = member @ (above * above), member @ (above * samples[:, None])
+    return [dict(zip(SPREAD_FIELDS, (round(float(s)) for s in sums[g]), strict=True),
+                 device_above_sq=tuple(round(float(a)) for a in above_sq[g]),
+                 device_above_samples=tuple(round(float(a)) for a in above_samples[g]))
+            for g in range(groups)]
 
 
 def simulate_rollout(
@@ -288,25 +463,29 @@ def simulate_rollout(
     served = 0
     decision = None
     verdicts: tuple = ()
-    stage_counts = np.zeros((4 + BUCKET_COUNT, fleet.devices))
+    stage = StageCounts.empty(fleet.devices)
     for _ in range(max_windows):
         now += fleet.window_seconds
-        window = simulate_window(rng, fleet, devices, profiles, state.stage.percent, state.next_look,
-                                 stage_counts)
-        served += window.canary.inferences
-        cumulative = window if cumulative is None else _merged(cumulative, window)
+        stable_w, canary_w = _window_classes(rng, fleet, devices, profiles, state.stage.percent, stage)
+        served += sum(w.inferences for w in canary_w.values())
+        if cumulative is None:
+            cumulative = Measurements.from_classes(stable_w, canary_w, look=state.next_look)
+        else:
+            cumulative = _merged(cumulative, stable_w, canary_w, state.next_look)
         verdicts = assess(spec, cumulative)
         decision = decide(state, verdicts, now, canary_samples=cumulative.canary.inferences,
                           sample_ratio=stage_sample_ratio(cumulative, devices, state, now))
         state = decision.state
         if decision.action is Action.ADVANCE:
             cumulative = None  # the next stage starts its own cumulative data
-            stage_counts[:] = 0
+            stage = StageCounts.empty(fleet.devices)
         if state.phase.is_terminal or state.phase is Phase.PAUSED:
             break
     failed = tuple(v.guard for v in verdicts if v.outcome is Outcome.FAIL)
     reason = decision.reason if decision else ""
-    return SimResult(state.phase, state.windows, served, reason, failed, state.stage_index)
+    ratios = [v.stats.get("pooled", {}).get("ratio") for v in verdicts if v.stats.get("metric") == "latency"]
+    return SimResult(state.phase, state.windows, served, reason, failed, state.stage_index,
+                     ratios[0] if ratios else None)
 
 
 def stage_sample_ratio(measurements: Measurements, devices: _Devices, state: RolloutState,
@@ -322,19 +501,30 @@ def stage_sample_ratio(measurements: Measurements, devices: _Devices, state: Rol
                         measurements.stable.error_devices, alpha=look_alpha(SRM_ALPHA, measurements.look))
 
 
-def _merged(cumulative: Measurements, window: Measurements) -> Measurements:
-    """Stage-cumulative data plus one window: counts add, the per-device sums are the window's
-    (already over the whole stage)."""
-    total = cumulative + window
+_STAGE_FIELDS = (*SPREAD_FIELDS, *SPREAD_CUTS, "device_latency")
 
-    def spread_of(arm: ArmWindow, latest: ArmWindow) -> ArmWindow:
-        return replace(arm, **{name: getattr(latest, name) for name in (*SPREAD_FIELDS, *SPREAD_CUTS)})
 
-    return Measurements.from_classes(
-        {c: spread_of(total.arms(c)[0], window.arms(c)[0]) for c in total.stable_by_class},
-        {c: spread_of(total.arms(c)[1], window.arms(c)[1]) for c in total.canary_by_class},
-        look=total.look,
-    )
+def merge_window(cumulative: Measurements, window: Measurements) -> Measurements:
+    """Stage-cumulative data plus one window: counts add; the per-device sums and the
+    per-device latencies are the window's (already over the whole stage), or stay as they were
+    for a class none of whose devices reported in the window."""
+    look = max(cumulative.look, window.look)
+    return _merged(cumulative, window.stable_by_class, window.canary_by_class, look)
+
+
+def _merged(cumulative: Measurements, stable: Mapping[str, ArmWindow], canary: Mapping[str, ArmWindow],
+            look: int) -> Measurements:
+    def merged(before: ArmWindow | None, latest: ArmWindow | None) -> ArmWindow:
+        if before is None or latest is None:
+            return before if latest is None else latest  # type: ignore[return-value]
+        total = replace(before, device_latency=None) + latest  # no stacking of the same devices' rows
+        return replace(total, **{name: getattr(latest, name) for name in _STAGE_FIELDS})
+
+    def by_class(before: Mapping[str, ArmWindow], latest: Mapping[str, ArmWindow]) -> _ByClass:
+        return {c: merged(before.get(c), latest.get(c)) for c in sorted(set(before) | set(latest))}
+
+    return Measurements.from_classes(by_class(cumulative.stable_by_class, stable),
+                                     by_class(cumulative.canary_by_class, canary), look=look)
 
 
 def run_rollouts(
@@ -345,9 +535,11 @@ def run_rollouts(
 
 
 def summarize(results: Sequence[SimResult]) -> dict[str, float | int | None]:
-    """Shares of each ending and canary inferences to rollback (median, p90)."""
+    """Shares of each ending, canary inferences to rollback (median, p90), median windows and
+    the median of the latency ratio read in each rollout's last window."""
     n = len(results)
     rolled_back = [r.canary_inferences for r in results if r.phase is Phase.ROLLED_BACK]
+    ratios = [r.latency_ratio for r in results if r.latency_ratio is not None]
     share = {phase.value: sum(r.phase is phase for r in results) / n for phase in Phase if n}
     return {
         "rollouts": n,
@@ -358,9 +550,22 @@ def summarize(results: Sequence[SimResult]) -> dict[str, float | int | None]:
         "median_canary_inferences_to_rollback": float(np.median(rolled_back)) if rolled_back else None,
         "p90_canary_inferences_to_rollback": float(np.percentile(rolled_back, 90)) if rolled_back else None,
         "median_windows": float(np.median([r.windows for r in results])) if n else None,
+        "median_latency_ratio": float(np.median(ratios)) if ratios else None,
     }
 
 
 def with_latency_factor(profile: ArmProfile, factor: float) -> ArmProfile:
     """The profile with every latency multiplied by ``factor`` (so every quantile is)."""
     return replace(profile, latency_median_seconds=profile.latency_median_seconds * factor)
+
+
+def with_latency_shape(profile: ArmProfile, shape: str, median_seconds: float | None = None) -> ArmProfile:
+    """The profile with one of :data:`LATENCY_SHAPES` (and its body's median, when given).
+
+    Raises:
+        ValueError: an unknown shape.
+    """
+    if shape not in LATENCY_SHAPES:
+        raise ValueError(f"unknown latency shape {shape!r}; known: {', '.join(LATENCY_SHAPES)}")
+    median = profile.latency_median_seconds if median_seconds is None else median_seconds
+    return replace(profile, latency_median_seconds=median, **{**_NO_SLOW_PART, **LATENCY_SHAPES[shape]})

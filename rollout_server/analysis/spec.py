@@ -33,6 +33,8 @@ class Metric(str, Enum):
     ACCURACY = "accuracy"
     LOAD_FAILURES = "load_failures"
     AGREEMENT = "agreement"
+    MEMORY = "memory"
+    LOAD_TIME = "load_time"
 
 
 class Mode(str, Enum):
@@ -51,6 +53,8 @@ DEFAULT_THRESHOLDS: dict[tuple[Metric, Mode], float] = {
     (Metric.ACCURACY, Mode.GAIN): 0.005,
     (Metric.LOAD_FAILURES, Mode.LIMIT): 0.01,
     (Metric.AGREEMENT, Mode.LIMIT): 0.98,
+    (Metric.MEMORY, Mode.LIMIT): 1.2,
+    (Metric.LOAD_TIME, Mode.LIMIT): 1.5,
 }
 THRESHOLD_MEANING: dict[tuple[Metric, Mode], str] = {
     (
@@ -63,14 +67,19 @@ THRESHOLD_MEANING: dict[tuple[Metric, Mode], str] = {
     (Metric.ACCURACY, Mode.GAIN): "min accuracy increase as a ratio",
     (Metric.LOAD_FAILURES, Mode.LIMIT): "absolute margin on the share of devices failing load/golden check",
     (Metric.AGREEMENT, Mode.LIMIT): "min top-1 agreement of candidate with stable in shadow mode",
+    (Metric.MEMORY, Mode.LIMIT): "max ratio of the canary devices' typical peak RSS to stable's, e.g. 1.2",
+    (Metric.LOAD_TIME, Mode.LIMIT): "max ratio of the canary devices' typical model load time to stable's",
 }
-#: minimum samples per arm: inferences, latencies, labelled samples, devices, shadow samples.
+#: minimum samples per arm: inferences, latencies, labelled samples, devices, shadow samples,
+#: devices that reported the value (memory, load time).
 DEFAULT_MIN_SAMPLES: dict[Metric, int] = {
     Metric.ERROR_RATE: 1000,
     Metric.LATENCY: 500,
     Metric.ACCURACY: 400,
     Metric.LOAD_FAILURES: 20,
     Metric.AGREEMENT: 500,
+    Metric.MEMORY: 10,
+    Metric.LOAD_TIME: 10,
 }
 #: metric-specific options and their defaults; other metrics reject them.
 OPTION_DEFAULTS: dict[Metric, dict[str, Any]] = {
@@ -79,6 +88,8 @@ OPTION_DEFAULTS: dict[Metric, dict[str, Any]] = {
     Metric.ACCURACY: {},
     Metric.LOAD_FAILURES: {"cap": 0.05, "relative_margin": 0.0},
     Metric.AGREEMENT: {},
+    Metric.MEMORY: {},
+    Metric.LOAD_TIME: {},
 }
 _OPTIONS = ("cap", "relative_margin", "quantile", "reasons")
 
@@ -154,6 +165,8 @@ class Guard:
             (Metric.ACCURACY, Mode.GAIN): 0 <= t < 1,
             (Metric.LOAD_FAILURES, Mode.LIMIT): 0 <= t < 1,
             (Metric.AGREEMENT, Mode.LIMIT): 0 < t <= 1,
+            (Metric.MEMORY, Mode.LIMIT): t >= 1,
+            (Metric.LOAD_TIME, Mode.LIMIT): t >= 1,
         }
         if not checks[self.metric, self.mode]:
             raise ValueError(
@@ -232,7 +245,8 @@ def _number(value: Any, name: str) -> float:
 
 def default_guards(shadow: bool = False) -> tuple[Guard, ...]:
     """The issue's defaults: error rate, p95 latency ≤ 1.2× stable, accuracy drop < 0.5 point,
-    load/golden failures; plus shadow agreement ≥ 0.98 when ``shadow``."""
+    load/golden failures; plus shadow agreement ≥ 0.98 when ``shadow``. The memory and load
+    time guards are opt-in (devices report those values only once per window, some never)."""
     guards = [
         Guard(Metric.ERROR_RATE),
         Guard(Metric.LATENCY),

@@ -103,3 +103,21 @@ def count_above(counts: Sequence[int], threshold_seconds: float) -> float:
 def rate(x: int, n: int) -> float | None:
     """``x / n``, or ``None`` without samples."""
     return x / n if n > 0 else None
+
+
+def design_effect(devices: int, x: int, n: int, xx: float, xn: float, nn: float) -> float:
+    """How much clustering of events on devices inflates the variance of the rate ``x / n``.
+
+    ``devices`` devices hold ``x`` events in ``n`` trials; ``xx``, ``xn`` and ``nn`` are the sums
+    over them of x_i², x_i·n_i and n_i². The cluster-robust (linearised ratio) variance of the
+    rate, divided by the binomial variance the tests assume, floored at 1: 1 when events fall
+    evenly, ``1 + (mean trials per device - 1) × intra-device correlation`` when some devices
+    see many more than others. 1 when fewer than two devices' sums are known.
+    """
+    if devices < 2 or n <= 0:
+        return 1.0
+    rate = x / n
+    spread = xx - 2 * rate * xn + rate * rate * nn  # sum over devices of (x_i - rate * n_i)²
+    cluster = devices / (devices - 1) * max(spread, 0.0) / (n * n)
+    p = (x + 1) / (n + 2)  # as the tests adjust it: an arm without events has no 0 / 0
+    return max(1.0, cluster / (p * (1 - p) / n))

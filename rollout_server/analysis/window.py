@@ -22,6 +22,8 @@ from typing import Any
 
 from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
 from edgeship.contract.reports import ERROR_REASONS, INFERENCE_ERROR_REASONS
+from rollout_server.analysis.device_latency import DeviceLatencies
+from rollout_server.analysis.stats import design_effect
 
 _COUNT_FIELDS = (
     "inferences",
@@ -31,6 +33,7 @@ _COUNT_FIELDS = (
     "devices_load_failed",
     "shadow_samples",
     "shadow_agreements",
+    "v1_latency_samples",
     "error_devices",
     "device_errors_sq",
     "device_errors_inferences",
@@ -45,7 +48,9 @@ _COUNT_FIELDS = (
 #: the per-device sums (over a stage, not a window): how unevenly errors, wrong predictions and
 #: slow inferences fall on devices. They add over disjoint sets of devices, not over windows of
 #: the same devices.
-SPREAD_FIELDS: tuple[str, ...] = _COUNT_FIELDS[7:]
+SPREAD_FIELDS: tuple[str, ...] = _COUNT_FIELDS[8:]
+#: one value per device (concatenated when arms of disjoint devices add).
+_DEVICE_VALUES: tuple[str, ...] = ("device_peak_rss", "device_load_seconds")
 #: the per-device sums that are one number per latency bucket bound (``BUCKET_COUNT - 1`` long).
 SPREAD_CUTS: tuple[str, ...] = ("device_above_sq", "device_above_samples")
 
@@ -57,7 +62,17 @@ class ArmWindow:
     Attributes:
         inferences: inference attempts (failed ones included).
         errors: error counts by reason (keys from :data:`ERROR_REASONS`).
-        latency_counts: non-cumulative counts on ``edgeship.contract.latency`` (``BUCKET_COUNT`` long).
+        latency_counts: every latency of the arm on the v1 histogram (``edgeship.contract.latency``,
+            ``BUCKET_COUNT`` long): v1 reports' counts plus schema-2 sketches mapped onto it.
+        v1_latency_samples: of those, the latencies that came from v1 reports, known only at
+            the v1 histogram's resolution. While any arm has some, the latency guard reads both
+            arms at that resolution and says so.
+        device_latency: the latencies of schema-2 reports at sketch resolution, per device
+            (stage-cumulative; None when not known). The latency guard reads these when no
+            latency of either arm is v1-only.
+        device_peak_rss, device_load_seconds: one value per device that reported it (its
+            largest peak RSS in bytes, its longest model load in seconds, over the stage), for
+            the memory and load time guards. They add as devices do (concatenated).
         labelled_samples: inferences with a known label (labelled traffic or golden probes).
         labelled_correct: of those, how many the model got right.
         devices_reporting: devices that reported (device-windows once windows are added; the
@@ -96,6 +111,7 @@ class ArmWindow:
     devices_load_failed: int = 0
     shadow_samples: int = 0
     shadow_agreements: int = 0
+    v1_latency_samples: int = 0
     error_devices: int = 0
     device_errors_sq: int = 0
     device_errors_inferences: int = 0
@@ -108,6 +124,9 @@ class ArmWindow:
     device_latency_sq: int = 0
     device_above_sq: tuple[int, ...] = ()
     device_above_samples: tuple[int, ...] = ()
+    device_latency: DeviceLatencies | None = None
+    device_peak_rss: tuple[float, ...] = ()
+    device_load_seconds: tuple[float, ...] = ()
 
     def __add__(self, other: ArmWindow) -> ArmWindow:
         if not isinstance(other, ArmWindow):
@@ -121,7 +140,19 @@ class ArmWindow:
         cuts = {name: tuple(a + b for a, b in zip_longest(getattr(self, name), getattr(other, name),
                                                           fillvalue=0))
                 for name in SPREAD_CUTS}
-        return ArmWindow(errors=reasons, latency_counts=latency, **sums, **cuts)
+        device_latency = (other.device_latency if self.device_latency is None
+                          else self.device_latency if other.device_latency is None
+                          else self.device_latency + other.device_latency)
+        return ArmWindow(errors=reasons, latency_counts=latency, device_latency=device_latency,
+                         device_peak_rss=self.device_peak_rss + other.device_peak_rss,
+                         device_load_seconds=self.device_load_seconds + other.device_load_seconds,
+                         **sums, **cuts)
+
+    @property
+    def precise_latency(self) -> bool:
+        """Whether every latency of the arm is known at sketch resolution (per device)."""
+        return (self.v1_latency_samples == 0 and self.device_latency is not None
+                and self.device_latency.samples == self.latency_samples)
 
     def error_count(self, reasons: Iterable[str] = INFERENCE_ERROR_REASONS) -> int:
         """Errors summed over ``reasons``."""
@@ -193,6 +224,13 @@ class ArmWindow:
             found.append(f"shadow_agreements {self.shadow_agreements} > shadow_samples {self.shadow_samples}")
         if self.error_count() > self.inferences:
             found.append(f"inference errors {self.error_count()} > inferences {self.inferences}")
+        if self.v1_latency_samples > self.latency_samples:
+            found.append(f"v1 latency samples {self.v1_latency_samples} > all ({self.latency_samples})")
+        for name in ("device_peak_rss", "device_load_seconds"):
+            if any(not value >= 0 for value in getattr(self, name)):
+                found.append(f"{name} has a negative or missing value")
+        if self.device_latency is not None and self.device_latency.has_negative:
+            found.append("per-device latency counts have a negative count")
         if self.latency_samples > self.inferences:
             found.append(f"latency samples {self.latency_samples} > inferences {self.inferences}")
         return found
@@ -204,6 +242,11 @@ class ArmWindow:
         out["latency_counts"] = list(self.latency_counts)
         for name in SPREAD_CUTS:
             out[name] = list(getattr(self, name))
+        for name in ("device_peak_rss", "device_load_seconds"):
+            if getattr(self, name):
+                out[name] = list(getattr(self, name))
+        if self.device_latency is not None:
+            out["device_latency"] = [sorted(map(list, row.items())) for row in self.device_latency.sketches()]
         return out
 
     @classmethod
@@ -216,7 +259,8 @@ class ArmWindow:
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"arm window must be an object, got {type(data).__name__}")
-        unknown = set(data) - {*_COUNT_FIELDS, *SPREAD_CUTS, "errors", "latency_counts"}
+        unknown = set(data) - {*_COUNT_FIELDS, *SPREAD_CUTS, *_DEVICE_VALUES, "errors", "latency_counts",
+                               "device_latency"}
         if unknown:
             raise ValueError(f"unknown arm window field(s): {', '.join(sorted(unknown))}")
         counts = {name: _int(data.get(name, 0), name) for name in _COUNT_FIELDS}
@@ -232,12 +276,36 @@ class ArmWindow:
             if not isinstance(values, (list, tuple)):
                 raise ValueError(f"{name} must be a list of integers, got {values!r}")
             cuts[name] = tuple(_int(v, f"{name}[{i}]") for i, v in enumerate(values))
+        values = {}
+        for name in _DEVICE_VALUES:
+            given = data.get(name, [])
+            if not isinstance(given, (list, tuple)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in given):
+                raise ValueError(f"{name} must be a list of numbers, got {given!r}")
+            values[name] = tuple(float(v) for v in given)
         return cls(
+            device_latency=_device_latency(data.get("device_latency")),
+            **values,
             errors={str(k): _int(v, f"errors.{k}") for k, v in errors.items()},
             latency_counts=tuple(_int(v, f"latency_counts[{i}]") for i, v in enumerate(latency)),
             **counts,
             **cuts,
         )
+
+
+def _device_latency(rows: Any) -> DeviceLatencies | None:
+    """``to_dict``'s per-device sketches (a list of ``[[index, count], ...]``) back, checked."""
+    if rows is None:
+        return None
+    if not isinstance(rows, list):
+        raise ValueError(f"device_latency must be a list of per-device sketches, got {rows!r}")
+    sketches = []
+    for d, row in enumerate(rows):
+        if not isinstance(row, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in row):
+            raise ValueError(f"device_latency[{d}] must be a list of [index, count] pairs")
+        sketches.append({_int(i, f"device_latency[{d}] index"): _int(c, f"device_latency[{d}] count")
+                         for i, c in row})
+    return DeviceLatencies.from_sketches(sketches)
 
 
 def _int(value: Any, name: str) -> int:
@@ -325,21 +393,3 @@ class Measurements:
         if self.look < 1:
             found.append(f"look must be >= 1, got {self.look}")
         return found
-
-
-def design_effect(devices: int, x: int, n: int, xx: float, xn: float, nn: float) -> float:
-    """How much clustering of events on devices inflates the variance of the rate ``x / n``.
-
-    ``devices`` devices hold ``x`` events in ``n`` trials; ``xx``, ``xn`` and ``nn`` are the sums
-    over them of x_i², x_i·n_i and n_i². The cluster-robust (linearised ratio) variance of the
-    rate, divided by the binomial variance the tests assume, floored at 1: 1 when events fall
-    evenly, ``1 + (mean trials per device - 1) × intra-device correlation`` when some devices
-    see many more than others. 1 when fewer than two devices' sums are known.
-    """
-    if devices < 2 or n <= 0:
-        return 1.0
-    rate = x / n
-    spread = xx - 2 * rate * xn + rate * rate * nn  # sum over devices of (x_i - rate * n_i)²
-    cluster = devices / (devices - 1) * max(spread, 0.0) / (n * n)
-    p = (x + 1) / (n + 2)  # as the tests adjust it: an arm without events has no 0 / 0
-    return max(1.0, cluster / (p * (1 - p) / n))

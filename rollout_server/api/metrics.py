@@ -4,27 +4,44 @@ The database is the source of truth (several workers and replicas share it), so 
 any replica gives the fleet's totals; nothing is kept in process memory. The report counters
 come from ``report_totals``, which the report writer adds to in the transaction that stores the
 reports: a scrape reads a few rows per model, variant, cohort and device class, however many
-reports are stored.
+reports are stored. The latency histogram is on ``METRIC_BUCKETS_SECONDS`` (at most 10% apart):
+schema-2 reports' sketches (``latency_totals``) folded onto it, and schema-1 reports' v1
+histograms placed at their bucket's upper bound (exact at the v1 bounds). The optional
+per-report values (peak RSS, model load time, CPU temperature) are quantile-less summaries
+(``_sum`` of the values reports carried, ``_count`` of those reports) and ``throttled`` two
+counters (reports that said true, reports that said either): a report without a value counts in
+neither, so ``increase(_sum) / increase(_count)`` is the mean over the reports that had one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
+from edgeship.contract.latency import (
+    BUCKET_COUNT,
+    METRIC_BUCKETS_SECONDS,
+    metric_counts_from_sketch,
+    metric_counts_from_v1,
+)
 from edgeship.contract.metrics import METRICS
 from edgeship.contract.reports import ERROR_REASONS
 from rollout_server.analysis import Phase, RolloutState
 from rollout_server.counters import CONTROLLER_ERRORS, COUNTERS, REPORT_REFUSALS
-from rollout_server.models import Counter, Device, Model, ReportTotal, Rollout, utcnow
+from rollout_server.models import Counter, Device, LatencyTotal, Model, ReportTotal, Rollout, utcnow
 
 bp = Blueprint("metrics", __name__)
 ACTIVE_DEVICE_SECONDS = 300
@@ -50,9 +67,26 @@ def _family(kind, name: str, extra_labels: tuple[str, ...] = ()):
                 labels=list(spec.labels) if not extra_labels else list(extra_labels))
 
 
+#: the optional per-report values (``DEVICE_TOTALS`` of rollout_server.models) as summaries:
+#: metric → (``report_totals`` sum column, count column, added to the sum per counted report).
+REPORT_VALUE_SUMMARIES: dict[str, tuple[str, str, float]] = {
+    "edgeship_report_peak_rss_bytes": ("peak_rss_sum", "peak_rss_reports", 0.0),
+    "edgeship_report_load_seconds": ("load_seconds_sum", "load_reports", 0.0),
+    # kelvin: readings may be below 0 °C, and a summary's _sum must never decrease
+    "edgeship_report_cpu_temperature_kelvin": ("cpu_temp_sum", "cpu_temp_reports", 273.15),
+}
+#: counters of the optional ``throttled`` value: metric → ``report_totals`` column.
+THROTTLE_COUNTERS: dict[str, str] = {
+    "edgeship_reports_throttled_total": "throttled_reports",
+    "edgeship_reports_throttle_known_total": "throttle_known_reports",
+}
+_FLOAT_SUMS = ("latency_sum_seconds", *(column for column, _, _ in REPORT_VALUE_SUMMARIES.values()))
+_COUNTS = (*(count for _, count, _ in REPORT_VALUE_SUMMARIES.values()), *THROTTLE_COUNTERS.values())
+_Key = tuple[str, str, str, str]
+
+
 def _fleet_metrics(session: Session) -> Iterator:
-    sums = [func.sum(ReportTotal.latency_sum_seconds),
-            func.sum(ReportTotal.inferences), func.sum(ReportTotal.labelled), func.sum(ReportTotal.correct),
+    sums = [func.sum(ReportTotal.inferences), func.sum(ReportTotal.labelled), func.sum(ReportTotal.correct),
             *(func.sum(getattr(ReportTotal, f"err_{r}")) for r in ERROR_REASONS),
             *(func.sum(getattr(ReportTotal, f"lat_{i}")) for i in range(BUCKET_COUNT))]
     rows = session.execute(  # a few rows per key (the shards), never the reports themselves
@@ -65,21 +99,75 @@ def _fleet_metrics(session: Session) -> Iterator:
     samples = _family(CounterMetricFamily, "edgeship_eval_samples_total")
     correct = _family(CounterMetricFamily, "edgeship_eval_correct_total")
     latency = _family(HistogramMetricFamily, "edgeship_inference_latency_seconds")
-    for model, variant, cohort, device_class, latency_sum, *values in rows:
-        labels = [model, variant, cohort, device_class]
+    summaries = {name: _family(SummaryMetricFamily, name) for name in REPORT_VALUE_SUMMARIES}
+    throttle = {name: _family(CounterMetricFamily, name) for name in THROTTLE_COUNTERS}
+    sketches = _latency_sketches(session)
+    device_values = _device_value_totals(session)
+    lat_start = 3 + len(ERROR_REASONS)
+    for model, variant, cohort, device_class, *values in rows:
+        key = (model, variant, cohort, device_class)
+        labels = list(key)
         values = [int(v or 0) for v in values]
         inferences.add_metric(labels, values[0])
         samples.add_metric(labels, values[1])
         correct.add_metric(labels, values[2])
-        for reason, count in zip(ERROR_REASONS, values[3 : 3 + len(ERROR_REASONS)], strict=True):
+        for reason, count in zip(ERROR_REASONS, values[3:lat_start], strict=True):
             errors.add_metric([*labels, reason], count)
-        counts = values[3 + len(ERROR_REASONS):]
+        counts = metric_counts_from_v1(values[lat_start:])
+        precise = metric_counts_from_sketch(sketches.get(key, {}))
+        counts = [a + b for a, b in zip(counts, precise, strict=True)]
         cumulative, buckets = 0, []
-        for bound, count in zip((*map(str, LATENCY_BUCKETS_SECONDS), "+Inf"), counts, strict=True):
+        for bound, count in zip((*map(str, METRIC_BUCKETS_SECONDS), "+Inf"), counts, strict=True):
             cumulative += count
             buckets.append((bound, cumulative))
-        latency.add_metric(labels, buckets, sum_value=float(latency_sum or 0.0))
-    yield from (inferences, errors, samples, correct, latency)
+        totals = device_values.get(key, {})
+        latency.add_metric(labels, buckets, sum_value=totals.get("latency_sum_seconds", 0.0))
+        for name, (column, count_column, offset) in REPORT_VALUE_SUMMARIES.items():
+            reported = int(totals.get(count_column, 0))  # exported at 0 too: increase() sees the first
+            summaries[name].add_metric(labels, count_value=reported,
+                                       sum_value=math.fsum((totals.get(column, 0.0), offset * reported)))
+        for name, column in THROTTLE_COUNTERS.items():
+            throttle[name].add_metric(labels, int(totals.get(column, 0)))
+    yield from (inferences, errors, samples, correct, latency, *summaries.values(), *throttle.values())
+
+
+def _device_value_totals(session: Session) -> dict[_Key, dict[str, float | int]]:
+    """Per key, the float sums of ``report_totals`` (``latency_sum_seconds`` and the optional
+    values') and the optional values' counts, over the shards, read in one statement (so a sum
+    and its count always cover the same reports).
+
+    The float sums are ``math.fsum``-ed here, not SQL ``SUM``-ed: SQL's result depends on the
+    order it reads the shards in (which an update can change on PostgreSQL), so two scrapes of
+    unchanged totals could differ in the last bit, and a counter that goes down by a bit is a
+    counter reset to Prometheus (``increase()`` would count the whole total again). ``fsum`` is
+    exact, hence the same in any order, and never decreases while no shard's value does.
+    """
+    columns = (*_FLOAT_SUMS, *_COUNTS)
+    rows = session.execute(
+        select(Model.name, ReportTotal.variant_id, ReportTotal.cohort, ReportTotal.device_class,
+               *(getattr(ReportTotal, name) for name in columns))
+        .join(Model, Model.id == ReportTotal.model_id))
+    shards: dict[_Key, list[dict[str, float | int]]] = {}
+    for model, variant, cohort, device_class, *values in rows:  # a few rows per key (the shards)
+        shards.setdefault((model, variant, cohort, device_class), []).append(
+            dict(zip(columns, (v or 0 for v in values), strict=True)))
+    return {key: {**{name: math.fsum(float(shard[name]) for shard in parts) for name in _FLOAT_SUMS},
+                  **{name: sum(int(shard[name]) for shard in parts) for name in _COUNTS}}
+            for key, parts in shards.items()}
+
+
+def _latency_sketches(session: Session) -> dict[tuple[str, str, str, str], dict[int, int]]:
+    """The schema-2 latencies per (model, variant, cohort, device class): sketch bucket → count."""
+    rows = session.execute(
+        select(Model.name, LatencyTotal.variant_id, LatencyTotal.cohort, LatencyTotal.device_class,
+               LatencyTotal.bucket, func.sum(LatencyTotal.count))
+        .join(Model, Model.id == LatencyTotal.model_id)
+        .group_by(Model.name, LatencyTotal.variant_id, LatencyTotal.cohort, LatencyTotal.device_class,
+                  LatencyTotal.bucket))
+    sketches: dict[tuple[str, str, str, str], dict[int, int]] = {}
+    for model, variant, cohort, device_class, bucket, count in rows:
+        sketches.setdefault((model, variant, cohort, device_class), {})[bucket] = int(count or 0)
+    return sketches
 
 
 def _rollout_metrics(session: Session) -> Iterator:

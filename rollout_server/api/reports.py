@@ -11,7 +11,14 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from edgeship.contract.latency import BUCKET_COUNT
-from edgeship.contract.reports import ERROR_REASONS, MAX_BATCH
+from edgeship.contract.reports import (
+    ERROR_REASONS,
+    MAX_BATCH,
+    MAX_LOAD_SECONDS,
+    REPORT_SCHEMAS,
+    TEMPERATURE_RANGE,
+)
+from edgeship.contract.sketch import LatencySketch
 from rollout_server import hot_cache
 from rollout_server.auth import current_device
 from rollout_server.counters import bump
@@ -20,7 +27,7 @@ from rollout_server.errors import ApiError
 from rollout_server.hot_cache import DeviceSnapshot
 from rollout_server.models import Model, Release, Report, Rollout, utcnow
 from rollout_server.report_checks import ReportLimits, ReportRefused, check_rows
-from rollout_server.report_rows import COLUMNS, fast_rows
+from rollout_server.report_rows import COLUMNS, NO_V1_LATENCY, fast_rows, sketch_text
 from rollout_server.report_writer import report_totals, writer_for
 from rollout_server.validation import (
     NAME,
@@ -174,14 +181,8 @@ def _report(data: dict[str, Any], device: DeviceSnapshot) -> dict[str, Any]:
     if unknown:
         raise ApiError(f"field 'errors' has unknown reasons {sorted(unknown)}; known: {list(ERROR_REASONS)}")
     error_counts = {reason: count(errors, reason, required=False) for reason in ERROR_REASONS}
-    latency = field(data, "latency_counts", list)
-    if len(latency) != BUCKET_COUNT or not all(
-        isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 10**12 for c in latency
-    ):
-        raise ApiError(f"field 'latency_counts' must be {BUCKET_COUNT} non-negative integers")
     inferences = count(data, "inferences")
-    if sum(latency) > inferences:
-        raise ApiError("latency_counts hold more samples than inferences")
+    latency, sketch = _latency(data, inferences)
     latency_sum = field(data, "latency_sum_seconds", (int, float), required=False, default=0.0)
     if not 0 <= latency_sum <= 1e9:
         raise ApiError("field 'latency_sum_seconds' must be between 0 and 1e9")
@@ -200,4 +201,43 @@ def _report(data: dict[str, Any], device: DeviceSnapshot) -> dict[str, Any]:
         latency_sum_seconds=float(latency_sum),
         **{f"err_{reason}": n for reason, n in error_counts.items()},
         **{f"lat_{i}": n for i, n in enumerate(latency)},
+        latency_sketch=sketch,
+        load_seconds=_number(data, "load_seconds", 0.0, MAX_LOAD_SECONDS),
+        cpu_temp_celsius=_number(data, "cpu_temp_celsius", *TEMPERATURE_RANGE),
+        throttled=field(data, "throttled", bool, required=False),
     )
+
+
+def _number(data: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    """An optional number in [low, high]; None when absent."""
+    value = field(data, key, (int, float), required=False)
+    if value is None:
+        return None
+    if not low <= value <= high:
+        raise ApiError(f"field {key!r} must be between {low:g} and {high:g}")
+    return float(value)
+
+
+def _latency(data: dict[str, Any], inferences: int) -> tuple[list[int] | tuple[int, ...], str | None]:
+    """The ``lat_*`` column values and the stored sketch of a report of either schema."""
+    schema = field(data, "schema", int, required=False, default=1)
+    if schema not in REPORT_SCHEMAS:
+        raise ApiError(f"field 'schema' must be one of {list(REPORT_SCHEMAS)} (absent means 1)")
+    if schema == 1:
+        if data.get("latency") is not None:
+            raise ApiError("field 'latency' (a sketch) needs \"schema\": 2; schema 1 sends 'latency_counts'")
+        latency = field(data, "latency_counts", list)
+        if len(latency) != BUCKET_COUNT or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 10**12 for c in latency
+        ):
+            raise ApiError(f"field 'latency_counts' must be {BUCKET_COUNT} non-negative integers")
+        if sum(latency) > inferences:
+            raise ApiError("latency_counts hold more samples than inferences")
+        return latency, None
+    if data.get("latency_counts") is not None:
+        raise ApiError("a schema-2 report sends its latencies in 'latency' (a sketch), not 'latency_counts'")
+    try:
+        sketch = LatencySketch.from_wire(field(data, "latency", dict), max_total=inferences)
+    except ValueError as err:
+        raise ApiError(f"field 'latency': {err}") from None
+    return NO_V1_LATENCY, sketch_text(sketch)

@@ -8,10 +8,11 @@ Usage::
     counts = draw_window(rng, behaviour, expected_inferences=40.0, labelled_fraction=0.2)
 
 The distributions are those of :mod:`rollout_server.analysis.simulate` (:class:`ArmProfile`:
-binomial errors split over reasons by ``ERROR_SPLIT``, log-normal latency binned on
-``edgeship.contract.latency`` by an exact multinomial, binomial labelled/correct samples, and the
-Gamma per-device error factor of its ``Fleet.error_dispersion``); here they are drawn per
-device and window and sent as real reports instead of being aggregated in memory.
+binomial errors split over reasons by ``ERROR_SPLIT``, latencies of the profile's shape binned
+on the report sketch (``edgeship.contract.sketch``) by an exact multinomial, binomial
+labelled/correct samples, and the Gamma per-device error factor of its
+``Fleet.error_dispersion``); here they are drawn per device and window and sent as real
+schema-2 reports instead of being aggregated in memory.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeship.contract.sketch import SCHEMA as SKETCH_SCHEMA
+from edgeship.contract.sketch import bucket_bounds, bucket_of, bucket_value
 from rollout_server.analysis.simulate import ERROR_SPLIT, ArmProfile, with_latency_factor
 from rollout_server.simulator.errors import SettingsError
 
@@ -84,10 +87,21 @@ class Profile(ArmProfile):
             k = 1.0 / self.error_dispersion
             error_rate = min(1.0, error_rate * float(rng.gamma(k, self.error_dispersion)))
         factor = float(np.exp(rng.normal(0.0, self.latency_dispersion))) if self.latency_dispersion else 1.0
-        latency = with_latency_factor(self, factor)
-        mean_seconds = latency.latency_median_seconds * math.exp(latency.latency_sigma ** 2 / 2)
-        return Behaviour(error_rate, latency.bucket_probabilities(), mean_seconds, self.accuracy,
+        offset, probabilities = sketch_probabilities(with_latency_factor(self, factor))
+        values = np.array([bucket_value(offset + j) for j in range(len(probabilities))])
+        mean_seconds = float(probabilities @ values)
+        return Behaviour(error_rate, offset, probabilities, mean_seconds, self.accuracy,
                          self.load_failure_rate, self.shadow_agreement)
+
+
+def sketch_probabilities(profile: ArmProfile, tail: float = 1e-9) -> tuple[int, np.ndarray]:
+    """The probability of each sketch bucket from ``offset`` on, for the profile's latency: the
+    buckets between its ``tail`` and ``1 - tail`` quantiles (the rest folded into the ends)."""
+    low = bucket_of(profile.latency_quantile(tail))
+    high = bucket_of(profile.latency_quantile(1.0 - tail))
+    bounds = np.array([bucket_bounds(i)[1] for i in range(low, high)])
+    cdf = np.concatenate([[0.0], profile.latency_cdf(bounds), [1.0]])
+    return low, np.clip(np.diff(cdf), 0.0, None) / max(cdf[-1] - cdf[0], 1e-300)
 
 
 @dataclass(frozen=True)
@@ -96,15 +110,17 @@ class Behaviour:
 
     Attributes:
         error_rate: probability an inference fails.
-        bucket_probabilities: latency bucket probabilities (``BUCKET_COUNT`` long).
-        mean_latency_seconds: mean of the device's log-normal latency.
+        sketch_offset: the sketch bucket index of ``sketch_probabilities[0]``.
+        sketch_probabilities: latency sketch bucket probabilities from ``sketch_offset`` on.
+        mean_latency_seconds: mean of the device's latency.
         accuracy: probability a labelled sample is correct.
         load_failure_rate: probability an install of this release fails to load.
         shadow_agreement: probability this release agrees top-1 with the live model in shadow.
     """
 
     error_rate: float
-    bucket_probabilities: np.ndarray
+    sketch_offset: int
+    sketch_probabilities: np.ndarray
     mean_latency_seconds: float
     accuracy: float
     load_failure_rate: float
@@ -178,9 +194,9 @@ def draw_window(rng: np.random.Generator, behaviour: Behaviour, expected_inferen
 
     Inferences are Poisson; failed ones binomial at the device's error rate and split over
     ``runtime_error`` / ``timeout`` / ``other`` (they count as inferences without a latency
-    sample, as on a real device); successful ones fill the latency histogram; labelled samples
+    sample, as on a real device); successful ones fill the latency sketch; labelled samples
     are a binomial share of those, correct ones binomial at the accuracy. ``latency_sum_seconds``
-    is the expected sum (successes × the log-normal mean): no guard reads it.
+    is the expected sum (successes × the latency's mean): no guard reads it.
 
     Args:
         rng: the worker's generator.
@@ -194,13 +210,15 @@ def draw_window(rng: np.random.Generator, behaviour: Behaviour, expected_inferen
     failed = int(rng.binomial(inferences, behaviour.error_rate))
     split = rng.multinomial(failed, list(ERROR_SPLIT.values()))
     ok = inferences - failed
-    latency = rng.multinomial(ok, behaviour.bucket_probabilities)
+    latency = rng.multinomial(ok, behaviour.sketch_probabilities)
     labelled = int(rng.binomial(ok, labelled_fraction))
     shadow = int(rng.binomial(ok, shadow_share)) if shadow_share > 0 else 0
     return {
         "inferences": inferences,
         "errors": {reason: int(n) for reason, n in zip(ERROR_SPLIT, split, strict=True) if n},
-        "latency_counts": [int(c) for c in latency],
+        "schema": 2,
+        "latency": {"schema": SKETCH_SCHEMA, "buckets": [[behaviour.sketch_offset + int(j), int(latency[j])]
+                                                         for j in np.flatnonzero(latency)]},
         "latency_sum_seconds": round(ok * behaviour.mean_latency_seconds, 6),
         "labelled": labelled,
         "correct": int(rng.binomial(labelled, behaviour.accuracy)),

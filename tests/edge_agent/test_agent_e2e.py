@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import Agent
+from edgeship.contract.sketch import LatencySketch
 from tests.edge_agent.conftest import MODEL, wait_until
 from tests.edge_agent.harness import ServerProcess
 
@@ -67,8 +68,11 @@ def test_agent_installs_the_stable_release_infers_and_reports(agent_config, serv
     assert sum(r["labelled"] for r in rows) == 60
     accuracy = sum(r["correct"] for r in rows) / 60
     assert accuracy > 0.8  # the digits CNN is ~0.95 accurate: real labels reached the server
-    assert sum(sum(r[f"lat_{i}"] for i in range(15)) for r in rows) == 61
+    # schema 2: latencies in a sketch, the v1 columns empty; the model's load time on each report
+    assert sum(LatencySketch.from_wire(json.loads(r["latency_sketch"])).total for r in rows) == 61
+    assert all(sum(r[f"lat_{i}"] for i in range(15)) == 0 for r in rows)
     assert all(r["peak_rss_bytes"] > 0 for r in rows)
+    assert all(0 < r["load_seconds"] < 60 for r in rows)
     assert len({r["report_id"] for r in rows}) == len(rows)
 
 

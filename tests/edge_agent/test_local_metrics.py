@@ -1,4 +1,4 @@
-"""The agent's local /metrics: catalogue names, shared buckets, valid Prometheus text format."""
+"""The agent's local /metrics: catalogue names, the server's latency bounds, valid Prometheus text format."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from edge_agent.local_metrics import LocalMetrics
 from edge_agent.window import WindowKey
-from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
+from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS, METRIC_BUCKETS_SECONDS
 from edgeship.contract.metrics import METRICS
 from tests.skip_policy import dev_venv_only
 
@@ -110,22 +110,51 @@ def test_counters_count_like_reports(metrics):
     assert value(samples, "edgeship_agent_peak_rss_bytes", device_class="rpi4") > 2**20
 
 
-def test_the_histogram_is_cumulative_on_the_shared_buckets(metrics):
+def stable_buckets(samples, key: WindowKey = STABLE) -> list[tuple[str, float]]:
+    name = "edgeship_inference_latency_seconds_bucket"
+    return [(ls["le"], v) for n, ls, v in samples if n == name and {k: ls[k] for k in FLEET} == fleet(key)]
+
+
+def test_the_histogram_is_cumulative_on_the_metric_bounds(metrics):
     _, samples = parse(metrics.render())
     name = "edgeship_inference_latency_seconds"
-    buckets = [(ls["le"], v) for n, ls, v in samples
-               if n == name + "_bucket" and {k: ls[k] for k in FLEET} == fleet(STABLE)]
-    assert [le for le, _ in buckets] == [repr(b) for b in LATENCY_BUCKETS_SECONDS] + ["+Inf"]
-    assert len(buckets) == BUCKET_COUNT
+    buckets = stable_buckets(samples)
+    assert [le for le, _ in buckets] == [repr(b) for b in METRIC_BUCKETS_SECONDS] + ["+Inf"]
+    assert len(buckets) == len(METRIC_BUCKETS_SECONDS) + 1
+    assert {repr(b) for b in LATENCY_BUCKETS_SECONDS} <= {le for le, _ in buckets}  # the v1 bounds too
     counts = [v for _, v in buckets]
     assert counts == sorted(counts)  # cumulative never decreases
     by_le = dict(buckets)
-    assert (by_le["0.001"], by_le["0.0025"], by_le["0.005"], by_le["0.25"], by_le["2.5"], by_le["+Inf"]) == (
-        1, 1, 3, 4, 4, 5)
+    # 0.0008, 0.003, 0.003, 0.2 and 7.0 s: each counted from its own bound up (7.0 is one)
+    assert (by_le["0.00075"], by_le["0.0008"], by_le["0.00275"], by_le["0.003"], by_le["0.19"],
+            by_le["0.2"], by_le["6.5"], by_le["7.0"], by_le["10.0"], by_le["+Inf"]) == (
+        0, 1, 1, 3, 3, 4, 4, 5, 5, 5)
     assert value(samples, name + "_count", **fleet(STABLE)) == 5
     assert value(samples, name + "_sum", **fleet(STABLE)) == pytest.approx(7.2068)
     # the timeout counted an inference but has no latency
     assert value(samples, name + "_count", **fleet(CANARY)) == 1
+
+
+def test_latencies_land_in_the_bucket_of_the_first_bound_at_or_above_them():
+    m = LocalMetrics(device_class="rpi4")
+    for bound in METRIC_BUCKETS_SECONDS:
+        m.observe_inference(STABLE, bound)  # on the bound: that bucket (le)
+        m.observe_inference(STABLE, bound * 1.000001)  # just above: the next one
+    m.observe_inference(STABLE, 0.0)
+    m.observe_inference(STABLE, 60.0)
+    _, samples = parse(m.render())
+    cumulative = [v for _, v in stable_buckets(samples)]
+    per_bucket = [c - (cumulative[i - 1] if i else 0) for i, c in enumerate(cumulative)]
+    # 0 and the first bound in the first bucket; in each next one the value just above the
+    # previous bound and its own bound; 10 s * 1.000001 and 60 s in +Inf
+    assert per_bucket == [2] + [2] * (len(METRIC_BUCKETS_SECONDS) - 1) + [2]
+
+
+def test_bounds_are_spelled_as_prometheus_client_spells_them(metrics):
+    utils = dev_venv_only("prometheus_client.utils")
+    _, samples = parse(metrics.render())
+    assert [le for le, _ in stable_buckets(samples)] == [
+        utils.floatToGoString(b) for b in (*METRIC_BUCKETS_SECONDS, float("inf"))]
 
 
 def test_set_model_replaces_the_previous_version_and_clear_model_forgets(metrics):

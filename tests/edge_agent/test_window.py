@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from edge_agent.window import Window, WindowKey, WindowSet, iso_utc, peak_rss_bytes
-from edgeship.contract.latency import BUCKET_COUNT, bucket_index
 from edgeship.contract.reports import ERROR_REASONS
+from edgeship.contract.sketch import MIN_SECONDS, LatencySketch, bucket_of
 from tests.skip_policy import dev_venv_only
 
 KEY = WindowKey("digits-cnn", "1", "tflite-int8", rollout_id=None, cohort="stable")
@@ -30,16 +30,13 @@ def parse(text: str) -> float:
     return dt.datetime.fromisoformat(text).timestamp()
 
 
-def test_inferences_fill_the_shared_buckets_and_the_latency_sum():
+def test_inferences_fill_the_sketch_and_the_latency_sum():
     window = Window(opened_at=0.0)
-    for latency in (0.0005, 0.001, 0.003, 0.003, 3.0):
+    for latency in (0.0, 0.0005, 0.001, 0.003, 0.003, 3.0):
         window.record_inference(latency)
-    assert window.inferences == 5
-    expected = [0] * BUCKET_COUNT
-    expected[0] = 2  # 0.001 is "le 0.001"
-    expected[bucket_index(0.003)] = 2
-    expected[-1] = 1  # over 2.5 s: the +Inf bucket
-    assert window.latency_counts == expected
+    assert window.inferences == 6
+    assert window.latency.counts == {bucket_of(MIN_SECONDS): 1, bucket_of(0.0005): 1, bucket_of(0.001): 1,
+                                     bucket_of(0.003): 2, bucket_of(3.0): 1}
     assert window.latency_sum_seconds == pytest.approx(3.0075)
 
 
@@ -62,7 +59,7 @@ def test_a_per_inference_error_counts_an_inference_without_a_latency(reason):
     window = Window(opened_at=0.0)
     window.record_error(reason)
     assert window.inferences == 1 and window.errors[reason] == 1
-    assert sum(window.latency_counts) == 0 and not window.is_empty
+    assert window.latency.total == 0 and not window.is_empty
 
 
 @pytest.mark.parametrize("reason", ["load_failed", "golden_mismatch"])
@@ -129,15 +126,14 @@ def test_close_reports_each_non_empty_window_in_the_wire_format():
 
     assert set(reports) == {"1", "2"}
     canary = reports["2"]
-    latency = [0] * BUCKET_COUNT
-    latency[bucket_index(0.02)] = 1
     assert canary == {
         "id": canary["id"], "model": "digits-cnn", "version": "2", "variant": "tflite-int8",
         "rollout_id": 7, "cohort": "canary",
         "window_start": canary["window_start"], "window_end": canary["window_end"],
         "inferences": 2, "errors": {"load_failed": 0, "runtime_error": 0, "golden_mismatch": 1,
                                     "timeout": 1, "other": 0},
-        "latency_counts": latency, "latency_sum_seconds": 0.02, "labelled": 1, "correct": 1,
+        "schema": 2, "latency": {"schema": 5, "buckets": [[bucket_of(0.02), 1]]},
+        "latency_sum_seconds": 0.02, "labelled": 1, "correct": 1,
         "shadow_samples": 1, "shadow_agree": 0, "peak_rss_bytes": 123_456_789, "dropped_windows": 0,
     }
     assert len(canary["id"]) == 32 and canary["id"] != reports["1"]["id"]
@@ -227,7 +223,7 @@ def test_concurrent_recording_and_closing_lose_no_count():
     closer.join()
     closed.extend(windows.close())
     assert sum(r["inferences"] for r in closed) == per_thread * threads
-    assert sum(sum(r["latency_counts"]) for r in closed) == per_thread * threads
+    assert sum(LatencySketch.from_wire(r["latency"]).total for r in closed) == per_thread * threads
 
 
 def test_peak_rss_is_this_process_and_plausible():

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS
+from edgeship.contract.latency import METRIC_BUCKETS_SECONDS
 from examples.demo import live
 from examples.demo.fleet import PROFILES, FleetSettings, FleetSnapshot, plan_fleet
 from examples.demo.live import LiveView, MetricsHistory, latest_verdicts, parse_metrics, render
@@ -18,7 +18,8 @@ from examples.demo.rollouts import GuardMinimums, rollout_body
 
 def metrics_text(cohort: str, inferences: int, errors: int, golden: int, labelled: int, correct: int,
                  fast: int, slow: int, model: str = "digits-cnn") -> str:
-    """A /metrics page shaped like the server's: ``fast`` latencies ≤ 1 ms, ``slow`` in (5, 7.5] ms."""
+    """A /metrics page shaped like the server's: ``fast`` latencies in (0.48, 0.5] ms, ``slow`` in
+    (7, 7.5] ms."""
     labels = f'model="{model}",variant="tflite-fp32",cohort="{cohort}",device_class="rpi4"'
     lines = [
         f"edgeship_inferences_total{{{labels}}} {inferences}",
@@ -28,8 +29,8 @@ def metrics_text(cohort: str, inferences: int, errors: int, golden: int, labelle
         f"edgeship_eval_correct_total{{{labels}}} {correct}",
     ]
     cumulative = 0
-    for bound in (*map(str, LATENCY_BUCKETS_SECONDS), "+Inf"):
-        cumulative = fast + (slow if float(bound) >= 0.0075 else 0)
+    for bound in (*map(str, METRIC_BUCKETS_SECONDS), "+Inf"):
+        cumulative = (fast if float(bound) >= 0.0005 else 0) + (slow if float(bound) >= 0.0075 else 0)
         lines.append(f'edgeship_inference_latency_seconds_bucket{{{labels},le="{bound}"}} {cumulative}')
     lines += [f"edgeship_inference_latency_seconds_count{{{labels}}} {cumulative}",
               f"edgeship_inference_latency_seconds_sum{{{labels}}} {0.0005 * fast + 0.006 * slow}"]
@@ -45,7 +46,8 @@ def test_parse_metrics_sums_one_model_per_cohort():
     totals = parse_metrics(page((100, 1, 0, 80, 76, 90, 10), (10, 0, 3, 8, 8, 10, 0)), "digits-cnn")
     assert totals["stable"].inferences == 100 and totals["stable"].errors == 1
     assert totals["canary"].load_failures == 3 and totals["canary"].errors == 0
-    assert totals["stable"].cumulative_buckets[0] == 90 and totals["stable"].cumulative_buckets[-1] == 100
+    buckets = totals["stable"].cumulative_buckets
+    assert buckets[0] == 0 and buckets[METRIC_BUCKETS_SECONDS.index(0.0005)] == 90 and buckets[-1] == 100
 
 
 def test_rates_over_the_window_are_differences_of_the_counters():

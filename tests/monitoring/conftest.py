@@ -39,7 +39,8 @@ def prometheus_binary() -> str:
 
 def seed_fleet(app) -> None:
     """Enough data for every catalogue metric: a stable release, a rolled-back rollout, a running
-    rollout, one device with a report from its cohort, and a rejected report batch."""
+    rollout, one device with a report from its cohort (carrying every optional device value), and
+    a rejected report batch."""
     from rollout_server.db import session_scope
     from rollout_server.models import Rollout
     from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
@@ -66,7 +67,8 @@ def seed_fleet(app) -> None:
     device, credential = register(client, tokens["EDGESHIP_ENROLL_TOKEN"], device_class="rpi5")
     assignment = client.get(f"/v1/devices/{device}/assignment?model={MODEL}", headers=auth(credential)).json
     body = report(version=assignment["version"], variant=assignment["variant"]["id"],
-                  cohort=assignment["cohort"], rollout_id=assignment["rollout_id"])
+                  cohort=assignment["cohort"], rollout_id=assignment["rollout_id"],
+                  peak_rss_bytes=150 * 2**20, load_seconds=0.8, cpu_temp_celsius=-4.5, throttled=False)
     response = client.post("/v1/reports", json={"reports": [body]}, headers=auth(credential))
     assert response.status_code == 200, response.json
     refused = client.post("/v1/reports", json={"reports": [report(cohort="beta")]}, headers=auth(credential))

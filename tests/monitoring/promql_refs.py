@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from edgeship.contract.metrics import METRICS, MetricSpec
 
 HISTOGRAM_SUFFIXES = {"_bucket": ("le",), "_sum": (), "_count": ()}
+#: the series of a catalogue summary (quantile-less: no ``quantile`` label).
+SUMMARY_SUFFIXES = {"_sum": (), "_count": ()}
+_SUFFIXES = {"histogram": HISTOGRAM_SUFFIXES, "summary": SUMMARY_SUFFIXES}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _SELECTOR = re.compile(r"\b(edgeship_[a-z0-9_]+)\s*(\{[^}]*\})?")
 _MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
@@ -57,11 +60,12 @@ def label_values_refs(definition: str) -> list[tuple[str, str]]:
 def resolve(name: str, catalogue: dict[str, MetricSpec] = METRICS
             ) -> tuple[MetricSpec, tuple[str, ...]] | None:
     """The catalogue entry behind a series name and the extra labels the suffix brings (``le``),
-    or None when the name is not in the catalogue."""
+    or None when the name is not in the catalogue. A histogram or summary is referred to by its
+    series (``_bucket``, ``_sum``, ``_count``), never by its bare name."""
     if name in catalogue:
-        return catalogue[name], ()
-    for suffix, extra in HISTOGRAM_SUFFIXES.items():
+        return (catalogue[name], ()) if catalogue[name].kind not in _SUFFIXES else None
+    for suffix in ("_bucket", "_sum", "_count"):
         base = name.removesuffix(suffix)
-        if base != name and base in catalogue and catalogue[base].kind == "histogram":
-            return catalogue[base], extra
+        if base != name and base in catalogue and suffix in _SUFFIXES.get(catalogue[base].kind, {}):
+            return catalogue[base], _SUFFIXES[catalogue[base].kind][suffix]
     return None

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS
+from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS, METRIC_BUCKETS_SECONDS
 from edgeship.contract.metrics import METRICS, MetricSpec
 from monitoring.alert_tests import promtool_cases
 from monitoring.alerts import ALERTS
@@ -24,7 +24,10 @@ from tests.monitoring.promql_refs import (
 #: server and the catalogue gain one, remove it here: the first test fails until then.
 AWAITING_SERVER: dict[str, MetricSpec] = {}  # metrics the rules use before the server exports them
 CATALOGUE = {**METRICS, **AWAITING_SERVER}
-BOUNDS = {*map(str, LATENCY_BUCKETS_SECONDS), "+Inf"}  # as the server exports them
+#: the ``le`` values of the /metrics latency histogram, as prometheus_client prints them
+#: (``floatToGoString``; tests below check it agrees).
+LE_VALUES = [*map(repr, METRIC_BUCKETS_SECONDS), "+Inf"]
+BOUNDS = set(LE_VALUES)
 
 
 def expressions() -> dict[str, str]:
@@ -113,6 +116,17 @@ def test_promtool_histograms_use_every_bucket_bound():
     assert bounds == BOUNDS
 
 
+def test_le_values_are_spelled_as_prometheus_client_spells_them():
+    from prometheus_client.utils import floatToGoString
+
+    from monitoring.queries import LE_VALUES as QUERY_LE_VALUES
+
+    printed = [floatToGoString(b) for b in (*METRIC_BUCKETS_SECONDS, float("inf"))]
+    assert printed == LE_VALUES
+    assert set(QUERY_LE_VALUES) | {"+Inf"} == BOUNDS
+    assert {repr(b) for b in LATENCY_BUCKETS_SECONDS} <= BOUNDS  # the v1 bounds are metric bounds too
+
+
 def test_dashboard_variables_query_catalogue_labels():
     for board in (build() for build in DASHBOARDS):
         for variable in board["templating"]["list"]:
@@ -141,7 +155,7 @@ def test_the_server_exports_every_catalogue_metric_with_its_labels(seeded_app):
             assert set(sample.labels) == {*spec.labels, *resolved[1]}, f"{sample.name}: {sample.labels}"
 
 
-def test_the_server_exports_the_shared_latency_buckets(seeded_app):
+def test_the_server_exports_the_metric_latency_buckets(seeded_app):
     histogram = scrape(seeded_app)["edgeship_inference_latency_seconds"]
     series = {tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
               for s in histogram.samples if s.name.endswith("_bucket")}
@@ -149,4 +163,4 @@ def test_the_server_exports_the_shared_latency_buckets(seeded_app):
         bounds = [s.labels["le"] for s in histogram.samples
                   if s.name.endswith("_bucket") and tuple(sorted((k, v) for k, v in s.labels.items()
                                                                  if k != "le")) == labels]
-        assert bounds == [*map(str, LATENCY_BUCKETS_SECONDS), "+Inf"]
+        assert bounds == LE_VALUES

@@ -31,7 +31,6 @@ schemathesis = require_module("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402  (after the importorskip)
 from schemathesis import checks  # noqa: E402
 
-from edgeship.contract.latency import BUCKET_COUNT  # noqa: E402
 from rollout_server.app import create_app  # noqa: E402
 from rollout_server.artifact_store import app_store  # noqa: E402
 from rollout_server.auth import ENROLL as ENROLL_ROLE  # noqa: E402
@@ -190,7 +189,7 @@ def live(request, tmp_path_factory) -> Iterator[Live]:
 REPORT_EXAMPLE = {"reports": [{
     "id": "r-1", "model": MODEL, "version": STABLE, "variant": "onnx-fp32", "rollout_id": ROLLOUT_ID,
     "cohort": "stable", "window_start": "2025-01-01T00:00:00Z", "window_end": "2025-01-01T00:01:00Z",
-    "inferences": 10, "errors": {"timeout": 1}, "latency_counts": [0] * (BUCKET_COUNT - 1) + [9],
+    "inferences": 10, "errors": {"timeout": 1}, "schema": 2, "latency": {"schema": 5, "buckets": [[-250, 9]]},
     "labelled": 4, "correct": 3,
 }]}
 PATH_VALUES = {"device_id": DEVICE_ID, "name": MODEL, "version": STABLE, "rollout_id": ROLLOUT_ID,

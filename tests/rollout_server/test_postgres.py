@@ -10,6 +10,7 @@ except in CI (``CI`` set), where that is a failure.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import multiprocessing
 import os
 import subprocess
@@ -30,6 +31,7 @@ pytest.importorskip("alembic")
 from sqlalchemy import func, select, text
 
 from edgeship.contract.latency import histogram
+from edgeship.contract.sketch import LatencySketch, bucket_of
 from rollout_server.app import create_app
 from rollout_server.auth import FIRST_START_FILE
 from rollout_server.config import DEFAULTS
@@ -98,6 +100,18 @@ def test_the_app_on_postgresql_ramps_and_promotes_a_good_candidate(app, client, 
     assert first.json["accepted"] == ["replayed"] and second.json["duplicates"] == ["replayed"]
     with session_scope(app) as session:
         assert session.scalar(text("SELECT count(*) FROM reports WHERE report_id = 'replayed'")) == 1
+    # a schema-2 report: its sketch is stored and summed into latency_totals in the same statement
+    sketch = LatencySketch()
+    sketch.add_all([0.004] * 7 + [0.0002] * 3)
+    v2 = {**report, "id": "sketched", "schema": 2, "latency": sketch.to_wire()}
+    del v2["latency_counts"]
+    assert client.post("/v1/reports", json={"reports": [v2]}, headers=auth(credential)).status_code == 200
+    with session_scope(app) as session:
+        stored = session.scalar(text("SELECT latency_sketch FROM reports WHERE report_id = 'sketched'"))
+        assert LatencySketch.from_wire(json.loads(stored)) == sketch
+        totals = dict(session.execute(
+            text("SELECT bucket, sum(count) FROM latency_totals GROUP BY bucket")).all())
+        assert totals == {bucket_of(0.004): 7, bucket_of(0.0002): 3}
 
 
 def test_the_app_on_postgresql_rolls_back_a_bad_candidate(app, client, tokens, fleet):

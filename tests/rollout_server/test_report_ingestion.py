@@ -19,7 +19,7 @@ from rollout_server import report_rows, report_writer
 from rollout_server.api import reports as ingest
 from rollout_server.db import session_scope
 from rollout_server.hot_cache import DeviceSnapshot
-from rollout_server.models import TOTALLED, Report, ReportTotal
+from rollout_server.models import DEVICE_TOTALS, TOTALLED, Report, ReportTotal
 from tests.rollout_server.conftest import BOTH_BACKENDS, auth, register, seed_release, variant_entry
 from tests.rollout_server.test_devices_and_reports import report
 
@@ -81,6 +81,9 @@ def _known(app, client, tokens) -> tuple[dict, DeviceSnapshot]:
     {"errors": None, "labelled": None, "correct": None, "latency_sum_seconds": 3},
     {"errors": {}, "shadow_samples": 5, "shadow_agree": 5, "peak_rss_bytes": 0, "dropped_windows": 7},
     {"peak_rss_bytes": 123456, "cohort": "canary", "rollout_id": None, "unknown_field": [1]},
+    {"schema": 2, "latency": {"schema": 5, "buckets": [[-240, 2], [-250, 3]]}, "latency_counts": None,
+     "load_seconds": 0.25, "cpu_temp_celsius": 61.5, "throttled": True},
+    {"schema": 1, "load_seconds": 1, "cpu_temp_celsius": -3, "throttled": False, "latency": None},
 ])
 def test_the_fast_path_builds_the_rows_the_checks_build(app, client, tokens, stable_release, overrides):
     known, device = _known(app, client, tokens)
@@ -102,6 +105,12 @@ def test_the_fast_path_builds_the_rows_the_checks_build(app, client, tokens, sta
     {"inferences": "many"}, {"inferences": 1}, {"inferences": 10**13}, {"latency_sum_seconds": True},
     {"latency_sum_seconds": float("nan")}, {"latency_sum_seconds": -1}, {"correct": 50},
     {"shadow_agree": 1}, {"labelled": 1.5}, {"dropped_windows": 10**6 + 1}, {"peak_rss_bytes": False},
+    {"load_seconds": -1}, {"load_seconds": 4000}, {"load_seconds": "1"}, {"cpu_temp_celsius": 200},
+    {"throttled": 1}, {"throttled": "yes"}, {"schema": 2}, {"schema": 3}, {"schema": True},
+    {"schema": 2, "latency": {"schema": 5, "buckets": [[-250, 1], [-250, 1]]}, "latency_counts": None},
+    {"schema": 2, "latency": {"schema": 5, "buckets": [[-250, 1000]]}, "latency_counts": None},
+    {"schema": 2, "latency": {"schema": 5, "buckets": [[9999, 1]]}, "latency_counts": None},
+    {"latency": {"schema": 5, "buckets": []}},
 ])
 def test_the_fast_path_leaves_anything_doubtful_to_the_checks(app, client, tokens, stable_release, overrides):
     known, device = _known(app, client, tokens)
@@ -417,3 +426,24 @@ def test_a_nul_character_in_a_string_is_a_400_not_a_database_error(client, token
     fine = client.post("/v1/reports", json={"reports": [report("r\\u0000")]}, headers=auth(credential))
     assert fine.status_code == 200 and fine.json["accepted"] == ["r\\u0000"]
     assert [r.report_id for r in _rows(app, device_id)] == ["r\\u0000"]
+
+
+@BOTH
+def test_optional_device_values_are_summed_and_counted_only_where_given(app, client, tokens, stable_release):
+    """``report_totals`` keeps, per key, the sum and the count of each optional value (peak RSS,
+    load time, CPU temperature) and how many reports said throttled: absent values count in
+    neither, on SQLite and on PostgreSQL (one SQL statement there)."""
+    _, credential = register(client, tokens["enroll"])
+    given = [{"peak_rss_bytes": 100, "load_seconds": 0.5, "cpu_temp_celsius": 60.0, "throttled": True},
+             {"peak_rss_bytes": 300, "cpu_temp_celsius": 70.5, "throttled": False},
+             {"load_seconds": 1.5}, {}]
+    for i, values in enumerate(given):
+        answer = client.post("/v1/reports", json={"reports": [report(f"opt-{i}", **values)]},
+                             headers=auth(credential))
+        assert answer.status_code == 200, answer.json
+    with session_scope(app) as session:
+        columns = (func.sum(getattr(ReportTotal, name)) for name in DEVICE_TOTALS)
+        sums = session.execute(select(*columns)).one()
+    assert dict(zip(DEVICE_TOTALS, sums, strict=True)) == {
+        "peak_rss_sum": 400, "peak_rss_reports": 2, "load_seconds_sum": 2.0, "load_reports": 2,
+        "cpu_temp_sum": 130.5, "cpu_temp_reports": 2, "throttled_reports": 1, "throttle_known_reports": 2}

@@ -1,21 +1,34 @@
 """Statistics shown, not claimed: seeded fleet simulations through assess and decide.
 
-Real sampling (Poisson inferences, binomial errors, log-normal latencies on the shared buckets,
-labelled accuracy), nothing mocked. Figures are also printed by ``python -m benchmarks.rollout_stats``.
+Real sampling (Poisson inferences, binomial errors, one latency per inference from the arm's
+latency shape reported as schema-2 sketches or on the v1 histogram, labelled accuracy), nothing
+mocked. Figures are also printed by ``python -m benchmarks.rollout_stats``.
 """
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
 
-from rollout_server.analysis import Guard, GuardSpec, Metric, Mode, Phase
+import numpy as np
+import pytest
+from scipy.special import ndtr
+
+from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS
+from rollout_server.analysis import Guard, GuardSpec, Metric, Mode, Phase, assess
 from rollout_server.analysis.simulate import (
+    LATENCY_SHAPES,
     ArmProfile,
     Fleet,
+    StageCounts,
+    _Devices,
+    _profiles,
+    merge_window,
     run_rollouts,
     simulate_rollout,
+    simulate_window,
     summarize,
     with_latency_factor,
+    with_latency_shape,
 )
 
 SPEC = GuardSpec.default()
@@ -146,3 +159,122 @@ def test_too_few_samples_hold_and_never_promote():
     results = run_rollouts(10, SPEC, STABLE, STABLE, seed=11, fleet=tiny, max_windows=30)
     assert all(r.phase is Phase.RUNNING and r.stage_index == 0 for r in results)
     assert all("too few" in r.reason for r in results)
+
+
+# -- latency shapes and report schemas ------------------------------------------------------------
+
+LATENCY_ONLY = GuardSpec((Guard(Metric.LATENCY),))
+
+
+def stage_data(stable: ArmProfile, canary: ArmProfile, *, windows: int = 4, seed: int = 1,
+               fleet: Fleet | None = None, percent: float = 50):
+    """Stage-cumulative measurements of a few windows at ``percent``, merged as the simulator does."""
+    fleet = fleet or Fleet()
+    rng = np.random.default_rng(seed)
+    devices = _Devices.draw(fleet, rng)
+    profiles = _profiles(list(fleet.classes), stable, canary, {})
+    stage = StageCounts.empty(fleet.devices)
+    cumulative = None
+    for look in range(1, windows + 1):
+        window = simulate_window(rng, fleet, devices, profiles, percent, look, stage)
+        cumulative = window if cumulative is None else merge_window(cumulative, window)
+    return cumulative
+
+
+def test_every_shape_scales_every_quantile_by_the_latency_factor():
+    for shape in LATENCY_SHAPES:
+        stable = with_latency_shape(ArmProfile(), shape, 0.003)
+        slower = with_latency_factor(stable, 1.5)
+        for q in (0.05, 0.5, 0.95, 0.99):
+            assert slower.latency_quantile(q) == pytest.approx(1.5 * stable.latency_quantile(q), rel=1e-9)
+            assert float(stable.latency_cdf(stable.latency_quantile(q))) == pytest.approx(q, abs=1e-9)
+
+
+@pytest.mark.parametrize("shape", sorted(LATENCY_SHAPES))
+def test_simulated_quantiles_are_the_shapes_and_scale_by_the_factor(shape):
+    """~48,000 latencies per arm: p50 and p95 within 2.5% of the true ones, and the canary's
+    (every latency × 1.5) within 2.5% of 1.5× stable's."""
+    stable = with_latency_shape(ArmProfile(), shape, 0.0002)
+    data = stage_data(stable, with_latency_factor(stable, 1.5), windows=5)
+    for q in (0.5, 0.95):
+        true = stable.latency_quantile(q)
+        s, c = data.stable.device_latency.quantile(q), data.canary.device_latency.quantile(q)
+        assert s == pytest.approx(true, rel=0.025)
+        assert c / s == pytest.approx(1.5, rel=0.025)
+
+
+def test_the_lognormal_shape_is_the_old_lognormal():
+    profile = ArmProfile(latency_median_seconds=0.03)
+    bounds = np.log(np.asarray(LATENCY_BUCKETS_SECONDS))
+    cdf = ndtr((bounds - np.log(0.03)) / 0.5)
+    assert profile.bucket_probabilities() == pytest.approx(np.diff(np.concatenate([[0.0], cdf, [1.0]])))
+    assert with_latency_shape(profile, "lognormal") == profile
+    for shape in LATENCY_SHAPES:
+        assert with_latency_shape(profile, shape).bucket_probabilities().sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown latency shape"):
+        with_latency_shape(profile, "bimodal")
+
+
+def test_a_canary_whose_only_change_is_its_throttled_tail():
+    stable = with_latency_shape(ArmProfile(), "throttled", 0.003)
+    canary = replace(stable, latency_slow_factor=14 / 3)
+    assert stable.latency_quantile(0.95) == pytest.approx(0.009, rel=1e-3)
+    assert canary.latency_quantile(0.95) / stable.latency_quantile(0.95) == pytest.approx(14 / 9, rel=1e-3)
+    assert canary.latency_quantile(0.5) == pytest.approx(stable.latency_quantile(0.5), rel=1e-3)
+
+
+def test_schema_2_windows_carry_each_devices_stage_latencies_and_the_same_on_the_v1_histogram():
+    data = stage_data(ArmProfile(), with_latency_factor(ArmProfile(), 1.2), windows=3)
+    for device_class in (None, *data.classes):
+        for arm in data.arms(device_class):
+            assert arm.precise_latency and arm.v1_latency_samples == 0
+            assert arm.device_latency.v1_counts() == arm.latency_counts
+            assert arm.device_latency.samples == arm.inferences  # one latency per inference
+            assert arm.device_latency.devices == arm.latency_devices
+    verdict = assess(LATENCY_ONLY, data)[0]
+    assert verdict.stats["pooled"]["resolution"] > 0 and "v1 histogram" not in verdict.reason
+
+
+def test_schema_1_windows_carry_the_v1_histogram_only_and_the_guard_says_so():
+    data = stage_data(ArmProfile(), ArmProfile(), windows=3, fleet=Fleet(report_schema=1))
+    for arm in data.arms():
+        assert arm.device_latency is None and not arm.precise_latency
+        assert arm.v1_latency_samples == arm.latency_samples == arm.inferences
+        assert len(arm.device_above_sq) == len(LATENCY_BUCKETS_SECONDS)
+    verdict = assess(LATENCY_ONLY, data)[0]
+    assert verdict.stats["pooled"]["resolution"] == 0 and "read at v1 histogram resolution" in verdict.reason
+    with pytest.raises(ValueError, match="report_schema"):
+        Fleet(report_schema=3)
+
+
+def test_a_schema_1_fleet_still_rolls_back_a_1_5x_canary_at_40_ms():
+    results = run_rollouts(10, SPEC, STABLE, with_latency_factor(STABLE, 1.5), seed=8,
+                           fleet=Fleet(report_schema=1))
+    assert all(r.phase is Phase.ROLLED_BACK and r.failed_guards == ("latency",) for r in results)
+
+
+def test_a_1_5x_two_modes_canary_at_a_fifth_of_a_millisecond_is_rolled_back_and_identical_arms_are_not():
+    """0.2 ms is below the v1 histogram's first bound: only the sketch sees it."""
+    stable = with_latency_shape(ArmProfile(), "two_modes", 0.0002)
+    slower = summarize(run_rollouts(20, SPEC, stable, with_latency_factor(stable, 1.5), seed=21))
+    assert slower["rolled_back_rate"] >= 0.9
+    same = summarize(run_rollouts(20, SPEC, stable, stable, seed=22))
+    assert same["rolled_back_rate"] == 0 and same["promoted_rate"] >= 0.9
+    blind = summarize(run_rollouts(10, SPEC, stable, with_latency_factor(stable, 1.5), seed=21,
+                                   fleet=Fleet(report_schema=1), max_windows=20))
+    assert blind["rolled_back_rate"] == 0  # every latency in the first v1 bucket: no ratio to see
+
+
+def test_issue_cases_the_v1_histogram_misread_are_rolled_back_with_schema_2():
+    """p95 1.27× (tight, 5.5 → 7.0 ms) and 1.5× (log-normal 0.3 → 0.45 ms): read as 1.18× and
+    1.06× on the v1 histogram (promoted, these seeds with schema 1), at sketch resolution as
+    the truth, give or take the noise of the first look's ~1,900 canary latencies."""
+    for shape, before, after in (("tight", 0.0055, 0.0070), ("lognormal", 0.0003, 0.00045)):
+        stable, canary = (with_latency_shape(ArmProfile(), shape, before),
+                          with_latency_shape(ArmProfile(), shape, after))
+        true = canary.latency_quantile(0.95) / stable.latency_quantile(0.95)
+        results = run_rollouts(5, LATENCY_ONLY, stable, canary, seed=23)
+        assert all(r.phase is Phase.ROLLED_BACK for r in results)
+        ratios = [r.latency_ratio for r in results]
+        assert float(np.median(ratios)) == pytest.approx(true, rel=0.02)
+        assert all(ratio == pytest.approx(true, rel=0.1) for ratio in ratios)

@@ -5,6 +5,7 @@ good one promoted while the simulated fleet runs."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from edgeship.cli import main
+from edgeship.contract.sketch import LatencySketch
 from rollout_server.app import create_app
 from rollout_server.db import session_scope
 from rollout_server.models import Device, Release, Report
@@ -72,6 +74,11 @@ def scalar(app, statement):
         return session.scalar(statement)
 
 
+def scalars(app, statement) -> list:
+    with session_scope(app) as session:
+        return list(session.scalars(statement))
+
+
 def rows(app, statement) -> list:
     with session_scope(app) as session:
         return list(session.execute(statement))
@@ -108,14 +115,19 @@ def test_reports_follow_the_profile_of_their_release(app, live_server, tokens):
     summary = Simulation(config(live_server, tokens["enroll"], devices=40, duration_seconds=3.5,
                                 profiles=profiles)).run()
     errors = Report.err_runtime_error + Report.err_timeout + Report.err_other
-    inferences, failed, labelled, correct, slow, fast = rows(app, select(
-        func.sum(Report.inferences), func.sum(errors), func.sum(Report.labelled), func.sum(Report.correct),
-        func.sum(Report.lat_10 + Report.lat_11), func.sum(Report.lat_0 + Report.lat_1 + Report.lat_2)))[0]
+    inferences, failed, labelled, correct = rows(app, select(
+        func.sum(Report.inferences), func.sum(errors), func.sum(Report.labelled),
+        func.sum(Report.correct)))[0]
     assert inferences > 2000, summary["reports"]
     assert 0.17 < failed / inferences < 0.23
     assert 0.42 < correct / labelled < 0.58
-    # log-normal around 0.3 s: about 61% in the 0.25-0.75 s buckets, none at 1-5 ms
-    assert slow > 0.5 * (inferences - failed) and fast == 0
+    # schema-2 reports: the merged sketch's median is the profile's 0.3 s (within sampling noise)
+    merged = LatencySketch()
+    for text in scalars(app, select(Report.latency_sketch)):
+        merged.merge(LatencySketch.from_wire(json.loads(text)))
+    assert merged.total == inferences - failed
+    assert merged.quantile(0.5) == pytest.approx(0.3, rel=0.06)
+    assert merged.quantile(0.95) == pytest.approx(0.3 * math.exp(0.5 * 1.645), rel=0.1)
 
 
 def test_ctrl_c_stops_the_fleet_cleanly(app, live_server, tokens):
@@ -241,7 +253,7 @@ def test_bad_canary_is_rolled_back_by_the_controller_while_the_fleet_runs(app, l
     failing = {v["guard"] for v in status["verdicts"] if v["outcome"] == "fail"}
     assert failing == {"error_rate"}, status["reason"]
     traffic = {(t["cohort"], t["version"]): t for t in summary["traffic"]}
-    assert 0.035 < traffic["canary", "2"]["error_rate"] < 0.065
+    assert 0.03 < traffic["canary", "2"]["error_rate"] < 0.08  # 5%, on a few hundred inferences
     assert 0.005 < traffic["stable", "1"]["error_rate"] < 0.015
     cohorts = set(rows(app, select(Report.cohort, Release.version, Report.rollout_id)
                        .join(Release, Report.release_id == Release.id).distinct()))
