@@ -1,9 +1,9 @@
 """Rollout statistics benchmark: the guards and the state machine on simulated fleets.
 
     python -m benchmarks.rollout_stats [--runs 200] [--sweep-runs 100] [--seed 1] [--jobs 2]
-                                       [--only main|sweep]
+                                       [--only main|sweep|hostile]
 
-Prints three tables and writes them to ``benchmarks/results/rollout_stats.json``:
+Prints four tables and writes them to ``benchmarks/results/rollout_stats.json``:
 
 * main: false rollbacks with identical arms, detection of a 2× error rate and of latency
   regressions with the canary inferences it took, required-gain behaviour, pauses on a sample
@@ -12,7 +12,10 @@ Prints three tables and writes them to ``benchmarks/results/rollout_stats.json``
 * sweep: the latency guard alone (p95 ≤ 1.2× stable, and a required 30% gain) over latency
   shapes × stable medians × canaries (identical, 1.2×, 1.3×, 1.5× slower, 40% faster, equal),
   each cell the rate its target is on, a ``!`` where it misses it;
-* the issue's cases read with reports of schema 1 (the v1 histogram) and schema 2 (sketches).
+* the issue's cases read with reports of schema 1 (the v1 histogram) and schema 2 (sketches);
+* hostile devices: 40 of the ~1,000 canary devices of a 10,000-device fleet report every
+  inference failed, or 10× slow, or perfect windows at the server's inference cap
+  (``Fleet.hostile_devices``): whether a handful of devices decides the rollout (misses marked).
 
 The simulated devices report schema 2 unless a row says otherwise. Simulator:
 ``rollout_server/analysis/simulate.py``; method: docs/rollout-analysis.md.
@@ -33,10 +36,12 @@ from typing import Any
 
 from rollout_server.analysis import Guard, GuardSpec, Metric, Mode
 from rollout_server.analysis.simulate import (
+    HOSTILE_SLOW_FACTOR,
     LATENCY_SHAPES,
     SIM_STAGES,
     ArmProfile,
     Fleet,
+    hostile_flood_inferences,
     run_rollouts,
     summarize,
     with_latency_factor,
@@ -255,6 +260,72 @@ def issue_tasks(runs: int, seed: int) -> list[Task]:
     return tasks
 
 
+#: the hostile table's fleet: ~1,000 canary devices at the 10% stage, of which HOSTILE are hostile
+HOSTILE_FLEET_DEVICES = 10_000
+HOSTILE = 40
+#: the hostile table's targets: (rate of a summary, whether it meets the target)
+HOSTILE_TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "rolled back <= 5%": ("rolled_back_rate", lambda r: r <= 0.05),
+    "rolled back >= 95%": ("rolled_back_rate", lambda r: r >= 0.95),
+    "never promoted": ("promoted_rate", lambda r: r == 0.0),
+}
+
+
+def hostile_tasks(runs: int, seed: int) -> list[Task]:
+    """A/A and bad releases on a 10,000-device fleet, without and with 40 hostile canary devices."""
+    base = ArmProfile()
+
+    def fleet(mode: str | None) -> dict[str, Any]:
+        hostile = {"hostile_devices": HOSTILE, "hostile_mode": mode} if mode else {}
+        return {"fleet": Fleet(devices=HOSTILE_FLEET_DEVICES, **hostile)}
+
+    rows = (
+        ("A/A, no hostile devices (control)", base, None, "rolled back <= 5%"),
+        (f"A/A + {HOSTILE} 'errors' (every inference failed)", base, "errors", "rolled back <= 5%"),
+        (f"A/A + {HOSTILE} 'slow' (latencies x{HOSTILE_SLOW_FACTOR:g})", base, "slow", "rolled back <= 5%"),
+        ("error rate 1% -> 3%, no hostile devices (control)", ArmProfile(error_rate=0.03), None,
+         "rolled back >= 95%"),
+        (f"error rate 1% -> 3% + {HOSTILE} 'clean_flood'", ArmProfile(error_rate=0.03), "clean_flood",
+         "never promoted"),
+        ("latency p95 x1.5, no hostile devices (control)", with_latency_factor(base, 1.5), None,
+         "rolled back >= 95%"),
+        (f"latency p95 x1.5 + {HOSTILE} 'clean_flood'", with_latency_factor(base, 1.5), "clean_flood",
+         "never promoted"),
+    )
+    return [Task(name, runs, seed * 100_000 + 900 + i, canary, target, options=fleet(mode),
+                 extra={"hostile_mode": mode, "hostile_devices": HOSTILE if mode else 0})
+            for i, (name, canary, mode, target) in enumerate(rows)]
+
+
+def hostile_checked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each hostile row with whether it meets its target (``ok``)."""
+    out = []
+    for row in rows:
+        rate, ok = HOSTILE_TARGETS[row["target"]]
+        out.append({**row, "ok": ok(row[rate])})
+    return out
+
+
+def print_hostile(rows: list[dict[str, Any]], runs: int) -> None:
+    """The hostile devices' table."""
+    canary = HOSTILE_FLEET_DEVICES // 10
+    print(f"\nHostile canary devices: {HOSTILE_FLEET_DEVICES:,} devices (~{canary:,} canary at 10%), "
+          f"{HOSTILE} hostile canary devices, default guards, {runs} rollouts per row; "
+          f"'clean_flood' reports {hostile_flood_inferences(Fleet()):,} inferences a window (the cap); "
+          "'MISS' = misses its target")
+    header = (f"{'scenario':<52} {'rolled back':>11} {'promoted':>9} {'held':>6} {'paused':>6} "
+              f"{'windows':>7}  target")
+    print(header)
+    print("-" * (len(header) + 8))
+    for row in rows:
+        line = (f"{row['scenario']:<52} {row['rolled_back_rate']:>11.1%} {row['promoted_rate']:>9.1%} "
+                f"{row['held_rate']:>6.1%} {row['paused_rate']:>6.1%} {row['median_windows']:>7.0f}  "
+                f"{row['target']:<18}{'' if row['ok'] else ' MISS'}")
+        print(line.rstrip())
+    missed = [row["scenario"] for row in rows if not row["ok"]]
+    print(f"{len(rows) - len(missed)} of {len(rows)} rows meet their target")
+
+
 def print_main(rows: list[dict[str, Any]]) -> None:
     """The main table on stdout."""
     header = (
@@ -350,22 +421,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="rollouts per cell of the latency sweep and per row of the issue's cases")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
-    parser.add_argument("--only", choices=("main", "sweep"), help="run only the main table, or only the "
-                        "sweep and the issue's cases")
+    parser.add_argument("--hostile-runs", type=int, default=40,
+                        help="rollouts per row of the hostile devices' table (10,000-device fleets)")
+    parser.add_argument("--only", choices=("main", "sweep", "hostile"), help="run only the main table, only "
+                        "the sweep and the issue's cases, or only the hostile devices' table")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    main_list = main_tasks(args.runs, args.seed) if args.only != "sweep" else []
-    sweep_list = sweep_tasks(args.sweep_runs, args.seed) if args.only != "main" else []
-    issue_list = issue_tasks(args.sweep_runs, args.seed) if args.only != "main" else []
-    rows = run_tasks([*main_list, *issue_list, *sweep_list], args.jobs)
+    main_list = main_tasks(args.runs, args.seed) if args.only in (None, "main") else []
+    sweep_list = sweep_tasks(args.sweep_runs, args.seed) if args.only in (None, "sweep") else []
+    issue_list = issue_tasks(args.sweep_runs, args.seed) if args.only in (None, "sweep") else []
+    hostile_list = hostile_tasks(args.hostile_runs, args.seed) if args.only in (None, "hostile") else []
+    rows = run_tasks([*main_list, *issue_list, *hostile_list, *sweep_list], args.jobs)
     main_rows, issue_rows = rows[:len(main_list)], rows[len(main_list):len(main_list) + len(issue_list)]
-    cells = sweep_cells(rows[len(main_list) + len(issue_list):])
+    ends = len(main_list) + len(issue_list), len(main_list) + len(issue_list) + len(hostile_list)
+    hostile_rows = hostile_checked(rows[ends[0]:ends[1]])
+    cells = sweep_cells(rows[ends[1]:])
     if main_list:
         main_rows.append(canary_share())
         print_main(main_rows)
     if issue_rows:
         print_issue(issue_rows)
+    if hostile_rows:
+        print_hostile(hostile_rows, args.hostile_runs)
     if cells:
         print_sweep(cells, args.sweep_runs)
     fleet = Fleet()
@@ -387,6 +465,12 @@ def main(argv: list[str] | None = None) -> int:
             "cases": [{"label": c.label, "canary_latency_factor": c.factor, "guards": c.spec.to_dict(),
                        "target": c.target, "max_windows": c.max_windows} for c in SWEEP_CASES],
         },
+        "hostile": {
+            "devices": HOSTILE_FLEET_DEVICES,
+            "hostile_canary_devices": HOSTILE,
+            "slow_factor": HOSTILE_SLOW_FACTOR,
+            "flood_inferences_per_window": hostile_flood_inferences(Fleet()),
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
@@ -394,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "runs": args.runs,
                 "sweep_runs": args.sweep_runs,
+                "hostile_runs": args.hostile_runs,
                 "seed": args.seed,
                 "jobs": args.jobs,
                 "only": args.only,
@@ -402,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                 "setup": setup,
                 "rows": main_rows,
                 "issue_cases": issue_rows,
+                "hostile": hostile_rows,
                 "sweep": cells,
             },
             indent=2,

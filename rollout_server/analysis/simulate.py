@@ -16,7 +16,8 @@ latencies on the v1 histogram); with ``Fleet(report_schema=1)`` as v1 agents do,
 histogram of ``edgeship.contract.latency`` only. Devices are canary while their uniform bucket is
 below percent × 100, the same sticky rule as ``rollout_server.bucketing`` (uniform draws stand
 in for the hash to keep thousands of rollouts fast). Data are cumulative within a stage, as
-the server does.
+the server does. ``Fleet(hostile_devices=n, hostile_mode=...)`` makes n canary devices report
+broken or forged windows (:data:`HOSTILE_MODES`): what one device's weight in a verdict does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 from scipy.optimize import brentq
@@ -40,6 +42,7 @@ from rollout_server.analysis.stages import Stage
 from rollout_server.analysis.stats import look_alpha
 from rollout_server.analysis.verdict import Outcome
 from rollout_server.analysis.window import SPREAD_CUTS, SPREAD_FIELDS, ArmWindow, Measurements
+from rollout_server.config import DEFAULTS
 
 #: how inference errors split over reasons in the simulation.
 ERROR_SPLIT = {"runtime_error": 0.6, "timeout": 0.3, "other": 0.1}
@@ -47,6 +50,15 @@ ERROR_SPLIT = {"runtime_error": 0.6, "timeout": 0.3, "other": 0.1}
 SIM_STAGES: tuple[Stage, ...] = (Stage(10, 1800, 2000), Stage(50, 1800, 5000), Stage(100, 0, 0))
 #: report schemas a simulated fleet can speak (``Fleet.report_schema``).
 REPORT_SCHEMAS = (1, 2)
+#: what a hostile canary device (``Fleet.hostile_devices``) reports, each window:
+#: ``errors``: every inference failed, at normal volume (a broken device, or a forger);
+#: ``slow``: every latency × :data:`HOSTILE_SLOW_FACTOR`;
+#: ``clean_flood``: a perfect window at the server's physical cap (:func:`hostile_flood_inferences`):
+#: no errors, every labelled sample correct, latencies exactly the stable model's distribution.
+HOSTILE_MODES = ("errors", "slow", "clean_flood")
+HOSTILE_SLOW_FACTOR = 10.0
+#: the most inferences per second of window the server accepts from one device
+MAX_INFERENCES_PER_SECOND = float(DEFAULTS["MAX_INFERENCES_PER_SECOND"])
 
 #: named latency shapes: the :class:`ArmProfile` latency parameters each sets (the median is
 #: the profile's). ``with_latency_shape(profile, name, median)`` applies one.
@@ -166,6 +178,14 @@ class Fleet:
             per device (``ArmWindow.device_latency``), so the latency guard reads at sketch
             resolution; 1: devices report the v1 histogram only, as agents before schema 2
             (every latency counts in ``ArmWindow.v1_latency_samples``).
+        hostile_devices: this many canary devices are hostile: the ones with the lowest buckets,
+            so canary from the first stage on (the server refuses canary claims from a device
+            bucketed stable, so a forger acts within its own bucket only). They report as often
+            as honest devices, what ``hostile_mode`` says (:data:`HOSTILE_MODES`); a hostile
+            device that is not canary at the stage (a fleet too small for its hostile devices at
+            the stage's percent) reports honestly. Honest devices' draws within a window are
+            the same as without hostile devices (later windows differ: the group draws differ).
+        hostile_mode: what the hostile devices report (:data:`HOSTILE_MODES`).
     """
 
     devices: int = 1000
@@ -179,10 +199,23 @@ class Fleet:
     latency_dispersion: float = 0.0
     window_seconds: float = 300.0
     report_schema: int = 2
+    hostile_devices: int = 0
+    hostile_mode: str = "errors"
 
     def __post_init__(self) -> None:
         if self.report_schema not in REPORT_SCHEMAS:
             raise ValueError(f"report_schema must be one of {REPORT_SCHEMAS}, got {self.report_schema!r}")
+        if self.hostile_mode not in HOSTILE_MODES:
+            raise ValueError(f"hostile_mode must be one of {HOSTILE_MODES}, got {self.hostile_mode!r}")
+        if not 0 <= self.hostile_devices <= self.devices:
+            raise ValueError(f"hostile_devices must be within 0..{self.devices}, "
+                             f"got {self.hostile_devices!r}")
+
+
+def hostile_flood_inferences(fleet: Fleet) -> int:
+    """Inferences a ``clean_flood`` device reports per window: the server's cap,
+    ``MAX_INFERENCES_PER_SECOND`` × the window's seconds."""
+    return int(MAX_INFERENCES_PER_SECOND * fleet.window_seconds)
 
 
 @dataclass(frozen=True)
@@ -220,6 +253,7 @@ class _Devices:
     wrong_factor: np.ndarray
     latency_factor: np.ndarray
     silence: np.ndarray | None = None  # uniform per device, drawn only when an arm has silent devices
+    hostile: np.ndarray | None = None  # bool per device (``Fleet.hostile_devices``); None: none
 
     @classmethod
     def draw(cls, fleet: Fleet, rng: np.random.Generator) -> _Devices:
@@ -228,8 +262,12 @@ class _Devices:
         bucket = rng.integers(0, 10_000, size=fleet.devices)
         latency_factor = (np.exp(rng.normal(0.0, fleet.latency_dispersion, size=fleet.devices))
                           if fleet.latency_dispersion > 0 else np.ones(fleet.devices))
+        hostile = None
+        if fleet.hostile_devices:  # the lowest buckets: no draw, so honest devices stay as they were
+            hostile = np.zeros(fleet.devices, dtype=bool)
+            hostile[np.argsort(bucket, kind="stable")[:fleet.hostile_devices]] = True
         return cls(device_class, bucket, _factors(fleet.error_dispersion, fleet.devices, rng),
-                   _factors(fleet.accuracy_dispersion, fleet.devices, rng), latency_factor)
+                   _factors(fleet.accuracy_dispersion, fleet.devices, rng), latency_factor, hostile=hostile)
 
 
 def _factors(dispersion: float, devices: int, rng: np.random.Generator) -> np.ndarray:
@@ -272,7 +310,18 @@ class StageCounts:
         """Count one latency of ``device[k]`` in sketch bucket ``index[k]`` for every k."""
         if not len(index):
             return
-        low, high = int(index.min()), int(index.max())
+        self._widen(int(index.min()), int(index.max()))
+        np.add.at(self.sketch, (device, index - self.offset), 1)
+
+    def add_counts(self, device: np.ndarray, low: int, counts: np.ndarray) -> None:
+        """Add ``counts[k]`` (sketch buckets from ``low`` on) to the row of ``device[k]``."""
+        if not len(device):
+            return
+        self._widen(low, low + counts.shape[1] - 1)
+        self.sketch[device, low - self.offset:low - self.offset + counts.shape[1]] += counts
+
+    def _widen(self, low: int, high: int) -> None:
+        """Make room for sketch buckets ``low`` to ``high``."""
         width = self.sketch.shape[1]
         if width == 0:
             self.offset, width = low, 0
@@ -280,8 +329,7 @@ class StageCounts:
         if (start, end) != (self.offset, self.offset + width):
             wider = np.zeros((self.sketch.shape[0], end - start), dtype=np.int64)
             wider[:, self.offset - start:self.offset - start + width] = self.sketch
-            self.sketch, self.offset, width = wider, start, end - start
-        np.add.at(self.sketch, (device, index - self.offset), 1)
+            self.sketch, self.offset = wider, start
 
     def device_latency(self, rows: np.ndarray) -> DeviceLatencies:
         """The sketch rows of the devices ``rows`` selects (a copy), trimmed to their buckets."""
@@ -310,6 +358,61 @@ def _latency_positions(rng: np.random.Generator, profiles: Sequence[ArmProfile],
             extra = extra + per_unit[slow_group] * rng.standard_exponential(len(slow_group))
         positions[slow] += extra
     return positions
+
+
+def _resplit(split: np.ndarray, errors: np.ndarray) -> np.ndarray:
+    """``split`` (groups × reasons) changed to sum to ``errors`` per group: errors added split
+    as :data:`ERROR_SPLIT` says (in whole counts), errors taken away from the first reasons first."""
+    out = split.copy()
+    shares = np.array(list(ERROR_SPLIT.values()))
+    for g, change in enumerate(errors - split.sum(axis=1)):
+        if change > 0:
+            out[g] += _exact_counts(int(change), shares)
+        for r in range(out.shape[1]) if change < 0 else ():
+            taken = min(int(out[g, r]), -int(change))
+            out[g, r] -= taken
+            change += taken
+    return out
+
+
+def _forge_latencies(fleet: Fleet, stable: Sequence[ArmProfile], flooders: np.ndarray,
+                     stage: StageCounts) -> np.ndarray:
+    """A ``clean_flood`` window's latencies: for each device ``flooders[k]``, the cap's
+    inferences spread exactly as ``stable[k]`` (its class's stable model) spreads them, counted in
+    ``stage``'s sketch rows (schema 2). Returns their v1 histograms (one row per device)."""
+    total = hostile_flood_inferences(fleet)
+    v1_rows = np.zeros((len(flooders), BUCKET_COUNT), dtype=np.int64)
+    for profile in dict.fromkeys(stable):  # one stable model for every class
+        rows = np.array([p == profile for p in stable])
+        if fleet.report_schema == 1:
+            v1_rows[rows] = _exact_counts(total, profile.bucket_probabilities())
+            continue
+        low, probabilities = _sketch_probabilities(profile)
+        counts = _exact_counts(total, probabilities)
+        used = np.flatnonzero(counts)
+        counts, low = counts[used[0]:used[-1] + 1], low + int(used[0])
+        stage.add_counts(flooders[rows], low, np.tile(counts, (int(rows.sum()), 1)))
+        v1 = np.searchsorted(_V1_POSITIONS, np.arange(low, low + len(counts)) - 0.5, side="left")
+        v1_rows[rows] = np.bincount(v1, weights=counts, minlength=BUCKET_COUNT).astype(np.int64)
+    return v1_rows
+
+
+@lru_cache(maxsize=32)
+def _sketch_probabilities(profile: ArmProfile) -> tuple[int, np.ndarray]:
+    """The first sketch bucket and the probability of each bucket from it for a latency of
+    ``profile`` (the buckets holding all but 1e-9 of it either side; the ends take the rest)."""
+    low = max(MIN_INDEX, math.floor(math.log2(profile.latency_quantile(1e-9)) * _SCALE))
+    high = min(MAX_INDEX, math.ceil(math.log2(profile.latency_quantile(1 - 1e-9)) * _SCALE))
+    cdf = profile.latency_cdf(2.0 ** (np.arange(low, high) / _SCALE))  # bucket i: (2^((i-1)/32), 2^(i/32)]
+    return low, np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+
+
+def _exact_counts(total: int, probabilities: np.ndarray) -> np.ndarray:
+    """``total`` split as ``probabilities`` say, in whole counts (largest remainders)."""
+    raw = total * probabilities / probabilities.sum()
+    counts = np.floor(raw).astype(np.int64)
+    counts[np.argsort(counts - raw, kind="stable")[:total - int(counts.sum())]] += 1
+    return counts
 
 
 def simulate_window(
@@ -347,17 +450,37 @@ def _window_classes(rng: np.random.Generator, fleet: Fleet, devices: _Devices, p
     group = (devices.bucket < round(percent * 100)).astype(int) * n_classes + devices.device_class
     if devices.silence is not None:
         reporting &= devices.silence >= np.array([p.silent_device_share for p in profiles])[group]
+    # hostile devices act while canary (and report when they would have); every draw is made as
+    # for an honest device first (so honest devices' draws stay as they were), then overridden
+    hostile = devices.hostile & (group >= n_classes) & reporting if devices.hostile is not None else None
+    mode = fleet.hostile_mode if hostile is not None and hostile.any() else None
     inferences = rng.poisson(fleet.inferences_per_window, size=fleet.devices) * reporting
     rates = np.array([p.error_rate for p in profiles])[group] * devices.error_factor
     errors = rng.binomial(inferences, np.clip(rates, 0.0, 1.0))
+    drawn, drawn_errors = inferences, errors  # the honest draws: what the group draws below are of
+    if mode == "errors":
+        errors = np.where(hostile, inferences, errors)
+    elif mode == "clean_flood":
+        inferences = np.where(hostile, hostile_flood_inferences(fleet), inferences)
+        errors = np.where(hostile, 0, errors)
     inf_g = np.bincount(group, weights=inferences, minlength=groups).astype(np.int64)
     err_g = np.bincount(group, weights=errors, minlength=groups).astype(np.int64)
     dev_g = np.bincount(group, weights=reporting, minlength=groups).astype(np.int64)
-    split = rng.multinomial(err_g, list(ERROR_SPLIT.values()))
+    if mode is None:
+        split = rng.multinomial(err_g, list(ERROR_SPLIT.values()))
+    else:  # the honest draw, then the hostile devices' errors added or taken away
+        split = rng.multinomial(np.bincount(group, weights=drawn_errors, minlength=groups).astype(np.int64),
+                                list(ERROR_SPLIT.values()))
+        split = _resplit(split, err_g)
     # one latency per inference, from its arm's shape times its device's own factor
-    device = np.repeat(np.arange(fleet.devices), inferences)
+    device = np.repeat(np.arange(fleet.devices), drawn)
     medians = np.array([p.latency_median_seconds for p in profiles])[group] * devices.latency_factor
     positions = _latency_positions(rng, profiles, group[device], (np.log2(medians) * _SCALE)[device])
+    if mode == "slow":
+        positions = positions + np.where(hostile[device], math.log2(HOSTILE_SLOW_FACTOR) * _SCALE, 0.0)
+    elif mode == "clean_flood":  # their drawn latencies give way to the forged ones below
+        keep = ~hostile[device]
+        device, positions = device[keep], positions[keep]
     if fleet.report_schema == 2:
         index = np.clip(np.ceil(positions), MIN_INDEX, MAX_INDEX).astype(np.int64)
         stage.add_latencies(device, index)
@@ -368,9 +491,18 @@ def _window_classes(rng: np.random.Generator, fleet: Fleet, devices: _Devices, p
     latency = np.bincount(group[device] * BUCKET_COUNT + v1,
                           minlength=groups * BUCKET_COUNT).reshape(groups, BUCKET_COUNT)
     np.add.at(stage.v1, (device, v1), 1)
-    labelled_d = rng.binomial(inferences, fleet.labelled_fraction)
+    labelled_d = rng.binomial(drawn, fleet.labelled_fraction)
     wrong_rates = (1.0 - np.array([p.accuracy for p in profiles]))[group] * devices.wrong_factor
     wrong_d = rng.binomial(labelled_d, np.clip(wrong_rates, 0.0, 1.0))
+    if mode == "clean_flood":
+        flooders = np.flatnonzero(hostile)
+        stable_of = [profiles[c] for c in devices.device_class[flooders]]  # its class's stable model
+        v1_rows = _forge_latencies(fleet, stable_of, flooders, stage)
+        stage.v1[flooders] += v1_rows
+        np.add.at(latency, group[flooders], v1_rows)
+        forged_labels = round(hostile_flood_inferences(fleet) * fleet.labelled_fraction)
+        labelled_d = np.where(hostile, forged_labels, labelled_d)
+        wrong_d = np.where(hostile, 0, wrong_d)
     labelled = np.bincount(group, weights=labelled_d, minlength=groups).astype(np.int64)
     correct = labelled - np.bincount(group, weights=wrong_d, minlength=groups).astype(np.int64)
     load_failed = rng.binomial(dev_g, [p.load_failure_rate for p in profiles])

@@ -22,6 +22,7 @@ from rollout_server.analysis.simulate import (
     StageCounts,
     _Devices,
     _profiles,
+    hostile_flood_inferences,
     merge_window,
     run_rollouts,
     simulate_rollout,
@@ -278,3 +279,95 @@ def test_issue_cases_the_v1_histogram_misread_are_rolled_back_with_schema_2():
         ratios = [r.latency_ratio for r in results]
         assert float(np.median(ratios)) == pytest.approx(true, rel=0.02)
         assert all(ratio == pytest.approx(true, rel=0.1) for ratio in ratios)
+
+
+# -- hostile canary devices -----------------------------------------------------------------------
+
+def hostile_window(mode: str | None, *, hostile: int = 5, percent: float = 50, schema: int = 2):
+    """One window of a 400-device fleet, ``hostile`` of its devices hostile as ``mode`` says (none
+    when None), seed fixed: the devices, their stage counts and the window."""
+    fleet = Fleet(devices=400, hostile_devices=hostile if mode else 0, hostile_mode=mode or "errors",
+                  report_schema=schema)
+    rng = np.random.default_rng(7)
+    devices = _Devices.draw(fleet, rng)
+    stage = StageCounts.empty(fleet.devices)
+    window = simulate_window(rng, fleet, devices, _profiles(list(fleet.classes), STABLE, STABLE, {}),
+                             percent, 1, stage)
+    return devices, stage, window
+
+
+def _median_positions(stage: StageCounts, rows: np.ndarray) -> np.ndarray:
+    cumulative = np.cumsum(stage.sketch[rows], axis=1)
+    return stage.offset + np.argmax(cumulative >= cumulative[:, -1:] / 2, axis=1)
+
+
+def test_hostile_devices_are_canary_and_honest_devices_report_as_without_them():
+    plain_devices, plain, _ = hostile_window(None)
+    for mode in ("errors", "slow", "clean_flood"):
+        devices, stage, _ = hostile_window(mode)
+        assert devices.hostile.sum() == 5 and (devices.bucket[devices.hostile] < 5000).all()
+        honest = ~devices.hostile
+        assert (stage.counts[:, honest] == plain.counts[:, honest]).all()
+        assert (stage.v1[honest] == plain.v1[honest]).all()
+    assert plain_devices.hostile is None
+    with pytest.raises(ValueError, match="hostile_mode"):
+        Fleet(hostile_devices=1, hostile_mode="loud")
+    with pytest.raises(ValueError, match="hostile_devices"):
+        Fleet(devices=10, hostile_devices=11)
+
+
+def _acting(mode: str, schema: int = 2):
+    """``hostile_window(mode)``, the plain one, and which hostile devices report in the window."""
+    devices, stage, window = hostile_window(mode, schema=schema)
+    _, plain, plain_window = hostile_window(None, schema=schema)
+    acting = devices.hostile & (plain.counts[0] > 0)
+    assert acting.sum() >= 4  # of 5: a device reports in a window with probability 0.95
+    return acting, (stage, window), (plain, plain_window)
+
+
+def test_errors_mode_fails_every_inference_of_the_hostile_devices():
+    acting, (stage, window), (plain, plain_window) = _acting("errors")
+    assert (stage.counts[1, acting] == stage.counts[0, acting]).all()
+    assert (stage.counts[0] == plain.counts[0]).all()  # at normal volume
+    rate, plain_rate = (w.canary.error_count() / w.canary.inferences for w in (window, plain_window))
+    assert rate > plain_rate + 0.015  # 4-5 of ~200 canary devices all failing: about +2 points
+    assert window.stable.errors == plain_window.stable.errors
+
+
+def test_slow_mode_multiplies_the_hostile_devices_latencies_by_ten():
+    acting, (stage, window), (plain, plain_window) = _acting("slow")
+    rows = np.flatnonzero(acting)
+    shift = _median_positions(stage, rows) - _median_positions(plain, rows)
+    assert np.abs(shift - np.log2(10) * 32).max() <= 2  # 32 sketch positions per doubling
+    assert window.canary.device_latency.quantile(0.99) > 2 * plain_window.canary.device_latency.quantile(0.99)
+
+
+@pytest.mark.parametrize("schema", [1, 2])
+def test_clean_flood_reports_perfect_windows_at_the_inference_cap(schema):
+    acting, (stage, window), _ = _acting("clean_flood", schema)
+    cap = hostile_flood_inferences(Fleet())
+    assert cap == 10_000 * 300
+    inferences, errors, labelled, wrong = stage.counts[:, acting]
+    assert (inferences == cap).all() and (errors == 0).all()
+    assert (labelled == cap // 5).all() and (wrong == 0).all()
+    assert (stage.v1[acting].sum(axis=1) == cap).all()
+    canary = window.canary
+    assert canary.inferences > 4 * cap and canary.error_count() < 0.0001 * canary.inferences
+    # the forged latencies are the stable model's: the canary's histogram is stable's
+    share = np.asarray(window.canary.latency_counts) / window.canary.latency_samples
+    exact = 2e-4 if schema == 1 else 1e-2  # schema 2: the v1 bins of the sketch's buckets
+    assert share == pytest.approx(STABLE.bucket_probabilities(), abs=exact)
+    if schema == 2:
+        assert (stage.sketch[acting].sum(axis=1) == cap).all()
+        p95 = window.canary.device_latency.quantile(0.95)
+        assert p95 == pytest.approx(STABLE.latency_quantile(0.95), rel=0.03)
+
+
+def test_a_hostile_device_outside_the_canary_reports_honestly():
+    devices, stage, _ = hostile_window("errors", hostile=30, percent=0.5)  # ~2 canary devices of 400
+    _, plain, _ = hostile_window(None, percent=0.5)
+    canary = devices.bucket < 50
+    acting = devices.hostile & canary
+    assert 0 < acting.sum() < 30
+    assert (stage.counts[1, acting] == stage.counts[0, acting]).all()
+    assert (stage.counts[:, ~acting] == plain.counts[:, ~acting]).all()
