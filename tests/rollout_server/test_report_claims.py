@@ -30,16 +30,19 @@ def rollout(app, live_server, tokens):
     seed_release(app, "1", [variant_entry("onnx-fp32", "onnxruntime", 1.0, "a" * 64)], stable=True)
     seed_release(app, "2", [variant_entry("onnx-int8", "onnxruntime", 0.5, "b" * 64)])
     client = app.test_client()
-    fleet = [register(client, tokens["enroll"]) for _ in range(FLEET_SIZE)]
     created = requests.post(f"{live_server}/v1/rollouts", headers=auth(tokens["admin"]), timeout=30, json={
         "model": "digits-cnn", "candidate_version": "2", "stages": STAGES, "guards": GUARDS})
     assert created.status_code == 201, created.text
     cohorts: dict[str, list[str]] = {"stable": [], "canary": []}  # credentials by assigned cohort
-    for device, credential in fleet:
+    # the salt is random: enroll until both arms are big enough, not a fixed fleet that may by
+    # chance have no canary device
+    while len(cohorts["canary"]) < 2 or sum(map(len, cohorts.values())) < FLEET_SIZE:
+        assert sum(map(len, cohorts.values())) < 400
+        device, credential = register(client, tokens["enroll"])
         answer = requests.get(f"{live_server}/v1/devices/{device}/assignment?model=digits-cnn",
                               headers=auth(credential), timeout=30).json()
         cohorts[answer["cohort"]].append(credential)
-    assert len(cohorts["canary"]) >= 1 and len(cohorts["stable"]) >= 30
+    assert len(cohorts["stable"]) >= 40
     return {"id": created.json()["id"], **cohorts}
 
 
