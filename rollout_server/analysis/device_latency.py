@@ -7,8 +7,9 @@ sums. Reading them:
 
 * a quantile is interpolated log-linearly inside its bucket, and a tail count at a cut takes
   the same share of the bucket the cut falls in, so the two agree (reading the quantile ``q``
-  and counting above it gives ``1 - q`` of the samples) and both are within
-  ``edgeship.contract.sketch.RELATIVE_ERROR`` of the exact values, whatever the shape;
+  and counting above it gives ``1 - q`` of the samples). The reading lies in the bucket of the
+  sample at that rank (so within 2.2% of it, whatever the shape or scale), and the tail count
+  between the exact counts one bucket either side of the cut;
 * clustering (slow inferences on slow devices) is measured at the exact cut from the rows, not
   at the nearest fixed bound.
 

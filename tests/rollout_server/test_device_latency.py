@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS, histogram
-from edgeship.contract.sketch import RELATIVE_ERROR, LatencySketch
+from edgeship.contract.sketch import BASE, RELATIVE_ERROR, LatencySketch
 from rollout_server.analysis import ArmWindow, Guard, Metric, Mode
 from rollout_server.analysis.device_latency import DeviceLatencies, arm_latency, v1_counts
 from rollout_server.analysis.guards import check_latency
@@ -43,18 +43,21 @@ def arm(samples_per_device: list[np.ndarray]) -> DeviceLatencies:
 SHAPES = ("lognormal", "tight", "two_modes", "throttled", "heavy_tail")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(shape=st.sampled_from(SHAPES), exponent=st.floats(-4.5, 0.5),
        q=st.sampled_from((0.5, 0.9, 0.95, 0.99)), seed=st.integers(0, 2**16), devices=st.integers(1, 8))
-def test_quantiles_of_merged_devices_are_within_two_percent_at_every_scale(shape, exponent, q, seed, devices):
+def test_quantiles_of_merged_devices_are_in_the_exact_quantiles_bucket(shape, exponent, q, seed, devices):
+    """The interpolated reading lies in the bucket of the sample at that rank: within one
+    bucket's width (2.2%) of it, at every scale (the sketch's own midpoint reading, within 1.1%,
+    is tested in tests/contract/test_sketch.py)."""
     rng = np.random.default_rng(seed)
     per_device = [draw(shape, 10.0**exponent, 1500, rng) for _ in range(devices)]
     exact = float(np.quantile(np.concatenate(per_device), q, method="inverted_cdf"))
     read = arm(per_device).quantile(q)
-    assert read == pytest.approx(exact, rel=0.02)
+    assert read == pytest.approx(exact, rel=BASE - 1.0)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(shape=st.sampled_from(SHAPES), exponent=st.floats(-4.5, 0.5), seed=st.integers(0, 2**16))
 def test_the_tail_count_agrees_with_the_quantile_and_with_the_samples(shape, exponent, seed):
     samples = draw(shape, 10.0**exponent, 4000, np.random.default_rng(seed))

