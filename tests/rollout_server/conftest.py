@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 pytest.importorskip("flask")
 
@@ -153,3 +154,27 @@ def postgresql():
 def pg_url(postgresql) -> str:
     """A fresh, empty database on the session's server."""
     return postgresql.create_database()
+
+
+def running_rollout(app, live_server: str, tokens: dict, stages: list, guards: dict, *, canary: int,
+                    stable: int) -> dict:
+    """A running rollout of v2 against v1 (both seeded) and enrolled devices' credentials by the
+    cohort the server's bucketing gave them: ``{"id", "stable": [...], "canary": [...]}``.
+
+    The rollout's salt is random, so devices are enrolled until the arms hold ``canary`` and
+    ``stable`` devices, not as a fixed fleet whose canary share may by chance be too small.
+    """
+    seed_release(app, "1", [variant_entry("onnx-fp32", "onnxruntime", 1.0, "a" * 64)], stable=True)
+    seed_release(app, "2", [variant_entry("onnx-int8", "onnxruntime", 0.5, "b" * 64)])
+    client = app.test_client()
+    created = requests.post(f"{live_server}/v1/rollouts", headers=auth(tokens["admin"]), timeout=30, json={
+        "model": "digits-cnn", "candidate_version": "2", "stages": stages, "guards": guards})
+    assert created.status_code == 201, created.text
+    cohorts: dict[str, list[str]] = {"stable": [], "canary": []}
+    while len(cohorts["canary"]) < canary or len(cohorts["stable"]) < stable:
+        assert sum(map(len, cohorts.values())) < 20 * (canary + stable)
+        device, credential = register(client, tokens["enroll"])
+        answer = requests.get(f"{live_server}/v1/devices/{device}/assignment?model=digits-cnn",
+                              headers=auth(credential), timeout=30).json()
+        cohorts[answer["cohort"]].append(credential)
+    return {"id": created.json()["id"], **cohorts}

@@ -17,7 +17,7 @@ import requests
 from edgeship.contract.latency import histogram
 from edgeship.contract.sketch import LatencySketch
 from rollout_server.controller import step_all
-from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
+from tests.rollout_server.conftest import auth, running_rollout
 
 STAGES = [{"percent": 20, "min_duration_seconds": 60, "min_samples": 100},
           {"percent": 100, "min_duration_seconds": 0, "min_samples": 0}]
@@ -29,22 +29,7 @@ PER_WINDOW = 400
 @pytest.fixture
 def fleet(app, live_server, tokens):
     """A running 20% rollout of v2 against v1, credentials by the server's bucketing."""
-    seed_release(app, "1", [variant_entry("onnx-fp32", "onnxruntime", 1.0, "a" * 64)], stable=True)
-    seed_release(app, "2", [variant_entry("onnx-int8", "onnxruntime", 0.5, "b" * 64)])
-    client = app.test_client()
-    created = requests.post(f"{live_server}/v1/rollouts", headers=auth(tokens["admin"]), timeout=30, json={
-        "model": "digits-cnn", "candidate_version": "2", "stages": STAGES, "guards": GUARDS})
-    assert created.status_code == 201, created.text
-    cohorts: dict[str, list[str]] = {"stable": [], "canary": []}
-    # the rollout's salt is random: enroll devices until both arms have enough (not a fixed
-    # fleet whose canary share may by chance be too small)
-    while len(cohorts["canary"]) < 6 or len(cohorts["stable"]) < 24:
-        assert sum(map(len, cohorts.values())) < 300
-        device, credential = register(client, tokens["enroll"])
-        answer = requests.get(f"{live_server}/v1/devices/{device}/assignment?model=digits-cnn",
-                              headers=auth(credential), timeout=30).json()
-        cohorts[answer["cohort"]].append(credential)
-    return {"id": created.json()["id"], **cohorts}
+    return running_rollout(app, live_server, tokens, STAGES, GUARDS, canary=6, stable=24)
 
 
 def report(latencies: np.ndarray, version: str, cohort: str, rollout_id: int, schema: int) -> dict:

@@ -16,7 +16,7 @@ import requests
 
 from edgeship.contract.latency import BUCKET_COUNT
 from rollout_server.controller import step_all
-from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
+from tests.rollout_server.conftest import auth, running_rollout, seed_release, variant_entry
 
 STAGES = [{"percent": 10, "min_duration_seconds": 60, "min_samples": 100},
           {"percent": 100, "min_duration_seconds": 0, "min_samples": 0}]
@@ -27,23 +27,7 @@ FLEET_SIZE = 60
 @pytest.fixture
 def rollout(app, live_server, tokens):
     """A running 10% rollout of v2 against v1, and the fleet split by the server's bucketing."""
-    seed_release(app, "1", [variant_entry("onnx-fp32", "onnxruntime", 1.0, "a" * 64)], stable=True)
-    seed_release(app, "2", [variant_entry("onnx-int8", "onnxruntime", 0.5, "b" * 64)])
-    client = app.test_client()
-    created = requests.post(f"{live_server}/v1/rollouts", headers=auth(tokens["admin"]), timeout=30, json={
-        "model": "digits-cnn", "candidate_version": "2", "stages": STAGES, "guards": GUARDS})
-    assert created.status_code == 201, created.text
-    cohorts: dict[str, list[str]] = {"stable": [], "canary": []}  # credentials by assigned cohort
-    # the salt is random: enroll until both arms are big enough, not a fixed fleet that may by
-    # chance have no canary device
-    while len(cohorts["canary"]) < 2 or sum(map(len, cohorts.values())) < FLEET_SIZE:
-        assert sum(map(len, cohorts.values())) < 400
-        device, credential = register(client, tokens["enroll"])
-        answer = requests.get(f"{live_server}/v1/devices/{device}/assignment?model=digits-cnn",
-                              headers=auth(credential), timeout=30).json()
-        cohorts[answer["cohort"]].append(credential)
-    assert len(cohorts["stable"]) >= 40
-    return {"id": created.json()["id"], **cohorts}
+    return running_rollout(app, live_server, tokens, STAGES, GUARDS, canary=2, stable=FLEET_SIZE - 6)
 
 
 def window(version: str, cohort: str, rollout_id: int | None, *, end: dt.datetime | None = None,
