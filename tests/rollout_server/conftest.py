@@ -25,13 +25,17 @@ from tests.rollout_server.postgres import postgresql_server
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: settings of every test app whose reports are dated on fixed days (a rollout's timeline from
+#: ``test_rollouts.T0``): the server refuses windows older than 14 days by its real clock, so
+#: without this such tests start failing two weeks after the day they were written. The age
+#: bound has its own tests (test_report_claims.py), dated from the real clock.
+FIXED_DAYS: dict[str, Any] = {"REPORT_MAX_AGE_SECONDS": 20 * 365 * 86400}
+
+
 @pytest.fixture
 def app(request, tmp_path: Path):
     """The app on SQLite; on PostgreSQL for tests parametrized with :data:`BOTH_BACKENDS`."""
-    # Tests date their windows on fixed days (a rollout's timeline); the age bound has its own
-    # tests (test_report_claims.py), dated from the real clock.
-    config = {"DATA_DIR": str(tmp_path / "server"), "CONTROLLER_ENABLED": False,
-              "REPORT_MAX_AGE_SECONDS": 20 * 365 * 86400}
+    config = {"DATA_DIR": str(tmp_path / "server"), "CONTROLLER_ENABLED": False, **FIXED_DAYS}
     if getattr(request, "param", "sqlite") == "postgresql":
         config["DATABASE_URL"] = request.getfixturevalue("pg_url")
     return create_app(config)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import os
@@ -186,9 +187,12 @@ def live(request, tmp_path_factory) -> Iterator[Live]:
     LIVE_APP.target = None
 
 
+#: the example report's window: by the real clock, so the server's age check accepts it
+_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+_MINUTE_AGO = _NOW - dt.timedelta(minutes=1)
 REPORT_EXAMPLE = {"reports": [{
     "id": "r-1", "model": MODEL, "version": STABLE, "variant": "onnx-fp32", "rollout_id": ROLLOUT_ID,
-    "cohort": "stable", "window_start": "2025-01-01T00:00:00Z", "window_end": "2025-01-01T00:01:00Z",
+    "cohort": "stable", "window_start": _MINUTE_AGO.isoformat(), "window_end": _NOW.isoformat(),
     "inferences": 10, "errors": {"timeout": 1}, "schema": 2, "latency": {"schema": 5, "buckets": [[-250, 9]]},
     "labelled": 4, "correct": 3,
 }]}

@@ -39,7 +39,7 @@ from rollout_server.controller import step_all
 from rollout_server.db import session_scope
 from rollout_server.models import AuditEntry, Model, Rollout, Verdict
 from tests.processes import stop_processes
-from tests.rollout_server.conftest import auth, register, seed_release, variant_entry
+from tests.rollout_server.conftest import FIXED_DAYS, auth, register, seed_release, variant_entry
 from tests.rollout_server.postgres import free_port
 from tests.rollout_server.test_migrations import HEAD, schema_diff, versions
 from tests.rollout_server.test_rollouts import (
@@ -60,7 +60,7 @@ from tests.rollout_server.test_rollouts import (
 def app(pg_url, tmp_path):
     """Overrides conftest's SQLite app: the same factory on PostgreSQL."""
     return create_app({"DATABASE_URL": pg_url, "DATA_DIR": str(tmp_path / "server"),
-                       "CONTROLLER_ENABLED": False})
+                       "CONTROLLER_ENABLED": False, **FIXED_DAYS})
 
 
 @pytest.fixture
@@ -145,7 +145,8 @@ def replica_main(url: str, data_dir: str, ready, commands, results, barrier) -> 
         from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-        app = create_app({"DATABASE_URL": url, "DATA_DIR": data_dir, "CONTROLLER_ENABLED": False})
+        app = create_app({"DATABASE_URL": url, "DATA_DIR": data_dir, "CONTROLLER_ENABLED": False,
+                          **FIXED_DAYS})
         server = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         ready.put(("ready", os.getpid(), server.port))
@@ -323,7 +324,7 @@ def test_two_replicas_on_one_postgresql_advance_each_rollout_exactly_once(pg_url
         assert versions(pg_url) == [HEAD] and schema_diff(pg_url) == []
         tokens = replicas.tokens()
         app = create_app({"DATABASE_URL": pg_url, "DATA_DIR": str(tmp_path / "seeder"),
-                          "CONTROLLER_ENABLED": False})
+                          "CONTROLLER_ENABLED": False, **FIXED_DAYS})
         seed_release(app, "1", [variant_entry("onnx-fp32", "onnxruntime", 1.0, "a" * 64)], stable=True)
         seed_release(app, "2", [variant_entry("onnx-int8", "onnxruntime", 0.5, "b" * 64)])
         seed_release(app, "3", [variant_entry("onnx-int4", "onnxruntime", 0.4, "c" * 64)])
