@@ -35,17 +35,19 @@ from pathlib import Path
 from typing import Any
 
 from rollout_server.analysis import Guard, GuardSpec, Metric, Mode
+from rollout_server.analysis.arm_profile import (
+    LATENCY_SHAPES,
+    ArmProfile,
+    with_latency_factor,
+    with_latency_shape,
+)
 from rollout_server.analysis.simulate import (
     HOSTILE_SLOW_FACTOR,
-    LATENCY_SHAPES,
     SIM_STAGES,
-    ArmProfile,
     Fleet,
     hostile_flood_inferences,
     run_rollouts,
     summarize,
-    with_latency_factor,
-    with_latency_shape,
 )
 from rollout_server.bucketing import assign_cohort
 

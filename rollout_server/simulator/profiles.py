@@ -7,7 +7,7 @@ Usage::
     behaviour = profile.for_device(rng)                  # this device's draw of the heterogeneity
     counts = draw_window(rng, behaviour, expected_inferences=40.0, labelled_fraction=0.2)
 
-The distributions are those of :mod:`rollout_server.analysis.simulate` (:class:`ArmProfile`:
+The distributions are those of :mod:`rollout_server.analysis.arm_profile` (:class:`ArmProfile`:
 binomial errors split over reasons by ``ERROR_SPLIT``, latencies of the profile's shape binned
 on the report sketch (``edgeship.contract.sketch``) by an exact multinomial, binomial
 labelled/correct samples, and the Gamma per-device error factor of its
@@ -26,7 +26,8 @@ import numpy as np
 
 from edgeship.contract.sketch import SCHEMA as SKETCH_SCHEMA
 from edgeship.contract.sketch import bucket_bounds, bucket_of, bucket_value
-from rollout_server.analysis.simulate import ERROR_SPLIT, ArmProfile, with_latency_factor
+from rollout_server.analysis.arm_profile import ArmProfile, with_latency_factor
+from rollout_server.analysis.simulate import ERROR_SPLIT
 from rollout_server.simulator.errors import SettingsError
 
 #: profile key used for any release without its own profile.

@@ -22,8 +22,8 @@ from rollout_server.analysis import (
     look_alpha,
     worst,
 )
+from rollout_server.analysis.arm_profile import ArmProfile
 from rollout_server.analysis.latency import latencies_above, quantile_seconds
-from rollout_server.analysis.simulate import ArmProfile
 from rollout_server.analysis.stats import binomial_above, binomial_below, count_above, excess_test
 
 ALPHA = 0.01

@@ -10,8 +10,9 @@ from sqlalchemy import update
 
 from edgeship.contract.latency import BUCKET_COUNT
 from rollout_server.analysis import Action, Outcome, Phase, RolloutState, Stage, Verdict, decide, start
+from rollout_server.analysis.arm_profile import ArmProfile
 from rollout_server.analysis.sample_ratio import SRM_ALPHA, SRM_GRACE_SECONDS, sample_ratio
-from rollout_server.analysis.simulate import ArmProfile, run_rollouts, summarize
+from rollout_server.analysis.simulate import run_rollouts, summarize
 from rollout_server.analysis.spec import GuardSpec
 from rollout_server.controller import step_all
 from rollout_server.db import session_scope

@@ -15,9 +15,13 @@ from scipy.special import ndtr
 
 from edgeship.contract.latency import LATENCY_BUCKETS_SECONDS
 from rollout_server.analysis import Guard, GuardSpec, Metric, Mode, Phase, assess
-from rollout_server.analysis.simulate import (
+from rollout_server.analysis.arm_profile import (
     LATENCY_SHAPES,
     ArmProfile,
+    with_latency_factor,
+    with_latency_shape,
+)
+from rollout_server.analysis.simulate import (
     Fleet,
     StageCounts,
     _Devices,
@@ -28,8 +32,6 @@ from rollout_server.analysis.simulate import (
     simulate_rollout,
     simulate_window,
     summarize,
-    with_latency_factor,
-    with_latency_shape,
 )
 
 SPEC = GuardSpec.default()
