@@ -37,9 +37,8 @@ MAX_SECONDS = 100.0
 #: ``bucket_of(v) == ceil(log2(v) * INDEX_SCALE)`` inside (MIN_SECONDS, MAX_SECONDS): for hot
 #: paths that inline it.
 INDEX_SCALE = float(2**SCHEMA)
-_SCALE = INDEX_SCALE
-MIN_INDEX = math.ceil(math.log2(MIN_SECONDS) * _SCALE)
-MAX_INDEX = math.ceil(math.log2(MAX_SECONDS) * _SCALE)
+MIN_INDEX = math.ceil(math.log2(MIN_SECONDS) * INDEX_SCALE)
+MAX_INDEX = math.ceil(math.log2(MAX_SECONDS) * INDEX_SCALE)
 #: the most buckets a sketch can hold (and so the longest ``buckets`` list on the wire).
 MAX_BUCKETS = MAX_INDEX - MIN_INDEX + 1
 
@@ -51,7 +50,7 @@ def bucket_of(seconds: float) -> int:
         ValueError: ``seconds`` is NaN.
     """
     if MIN_SECONDS < seconds < MAX_SECONDS:
-        return math.ceil(math.log2(seconds) * _SCALE)
+        return math.ceil(math.log2(seconds) * INDEX_SCALE)
     if seconds >= MAX_SECONDS:
         return MAX_INDEX
     if seconds <= MIN_SECONDS:
@@ -83,7 +82,7 @@ class LatencySketch:
     def add(self, seconds: float, count: int = 1) -> None:
         """Count ``count`` latencies of ``seconds`` (the hot path: one log and a dict update)."""
         if MIN_SECONDS < seconds < MAX_SECONDS:
-            index = math.ceil(math.log2(seconds) * _SCALE)
+            index = math.ceil(math.log2(seconds) * INDEX_SCALE)
         else:
             index = bucket_of(seconds)
         counts = self.counts
