@@ -1,9 +1,10 @@
 """Rollout statistics benchmark: the guards and the state machine on simulated fleets.
 
-    python -m benchmarks.rollout_stats [--runs 200] [--sweep-runs 100] [--seed 1] [--jobs 2]
-                                       [--only main|sweep|hostile]
+    python -m benchmarks.rollout_stats [--runs 200] [--sweep-runs 100] [--fleet-runs 100]
+                                       [--hostile-runs 40] [--seed 1] [--jobs 2]
+                                       [--only main|sweep|fleets|hostile]
 
-Prints four tables and writes them to ``benchmarks/results/rollout_stats.json``:
+Prints five tables and writes them to ``benchmarks/results/rollout_stats.json``:
 
 * main: false rollbacks with identical arms, detection of a 2× error rate and of latency
   regressions with the canary inferences it took, required-gain behaviour, pauses on a sample
@@ -13,6 +14,8 @@ Prints four tables and writes them to ``benchmarks/results/rollout_stats.json``:
   shapes × stable medians × canaries (identical, 1.2×, 1.3×, 1.5× slower, 40% faster, equal),
   each cell the rate its target is on, a ``!`` where it misses it;
 * the issue's cases read with reports of schema 1 (the v1 histogram) and schema 2 (sketches);
+* fleets whose devices differ (and identical ones): the per-device comparison against the
+  pooled tests it replaced, side by side (``benchmarks/rollout_devices.py``);
 * hostile devices: 40 of the ~1,000 canary devices of a 10,000-device fleet report every
   inference failed, or 10× slow, or perfect windows at the server's inference cap
   (``Fleet.hostile_devices``): whether a handful of devices decides the rollout (misses marked).
@@ -26,14 +29,22 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.rollout_devices import (
+    HOSTILE,
+    HOSTILE_FLEET_DEVICES,
+    HOSTILE_MAX_WINDOWS,
+    fleet_tasks,
+    hostile_tasks,
+    print_fleets,
+    print_hostile,
+)
+from benchmarks.rollout_tasks import Task, checked, run_tasks
 from rollout_server.analysis import Guard, GuardSpec, Metric, Mode
 from rollout_server.analysis.arm_profile import (
     LATENCY_SHAPES,
@@ -41,14 +52,7 @@ from rollout_server.analysis.arm_profile import (
     with_latency_factor,
     with_latency_shape,
 )
-from rollout_server.analysis.simulate import (
-    HOSTILE_SLOW_FACTOR,
-    SIM_STAGES,
-    Fleet,
-    hostile_flood_inferences,
-    run_rollouts,
-    summarize,
-)
+from rollout_server.analysis.simulate import HOSTILE_SLOW_FACTOR, SIM_STAGES, Fleet, hostile_flood_inferences
 from rollout_server.bucketing import assign_cohort
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,10 +86,6 @@ class Case:
     max_windows: int = 60
 
 
-def _not_rolled_back(summary: dict[str, Any]) -> float:
-    return 1.0 - summary["rolled_back_rate"]
-
-
 SWEEP_CASES: tuple[Case, ...] = (
     Case("A/A", 1.0, LIMIT_SPEC, "rolled_back_rate", "rolled back <= 1%", lambda r: r <= 0.01),
     Case("x1.2 (limit)", 1.2, LIMIT_SPEC, "not_rolled_back_rate", "not rolled back >= 95%",
@@ -95,55 +95,6 @@ SWEEP_CASES: tuple[Case, ...] = (
     Case("gain, 0.6x", 0.6, GAIN_SPEC, "promoted_rate", "promoted >= 95%", lambda r: r >= 0.95),
     Case("gain, equal", 1.0, GAIN_SPEC, "held_rate", "held 100%", lambda r: r >= 1.0, max_windows=30),
 )
-
-
-@dataclass(frozen=True)
-class Task:
-    """``runs`` seeded rollouts of one scenario (run in a worker process)."""
-
-    name: str
-    runs: int
-    seed: int
-    canary: ArmProfile
-    target: str
-    stable: ArmProfile = field(default_factory=ArmProfile)
-    spec: GuardSpec = field(default_factory=GuardSpec.default)
-    options: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # copied into the row
-
-
-def run_task(task: Task) -> dict[str, Any]:
-    """Run one task and summarise it."""
-    started = time.perf_counter()
-    results = run_rollouts(task.runs, task.spec, task.stable, task.canary, seed=task.seed, **task.options)
-    summary = summarize(results)
-    summary["not_rolled_back_rate"] = _not_rolled_back(summary)
-    return {"scenario": task.name, "target": task.target, **task.extra, **summary,
-            "seconds": round(time.perf_counter() - started, 2)}
-
-
-def run_tasks(tasks: Sequence[Task], jobs: int) -> list[dict[str, Any]]:
-    """Every task's row, in the order given; ``jobs`` worker processes (1: in this one)."""
-    started = time.perf_counter()
-
-    def progress(done: int, row: dict[str, Any]) -> None:
-        print(f"[{time.perf_counter() - started:6.0f} s] {done}/{len(tasks)} {row['scenario']}: "
-              f"rolled back {row['rolled_back_rate']:.1%}, promoted {row['promoted_rate']:.1%} "
-              f"({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
-
-    if jobs <= 1:
-        rows = []
-        for i, task in enumerate(tasks):
-            rows.append(run_task(task))
-            progress(i + 1, rows[-1])
-        return rows
-    out: list[dict[str, Any] | None] = [None] * len(tasks)
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_task, task): i for i, task in enumerate(tasks)}
-        for done, future in enumerate(as_completed(futures), 1):
-            out[futures[future]] = future.result()
-            progress(done, future.result())
-    return [row for row in out if row is not None]
 
 
 def canary_share(devices: int = 10_000, salt: str = "rollout-bench") -> dict[str, Any]:
@@ -168,45 +119,14 @@ def main_tasks(runs: int, seed: int) -> list[Task]:
     gain_spec = GuardSpec.default().with_guards(Guard(Metric.LATENCY, Mode.GAIN, threshold=0.3))
     tasks = [
         Task("A/A identical arms", runs, seed, base, "rolled back <= 5%"),
-        Task("A/A, clumpy fleet (per-device error dispersion 1)", runs, seed + 1, base, "rolled back <= 5%",
-             options={"fleet": Fleet(error_dispersion=1.0)}),
-        Task("A/A, very clumpy fleet (dispersion 3)", runs, seed + 5, base, "rolled back <= 5%",
-             options={"fleet": Fleet(error_dispersion=3.0)}),
         Task("error rate 1% -> 2%", runs, seed + 2, ArmProfile(error_rate=0.02), "rolled back >= 95%"),
-        Task("error rate 1% -> 2%, clumpy fleet (dispersion 1)", runs // 2, seed + 6,
-             ArmProfile(error_rate=0.02), "never promoted", options={"fleet": Fleet(error_dispersion=1.0)}),
         Task("error rate 1% -> 1.5%", runs // 2, seed + 3, ArmProfile(error_rate=0.015), "(reported)"),
         Task("accuracy 90% -> 88%", runs // 2, seed + 4, ArmProfile(accuracy=0.88), "(reported)"),
     ]
-    # some devices see harder inputs than others, whichever model runs (Gamma-dispersed shares of
-    # wrong predictions): identical arms, then a small and a clear drop
-    for i, (name, count, accuracy, dispersion, target) in enumerate((
-        ("A/A, harder inputs on some devices (acc. disp. 3)", runs, 0.9, 3.0, "rolled back <= 5%"),
-        ("accuracy 90% -> 88%, accuracy dispersion 1", runs // 2, 0.88, 1.0, "(reported)"),
-        ("accuracy 90% -> 85%, accuracy dispersion 1", runs // 2, 0.85, 1.0, "never promoted"),
-    )):
-        tasks.append(Task(name, count, seed + 7 + i, ArmProfile(accuracy=accuracy), target,
-                          options={"fleet": Fleet(accuracy_dispersion=dispersion)}))
     for factor, target in ((1.1, "promoted"), (1.2, "(the limit)"), (1.3, "rolled back"),
                            (1.5, "rolled back >= 95%")):
         tasks.append(Task(f"latency p95 x{factor:g} (limit 1.2)", runs // 2, seed + int(10 * factor),
                           with_latency_factor(base, factor), target))
-    # some devices are slower than others whichever model runs (log-normal factor, sigma 0.6)
-    mixed = {"fleet": Fleet(latency_dispersion=0.6)}
-    tasks.append(Task("A/A, devices of mixed speeds (latency disp. 0.6)", runs, seed + 40, base,
-                      "rolled back <= 5%", options=mixed))
-    tasks.append(Task("latency p95 x1.5, latency dispersion 0.6", runs // 2, seed + 41,
-                      with_latency_factor(base, 1.5), "never promoted", options=mixed))
-    # on such a fleet the canary's devices may be faster than stable's by chance: a limit that
-    # passes on its point estimate lets some of a 1.3x regression through; pass_alpha holds more
-    shown = GuardSpec.default().with_options(Metric.LATENCY, pass_alpha=0.2)
-    tasks.append(Task("latency p95 x1.3, latency dispersion 0.6", runs // 2, seed + 42,
-                      with_latency_factor(base, 1.3), "(reported: point estimate)", options=mixed))
-    tasks.append(Task("latency p95 x1.3, latency disp. 0.6, pass_alpha 0.2", runs // 2, seed + 42,
-                      with_latency_factor(base, 1.3), "(reported: fewer promoted)", spec=shown,
-                      options=mixed))
-    tasks.append(Task("A/A, latency dispersion 0.6, pass_alpha 0.2", runs // 2, seed + 43, base,
-                      "rolled back <= 5%", spec=shown, options=mixed))
     tasks.append(Task("gain 30% required, canary 40% faster", runs // 4, seed + 30,
                       with_latency_factor(base, 0.6), "promoted", spec=gain_spec))
     tasks.append(Task("gain 30% required, canary equal", runs // 4, seed + 31, base, "held, never promoted",
@@ -260,72 +180,6 @@ def issue_tasks(runs: int, seed: int) -> list[Task]:
                               options={"fleet": Fleet(report_schema=schema)},
                               extra={"case": label, "schema": schema, "true_ratio": true_ratio}))
     return tasks
-
-
-#: the hostile table's fleet: ~1,000 canary devices at the 10% stage, of which HOSTILE are hostile
-HOSTILE_FLEET_DEVICES = 10_000
-HOSTILE = 40
-#: the hostile table's targets: (rate of a summary, whether it meets the target)
-HOSTILE_TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
-    "rolled back <= 5%": ("rolled_back_rate", lambda r: r <= 0.05),
-    "rolled back >= 95%": ("rolled_back_rate", lambda r: r >= 0.95),
-    "never promoted": ("promoted_rate", lambda r: r == 0.0),
-}
-
-
-def hostile_tasks(runs: int, seed: int) -> list[Task]:
-    """A/A and bad releases on a 10,000-device fleet, without and with 40 hostile canary devices."""
-    base = ArmProfile()
-
-    def fleet(mode: str | None) -> dict[str, Any]:
-        hostile = {"hostile_devices": HOSTILE, "hostile_mode": mode} if mode else {}
-        return {"fleet": Fleet(devices=HOSTILE_FLEET_DEVICES, **hostile)}
-
-    rows = (
-        ("A/A, no hostile devices (control)", base, None, "rolled back <= 5%"),
-        (f"A/A + {HOSTILE} 'errors' (every inference failed)", base, "errors", "rolled back <= 5%"),
-        (f"A/A + {HOSTILE} 'slow' (latencies x{HOSTILE_SLOW_FACTOR:g})", base, "slow", "rolled back <= 5%"),
-        ("error rate 1% -> 3%, no hostile devices (control)", ArmProfile(error_rate=0.03), None,
-         "rolled back >= 95%"),
-        (f"error rate 1% -> 3% + {HOSTILE} 'clean_flood'", ArmProfile(error_rate=0.03), "clean_flood",
-         "never promoted"),
-        ("latency p95 x1.5, no hostile devices (control)", with_latency_factor(base, 1.5), None,
-         "rolled back >= 95%"),
-        (f"latency p95 x1.5 + {HOSTILE} 'clean_flood'", with_latency_factor(base, 1.5), "clean_flood",
-         "never promoted"),
-    )
-    return [Task(name, runs, seed * 100_000 + 900 + i, canary, target, options=fleet(mode),
-                 extra={"hostile_mode": mode, "hostile_devices": HOSTILE if mode else 0})
-            for i, (name, canary, mode, target) in enumerate(rows)]
-
-
-def hostile_checked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each hostile row with whether it meets its target (``ok``)."""
-    out = []
-    for row in rows:
-        rate, ok = HOSTILE_TARGETS[row["target"]]
-        out.append({**row, "ok": ok(row[rate])})
-    return out
-
-
-def print_hostile(rows: list[dict[str, Any]], runs: int) -> None:
-    """The hostile devices' table."""
-    canary = HOSTILE_FLEET_DEVICES // 10
-    print(f"\nHostile canary devices: {HOSTILE_FLEET_DEVICES:,} devices (~{canary:,} canary at 10%), "
-          f"{HOSTILE} hostile canary devices, default guards, {runs} rollouts per row; "
-          f"'clean_flood' reports {hostile_flood_inferences(Fleet()):,} inferences a window (the cap); "
-          "'MISS' = misses its target")
-    header = (f"{'scenario':<52} {'rolled back':>11} {'promoted':>9} {'held':>6} {'paused':>6} "
-              f"{'windows':>7}  target")
-    print(header)
-    print("-" * (len(header) + 8))
-    for row in rows:
-        line = (f"{row['scenario']:<52} {row['rolled_back_rate']:>11.1%} {row['promoted_rate']:>9.1%} "
-                f"{row['held_rate']:>6.1%} {row['paused_rate']:>6.1%} {row['median_windows']:>7.0f}  "
-                f"{row['target']:<18}{'' if row['ok'] else ' MISS'}")
-        print(line.rstrip())
-    missed = [row["scenario"] for row in rows if not row["ok"]]
-    print(f"{len(rows) - len(missed)} of {len(rows)} rows meet their target")
 
 
 def print_main(rows: list[dict[str, Any]]) -> None:
@@ -423,27 +277,36 @@ def main(argv: list[str] | None = None) -> int:
                         help="rollouts per cell of the latency sweep and per row of the issue's cases")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--fleet-runs", type=int, default=100,
+                        help="rollouts per cell of the fleets table (per-device vs pooled)")
     parser.add_argument("--hostile-runs", type=int, default=40,
                         help="rollouts per row of the hostile devices' table (10,000-device fleets)")
-    parser.add_argument("--only", choices=("main", "sweep", "hostile"), help="run only the main table, only "
-                        "the sweep and the issue's cases, or only the hostile devices' table")
+    parser.add_argument("--only", choices=("main", "sweep", "fleets", "hostile"),
+                        help="run only the main table, only the sweep and the issue's cases, only the "
+                        "fleets table or only the hostile devices' table")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     main_list = main_tasks(args.runs, args.seed) if args.only in (None, "main") else []
     sweep_list = sweep_tasks(args.sweep_runs, args.seed) if args.only in (None, "sweep") else []
     issue_list = issue_tasks(args.sweep_runs, args.seed) if args.only in (None, "sweep") else []
+    fleet_list = fleet_tasks(args.fleet_runs, args.seed) if args.only in (None, "fleets") else []
     hostile_list = hostile_tasks(args.hostile_runs, args.seed) if args.only in (None, "hostile") else []
-    rows = run_tasks([*main_list, *issue_list, *hostile_list, *sweep_list], args.jobs)
-    main_rows, issue_rows = rows[:len(main_list)], rows[len(main_list):len(main_list) + len(issue_list)]
-    ends = len(main_list) + len(issue_list), len(main_list) + len(issue_list) + len(hostile_list)
-    hostile_rows = hostile_checked(rows[ends[0]:ends[1]])
-    cells = sweep_cells(rows[ends[1]:])
+    groups = [main_list, issue_list, fleet_list, hostile_list, sweep_list]
+    rows = run_tasks([task for group in groups for task in group], args.jobs)
+    parts, start = [], 0
+    for group in groups:
+        parts.append(rows[start:start + len(group)])
+        start += len(group)
+    main_rows, issue_rows, fleet_rows, hostile_rows, sweep_rows = parts
+    fleet_rows, hostile_rows, cells = checked(fleet_rows), checked(hostile_rows), sweep_cells(sweep_rows)
     if main_list:
         main_rows.append(canary_share())
         print_main(main_rows)
     if issue_rows:
         print_issue(issue_rows)
+    if fleet_rows:
+        print_fleets(fleet_rows, args.fleet_runs)
     if hostile_rows:
         print_hostile(hostile_rows, args.hostile_runs)
     if cells:
@@ -457,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             "labelled_fraction": fleet.labelled_fraction,
             "window_seconds": fleet.window_seconds,
             "report_schema": fleet.report_schema,
+            "baseline_windows": fleet.baseline_windows,
         },
         "stable": vars(ArmProfile()),
         "stages": [s.to_dict() for s in SIM_STAGES],
@@ -472,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             "hostile_canary_devices": HOSTILE,
             "slow_factor": HOSTILE_SLOW_FACTOR,
             "flood_inferences_per_window": hostile_flood_inferences(Fleet()),
+            "max_windows": HOSTILE_MAX_WINDOWS,
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -480,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "runs": args.runs,
                 "sweep_runs": args.sweep_runs,
+                "fleet_runs": args.fleet_runs,
                 "hostile_runs": args.hostile_runs,
                 "seed": args.seed,
                 "jobs": args.jobs,
@@ -489,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                 "setup": setup,
                 "rows": main_rows,
                 "issue_cases": issue_rows,
+                "fleets": fleet_rows,
                 "hostile": hostile_rows,
                 "sweep": cells,
             },

@@ -32,6 +32,8 @@ from rollout_server.analysis.stats import design_effect
 
 _SCALE = float(2**SCHEMA)
 _EMPTY = np.zeros((0, 0), dtype=np.int64)
+#: the v1 bounds on the sketch's position axis
+_V1_BOUNDS = np.log2(np.asarray(LATENCY_BUCKETS_SECONDS)) * _SCALE
 
 
 def _position(seconds: float) -> float:
@@ -102,13 +104,15 @@ class DeviceLatencies:
     def samples(self) -> int:
         return int(self.counts.sum())
 
-    def pooled(self) -> np.ndarray:
-        """The arm's counts per bucket (from ``offset``)."""
-        return self.counts.sum(axis=0)
+    def pooled(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """The arm's counts per bucket (from ``offset``); with ``weights``, each device's row
+        times its weight."""
+        return self.counts.sum(axis=0) if weights is None else weights @ self.counts
 
-    def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile (0..1) in seconds, log-linear inside its bucket; None when empty."""
-        pooled = self.pooled()
+    def quantile(self, q: float, weights: np.ndarray | None = None) -> float | None:
+        """The ``q`` quantile (0..1) in seconds, log-linear inside its bucket; None when empty.
+        ``weights`` (one per device) weigh each device's latencies."""
+        pooled = self.pooled(weights)
         total = float(pooled.sum())
         if total <= 0:
             return None
@@ -161,12 +165,12 @@ class DeviceLatencies:
 def v1_counts(sketch: Mapping[int, int]) -> tuple[int, ...]:
     """Sketch counts on the v1 histogram: each bucket goes where its representative value falls
     (within 1.1% of a bound, a bucket straddling it may land one side or the other)."""
-    out = [0] * BUCKET_COUNT
-    bounds = np.log2(np.asarray(LATENCY_BUCKETS_SECONDS)) * _SCALE
-    for index, count in sketch.items():
-        if count:
-            out[int(np.searchsorted(bounds, index - 0.5, side="left"))] += int(count)
-    return tuple(out)
+    if not sketch:
+        return (0,) * BUCKET_COUNT
+    indices = np.fromiter(sketch.keys(), dtype=np.float64, count=len(sketch))
+    counts = np.fromiter(sketch.values(), dtype=np.int64, count=len(sketch))
+    where = np.searchsorted(_V1_BOUNDS, indices - 0.5, side="left")
+    return tuple(int(c) for c in np.bincount(where, weights=counts, minlength=BUCKET_COUNT).astype(np.int64))
 
 
 def merge_sketches(sketches: Sequence[Mapping[int, int]]) -> dict[int, int]:

@@ -12,54 +12,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from scipy.special import stdtr
 
 from edgeship.contract.latency import quantile
 from edgeship.contract.sketch import RELATIVE_ERROR
+from rollout_server.analysis.check import Check, ms, pct, too_few, within
+from rollout_server.analysis.device_checks import (
+    accuracy_by_device,
+    device_tables,
+    error_rate_by_device,
+    latency_by_device,
+    latency_tables,
+)
 from rollout_server.analysis.latency import latencies_above, quantile_seconds
 from rollout_server.analysis.spec import Guard, Metric, Mode
 from rollout_server.analysis.stats import binomial_above, binomial_below, excess_test
 from rollout_server.analysis.verdict import Outcome
 from rollout_server.analysis.window import ArmWindow
-
-
-@dataclass(frozen=True)
-class Check:
-    """Outcome of one guard on one slice; ``enough`` is False when it lacked samples."""
-
-    outcome: Outcome
-    reason: str
-    stats: dict[str, Any] = field(default_factory=dict)
-    enough: bool = True
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.3g}%"
-
-
-def _too_few(what: str, canary: int, stable: int | None, need: int, stats: dict[str, Any]) -> Check:
-    have = f"canary {canary:,}" + ("" if stable is None else f", stable {stable:,}")
-    each = "" if stable is None else " in each arm"
-    return Check(Outcome.INCONCLUSIVE, f"too few {what}: {have} (need {need:,}{each})", stats, enough=False)
-
-
-def _within(guard: Guard, head: str, within: str, p_within: Callable[[], float],
-            stats: dict[str, Any]) -> Check:
-    """A limit whose point estimate is within it: ``pass``; with ``guard.pass_alpha``, only once
-    the one-sided test of "the canary is within the limit" gives p < pass_alpha (``p_within``),
-    else ``inconclusive`` (hold and gather more)."""
-    if guard.pass_alpha is None:
-        return Check(Outcome.PASS, f"{head}: {within}", stats)
-    p = p_within()
-    stats.update(p_within=p, pass_alpha=guard.pass_alpha)
-    if p < guard.pass_alpha:
-        return Check(Outcome.PASS, f"{head}: {within}, significantly (p = {p:.2g} < {guard.pass_alpha:g})",
-                     stats)
-    return Check(Outcome.INCONCLUSIVE, f"{head}: {within} but not significantly yet "
-                                       f"(p = {p:.2g}, pass_alpha = {guard.pass_alpha:g})", stats)
 
 
 def _rate_limit(
@@ -76,12 +48,12 @@ def _rate_limit(
     stats.update(
         canary_rate=r_c, stable_rate=r_s, limit=bound, cap=cap, z=z, p_value=p, p_cap=p_cap, alpha=alpha
     )
-    head = f"canary {what} {_pct(r_c)} ({x_c:,}/{n_c:,}) vs stable {_pct(r_s)} ({x_s:,}/{n_s:,})"
-    limit_text = f"{_pct(bound)} (stable × {scale:g} + {_pct(margin)})"
+    head = f"canary {what} {pct(r_c)} ({x_c:,}/{n_c:,}) vs stable {pct(r_s)} ({x_s:,}/{n_s:,})"
+    limit_text = f"{pct(bound)} (stable × {scale:g} + {pct(margin)})"
     if r_c > cap and p_cap < alpha:
         return Check(
             Outcome.FAIL,
-            f"{head}: above the {_pct(cap)} cap (exact binomial p = {p_cap:.2g} < α = {alpha:.2g})",
+            f"{head}: above the {pct(cap)} cap (exact binomial p = {p_cap:.2g} < α = {alpha:.2g})",
             stats,
         )
     if r_c > bound and p < alpha:
@@ -94,11 +66,11 @@ def _rate_limit(
     if r_c > bound or r_c > cap:
         return Check(
             Outcome.INCONCLUSIVE,
-            f"{head}: above the limit {limit_text} or cap {_pct(cap)} but not "
+            f"{head}: above the limit {limit_text} or cap {pct(cap)} but not "
             f"significantly yet (p = {min(p, p_cap):.2g}, α = {alpha:.2g})",
             stats,
         )
-    return _within(guard, head, f"within the limit {limit_text} and cap {_pct(cap)}",
+    return within(guard, head, f"within the limit {limit_text} and cap {pct(cap)}",
                    lambda: max(1.0 - p, binomial_below(x_c, n_c, cap)), stats)
 
 
@@ -114,7 +86,10 @@ def check_error_rate(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: 
         "stable_inferences": n_s,
     }
     if min(n_c, n_s) < (guard.min_samples or 1):
-        return _too_few("inferences", n_c, n_s, guard.min_samples or 1, stats)
+        return too_few("inferences", n_c, n_s, guard.min_samples or 1, stats)
+    tables = device_tables(stable, canary)
+    if tables is not None:
+        return error_rate_by_device(guard, tables, alpha, stats)
     deff_c, deff_s = canary.error_design_effect(), stable.error_design_effect()
     if max(deff_c, deff_s) <= 1.0:
         return _rate_limit("error rate", x_c, n_c, x_s, n_s, guard, alpha, stats)
@@ -150,7 +125,7 @@ def check_load_failures(guard: Guard, stable: ArmWindow, canary: ArmWindow, alph
         "stable_devices": n_s,
     }
     if min(n_c, n_s) < (guard.min_samples or 1):
-        return _too_few("devices", n_c, n_s, guard.min_samples or 1, stats)
+        return too_few("devices", n_c, n_s, guard.min_samples or 1, stats)
     return _rate_limit("load/golden failure share", x_c, n_c, x_s, n_s, guard, alpha, stats)
 
 
@@ -198,14 +173,17 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
     n_c, n_s = canary.latency_samples, stable.latency_samples
     stats: dict[str, Any] = {"quantile": q, "canary_samples": n_c, "stable_samples": n_s}
     if min(n_c, n_s) < (guard.min_samples or 1):
-        return _too_few("latency samples", n_c, n_s, guard.min_samples or 1, stats)
+        return too_few("latency samples", n_c, n_s, guard.min_samples or 1, stats)
+    tables = latency_tables(stable, canary)
+    if tables is not None:
+        return latency_by_device(guard, tables, alpha, stats)
     read_s, read_c, resolution, note = _latencies(stable, canary)
     q_s, q_c = read_s.quantile(q), read_c.quantile(q)
     if not q_s or q_c is None:  # unreachable with samples; kept so no-data never passes
         return Check(Outcome.INCONCLUSIVE, f"stable {label} is zero: no ratio", stats, enough=False)
     ratio = q_c / q_s
     tail = 1.0 - q
-    head = f"canary {label} {_ms(q_c)} vs stable {_ms(q_s)} (ratio {ratio:.2f})"
+    head = f"canary {label} {ms(q_c)} vs stable {ms(q_s)} (ratio {ratio:.2f})"
     # Prometheus' linear rule on the v1 histogram, as older dashboards read it (not used to decide).
     prom_s, prom_c = quantile(stable.latency_counts, q), quantile(canary.latency_counts, q)
     stats.update(
@@ -227,7 +205,7 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
             return Check(
                 Outcome.FAIL,
                 f"{head}: significantly above {threshold:g}× stable ({above:,.0f} of "
-                f"{n_c:,} above {_ms(limit * q_s)}, p = {p:.2g} < α = {alpha:.2g}){note}",
+                f"{n_c:,} above {ms(limit * q_s)}, p = {p:.2g} < α = {alpha:.2g}){note}",
                 stats,
             )
         if ratio > limit:
@@ -237,7 +215,7 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
                 f"(p = {p:.2g}, α = {alpha:.2g}){note}",
                 stats,
             )
-        return _within(guard, head, f"within {threshold:g}× stable{note}", lambda: _above_p(
+        return within(guard, head, f"within {threshold:g}× stable{note}", lambda: _above_p(
             read_c, read_s, above, (limit * q_s, q_s), tail, stats, binomial_below), stats)
     max_ratio = 1.0 - threshold
     required = max_ratio * (1.0 - resolution)
@@ -247,7 +225,7 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
     if ratio <= required and p < alpha:
         return Check(
             Outcome.PASS,
-            f"{head}: at least {_pct(threshold)} lower, significantly (p = {p:.2g} < α = {alpha:.2g}){note}",
+            f"{head}: at least {pct(threshold)} lower, significantly (p = {p:.2g} < α = {alpha:.2g}){note}",
             stats,
         )
     return Check(
@@ -256,11 +234,6 @@ def check_latency(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: flo
         f"significantly (p = {p:.2g}, α = {alpha:.2g}){note}",
         stats,
     )
-
-
-def _ms(seconds: float) -> str:
-    """A latency in ms with three significant digits (0.132 ms, 4.61 ms, 1.2e+03 ms)."""
-    return f"{1000 * seconds:.3g} ms"
 
 
 def _above_p(canary: _Latencies, stable: _Latencies, above: float, cuts: tuple[float, float], tail: float,
@@ -303,7 +276,10 @@ def check_accuracy(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: fl
         "stable_labelled": n_s,
     }
     if min(n_c, n_s) < (guard.min_samples or 1):
-        return _too_few("labelled samples", n_c, n_s, guard.min_samples or 1, stats)
+        return too_few("labelled samples", n_c, n_s, guard.min_samples or 1, stats)
+    tables = device_tables(stable, canary)
+    if tables is not None:
+        return accuracy_by_device(guard, tables, alpha, stats)
     deff_c, deff_s = canary.accuracy_design_effect(), stable.accuracy_design_effect()
     if max(deff_c, deff_s) <= 1.0:
         return _accuracy(guard, x_c, n_c, x_s, n_s, alpha, stats)
@@ -319,7 +295,7 @@ def _accuracy(guard: Guard, x_c: int, n_c: int, x_s: int, n_s: int, alpha: float
     """The accuracy limit or gain on correct counts ``x`` of ``n`` labelled samples per arm."""
     acc_c, acc_s = x_c / n_c, x_s / n_s
     threshold = guard.threshold or 0.0
-    head = f"canary accuracy {_pct(acc_c)} ({x_c:,}/{n_c:,}) vs stable {_pct(acc_s)} ({x_s:,}/{n_s:,})"
+    head = f"canary accuracy {pct(acc_c)} ({x_c:,}/{n_c:,}) vs stable {pct(acc_s)} ({x_s:,}/{n_s:,})"
     stats.update(canary_accuracy=acc_c, stable_accuracy=acc_s, alpha=alpha)
     if guard.mode is Mode.LIMIT:
         drop = acc_s - acc_c
@@ -338,7 +314,7 @@ def _accuracy(guard: Guard, x_c: int, n_c: int, x_s: int, n_s: int, alpha: float
                 f"{head}: {points}, not significant yet (p = {p:.2g}, α = {alpha:.2g})",
                 stats,
             )
-        return _within(guard, head, points, lambda: 1.0 - p, stats)
+        return within(guard, head, points, lambda: 1.0 - p, stats)
     gain = acc_c - acc_s
     z, p = excess_test(x_c, n_c, x_s, n_s, 1.0, threshold)
     stats.update(gain=gain, min_gain=threshold, z=z, p_value=p)
@@ -362,17 +338,17 @@ def check_agreement(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: f
     x = stable.shadow_agreements + canary.shadow_agreements
     stats: dict[str, Any] = {"shadow_samples": n, "shadow_agreements": x}
     if n < (guard.min_samples or 1):
-        return _too_few("shadow samples", n, None, guard.min_samples or 1, stats)
+        return too_few("shadow samples", n, None, guard.min_samples or 1, stats)
     agreement = x / n
     threshold = guard.threshold or 0.0
     p = binomial_below(x, n, threshold)
     stats.update(agreement=agreement, min_agreement=threshold, p_value=p, alpha=alpha)
-    head = f"agreement with stable {_pct(agreement)} ({x:,}/{n:,}), minimum {_pct(threshold)}"
+    head = f"agreement with stable {pct(agreement)} ({x:,}/{n:,}), minimum {pct(threshold)}"
     if agreement < threshold and p < alpha:
         return Check(Outcome.FAIL, f"{head}: significantly below (p = {p:.2g} < α = {alpha:.2g})", stats)
     if agreement < threshold:
         return Check(Outcome.INCONCLUSIVE, f"{head}: below but not significantly yet (p = {p:.2g})", stats)
-    return _within(guard, head, "within", lambda: binomial_above(x, n, threshold), stats)
+    return within(guard, head, "within", lambda: binomial_above(x, n, threshold), stats)
 
 
 def check_memory(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:
@@ -384,7 +360,7 @@ def check_memory(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: floa
 def check_load_time(guard: Guard, stable: ArmWindow, canary: ArmWindow, alpha: float) -> Check:
     """Canary devices' model load time against stable devices' (a ratio limit)."""
     return _typical_ratio("model load time", stable.device_load_seconds, canary.device_load_seconds, guard,
-                          alpha, _ms)
+                          alpha, ms)
 
 
 def _typical_ratio(what: str, stable: tuple[float, ...], canary: tuple[float, ...], guard: Guard,
@@ -399,7 +375,7 @@ def _typical_ratio(what: str, stable: tuple[float, ...], canary: tuple[float, ..
     need = guard.min_samples or 1
     stats: dict[str, Any] = {"canary_devices": n_c, "stable_devices": n_s}
     if min(n_c, n_s) < max(need, 2):
-        return _too_few(f"devices reporting {what}", n_c, n_s, max(need, 2), stats)
+        return too_few(f"devices reporting {what}", n_c, n_s, max(need, 2), stats)
     floor = 1e-9  # a value of 0 (an instant load) must not make the log undefined
     log_c = [math.log(max(v, floor)) for v in canary]
     log_s = [math.log(max(v, floor)) for v in stable]
@@ -424,7 +400,7 @@ def _typical_ratio(what: str, stable: tuple[float, ...], canary: tuple[float, ..
     if ratio > threshold:
         return Check(Outcome.INCONCLUSIVE, f"{head}: above {threshold:g}× stable but not significantly "
                                            f"yet (p = {p:.2g}, α = {alpha:.2g})", stats)
-    return _within(guard, head, f"within {threshold:g}× stable", lambda: float(stdtr(df, t)), stats)
+    return within(guard, head, f"within {threshold:g}× stable", lambda: float(stdtr(df, t)), stats)
 
 
 CHECKS: dict[Metric, Callable[[Guard, ArmWindow, ArmWindow, float], Check]] = {

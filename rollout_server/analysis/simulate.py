@@ -34,6 +34,7 @@ from edgeship.contract.sketch import MAX_INDEX, MIN_INDEX, SCHEMA
 from rollout_server.analysis.arm_profile import ArmProfile
 from rollout_server.analysis.assess import assess
 from rollout_server.analysis.device_latency import DeviceLatencies
+from rollout_server.analysis.device_table import DeviceTable
 from rollout_server.analysis.rollout import Action, Phase, RolloutState, decide, start
 from rollout_server.analysis.sample_ratio import SRM_ALPHA, SRM_GRACE_SECONDS, SampleRatio, sample_ratio
 from rollout_server.analysis.spec import GuardSpec
@@ -96,6 +97,13 @@ class Fleet:
             the stage's percent) reports honestly. Honest devices' draws within a window are
             the same as without hostile devices (later windows differ: the group draws differ).
         hostile_mode: what the hostile devices report (:data:`HOSTILE_MODES`).
+        baseline_windows: each device ran the stable model for this many windows before the
+            rollout began, reporting as in the rollout (its baseline, what the server reads
+            before the rollout's creation): the windows carry it per device
+            (``ArmWindow.device_table``). 0: no device has a baseline.
+        per_device: the windows carry per-device tables, so the guards compare device by
+            device (``analysis/adjusted.py``); False: aggregates only, as before the tables
+            (the pooled tests with design effects).
     """
 
     devices: int = 1000
@@ -111,12 +119,16 @@ class Fleet:
     report_schema: int = 2
     hostile_devices: int = 0
     hostile_mode: str = "errors"
+    baseline_windows: int = 48
+    per_device: bool = True
 
     def __post_init__(self) -> None:
         if self.report_schema not in REPORT_SCHEMAS:
             raise ValueError(f"report_schema must be one of {REPORT_SCHEMAS}, got {self.report_schema!r}")
         if self.hostile_mode not in HOSTILE_MODES:
             raise ValueError(f"hostile_mode must be one of {HOSTILE_MODES}, got {self.hostile_mode!r}")
+        if self.baseline_windows < 0:
+            raise ValueError(f"baseline_windows must be >= 0, got {self.baseline_windows!r}")
         if not 0 <= self.hostile_devices <= self.devices:
             raise ValueError(f"hostile_devices must be within 0..{self.devices}, "
                              f"got {self.hostile_devices!r}")
@@ -164,6 +176,7 @@ class _Devices:
     latency_factor: np.ndarray
     silence: np.ndarray | None = None  # uniform per device, drawn only when an arm has silent devices
     hostile: np.ndarray | None = None  # bool per device (``Fleet.hostile_devices``); None: none
+    baseline: Baseline | None = None  # drawn in its own stream (``Fleet.baseline_windows``)
 
     @classmethod
     def draw(cls, fleet: Fleet, rng: np.random.Generator) -> _Devices:
@@ -178,6 +191,58 @@ class _Devices:
             hostile[np.argsort(bucket, kind="stable")[:fleet.hostile_devices]] = True
         return cls(device_class, bucket, _factors(fleet.error_dispersion, fleet.devices, rng),
                    _factors(fleet.accuracy_dispersion, fleet.devices, rng), latency_factor, hostile=hostile)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Each device's windows on the stable model before the rollout (``Fleet.baseline_windows``).
+
+    Attributes:
+        counts: 4 rows × devices: inferences, inference errors, labelled samples, wrong
+            predictions (the rows of :class:`StageCounts`).
+        offset: the sketch bucket of ``sketch``'s first column.
+        sketch: devices × buckets, its latencies (schema 2; no columns for schema 1).
+    """
+
+    counts: np.ndarray
+    offset: int
+    sketch: np.ndarray
+
+    @classmethod
+    def draw(cls, fleet: Fleet, devices: _Devices, stable: Sequence[ArmProfile],
+             rng: np.random.Generator) -> Baseline:
+        """Draw every device's baseline: ``stable[c]`` is class c's stable model; the device's
+        own factors apply as in the rollout (its latency factor rounded to a whole sketch bucket)."""
+        profile = [stable[c] for c in devices.device_class]
+        mean = fleet.inferences_per_window * fleet.report_probability * fleet.baseline_windows
+        n = rng.poisson(mean, size=fleet.devices)
+        rates = np.array([p.error_rate for p in profile]) * devices.error_factor
+        x = rng.binomial(n, np.clip(rates, 0.0, 1.0))
+        lab = rng.binomial(n, fleet.labelled_fraction)
+        w = rng.binomial(lab, np.clip((1.0 - np.array([p.accuracy for p in profile])) * devices.wrong_factor,
+                                      0.0, 1.0))
+        counts = np.stack([n, x, lab, w]).astype(np.int64)
+        if fleet.report_schema == 1:
+            return cls(counts, 0, np.zeros((fleet.devices, 0), dtype=np.int64))
+        shift = np.rint(np.log2(devices.latency_factor) * _SCALE).astype(np.int64)
+        parts = []
+        for model in dict.fromkeys(stable):
+            rows = np.flatnonzero([p == model for p in profile])
+            low, probabilities = _sketch_probabilities(model)
+            parts.append((rows, low, rng.multinomial(n[rows], probabilities / probabilities.sum())))
+        start = min(low + int(shift[rows].min()) for rows, low, _ in parts if len(rows))
+        end = max(low + int(shift[rows].max()) + drawn.shape[1] for rows, low, drawn in parts if len(rows))
+        sketch = np.zeros((fleet.devices, end - start), dtype=np.int64)
+        for rows, low, drawn in parts:
+            columns = (low - start + shift[rows])[:, None] + np.arange(drawn.shape[1])[None, :]
+            sketch[rows[:, None], columns] = drawn
+        return cls(counts, start, sketch)
+
+    def latency(self, rows: np.ndarray) -> DeviceLatencies | None:
+        """The baseline latency rows of the devices ``rows`` selects (None for schema 1)."""
+        if self.sketch.shape[1] == 0:
+            return None
+        return DeviceLatencies(self.offset, self.sketch[rows])
 
 
 def _factors(dispersion: float, devices: int, rng: np.random.Generator) -> np.ndarray:
@@ -420,12 +485,15 @@ def _window_classes(rng: np.random.Generator, fleet: Fleet, devices: _Devices, p
     agree = rng.binomial(shadow, [p.shadow_agreement for p in profiles])
     stage.counts += np.stack([inferences, errors, labelled_d, wrong_d])
     spread = _spread(stage, group, groups)
+    rows = [(group == g) & (stage.counts[0] > 0) for g in range(groups)]
     if fleet.report_schema == 2:
-        has_latency = stage.counts[0] > 0
-        precise = [{"device_latency": stage.device_latency((group == g) & has_latency)}
-                   for g in range(groups)]
+        precise = [{"device_latency": stage.device_latency(rows[g])} for g in range(groups)]
     else:
         precise = [{"v1_latency_samples": int(latency[g].sum())} for g in range(groups)]
+    if fleet.per_device:
+        for g in range(groups):
+            precise[g]["device_table"] = _device_table(stage, devices.baseline, rows[g],
+                                                       precise[g].get("device_latency"))
     windows = [
         ArmWindow(
             inferences=int(inf_g[g]),
@@ -449,6 +517,15 @@ def _window_classes(rng: np.random.Generator, fleet: Fleet, devices: _Devices, p
         if windows[n_classes + i].devices_reporting
     }
     return stable, canary
+
+
+def _device_table(stage: StageCounts, baseline: Baseline | None, rows: np.ndarray,
+                  latency: DeviceLatencies | None) -> DeviceTable:
+    """The stage's counts of the devices ``rows`` selects, with their baselines (zeros without)."""
+    base = (baseline.counts[:, rows] if baseline is not None
+            else np.zeros((4, int(rows.sum())), dtype=np.int64)).astype(float)
+    return DeviceTable(*stage.counts[:, rows].astype(float), *base, latency=latency,
+                       base_latency=baseline.latency(rows) if baseline is not None else None)
 
 
 def _spread(stage: StageCounts, group: np.ndarray, groups: int) -> list[dict[str, object]]:
@@ -499,6 +576,10 @@ def simulate_rollout(
     if any(p.silent_device_share > 0 for p in profiles):  # its own stream: other draws stay as they were
         devices = replace(devices, silence=np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
                           .random(fleet.devices))
+    if fleet.baseline_windows and fleet.per_device:  # its own stream too, after the silence's
+        devices = replace(devices, baseline=Baseline.draw(
+            fleet, devices, profiles[:len(fleet.classes)],
+            np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])))
     now = 0.0
     state = start(RolloutState(stages=tuple(stages)), now).state
     cumulative: Measurements | None = None
@@ -543,7 +624,7 @@ def stage_sample_ratio(measurements: Measurements, devices: _Devices, state: Rol
                         measurements.stable.error_devices, alpha=look_alpha(SRM_ALPHA, measurements.look))
 
 
-_STAGE_FIELDS = (*SPREAD_FIELDS, *SPREAD_CUTS, "device_latency")
+_STAGE_FIELDS = (*SPREAD_FIELDS, *SPREAD_CUTS, "device_latency", "device_table")
 
 
 def merge_window(cumulative: Measurements, window: Measurements) -> Measurements:
@@ -559,7 +640,7 @@ def _merged(cumulative: Measurements, stable: Mapping[str, ArmWindow], canary: M
     def merged(before: ArmWindow | None, latest: ArmWindow | None) -> ArmWindow:
         if before is None or latest is None:
             return before if latest is None else latest  # type: ignore[return-value]
-        total = replace(before, device_latency=None) + latest  # no stacking of the same devices' rows
+        total = replace(before, device_latency=None, device_table=None) + latest  # no stacking of rows
         return replace(total, **{name: getattr(latest, name) for name in _STAGE_FIELDS})
 
     def by_class(before: Mapping[str, ArmWindow], latest: Mapping[str, ArmWindow]) -> _ByClass:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import zip_longest
 from typing import Any
 
 from edgeship.contract.latency import BUCKET_COUNT, LATENCY_BUCKETS_SECONDS
 from edgeship.contract.reports import ERROR_REASONS, INFERENCE_ERROR_REASONS
 from rollout_server.analysis.device_latency import DeviceLatencies
+from rollout_server.analysis.device_table import DeviceTable
 from rollout_server.analysis.stats import design_effect
 
 _COUNT_FIELDS = (
@@ -127,6 +129,7 @@ class ArmWindow:
     device_latency: DeviceLatencies | None = None
     device_peak_rss: tuple[float, ...] = ()
     device_load_seconds: tuple[float, ...] = ()
+    device_table: DeviceTable | None = None
 
     def __add__(self, other: ArmWindow) -> ArmWindow:
         if not isinstance(other, ArmWindow):
@@ -143,7 +146,11 @@ class ArmWindow:
         device_latency = (other.device_latency if self.device_latency is None
                           else self.device_latency if other.device_latency is None
                           else self.device_latency + other.device_latency)
+        table = (other.device_table if self.device_table is None
+                 else self.device_table if other.device_table is None
+                 else self.device_table + other.device_table)
         return ArmWindow(errors=reasons, latency_counts=latency, device_latency=device_latency,
+                         device_table=table,
                          device_peak_rss=self.device_peak_rss + other.device_peak_rss,
                          device_load_seconds=self.device_load_seconds + other.device_load_seconds,
                          **sums, **cuts)
@@ -194,6 +201,11 @@ class ArmWindow:
 
     def problems(self) -> list[str]:
         """Inconsistencies in the numbers, as sentences; empty when the window is usable."""
+        return list(self._problems)
+
+    @cached_property
+    def _problems(self) -> tuple[str, ...]:
+        """Computed once: every guard asks, for every slice."""
         found = [
             f"{name} is negative ({getattr(self, name)})" for name in _COUNT_FIELDS if getattr(self, name) < 0
         ]
@@ -233,7 +245,9 @@ class ArmWindow:
             found.append("per-device latency counts have a negative count")
         if self.latency_samples > self.inferences:
             found.append(f"latency samples {self.latency_samples} > inferences {self.inferences}")
-        return found
+        if self.device_table is not None:
+            found += self.device_table.problems()
+        return tuple(found)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (the inverse of :meth:`from_dict`)."""
@@ -247,6 +261,8 @@ class ArmWindow:
                 out[name] = list(getattr(self, name))
         if self.device_latency is not None:
             out["device_latency"] = [sorted(map(list, row.items())) for row in self.device_latency.sketches()]
+        if self.device_table is not None:
+            out["device_table"] = self.device_table.to_dict()
         return out
 
     @classmethod
@@ -260,7 +276,7 @@ class ArmWindow:
         if not isinstance(data, Mapping):
             raise ValueError(f"arm window must be an object, got {type(data).__name__}")
         unknown = set(data) - {*_COUNT_FIELDS, *SPREAD_CUTS, *_DEVICE_VALUES, "errors", "latency_counts",
-                               "device_latency"}
+                               "device_latency", "device_table"}
         if unknown:
             raise ValueError(f"unknown arm window field(s): {', '.join(sorted(unknown))}")
         counts = {name: _int(data.get(name, 0), name) for name in _COUNT_FIELDS}
@@ -283,8 +299,10 @@ class ArmWindow:
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in given):
                 raise ValueError(f"{name} must be a list of numbers, got {given!r}")
             values[name] = tuple(float(v) for v in given)
+        table = data.get("device_table")
         return cls(
             device_latency=_device_latency(data.get("device_latency")),
+            device_table=None if table is None else DeviceTable.from_dict(table),
             **values,
             errors={str(k): _int(v, f"errors.{k}") for k, v in errors.items()},
             latency_counts=tuple(_int(v, f"latency_counts[{i}]") for i, v in enumerate(latency)),

@@ -69,7 +69,7 @@ def test_aa_with_devices_seeing_harder_inputs_stays_within_5_percent_false_rollb
                                      fleet=Fleet(accuracy_dispersion=3.0)))
     record_property("aa_harder_inputs_false_rollback_rate", summary["rolled_back_rate"])
     assert summary["rolled_back_rate"] <= 0.05
-    assert summary["promoted_rate"] >= 0.5  # noisier accuracy: more identical candidates held
+    assert summary["promoted_rate"] >= 0.9  # each device's baseline takes its inputs' hardness out
 
 
 def test_aa_with_some_devices_slower_than_others_stays_within_5_percent_false_rollbacks(record_property):
@@ -91,11 +91,13 @@ def test_a_50_percent_slower_candidate_on_a_fleet_of_mixed_speeds_is_never_promo
 
 
 def test_asked_to_show_it_the_latency_limit_promotes_fewer_1_3x_slower_on_a_fleet_of_mixed_speeds():
-    """A canary of mostly fast devices reads as within 1.2x: on its point estimate the limit
-    promoted a 1.3x slower candidate in 2 of these 40 rollouts. With ``pass_alpha`` the same 40
-    (same seed, same devices) promote fewer, and most identical candidates still get through."""
+    """With the pooled tests (no per-device data, no baselines), a canary of mostly fast devices
+    reads as within 1.2x: on its point estimate the limit promoted a 1.3x slower candidate in 2
+    of these 40 rollouts. With ``pass_alpha`` the same 40 (same seed, same devices) promote
+    fewer, and most identical candidates still get through. (With per-device baselines none is
+    promoted: test_device_adjusted.py.)"""
     spec = SPEC.with_options(Metric.LATENCY, pass_alpha=0.2)
-    mixed = Fleet(latency_dispersion=0.6)
+    mixed = Fleet(latency_dispersion=0.6, per_device=False)
     slower = with_latency_factor(STABLE, 1.3)
 
     def promoted(spec: GuardSpec, canary: ArmProfile) -> int:
