@@ -5,7 +5,8 @@
   (``Fleet(per_device=False)``), side by side on the same seeds, and the same on identical
   devices (no worse than before);
 * hostile devices: 40 of the ~1,000 canary devices of a 10,000-device fleet report every
-  inference failed, or 10× slow, or perfect windows at the server's inference cap.
+  inference failed, or 10× slow, or perfect windows at the server's inference cap, or a
+  history (baseline) of failures and then honest windows.
 
 Each row is checked against its target (``rollout_tasks.TARGETS``); misses are marked.
 """
@@ -108,6 +109,10 @@ def hostile_tasks(runs: int, seed: int) -> list[Task]:
          "rolled back >= 95%"),
         (f"latency p95 x1.5 + {HOSTILE} 'clean_flood'", with_latency_factor(base, 1.5), "clean_flood",
          "never promoted"),
+        (f"error rate 1% -> 3% + {HOSTILE} 'poisoned_baseline'", ArmProfile(error_rate=0.03),
+         "poisoned_baseline", "never promoted"),
+        (f"latency p95 x1.5 + {HOSTILE} 'poisoned_baseline'", with_latency_factor(base, 1.5),
+         "poisoned_baseline", "never promoted"),
     )
     return [Task(name, runs, seed * 100_000 + 900 + i, canary, target, options=fleet(mode),
                  extra={"hostile_mode": mode, "hostile_devices": HOSTILE if mode else 0})

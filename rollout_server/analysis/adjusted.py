@@ -13,7 +13,9 @@ they compare arms on per-device values instead of pooled counts:
   mean baseline)``, ``theta`` the regression slope of device values on their baselines within
   the arms, pooled (one slope: a 100-device canary's own slope would add its noise). Which devices
   happened to land in the canary (slow phones, users with hard inputs) then cancels, and the
-  test keeps the power it has on identical devices. Devices without a baseline take the mean.
+  test keeps the power it has on identical devices. Devices without a baseline take the mean;
+  baselines are clipped to the 1st-99th percentile of all devices' (a forged history of
+  failures must not turn clean canary windows into a gain).
 * **Device-level variance.** The variance of each arm's estimate is the spread of its devices'
   residuals (a cluster-robust variance: devices, not inferences, are the samples), floored at
   the binomial variance of the same weights.
@@ -40,6 +42,8 @@ WEIGHT_CAP = 3.0
 TRIM_SHARE = 0.05
 #: devices with a baseline an arm needs before its slope on the baseline is estimated
 MIN_BASELINE_DEVICES = 10
+#: baselines are clipped to the quantiles BASELINE_CLIP and 1 - BASELINE_CLIP of every device's
+BASELINE_CLIP = 0.01
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,37 @@ def weight_cap(*trials: np.ndarray) -> float:
     """:data:`WEIGHT_CAP` times the median positive trials over the given arms (inf without any)."""
     every = np.concatenate([t[t > 0] for t in trials]) if trials else np.zeros(0)
     return WEIGHT_CAP * float(np.median(every)) if len(every) else math.inf
+
+
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # events, trials, base events, base trials
+
+
+def paired_values(canary: Columns, stable: Columns) -> tuple[ArmValues, ArmValues, float]:
+    """Both arms' values with one weight cap (:func:`weight_cap` over both) and their baselines
+    clipped to the middle :data:`BASELINE_CLIP` of all devices' baselines: a device whose
+    history says it fails everything (broken, or forged before the rollout) would otherwise
+    make its clean canary windows look like a large gain. Returns the arms and the cap."""
+    cap = weight_cap(canary[1], stable[1])
+    arm_c, arm_s = arm_values(*canary, cap), arm_values(*stable, cap)
+    x = np.concatenate([arm_c.baseline, arm_s.baseline])
+    w = np.concatenate([arm_c.weight, arm_s.weight])
+    known = ~np.isnan(x)
+    if known.sum() < MIN_BASELINE_DEVICES:
+        return arm_c, arm_s, cap
+    low, high = _weighted_quantiles(x[known], w[known], (BASELINE_CLIP, 1.0 - BASELINE_CLIP))
+
+    def clipped(arm: ArmValues) -> ArmValues:
+        return ArmValues(arm.value, arm.weight, arm.trials, np.clip(arm.baseline, low, high))
+
+    return clipped(arm_c), clipped(arm_s), cap
+
+
+def _weighted_quantiles(x: np.ndarray, w: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """Weighted quantiles (the smallest value whose cumulative weight reaches q of the total)."""
+    order = np.argsort(x, kind="stable")
+    cumulative = np.cumsum(w[order])
+    total = float(cumulative[-1])
+    return [float(x[order][min(int(np.searchsorted(cumulative, q * total)), len(x) - 1)]) for q in qs]
 
 
 def baseline_centre(*arms: ArmValues) -> tuple[float, float]:

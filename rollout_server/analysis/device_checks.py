@@ -18,9 +18,10 @@ import numpy as np
 from edgeship.contract.sketch import RELATIVE_ERROR
 from rollout_server.analysis.adjusted import (
     ArmValues,
+    Columns,
     Contrast,
-    arm_values,
     contrast,
+    paired_values,
     robust_above,
     robust_below,
     weight_cap,
@@ -63,9 +64,8 @@ def error_rate_by_device(guard: Guard, tables: tuple[DeviceTable, DeviceTable], 
                          stats: dict[str, Any]) -> Check:
     """The error-rate limit (stable × (1 + relative margin) + threshold) and cap, per device."""
     ts, tc = tables
-    cap = weight_cap(ts.inferences, tc.inferences)
-    arm_s = arm_values(ts.errors, ts.inferences, ts.base_errors, ts.base_inferences, cap)
-    arm_c = arm_values(tc.errors, tc.inferences, tc.base_errors, tc.base_inferences, cap)
+    arm_c, arm_s, cap = paired_values((tc.errors, tc.inferences, tc.base_errors, tc.base_inferences),
+                                      (ts.errors, ts.inferences, ts.base_errors, ts.base_inferences))
     scale, margin = 1.0 + (guard.relative_margin or 0.0), guard.threshold or 0.0
     ceiling = guard.cap if guard.cap is not None else 1.0
     limit, over_cap = contrast(arm_c, arm_s, scale, margin), contrast(arm_c, arm_s, 0.0, ceiling)
@@ -121,9 +121,8 @@ def accuracy_by_device(guard: Guard, tables: tuple[DeviceTable, DeviceTable], al
                        stats: dict[str, Any]) -> Check:
     """The accuracy drop limit or required gain, on each device's share of wrong predictions."""
     ts, tc = tables
-    cap = weight_cap(ts.labelled, tc.labelled)
-    arm_s = arm_values(ts.wrong, ts.labelled, ts.base_wrong, ts.base_labelled, cap)
-    arm_c = arm_values(tc.wrong, tc.labelled, tc.base_wrong, tc.base_labelled, cap)
+    arm_c, arm_s, cap = paired_values((tc.wrong, tc.labelled, tc.base_wrong, tc.base_labelled),
+                                      (ts.wrong, ts.labelled, ts.base_wrong, ts.base_labelled))
     threshold = guard.threshold or 0.0
     sign = 1.0 if guard.mode is Mode.LIMIT else -1.0  # limit: wrong_c - wrong_s - t; gain: ... + t
     test = contrast(arm_c, arm_s, 1.0, sign * threshold)
@@ -182,8 +181,8 @@ def latency_by_device(guard: Guard, tables: tuple[DeviceTable, DeviceTable], alp
     limit = guard.mode is Mode.LIMIT
     ratio = (threshold * (1.0 + RELATIVE_ERROR) if limit
              else (1.0 - threshold) * (1.0 - RELATIVE_ERROR))
-    arm_c = _shares_above(lat_c, samples_c, tc.base_latency, ratio * q_s, q_s, cap)
-    arm_s = _shares_above(lat_s, samples_s, ts.base_latency, q_s, q_s, cap)
+    arm_c, arm_s, _ = paired_values(_shares_above(lat_c, samples_c, tc.base_latency, ratio * q_s, q_s),
+                                    _shares_above(lat_s, samples_s, ts.base_latency, q_s, q_s))
     test = contrast(arm_c, arm_s)
     basis, more = _basis(test, cap)
     point = q_c / q_s
@@ -209,10 +208,10 @@ def _per_sample(samples: np.ndarray, cap: float) -> np.ndarray:
 
 
 def _shares_above(latency: DeviceLatencies, samples: np.ndarray, base: DeviceLatencies | None, cut: float,
-                  base_cut: float, cap: float) -> ArmValues:
+                  base_cut: float) -> Columns:
     """Per device, its latencies above ``cut`` in the stage and above ``base_cut`` before."""
     if base is None:
         base_above = base_samples = np.zeros(len(samples))
     else:
         base_above, base_samples = base.above(base_cut), base.counts.sum(axis=1).astype(float)
-    return arm_values(latency.above(cut), samples.astype(float), base_above, base_samples, cap)
+    return latency.above(cut), samples.astype(float), base_above, base_samples

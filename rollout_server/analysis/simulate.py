@@ -54,8 +54,11 @@ REPORT_SCHEMAS = (1, 2)
 #: ``errors``: every inference failed, at normal volume (a broken device, or a forger);
 #: ``slow``: every latency × :data:`HOSTILE_SLOW_FACTOR`;
 #: ``clean_flood``: a perfect window at the server's physical cap (:func:`hostile_flood_inferences`):
-#: no errors, every labelled sample correct, latencies exactly the stable model's distribution.
-HOSTILE_MODES = ("errors", "slow", "clean_flood")
+#: no errors, every labelled sample correct, latencies exactly the stable model's distribution;
+#: ``poisoned_baseline``: before the rollout (its baseline) every inference failed, every label
+#: was wrong and every latency × :data:`HOSTILE_SLOW_FACTOR`; in the rollout it reports honestly,
+#: so its windows look like a large gain over its own history.
+HOSTILE_MODES = ("errors", "slow", "clean_flood", "poisoned_baseline")
 HOSTILE_SLOW_FACTOR = 10.0
 #: the most inferences per second of window the server accepts from one device
 MAX_INFERENCES_PER_SECOND = float(DEFAULTS["MAX_INFERENCES_PER_SECOND"])
@@ -221,10 +224,14 @@ class Baseline:
         lab = rng.binomial(n, fleet.labelled_fraction)
         w = rng.binomial(lab, np.clip((1.0 - np.array([p.accuracy for p in profile])) * devices.wrong_factor,
                                       0.0, 1.0))
+        shift = np.rint(np.log2(devices.latency_factor) * _SCALE).astype(np.int64)
+        if fleet.hostile_mode == "poisoned_baseline" and devices.hostile is not None:
+            poisoned = devices.hostile
+            x, w = np.where(poisoned, n, x), np.where(poisoned, lab, w)
+            shift = shift + np.where(poisoned, round(math.log2(HOSTILE_SLOW_FACTOR) * _SCALE), 0)
         counts = np.stack([n, x, lab, w]).astype(np.int64)
         if fleet.report_schema == 1:
             return cls(counts, 0, np.zeros((fleet.devices, 0), dtype=np.int64))
-        shift = np.rint(np.log2(devices.latency_factor) * _SCALE).astype(np.int64)
         parts = []
         for model in dict.fromkeys(stable):
             rows = np.flatnonzero([p == model for p in profile])
@@ -429,6 +436,8 @@ def _window_classes(rng: np.random.Generator, fleet: Fleet, devices: _Devices, p
     # for an honest device first (so honest devices' draws stay as they were), then overridden
     hostile = devices.hostile & (group >= n_classes) & reporting if devices.hostile is not None else None
     mode = fleet.hostile_mode if hostile is not None and hostile.any() else None
+    if mode == "poisoned_baseline":  # forged only its history: in the rollout it is honest
+        hostile, mode = None, None
     inferences = rng.poisson(fleet.inferences_per_window, size=fleet.devices) * reporting
     rates = np.array([p.error_rate for p in profiles])[group] * devices.error_factor
     errors = rng.binomial(inferences, np.clip(rates, 0.0, 1.0))

@@ -16,6 +16,7 @@ from rollout_server.analysis.adjusted import (
     WEIGHT_CAP,
     arm_values,
     contrast,
+    paired_values,
     robust_above,
     weight_cap,
 )
@@ -121,6 +122,23 @@ def test_forty_broken_devices_in_a_thousand_do_not_carry_a_verdict():
     assert robust_above(everywhere, stable, 1.1, 0.001).p_above < 1e-6
 
 
+def test_a_few_devices_with_extreme_histories_do_not_turn_the_adjustment_off():
+    """On a clumpy fleet the slope on the baseline is ~1; 20 canary devices whose history says
+    every inference failed (x = 1) would drag it towards 0 (and the adjustment with it). Clipped
+    to the 1st-99th percentile of all devices' baselines, they are ordinary slow devices."""
+    rng = np.random.default_rng(6)
+    canary = _arm(rng, 400, 0.01, rng.gamma(1.0, 1.0, 400))
+    stable = _arm(rng, 3600, 0.01, rng.gamma(1.0, 1.0, 3600))
+    x0 = canary[2].copy()
+    x0[:20] = canary[3][:20]  # every baseline inference failed
+    poisoned = (canary[0], canary[1], x0, canary[3])
+    raw = contrast(arm_values(*poisoned, cap=math.inf), arm_values(*stable, cap=math.inf))
+    arm_c, arm_s, _ = paired_values(poisoned, stable)
+    clipped = contrast(arm_c, arm_s)
+    assert raw.canary.slope < 0.3 < 0.8 < clipped.canary.slope
+    assert np.nanmax(arm_c.baseline) < 0.1
+
+
 # -- the table and the guards --------------------------------------------------------------------
 
 def _table(devices: int, rate: float, seed: int, latency: bool = True) -> DeviceTable:
@@ -208,6 +226,7 @@ def test_without_baselines_the_comparison_is_still_per_device():
     ("slow", STABLE, Phase.ROLLED_BACK),
     ("clean_flood", ArmProfile(error_rate=0.03), Phase.PROMOTED),
     ("clean_flood", with_latency_factor(STABLE, 1.5), Phase.PROMOTED),
+    ("poisoned_baseline", ArmProfile(error_rate=0.03), Phase.PROMOTED),
 ])
 def test_twelve_hostile_devices_of_three_hundred_canary_do_not_decide(mode, canary, never):
     """3,000 devices, ~300 canary at 10%, 12 of them hostile (4%): an identical release is not
