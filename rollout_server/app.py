@@ -14,7 +14,8 @@ from typing import Any
 
 from flask import Flask
 
-from rollout_server import hot_cache
+from rollout_server import body_limits, hot_cache
+from rollout_server.artifact_store import app_store
 from rollout_server.auth import ensure_first_tokens
 from rollout_server.config import apply_config
 from rollout_server.counters import ensure_counters
@@ -30,17 +31,22 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     On first start it creates the tables and an admin and an enrollment token, written to
     ``DATA_DIR/first-start-tokens.txt`` (see :func:`rollout_server.auth.ensure_first_tokens`).
+    A missing or empty database in a data directory that was in use raises
+    :class:`rollout_server.db_files.StartupRefused` instead. Every start deletes what crashed
+    uploads left in the artifact store.
     """
     app = Flask("rollout_server")
     apply_config(app, config)
     Path(app.config["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     register_error_handlers(app)
+    body_limits.init_app(app)
     init_db(app)
     hot_cache.init_app(app)
     with session_scope(app) as session, startup_lock(session):
         app.extensions["edgeship.first_start_file"] = ensure_first_tokens(app, session)
         ensure_counters(session)
         session.commit()
+    _clean_staging(app)
     for name in BLUEPRINTS:
         app.register_blueprint(importlib.import_module(f"rollout_server.api.{name}").bp)
     if app.config["CONTROLLER_ENABLED"]:
@@ -48,3 +54,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
         start_controller(app)
     return app
+
+
+def _clean_staging(app: Flask) -> None:
+    """Delete crashed uploads' leftovers; a store that cannot be used is logged, not fatal (the
+    rest of the API works, and ``/readyz`` names it)."""
+    try:
+        removed = app_store(app).clean_leftovers()
+    except OSError as err:
+        app.logger.error("artifact store unusable at start: %s", err)
+        return
+    if removed:
+        app.logger.warning("removed %d leftover(s) of interrupted uploads from the artifact store", removed)

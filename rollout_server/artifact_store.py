@@ -9,6 +9,15 @@ Uploads of a whole release go through :meth:`ArtifactStore.staging`: every file 
 checked first, and only when all of them (and the database rows) are good does
 :meth:`Staging.commit` move them into the store; otherwise the staged files are deleted.
 
+A crash (kill -9, power loss) skips that deletion. Each staging directory is therefore held by
+an ``flock`` on its ``.lock`` file while in use (the kernel drops it when the process dies), and
+:meth:`ArtifactStore.clean_leftovers`, run at every start, deletes the ones nobody holds, and
+``.part`` temporaries older than :data:`STALE_SECONDS`, without touching another worker's or
+replica's upload in progress.
+
+Faults of the file system (read-only, full, the directory replaced) surface as OSError, which
+the API answers with 503 ``storage_unavailable`` (:mod:`rollout_server.errors`).
+
 Example:
     >>> store = ArtifactStore("/tmp/edgeship/artifacts")
     >>> path = store.put_stream(open("model.onnx", "rb"), sha, size, max_bytes=2**31)
@@ -19,11 +28,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -34,6 +46,9 @@ if TYPE_CHECKING:
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 CHUNK = 1024 * 1024
 TMP_DIR = ".tmp"
+LOCK_FILE = ".lock"
+#: a leftover nobody can be shown to hold (no lock file, a ``.part``) is deleted this old.
+STALE_SECONDS = 3600
 
 
 class StoreError(ValueError):
@@ -72,8 +87,19 @@ class ArtifactStore:
         return self.root / sha256[:2] / sha256
 
     def has(self, sha256: str) -> bool:
-        """True if the artifact is stored (False for anything that is not a digest)."""
-        return is_sha256(sha256) and self.path_for(sha256).is_file()
+        """True if the artifact is stored (False for anything that is not a digest).
+
+        Raises:
+            FileNotFoundError: the store's directory itself is gone (or not a directory): a
+                storage fault, not a missing artifact (a device told 404 gives the release up).
+        """
+        if not is_sha256(sha256):
+            return False
+        if self.path_for(sha256).is_file():
+            return True
+        if not self.root.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "the artifact store's directory is missing", str(self.root))
+        return False
 
     def put_stream(self, stream: BinaryIO, expected_sha256: str, expected_size: int | None,
                    max_bytes: int) -> Path:
@@ -102,11 +128,43 @@ class ArtifactStore:
         """A scratch area for one upload; whatever is not committed is deleted on exit."""
         tmp_root = self.root / TMP_DIR
         tmp_root.mkdir(parents=True, exist_ok=True)
-        staging = Staging(self, Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root)))
+        directory = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
+        lock = _hold(directory / LOCK_FILE)
         try:
-            yield staging
+            yield Staging(self, directory)
         finally:
-            shutil.rmtree(staging.directory, ignore_errors=True)
+            shutil.rmtree(directory, ignore_errors=True)
+            lock.close()
+
+    def clean_leftovers(self, stale_seconds: float = STALE_SECONDS) -> int:
+        """Delete what crashed uploads left: staging directories no process holds, and
+        temporaries older than ``stale_seconds``. Returns how many entries were deleted."""
+        removed = 0
+        now = time.time()
+        tmp_root = self.root / TMP_DIR
+        for entry in tmp_root.iterdir() if tmp_root.is_dir() else ():
+            if entry.is_dir() and not entry.is_symlink():
+                try:
+                    lock = _hold(entry / LOCK_FILE, create=False, wait=False)
+                except BlockingIOError:  # an upload in progress in another process
+                    continue
+                except FileNotFoundError:  # made by a crash before its lock, or by an old version
+                    lock = None
+                    if now - entry.stat().st_mtime < stale_seconds:
+                        continue
+                shutil.rmtree(entry, ignore_errors=True)
+                if lock is not None:
+                    lock.close()
+                removed += 1
+            elif now - entry.lstat().st_mtime >= stale_seconds:
+                entry.unlink(missing_ok=True)
+                removed += 1
+        parts = [*self.root.glob(".*.part"), *self.root.glob("[0-9a-f][0-9a-f]/.*.part")]
+        for part in parts:  # put_stream's temporaries, /readyz's probes
+            if now - part.lstat().st_mtime >= stale_seconds:
+                part.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def count_files(self) -> int:
         """How many files the store holds, temporaries included (tests: nothing half-stored)."""
@@ -189,6 +247,19 @@ def _copy_hashing(stream: BinaryIO, fd: int, max_bytes: int) -> tuple[str, int]:
         out.flush()
         os.fsync(out.fileno())
     return digest.hexdigest(), size
+
+
+def _hold(path: Path, create: bool = True, wait: bool = True):
+    """``path`` opened and ``flock``-ed exclusively (released when the file is closed or the
+    process dies). Raises BlockingIOError if ``wait`` is False and another process holds it."""
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    handle = os.fdopen(fd, "r+b")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BaseException:
+        handle.close()
+        raise
+    return handle
 
 
 def app_store(app: Flask) -> ArtifactStore:

@@ -20,15 +20,15 @@ from flask import Flask, current_app, g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rollout_server import hot_cache
-from rollout_server.db import db
+from rollout_server import db_files, hot_cache
+from rollout_server.db import db, in_memory
+from rollout_server.db_files import FIRST_START_FILE
 from rollout_server.errors import Forbidden, Unauthorized
 from rollout_server.hot_cache import DeviceSnapshot
 from rollout_server.models import AuditEntry, Token
 
 ROLES = ("viewer", "publisher", "operator", "admin")
 ENROLL = "enroll"
-FIRST_START_FILE = "first-start-tokens.txt"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -91,8 +91,10 @@ def current_device(device_id: str | None = None) -> DeviceSnapshot:
     by another worker or replica is refused within ``ASSIGNMENT_CACHE_SECONDS``.
     """
     device = hot_cache.of(current_app).device(hash_secret(bearer()))
-    if device is None or device.revoked:
-        raise Unauthorized("unknown or revoked device credential")
+    if device is None:
+        raise Unauthorized("unknown device credential")
+    if device.revoked:  # a distinct reason: the agent stops instead of enrolling itself again
+        raise Unauthorized("this device was revoked by an operator", error="device_revoked")
     if device_id is not None and not hmac.compare_digest(device.id.encode(), device_id.encode()):
         raise Forbidden("a device may only act as itself")
     return device
@@ -107,13 +109,24 @@ def audit(action: str, target: str, **detail: Any) -> None:
 
 def ensure_first_tokens(app: Flask, session: Session) -> Path | None:
     """On first start (no tokens yet) create an admin and an enrollment token and write them to
-    ``DATA_DIR/first-start-tokens.txt`` (mode 0600). Returns the file, or None if not first."""
+    ``DATA_DIR/first-start-tokens.txt`` (mode 0600). Returns the file, or None if not first.
+
+    A database without tokens in a data directory that was in use (a token file, stored
+    artifacts, the database marker) is not a first start but a lost or wrong database: that
+    raises :class:`rollout_server.db_files.StartupRefused` instead of minting tokens that would
+    lock out every device and operator, and the token file is never overwritten.
+    """
     if session.scalar(select(Token.id).limit(1)) is not None:
         return None
+    persistent = not in_memory(app.config["DATABASE_URL"])  # an in-memory one is new every start
+    if persistent:
+        db_files.refuse_reused_data_dir(app, "the database has no tokens")
     admin = create_token(session, "admin", "admin")
     enroll = create_token(session, "enrollment", ENROLL)
     path = Path(app.config["DATA_DIR"]) / FIRST_START_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if persistent else os.O_TRUNC), 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(f"EDGESHIP_ADMIN_TOKEN={admin}\nEDGESHIP_ENROLL_TOKEN={enroll}\n")
+    if persistent:
+        db_files.write_marker(app)
     return path

@@ -21,7 +21,16 @@ DEFAULTS: dict[str, Any] = {
     "REPORT_CLOCK_SKEW_SECONDS": 300,
     # The most inferences (and errors) a device may report per second of window: a physical cap.
     "MAX_INFERENCES_PER_SECOND": 10_000,
+    # Request body limits, per route, enforced while reading (rollout_server/body_limits.py):
+    # a release (POST /v1/releases) only; an unauthenticated registration; any other body.
     "MAX_RELEASE_BYTES": 2 * 1024**3,
+    "MAX_REGISTER_BYTES": 16 * 1024,
+    "MAX_REQUEST_BYTES": 64 * 1024,
+    # How deeply a JSON body may nest arrays and objects (400 past it; the API needs 6).
+    "MAX_JSON_DEPTH": 32,
+    # How long a SQLite write waits for another writer's lock before the request is answered
+    # 503 database_busy with Retry-After (seconds).
+    "DATABASE_BUSY_TIMEOUT_SECONDS": 30,
     "REPORT_INTERVAL_SECONDS": 30,
     # How stale the per-process assignment cache may be across workers and replicas (seconds;
     # 0 reads the database on every poll). See rollout_server/hot_cache.py.
@@ -29,6 +38,10 @@ DEFAULTS: dict[str, Any] = {
     # Analysis window and how often the controller looks at running rollouts.
     "ANALYSIS_WINDOW_SECONDS": 60,
     "CONTROLLER_INTERVAL_SECONDS": 10,
+    # Each device's baseline: its stable-release reports this long before a rollout (0: none).
+    "BASELINE_SECONDS": 86400,
+    # ... of which each device's latest this many at most: a sample of it, read with an index.
+    "BASELINE_REPORTS": 120,
     # Start the controller loop inside the server process (off in tests, which step it).
     "CONTROLLER_ENABLED": True,
 }
@@ -45,4 +58,5 @@ def apply_config(app: Any, overrides: dict[str, Any] | None) -> None:
     app.config["DATA_DIR"] = str(data_dir)
     if not app.config["DATABASE_URL"]:
         app.config["DATABASE_URL"] = f"sqlite:///{data_dir / 'edgeship.db'}"
-    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_RELEASE_BYTES"]
+    # the app-wide limit is the smallest; each route's own is set per request (body_limits.py)
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_REQUEST_BYTES"]

@@ -10,18 +10,13 @@ re-checks the condition after the row lock), so each rollout advances exactly on
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
-from typing import Any
 
 from flask import Flask
-from sqlalchemy import Float, case, cast, distinct, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from edgeship.contract.latency import BUCKET_COUNT
-from edgeship.contract.reports import ERROR_REASONS, INSTALL_ERROR_REASONS
 from rollout_server.analysis import (
-    INFERENCE_ERROR_REASONS,
     Action,
     ArmWindow,
     Decision,
@@ -33,13 +28,13 @@ from rollout_server.analysis import (
     assess,
     decide,
 )
-from rollout_server.analysis.device_latency import arm_latency
 from rollout_server.analysis.sample_ratio import SRM_ALPHA, SRM_GRACE_SECONDS, SampleRatio, sample_ratio
 from rollout_server.analysis.stats import look_alpha
-from rollout_server.analysis.window import SPREAD_FIELDS
 from rollout_server.bucketing import assign_cohort
+from rollout_server.config import DEFAULTS
 from rollout_server.counters import bump
 from rollout_server.db import session_scope
+from rollout_server.device_rows import BaselineCache, arm_fields, stage_devices
 from rollout_server.hot_cache import LAST_SEEN_RESOLUTION_SECONDS
 from rollout_server.models import AuditEntry, Device, Report, Rollout, Verdict, utcnow
 
@@ -106,125 +101,40 @@ def load_sample_ratio(session: Session, rollout: Rollout, state: RolloutState,
                         len(reporting) - canary_reporting, alpha=look_alpha(SRM_ALPHA, state.next_look))
 
 
-def load_measurements(session: Session, rollout: Rollout, state: RolloutState) -> Measurements:
-    """Stage-cumulative aggregates per cohort and device class: GROUP BYs over the reports, and
-    the latencies per device (:func:`_stage_latency`)."""
+def load_measurements(session: Session, rollout: Rollout, state: RolloutState,
+                      baselines: BaselineCache | None = None) -> Measurements:
+    """Stage-cumulative aggregates per cohort and device class, from each device's sums over the
+    stage (:func:`rollout_server.device_rows.stage_devices`, one statement) and, for the device
+    tables, its baseline (``baselines``: read for the stage's devices not read yet; uncached
+    with the default ``BASELINE_SECONDS`` and ``BASELINE_REPORTS`` when not given)."""
     since = (dt.datetime.fromtimestamp(state.stage_started_at, dt.timezone.utc)
              if state.stage_started_at is not None else rollout.created_at)
-    load_failed = or_(*(getattr(Report, f"err_{reason}") > 0 for reason in INSTALL_ERROR_REASONS))
-    columns = [
-        func.sum(Report.inferences), func.sum(Report.labelled), func.sum(Report.correct),
-        func.sum(Report.shadow_samples), func.sum(Report.shadow_agree),
-        func.count(distinct(Report.device_id)),
-        func.count(distinct(case((load_failed, Report.device_id)))),
-        *(func.sum(getattr(Report, f"err_{reason}")) for reason in ERROR_REASONS),
-    ]
-    in_stage = (Report.rollout_id == rollout.id, Report.window_end > since)
-    rows = session.execute(
-        select(Report.cohort, Report.device_class, *columns)
-        .where(*in_stage)
-        .group_by(Report.cohort, Report.device_class)
-    )
-    spread = _device_spread(session, in_stage)
-    latency = _stage_latency(session, in_stage)
-    per_device = _device_values(session, in_stage)
+    devices = stage_devices(session, (Report.rollout_id == rollout.id, Report.window_end > since))
+    if baselines is None:
+        baselines = BaselineCache(DEFAULTS["BASELINE_SECONDS"], reports=DEFAULTS["BASELINE_REPORTS"])
+    seen = [device.device_id for rows in devices.values() for device in rows]
+    baseline = baselines.rows(session, rollout, seen) if devices else None
     by_cohort: dict[str, dict[str, ArmWindow]] = {"stable": {}, "canary": {}}
-    for cohort, device_class, *sums in rows:
-        values = [int(v or 0) for v in sums]
-        inferences, labelled, correct, shadow, agree, devices, failed = values[:7]
-        errors = dict(zip(ERROR_REASONS, values[7:], strict=True))
-        by_cohort[cohort][device_class] = ArmWindow(
-            inferences=inferences, errors=errors,
-            labelled_samples=labelled, labelled_correct=correct, devices_reporting=devices,
-            devices_load_failed=failed, shadow_samples=shadow, shadow_agreements=agree,
-            **spread.get((cohort, device_class), {}), **latency.get((cohort, device_class), {}),
-            **per_device.get((cohort, device_class), {}),
-        )
+    for (cohort, device_class), rows in devices.items():
+        by_cohort[cohort][device_class] = ArmWindow(**arm_fields(rows, baseline))
     return Measurements.from_classes(by_cohort["stable"], by_cohort["canary"], look=state.next_look)
 
 
-def _device_spread(session: Session, in_stage: tuple) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per cohort and device class, the per-device sums of :class:`ArmWindow` for errors
-    (``error_devices``, ``device_errors_sq``, ...) and wrong predictions (``labelled_devices``,
-    ...) over the stage: how unevenly they fall on devices."""
-    errors = sum(getattr(Report, f"err_{reason}") for reason in INFERENCE_ERROR_REASONS)
-    per_device = (
-        select(Report.cohort, Report.device_class, func.sum(Report.inferences).label("n"),
-               func.sum(errors).label("x"), func.sum(Report.labelled).label("l"),
-               func.sum(Report.labelled - Report.correct).label("w"))
-        .where(*in_stage)
-        .group_by(Report.cohort, Report.device_class, Report.device_id)
-        .subquery()
-    )
-    c = per_device.c
-    # as floats: squares overflow BIGINT
-    n, x, lab, w = (cast(column, Float) for column in (c.n, c.x, c.l, c.w))
-    rows = session.execute(
-        select(c.cohort, c.device_class, func.count(c.n).filter(c.n > 0),
-               func.sum(x * x), func.sum(x * n), func.sum(n * n),
-               func.count(c.l).filter(c.l > 0), func.sum(w * w), func.sum(w * lab), func.sum(lab * lab))
-        .group_by(c.cohort, c.device_class)
-    )
-    return {(cohort, device_class): dict(zip(COUNT_SPREAD, (round(v or 0) for v in sums), strict=True))
-            for cohort, device_class, *sums in rows}
-
-
-def _device_values(session: Session, in_stage: tuple) -> dict[tuple[str, str], dict[str, tuple[float, ...]]]:
-    """Per cohort and device class, each device's largest peak RSS and model load time over the
-    stage (``device_peak_rss``, ``device_load_seconds``; devices that never said are left out)."""
-    rows = session.execute(
-        select(Report.cohort, Report.device_class, func.max(Report.peak_rss_bytes),
-               func.max(Report.load_seconds))
-        .where(*in_stage)
-        .group_by(Report.cohort, Report.device_class, Report.device_id))
-    found: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for cohort, device_class, rss, load in rows:
-        arm = found.setdefault((cohort, device_class), {"device_peak_rss": [], "device_load_seconds": []})
-        if rss:
-            arm["device_peak_rss"].append(float(rss))
-        if load is not None:
-            arm["device_load_seconds"].append(float(load))
-    return {arm: {name: tuple(v) for name, v in fields.items()} for arm, fields in found.items()}
-
-
-#: the per-device sums :func:`_device_spread` computes in SQL (the latency ones come from Python).
-COUNT_SPREAD = tuple(name for name in SPREAD_FIELDS if not name.startswith(("latency_", "device_latency")))
-
-
-def _stage_latency(session: Session, in_stage: tuple) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per cohort and device class, :class:`ArmWindow`'s latency fields (:func:`arm_latency`)
-    from each device's stage data: its schema-1 histograms summed in SQL, its schema-2 sketches
-    merged here."""
-    v1 = session.execute(
-        select(Report.cohort, Report.device_class, Report.device_id,
-               *(func.sum(getattr(Report, f"lat_{i}")) for i in range(BUCKET_COUNT)))
-        .where(*in_stage, Report.latency_sketch.is_(None))
-        .group_by(Report.cohort, Report.device_class, Report.device_id))
-    devices: dict[tuple[str, str, str], tuple[list[int], dict[int, int]]] = {}
-    for cohort, device_class, device_id, *counts in v1:
-        devices[(cohort, device_class, device_id)] = ([int(c or 0) for c in counts], {})
-    sketches = session.execute(
-        select(Report.cohort, Report.device_class, Report.device_id, Report.latency_sketch)
-        .where(*in_stage, Report.latency_sketch.is_not(None)))
-    for cohort, device_class, device_id, text in sketches:
-        _, merged = devices.setdefault((cohort, device_class, device_id), ([0] * BUCKET_COUNT, {}))
-        for index, count in json.loads(text)["buckets"]:
-            merged[index] = merged.get(index, 0) + count
-    arms: dict[tuple[str, str], list[tuple[list[int], dict[int, int]]]] = {}
-    for (cohort, device_class, _), data in devices.items():
-        arms.setdefault((cohort, device_class), []).append(data)
-    return {arm: arm_latency(data) for arm, data in arms.items()}
+#: ``session.info`` key under which :func:`step_all` hands :func:`step_rollout` the app's
+#: :class:`BaselineCache` (also its ``app.extensions`` key)
+BASELINES = "edgeship.baselines"
 
 
 def step_rollout(
     session: Session, rollout_id: int, now: dt.datetime, window_seconds: float
 ) -> Decision | None:
-    """Analyse one window of one rollout if it is due; returns the decision, or None when not due."""
+    """Analyse one window of one rollout if it is due; returns the decision, or None when not due.
+    Baselines come from the cache in ``session.info[BASELINES]``, else are read uncached."""
     if not claim_window(session, rollout_id, now, window_seconds):
         return None
     rollout = session.get(Rollout, rollout_id)
     state = RolloutState.from_dict(rollout.state)
-    measurements = load_measurements(session, rollout, state)
+    measurements = load_measurements(session, rollout, state, session.info.get(BASELINES))
     verdicts = assess(GuardSpec.from_dict(rollout.spec.get("guards")), measurements)
     decision = decide(state, verdicts, now.timestamp(), canary_samples=measurements.canary.inferences,
                       sample_ratio=load_sample_ratio(session, rollout, state, now))
@@ -246,10 +156,15 @@ def step_all(app: Flask, now: dt.datetime | None = None) -> dict[int, Decision]:
     """One controller pass over every active rollout; each in its own transaction."""
     now = now or utcnow()
     window = float(app.config["ANALYSIS_WINDOW_SECONDS"])
+    baselines = app.extensions.get(BASELINES)
+    if baselines is None:
+        baselines = app.extensions[BASELINES] = BaselineCache(float(app.config["BASELINE_SECONDS"]),
+                                                              reports=int(app.config["BASELINE_REPORTS"]))
     decisions = {}
     for rollout_id in active_rollout_ids(app):
         try:
             with session_scope(app) as session:
+                session.info[BASELINES] = baselines
                 decision = step_rollout(session, rollout_id, now, window)
         except Exception:  # one broken rollout must not stop the others' analysis
             app.logger.exception("controller step of rollout %s failed", rollout_id)

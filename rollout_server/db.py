@@ -6,10 +6,12 @@ head at start, under a lock, so replicas and workers starting together migrate o
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g
@@ -17,6 +19,8 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+from rollout_server import db_files
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -26,10 +30,18 @@ if TYPE_CHECKING:
 SQLITE_MMAP_BYTES = 1 << 30
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout so workers can share it."""
+def make_engine(url: str, busy_timeout: float = 30, create: bool = True) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout (seconds a write waits for
+    another's lock) so workers can share it. ``create=False``: a SQLite file is opened, never
+    created (``mode=rw``; see :mod:`rollout_server.db_files`)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
+        if not create and not in_memory(url):
+
+            @event.listens_for(engine, "do_connect")
+            def _open_existing(_dialect, _record, cargs, cparams) -> None:
+                cargs[0] = Path(os.path.abspath(cargs[0])).as_uri() + "?mode=rw"
+                cparams["uri"] = True
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -157,7 +169,8 @@ def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
         return
     import fcntl
 
-    with open(f"{database}.migrate-lock", "a") as handle:
+    fd = os.open(f"{database}.migrate-lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -180,17 +193,23 @@ def startup_lock(session: Session) -> Iterator[None]:
         yield
 
 
-def _in_memory(url: str) -> bool:
+def in_memory(url: str) -> bool:
+    """True for an in-memory SQLite URL (tests): nothing on disk, empty at every start."""
     return url.startswith("sqlite") and (url.split("?")[0] in ("sqlite://", "sqlite:///:memory:")
                                          or "mode=memory" in url)
 
 
 def init_db(app: Flask) -> None:
-    """Migrate the schema to head (first start: create it), create the engine, and close
-    sessions after requests."""
+    """Migrate the schema to head (first start: create it, 0600), create the engine, check
+    the database file before each request that may write, and close sessions after requests."""
     url = app.config["DATABASE_URL"]
-    engine = make_engine(url)
-    if _in_memory(url):  # one process, one connection per thread: migrate through the app's engine
+    busy_timeout = float(app.config["DATABASE_BUSY_TIMEOUT_SECONDS"])
+    path = db_files.sqlite_path(url)
+    if path is not None:
+        db_files.refuse_missing_database(app)
+        db_files.secure_database_files(path)
+    engine = make_engine(url, busy_timeout, create=False)
+    if in_memory(url):  # one process, one connection per thread: migrate through the app's engine
         from alembic import command
 
         with engine.begin() as connection:
@@ -199,6 +218,9 @@ def init_db(app: Flask) -> None:
             command.upgrade(config, "head")
     else:
         upgrade_schema(url)
+    if path is not None:
+        db_files.remember_database_file(app)
+        app.before_request(db_files.check_database_file)
     app.extensions["edgeship.engine"] = engine
     app.extensions["edgeship.sessions"] = sessionmaker(engine, expire_on_commit=False)
 

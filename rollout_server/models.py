@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -144,7 +145,11 @@ class Report(Base):
     """One device's aggregates for one reporting window; ``(device_id, report_id)`` is unique."""
 
     __tablename__ = "reports"
-    __table_args__ = (UniqueConstraint("device_id", "report_id"),)
+    __table_args__ = (
+        UniqueConstraint("device_id", "report_id"),
+        # a device's reports by time: its baseline's latest reports (rollout_server/device_rows.py)
+        Index("ix_reports_device_id_window_end", "device_id", "window_end"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     report_id: Mapped[str] = mapped_column(String(64))
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))  # indexed first in the unique key

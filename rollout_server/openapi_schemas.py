@@ -99,8 +99,8 @@ def _path(name: str, schema: Schema, description: str) -> dict[str, Any]:
 BAD_JSON = (400, "Bad input: the body is not a JSON object, or a field is missing, of the wrong type or out "
                  "of range (the detail names it).")
 NO_TOKEN = (401, "No 'Authorization: Bearer <token>' header, or an unknown or revoked token.")
-NO_DEVICE = (401, "No 'Authorization: Bearer <credential>' header, or an unknown or revoked device "
-                  "credential.")
+NO_DEVICE = (401, "No 'Authorization: Bearer <credential>' header or an unknown device credential "
+                  "(error 'unauthorized'), or a device an operator revoked (error 'device_revoked').")
 
 
 def _role(role: str) -> tuple[int, str]:

@@ -1,4 +1,5 @@
-"""Checking JSON request bodies: a bad field is a 400 naming the field, never a 500."""
+"""Checking JSON request bodies: a bad field is a 400 naming the field, never a 500; a body
+over its route's limit is a 413 and one nested too deep a 400, both before it is decoded."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from flask import request
 
+from rollout_server.body_limits import check_json_depth, read_body, too_deep
 from rollout_server.errors import ApiError
 
 NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z")  # \Z: "$" would let a trailing newline through
@@ -27,10 +29,19 @@ def refuse_nul(raw: bytes) -> None:
 
 
 def request_json() -> Any:
-    """The request's body parsed as JSON, None when there is none or it is not JSON; a 400 if
-    a string in it holds NUL (:func:`refuse_nul`)."""
-    refuse_nul(request.get_data(cache=True))
-    return request.get_json(silent=True)
+    """The request's body parsed as JSON, None when there is none or it is not JSON.
+
+    Read within the route's byte limit (413 past it, chunked bodies too) and refused with a 400
+    if a string in it holds NUL (:func:`refuse_nul`) or it nests deeper than ``MAX_JSON_DEPTH``
+    (:mod:`rollout_server.body_limits`): both before it is decoded.
+    """
+    raw = read_body()
+    refuse_nul(raw)
+    check_json_depth(raw)
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:  # a backstop: check_json_depth refuses such bodies before this
+        raise too_deep() from None
 
 
 def json_body() -> dict[str, Any]:

@@ -41,8 +41,11 @@ def download(sha256: str):
 
 
 def _authorize() -> None:
-    """A device credential or an operator token of any role; else 401."""
+    """A device credential or an operator token of any role; else 401 (a revoked device's
+    credential is told so, ``device_revoked``, as on every device route)."""
     try:
         current_device()
-    except Unauthorized:
+    except Unauthorized as refused:
+        if getattr(refused, "error", None) == "device_revoked":
+            raise
         operator_token("viewer")

@@ -8,7 +8,6 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from edgeship.contract.latency import BUCKET_COUNT
 from edgeship.contract.reports import (
@@ -21,6 +20,7 @@ from edgeship.contract.reports import (
 from edgeship.contract.sketch import LatencySketch
 from rollout_server import hot_cache
 from rollout_server.auth import current_device
+from rollout_server.body_limits import read_body, too_deep
 from rollout_server.counters import bump
 from rollout_server.db import db
 from rollout_server.errors import ApiError
@@ -58,11 +58,7 @@ def post_reports():
     Body: ``{"reports": [report, ...]}``. Returns the ids accepted now and the ids already
     seen (a retry after a lost response is not an error).
     """
-    limit = current_app.config["MAX_REPORT_BYTES"]
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(f"report body over {limit} bytes", 413, "payload_too_large")
-    request.max_content_length = limit  # a chunked body has no Content-Length: stop reading past it
-    device = current_device()
+    device = current_device()  # a declared length over MAX_REPORT_BYTES was refused before
     try:
         rows = _parse_batch(device)
         limits = ReportLimits.from_config(current_app.config)
@@ -109,15 +105,12 @@ def _store_with_duplicates(device: DeviceSnapshot, rows: list[tuple[Any, ...]]):
 
 def _parse_batch(device: DeviceSnapshot) -> list[tuple[Any, ...]]:
     known = current_app.extensions.setdefault("edgeship.known_ids", {})
-    try:
-        raw = request.get_data(cache=True)
-        if request.content_length is None and len(raw) >= request.max_content_length:
-            request.stream.read(1)  # werkzeug stops a chunked body at the limit: one byte more raises
-    except RequestEntityTooLarge:
-        limit = current_app.config["MAX_REPORT_BYTES"]
-        raise ApiError(f"report body over {limit} bytes", 413, "payload_too_large") from None
+    raw = read_body()  # 413 past MAX_REPORT_BYTES, counted as a chunked body arrives
     refuse_nul(raw)
-    rows = fast_rows(raw, device, known) if request.is_json else None
+    try:
+        rows = fast_rows(raw, device, known) if request.is_json else None
+    except RecursionError:  # msgspec skips unknown fields by recursing; the slow path checks depth
+        raise too_deep() from None
     if rows is None:
         items = field(json_body(), "reports", list)
         if not 1 <= len(items) <= MAX_BATCH:

@@ -154,3 +154,14 @@ def test_range_over_http(app, live_server, published, release):
     assert hashlib.sha256(blob[:123456] + response.content).hexdigest() == variant["sha256"]
     assert json.loads(requests.get(live_server + "/v1/artifacts/xyz", headers=headers, timeout=30).text)[
         "error"] == "bad_digest"
+
+
+def test_a_revoked_device_is_told_so_on_downloads_too(client, tokens, published):
+    device_id, credential = register(client, tokens["enroll"])
+    url = onnx_variant(published)["url"]
+    assert client.get(url, headers=auth(credential)).status_code == 200
+    assert client.post(f"/v1/devices/{device_id}/revoke", headers=auth(tokens["admin"])).status_code == 200
+    refused = client.get(url, headers=auth(credential))
+    assert (refused.status_code, refused.json["error"]) == (401, "device_revoked")
+    unknown = client.get(url, headers=auth("es_not-a-device"))
+    assert (unknown.status_code, unknown.json["error"]) == (401, "unauthorized")

@@ -142,7 +142,7 @@ def test_revocation_is_refused_at_once_and_registration_served_at_once(client, t
     answer = client.post(f"/v1/devices/{device[0]}/revoke", headers=auth(tokens["admin"]))
     assert answer.status_code == 200
     refused = poll(client, device)
-    assert refused.status_code == 401 and refused.json["error"] == "unauthorized"
+    assert refused.status_code == 401 and refused.json["error"] == "device_revoked"
     newcomer = register(client, tokens["enroll"])
     assert poll(client, newcomer).status_code == 200
 

@@ -169,3 +169,26 @@ def test_upgrading_a_database_with_reports_fills_their_totals(backend, tmp_path,
     upgrade_schema(url)
     assert versions(url) == [HEAD]
     assert_totals_match_reports(app)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_0004_indexes_reports_by_device_and_window_end(backend, tmp_path, request):
+    """0004 adds ``ix_reports_device_id_window_end`` (the baseline read's), its downgrade drops it."""
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
+
+    def report_indexes() -> dict[str, list[str]]:
+        engine = make_engine(url)
+        try:
+            return {index["name"]: index["column_names"] for index in inspect(engine).get_indexes("reports")}
+        finally:
+            engine.dispose()
+
+    upgrade_schema(url, "0003")
+    assert "ix_reports_device_id_window_end" not in report_indexes()
+    upgrade_schema(url, "0004")
+    assert report_indexes()["ix_reports_device_id_window_end"] == ["device_id", "window_end"]
+    command.downgrade(alembic_config(url), "0003")
+    assert "ix_reports_device_id_window_end" not in report_indexes()
+    upgrade_schema(url)
+    assert report_indexes()["ix_reports_device_id_window_end"] == ["device_id", "window_end"]
+    assert schema_diff(url) == []
