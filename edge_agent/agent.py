@@ -10,6 +10,10 @@ One control thread does the talking: check-in (assignment with ETag) → install
 (see :mod:`edge_agent.installer`) → swap → close reporting windows into the disk outbox →
 deliver the outbox. ``predict`` never waits for it: the current model is one reference that a
 swap replaces only with a model that is loaded and passed its golden probe.
+
+When the server answers that an operator revoked this device (401 ``device_revoked``) the loop
+ends for good: the identity is deleted, ``revoked.json`` records the revocation, :attr:`Agent.revoked`
+turns true and the agent does not enroll again until it is given a new enrollment token.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from edge_agent.backoff import Backoff, VariantBackoff
 from edge_agent.config import AgentConfig
 from edge_agent.download import DownloadError
 from edge_agent.health import read_health
-from edge_agent.identity import Identity
+from edge_agent.identity import Identity, Revocation
 from edge_agent.installer import Installer, trusted_keys
 from edge_agent.local_metrics import LocalMetrics
 from edge_agent.model import LoadedModel, ModelRefused
@@ -39,6 +43,7 @@ from edge_agent.window import WindowKey, WindowSet
 
 log = logging.getLogger("edgeship.agent")
 REPORT_BATCH = 100
+DEVICE_REVOKED = "device_revoked"  # the server's ``error`` for a credential an operator revoked
 
 
 class NoModel(RuntimeError):
@@ -68,8 +73,9 @@ class Agent:
         self.device = device or describe(config.device_class, config.ram_bytes)
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
-        self.api = ServerApi(config.server, config.request_timeout_seconds)
+        self.api = ServerApi(config.server, config.request_timeout_seconds, transport=config.transport())
         self.identity = Identity(state / "identity.json")
+        self.revocation = Revocation(state / "revoked.json")
         self.store = ModelStore(state / "models")
         self.outbox = Outbox(state / "outbox.sqlite", max_reports=config.outbox_max_reports)
         thermal, vcgencmd = config.thermal_dir, str(config.vcgencmd) if config.vcgencmd else None
@@ -87,6 +93,7 @@ class Agent:
         self._variant_backoff = VariantBackoff(config.variant_backoff_seconds)
         self._server_retry_at = 0.0
         self._stop = threading.Event()
+        self._revoked = threading.Event()
         self._thread: threading.Thread | None = None
         self._metrics_server = None
         self._pending: list[dict[str, Any]] = []  # closed windows the outbox could not take (disk full)
@@ -94,11 +101,22 @@ class Agent:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> Agent:
-        """Restore the last good model from disk, then run the control loop in a thread."""
+        """Restore the last good model from disk, then run the control loop in a thread.
+
+        A device revoked earlier (``revoked.json``) whose enrollment token has not changed since
+        does not start the loop: :attr:`revoked` is true at once (the restored model still
+        answers :meth:`predict`; ``edgeship agent`` exits instead).
+        """
         restored = self.installer.restore()
         if restored is not None:
             model, _ = restored
             self._swap(model, WindowKey(model.release.model, model.version, model.variant_id, None, "stable"))
+        if self.identity.device_id is None and self.revocation.blocks(self.config.enroll_token):
+            self._revoked.set()
+            log.error("device %s was revoked by an operator: not enrolling again with the same enrollment "
+                      "token; give it a new enroll_token (or remove %s) to enroll it again",
+                      self.revocation.device_id(), self.revocation.path)
+            return self
         if self.metrics is not None:
             self._metrics_server, _ = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self._thread = threading.Thread(target=self._loop, name="edgeship-agent", daemon=True)
@@ -127,6 +145,15 @@ class Agent:
         final = self.status()
         self.outbox.close()
         return final
+
+    @property
+    def revoked(self) -> bool:
+        """Whether the server revoked this device: the control loop has ended for good."""
+        return self._revoked.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the control loop ends by itself (revocation) or ``timeout``; ``revoked``."""
+        return self._revoked.wait(timeout)
 
     # -- inference --------------------------------------------------------------------------
 
@@ -230,8 +257,7 @@ class Agent:
             return
         except ServerRejected as err:
             if err.status == 401:
-                log.warning("the server no longer knows this device's credential; registering again")
-                self.identity.forget()
+                self._unauthorized(err)
             else:
                 log.warning("assignment refused: %s", err)
             return
@@ -244,13 +270,50 @@ class Agent:
         log.warning("server unavailable (%s); retrying in %.1f s, still serving the current model",
                     err, delay)
 
+    def _unauthorized(self, err: ServerRejected) -> None:
+        """A 401: the device was revoked (stop for good), or its credential or enrollment token
+        is not accepted (register again, after a backoff so a fleet does not hammer the server)."""
+        if err.error == DEVICE_REVOKED:
+            self._revoked_by_server(err)
+            return
+        delay = self._server_backoff.failure()
+        self._server_retry_at = time.monotonic() + delay
+        if self.identity.device_id is None:
+            log.error("cannot register (%s); trying again in %.1f s, still serving the current model",
+                      err, delay)
+            return
+        log.warning("the server does not accept this device's credential (%s); registering again in %.1f s",
+                    err, delay)
+        self.identity.forget()
+        self.api.credential = None
+
+    def _revoked_by_server(self, err: ServerRejected) -> None:
+        """Revoked by an operator: forget the identity, record it, end the loop; never re-enroll
+        by itself (see :class:`edge_agent.identity.Revocation`)."""
+        if self._revoked.is_set():
+            return
+        device_id = self.identity.device_id
+        self.revocation.record(device_id, self.config.enroll_token, str(err))
+        self.identity.forget()
+        self.api.credential = None
+        self._revoked.set()
+        self._stop.set()
+        log.error("device %s was revoked by an operator (%s): stopping, and not enrolling again until it is "
+                  "given a new enrollment token (enroll_token)", device_id, err)
+
     def _ensure_registered(self) -> None:
         if self.identity.device_id is None:
             token = self.config.enroll_token
+            if self.revocation.blocks(token):
+                raise ServerRejected("this device was revoked; it enrolls again only with a new enroll_token",
+                                     401, DEVICE_REVOKED)
             if not token:
                 raise ServerRejected("device is not registered and no enroll_token is configured", 401)
             registration = self.api.register(token, self.device)
             self.identity.save(registration.device_id, registration.credential)
+            if self.revocation.path.exists():
+                log.info("enrolled again with a new enrollment token after revocation")
+                self.revocation.clear()
             log.info("registered as device %s (%s)", registration.device_id, self.device["device_class"])
         self.api.credential = self.identity.credential
 
@@ -358,9 +421,12 @@ class Agent:
         return reports
 
     def flush(self) -> bool:
-        """Deliver one batch from the outbox; ``False`` when the server is away."""
+        """Deliver one batch from the outbox; ``False`` when the server is away (or refuses this
+        device: revoked, or a credential to register again after a backoff)."""
         if self._pending:
             self.close_window()
+        if self._revoked.is_set():
+            return False
         batch = self.outbox.take(REPORT_BATCH)
         if not batch:
             return True
@@ -371,23 +437,26 @@ class Agent:
             self._server_away(err)
             return False
         except ServerRejected as err:
-            held = self._deliver_one_by_one(batch, err)
+            if err.status == 401:
+                self._unauthorized(err)
+                return False
+            held = self._deliver_one_by_one(batch)
         except ServerError as err:
             log.warning("reports not delivered: %s", err)
             return False
         self.outbox.ack(sorted(held))
         return True
 
-    def _deliver_one_by_one(self, batch: list[dict[str, Any]], err: ServerRejected) -> set[str]:
+    def _deliver_one_by_one(self, batch: list[dict[str, Any]]) -> set[str]:
         """A batch the server refused: find the reports it refuses and drop only those."""
-        if err.status == 401:
-            self.identity.forget()
-            return set()
         held: set[str] = set()
         for report in batch:
             try:
                 held |= self.api.post_reports([report])
             except ServerRejected as one:
+                if one.status == 401:  # not the report's fault: keep it for the next try
+                    self._unauthorized(one)
+                    break
                 log.error("server refused report %s and it is dropped: %s", report.get("id"), one)
                 self.outbox.note_dropped(1 + int(report.get("dropped_windows") or 0))
                 held.add(report["id"])
@@ -407,6 +476,7 @@ class Agent:
             "rollout_id": active.key.rollout_id if active else None,
             "outbox": len(self.outbox),
             "shadow": self.shadow.model.variant_id if self.shadow.model else None,
+            "revoked": self.revoked,
         }
 
 

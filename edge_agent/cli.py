@@ -3,12 +3,19 @@
 Imports stay inside :func:`_run` so ``edgeship --help`` loads no runtime. SIGTERM and SIGINT
 stop the agent cleanly: the open window is closed into the outbox and delivered if the server
 answers, then the process exits 0.
+
+Exit codes: 0 stopped by a signal or ``--duration``; 2 a setting it cannot run with (one line
+naming it); 3 the device was revoked by an operator (:data:`EXIT_REVOKED`; it will not enroll
+again until it is given a new enrollment token, so a supervisor should not restart it: the
+systemd unit says ``RestartPreventExitStatus=3``).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+EXIT_REVOKED = 3
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trusted-key", dest="trusted_keys", action="append", type=Path, metavar="FILE.pub",
                    help="publisher public key manifests must be signed with (repeatable)")
     p.add_argument("--device-class", dest="device_class", help="e.g. rpi4 (default: detected)")
+    p.add_argument("--ca-file", dest="ca_file", type=Path, metavar="FILE.pem",
+                   help="CA certificate(s) the server's certificate must chain to (default: system store)")
+    p.add_argument("--server-pin-sha256", dest="server_pin_sha256", action="append", metavar="BASE64",
+                   help="accept only this server public key: base64 sha256 of its SubjectPublicKeyInfo "
+                   "(repeatable)")
+    p.add_argument("--allow-insecure-http", dest="allow_insecure_http", action="store_true", default=None,
+                   help="allow http:// to a server that is not on this machine (credentials in clear)")
     p.add_argument("--workload", type=Path, metavar="FILE.npz",
                    help="replay these inputs (and labels) as live traffic")
     p.add_argument("--rate", dest="rate_per_second", type=float, help="replay batches per second")
@@ -37,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 SETTINGS = ("server", "enroll_token", "model", "state_dir", "trusted_keys", "device_class", "workload",
-            "rate_per_second", "check_interval_seconds", "metrics_port", "threads")
+            "rate_per_second", "check_interval_seconds", "metrics_port", "threads", "ca_file",
+            "server_pin_sha256", "allow_insecure_http")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -46,6 +61,7 @@ def _run(args: argparse.Namespace) -> int:
     import signal
     import sys
     import threading
+    import time
 
     from edge_agent.agent import Agent
     from edge_agent.config import ConfigError, load_config
@@ -64,11 +80,22 @@ def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopped.set())
     agent.start()
+    if agent.revoked:  # revoked before, and no new enrollment token since
+        replay = None
     if replay is not None:
         replay.start()
-    stopped.wait(args.duration)
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    while not stopped.is_set() and not agent.revoked:  # whichever comes first
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        stopped.wait(0.2 if left is None else min(0.2, left))
     if replay is not None:
         replay.stop()
     final = agent.stop()
     logging.getLogger("edgeship.agent").info("stopped: %s", json.dumps(final, sort_keys=True))
+    if final["revoked"]:
+        print("edgeship agent: error: this device was revoked by an operator; it enrolls again only "
+              "with a new enrollment token (enroll_token)", file=sys.stderr)
+        return EXIT_REVOKED
     return 0

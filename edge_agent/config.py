@@ -9,6 +9,9 @@ Example file (``/etc/edgeship/agent.toml``; see ``edge_agent/deploy/agent.toml``
     state_dir = "/var/lib/edgeship-agent"
     trusted_keys = ["/etc/edgeship/publisher.pub"]
     device_class = "rpi4"
+    ca_file = "/etc/edgeship/rollout-ca.pem"   # optional: a private CA instead of the system's
+    server_pin_sha256 = ["<base64 sha256>"]    # optional: the server public key(s) accepted
+    # allow_insecure_http = true              # only to talk http:// to another machine
 
 Every key can also come from the environment: ``EDGESHIP_AGENT_SERVER``,
 ``EDGESHIP_AGENT_TRUSTED_KEYS`` (comma separated), ``EDGESHIP_AGENT_CHECK_INTERVAL_SECONDS``...
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
+
+from edge_agent.transport import InsecureUrl, Transport, check_url, parse_pin, tls_context
 
 ENV_PREFIX = "EDGESHIP_AGENT_"
 
@@ -65,6 +70,13 @@ class AgentConfig:
         thermal_dir: where the CPU's thermal zones are (``None``: ``/sys/class/thermal``).
         vcgencmd: the Raspberry Pi firmware tool asked whether the CPU is throttled (``None``:
             ``vcgencmd`` on the PATH, if any).
+        ca_file: PEM bundle of the CA(s) the server's certificate must chain to, instead of the
+            system store (``None``: the system store).
+        server_pin_sha256: pins of the server's public key, any of which is accepted (several
+            allow a key rotation): base64 of the sha256 of the certificate's SubjectPublicKeyInfo
+            (DER), as HPKP and ``curl --pinnedpubkey sha256//...`` write it; empty: no pinning.
+        allow_insecure_http: allow ``http://`` to a server that is not on this machine (the
+            credential and assignments then travel in clear); loopback is always allowed.
     """
 
     server: str = ""
@@ -91,6 +103,9 @@ class AgentConfig:
     ram_bytes: int | None = None
     thermal_dir: Path | None = None
     vcgencmd: Path | None = None
+    ca_file: Path | None = None
+    server_pin_sha256: list[str] = field(default_factory=list)
+    allow_insecure_http: bool = False
 
     def check(self) -> AgentConfig:
         """Raise :class:`ConfigError` for a setting the agent cannot run with; return self."""
@@ -107,7 +122,35 @@ class AgentConfig:
                      "download_deadline_seconds", "backoff_initial_seconds", "rate_per_second"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        self._check_transport()
         return self
+
+    def _check_transport(self) -> None:
+        try:
+            check_url(self.server, self.allow_insecure_http)
+        except InsecureUrl as err:
+            raise ConfigError(f"server: {err}") from None
+        plain = self.server.startswith("http://")
+        if plain and (self.ca_file or self.server_pin_sha256):
+            raise ConfigError("ca_file and server_pin_sha256 need an https:// server: over http:// "
+                              "nothing would be verified")
+        for pin in self.server_pin_sha256:
+            try:
+                parse_pin(pin)
+            except ValueError as err:
+                raise ConfigError(f"server_pin_sha256: {err}") from None
+        if self.ca_file is not None:
+            if not Path(self.ca_file).is_file():
+                raise ConfigError(f"ca_file {self.ca_file} does not exist")
+            try:
+                tls_context(Path(self.ca_file))
+            except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+                raise ConfigError(f"ca_file {self.ca_file} holds no usable PEM certificate: {err}") from None
+
+    def transport(self) -> Transport:
+        """The :class:`edge_agent.transport.Transport` these settings describe."""
+        return Transport(self.server.rstrip("/"), self.ca_file, self.server_pin_sha256,
+                         self.allow_insecure_http)
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
@@ -152,7 +195,12 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if name == "trusted_keys":
             items = value.split(",") if isinstance(value, str) else list(value)
             return [Path(str(v).strip()) for v in items if str(v).strip()]
-        if name in ("state_dir", "workload", "thermal_dir", "vcgencmd"):
+        if name == "server_pin_sha256":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [str(v).strip() for v in items if str(v).strip()]
+        if isinstance(default, bool):
+            return _boolean(value)
+        if name in ("state_dir", "workload", "thermal_dir", "vcgencmd", "ca_file"):
             return Path(value)
         if name in ("threads", "metrics_port", "ram_bytes", "download_max_bytes", "outbox_max_reports"):
             return int(value)
@@ -161,3 +209,14 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"agent setting {name}: cannot use {value!r}") from None
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)

@@ -10,15 +10,18 @@ Example:
 
 What to do about each error:
 
-* :class:`TransferError`: network trouble, a timeout, the deadline or an HTTP 5xx; retry later,
-  the partial is kept and the next call resumes from it.
+* :class:`TransferError`: network trouble, a timeout, the deadline, an HTTP 5xx, a certificate
+  or pin that does not verify, a redirect refused; retry later, the partial is kept and the next
+  call resumes from it.
 * :class:`IntegrityError`: the server's bytes are not the artifact asked for (size or sha256);
   the partial is deleted. Report it rather than retrying in a tight loop.
 * :class:`TooLarge`: the artifact exceeds ``max_bytes``; nothing was requested.
 * :class:`DownloadError` itself: an HTTP 4xx (``status``, ``detail``) or a local problem such as
   a full disk (the partial is kept).
 
-This module never imports anything beyond the standard library.
+Requests go through a :class:`edge_agent.transport.Transport` (TLS verification and pinning, no
+plain HTTP to other machines, redirects to another origin followed without ``Authorization``).
+This module never imports anything beyond the standard library (and the agent's transport).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from edge_agent.transport import Transport, TransportRefused
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +105,8 @@ def fsync_directory(directory: Path) -> None:
 
 def fetch(url: str, dest: Path, sha256: str, size_bytes: int | None, headers: dict[str, str] | None = None,
           max_bytes: int = 512 * 2**20, timeout_seconds: float = 30.0, deadline_seconds: float = 600.0,
-          chunk_bytes: int = 1 << 16, progress: Callable[[int, int], None] | None = None) -> Path:
+          chunk_bytes: int = 1 << 16, progress: Callable[[int, int], None] | None = None,
+          transport: Transport | None = None) -> Path:
     """Download ``url`` to ``dest``, resuming a previous partial, and verify it.
 
     If ``dest`` already holds the right bytes, nothing is requested.
@@ -119,6 +125,8 @@ def fetch(url: str, dest: Path, sha256: str, size_bytes: int | None, headers: di
         chunk_bytes: largest read from the socket.
         progress: called as ``progress(received_bytes, total_bytes)`` after every chunk;
             ``total_bytes`` is 0 while unknown.
+        transport: how to reach the server (the agent's, with its CA file and pins); default:
+            the system CA store and the rules of :mod:`edge_agent.transport` for ``url``.
 
     Returns:
         ``dest``, complete, verified and durable.
@@ -139,6 +147,7 @@ def fetch(url: str, dest: Path, sha256: str, size_bytes: int | None, headers: di
     if _verified(dest, sha256, size_bytes):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    transport = transport or Transport(url)
     job = _Job(url, partial_path(dest), sha256, size_bytes, max_bytes, time.monotonic() + deadline_seconds,
                chunk_bytes, progress)
     restarted = False
@@ -150,7 +159,7 @@ def fetch(url: str, dest: Path, sha256: str, size_bytes: int | None, headers: di
             log.warning("%s holds %d bytes, more than the artifact's %d: discarding it",
                         job.partial, offset, limit_bytes)
         elif not (offset and offset == size_bytes):  # else complete already: nothing to ask for
-            response = _open(url, headers, offset, min(timeout_seconds, _remaining(job)))
+            response = _open(transport, url, headers, offset, min(timeout_seconds, _remaining(job)))
             if response is None:
                 log.info("%s: range bytes=%d- not satisfiable; checking the partial", url, offset)
         if response is None:  # complete, too long, or 416: the partial must verify as it is
@@ -204,7 +213,7 @@ def _remaining(job: _Job) -> float:
     return remaining_seconds
 
 
-def _open(url: str, headers: dict[str, str] | None, offset: int,
+def _open(transport: Transport, url: str, headers: dict[str, str] | None, offset: int,
           timeout_seconds: float) -> http.client.HTTPResponse | None:
     """The response to a GET from ``offset``; None for a 416. Errors become DownloadError subclasses."""
     request_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
@@ -212,7 +221,7 @@ def _open(url: str, headers: dict[str, str] | None, offset: int,
         request_headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=request_headers)
     try:
-        return urllib.request.urlopen(request, timeout=timeout_seconds)
+        return transport.open(request, timeout=timeout_seconds)
     except urllib.error.HTTPError as err:
         with err:
             if err.code == 416:
@@ -221,6 +230,8 @@ def _open(url: str, headers: dict[str, str] | None, offset: int,
         message = f"HTTP {err.code} {err.reason}" + (f": {detail}" if detail else "")
         error = TransferError if err.code >= 500 else DownloadError
         raise error(url, message, status=err.code, detail=detail) from err
+    except TransportRefused as err:
+        raise TransferError(url, f"refused: {err.reason}") from err
     except urllib.error.URLError as err:
         raise TransferError(url, f"cannot connect: {err.reason}") from err
     except (OSError, http.client.HTTPException) as err:

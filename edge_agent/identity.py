@@ -1,10 +1,13 @@
-"""The device's identity: id and credential from registration, kept in a 0600 file."""
+"""The device's identity: id and credential from registration, kept in a 0600 file; and the
+marker a revoked device keeps so that it does not enroll itself again."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 log = logging.getLogger("edgeship.agent")
@@ -46,3 +49,61 @@ class Identity:
         """Drop a credential the server no longer accepts (the next check-in registers again)."""
         self.device_id = self.credential = None
         self.path.unlink(missing_ok=True)
+
+
+class Revocation:
+    """``revoked.json`` in the state directory: written when the server answers that an operator
+    revoked this device (``device_revoked``), with the sha256 of the enrollment token configured
+    at that moment.
+
+    While it exists the agent does not register again with that same token (nor without one):
+    a revoked device stays out until an operator gives it a *new* enrollment token (or deletes
+    this file). It is removed once a registration with a new token succeeded. The token itself
+    is not written here, only its hash.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def record(self, device_id: str | None, enroll_token: str | None, detail: str) -> None:
+        """Write the marker atomically (0600); keeps an existing one (the first revocation counts)."""
+        if self.path.exists():
+            return
+        temp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"device_id": device_id, "revoked_at": datetime.now(timezone.utc).isoformat(),
+                       "enroll_token_sha256": _token_hash(enroll_token), "detail": detail}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, self.path)
+
+    def blocks(self, enroll_token: str | None) -> bool:
+        """Whether registering with ``enroll_token`` is barred: a marker exists and the token is
+        none, or the one configured when the device was revoked. An unreadable marker bars any
+        token (an operator removes it)."""
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError) as err:
+            log.error("revocation marker %s is unreadable (%s); not registering until it is removed",
+                      self.path, err)
+            return True
+        if not enroll_token:
+            return True
+        return not isinstance(data, dict) or data.get("enroll_token_sha256") == _token_hash(enroll_token)
+
+    def device_id(self) -> str | None:
+        """The id of the revoked device, for log lines."""
+        try:
+            return json.loads(self.path.read_text()).get("device_id")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _token_hash(token: str | None) -> str | None:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest() if token else None

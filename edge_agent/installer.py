@@ -146,10 +146,11 @@ class Installer:
         dest = self.store.blob_path(sha256)
         if self.store.has_blob(sha256):
             return dest
-        try:
-            return fetch(self.api.url(url), dest, sha256, size_bytes, headers=self.api.auth_headers(),
+        full_url = self.api.url(url)
+        try:  # the credential goes only to the server's own origin, never to another host
+            return fetch(full_url, dest, sha256, size_bytes, headers=self.api.auth_headers(full_url),
                          max_bytes=self.max_bytes, timeout_seconds=self.api.timeout_seconds,
-                         deadline_seconds=self.deadline_seconds)
+                         deadline_seconds=self.deadline_seconds, transport=self.api.transport)
         except (IntegrityError, TooLarge) as err:
             raise ModelRefused("load_failed", f"artifact refused: {err}") from None
         except DownloadError as err:

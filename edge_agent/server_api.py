@@ -1,9 +1,12 @@
-"""The device side of the protocol (docs/rollout-server.md): register, assignment, reports.
+"""The device side of the protocol (docs/protocol.md): register, assignment, reports.
 
-Standard library HTTP only, so the agent installs on a Raspberry Pi with nothing to build.
+Standard library HTTP only, so the agent installs on a Raspberry Pi with nothing to build; every
+request goes through a :class:`edge_agent.transport.Transport` (TLS verification and pinning,
+plain-HTTP policy, redirects that never carry the credential to another origin).
 Errors come in two kinds the loop treats differently: :class:`ServerUnavailable` (network,
-timeout, 5xx, 429: retry later with backoff) and :class:`ServerRejected` (any other 4xx: the
-request itself is wrong, retrying it unchanged will not help).
+timeout, a certificate that does not verify, 5xx, 429, a redirect not followed: retry later with
+backoff) and :class:`ServerRejected` (any other 4xx: the request itself is wrong, retrying it
+unchanged will not help).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+from edge_agent.transport import Transport
 
 USER_AGENT = "edgeship-agent/1"
 
@@ -50,21 +55,28 @@ class ServerApi:
     """JSON over HTTP to one rollout server.
 
     Args:
-        base_url: e.g. ``http://127.0.0.1:8080``.
+        base_url: e.g. ``https://rollout.example.com``.
         timeout_seconds: socket timeout of every request.
+        transport: how to reach it (default: system CA store, no pin, plain HTTP to loopback only).
     """
 
-    def __init__(self, base_url: str, timeout_seconds: float = 10.0) -> None:
+    def __init__(self, base_url: str, timeout_seconds: float = 10.0,
+                 transport: Transport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
+        self.transport = transport or Transport(self.base_url)
         self.credential: str | None = None
 
     def url(self, path: str) -> str:
-        """Absolute URL of a server path such as ``/v1/artifacts/<sha>``."""
+        """Absolute URL of a server path such as ``/v1/artifacts/<sha>`` (an absolute URL stays as it is)."""
         return urllib.parse.urljoin(self.base_url + "/", path.lstrip("/"))
 
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.credential}"} if self.credential else {}
+    def auth_headers(self, url: str | None = None) -> dict[str, str]:
+        """The ``Authorization`` header for a request to ``url`` (default: the server): none for
+        a URL on another origin, which must never see the device's credential."""
+        if not self.credential or (url is not None and not self.transport.same_origin(url)):
+            return {}
+        return {"Authorization": f"Bearer {self.credential}"}
 
     def register(self, enrollment_token: str, device: dict[str, Any]) -> Registration:
         """Enroll this device; ``device`` holds device_class, arch, os, ram_bytes, runtimes."""
@@ -94,11 +106,12 @@ class ServerApi:
         all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
         if data is not None:
             all_headers["Content-Type"] = "application/json"
+        url = self.url(path)
         if auth:
-            all_headers.update(self.auth_headers())
-        request = urllib.request.Request(self.url(path), data=data, method=method, headers=all_headers)
+            all_headers.update(self.auth_headers(url))
+        request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
+            with self.transport.open(request, timeout=self.timeout_seconds) as response:
                 raw = response.read()
                 return response.status, response.headers, json.loads(raw) if raw else {}
         except urllib.error.HTTPError as err:
@@ -106,7 +119,7 @@ class ServerApi:
                 return 304, err.headers, None
             detail, code = _error_detail(err)
             message = f"{method} {path}: HTTP {err.code}: {detail}"
-            if err.code >= 500 or err.code == 429:
+            if err.code >= 500 or err.code == 429 or 300 <= err.code < 400:  # 3xx: a redirect not followed
                 raise ServerUnavailable(message) from None
             raise ServerRejected(message, err.code, code) from None
         except (urllib.error.URLError, OSError, TimeoutError) as err:

@@ -32,11 +32,11 @@ def test_settings_layer_file_then_environment_then_flags(tmp_path):
     key = tmp_path / "p.pub"
     key.write_text("x")
     config_file = tmp_path / "agent.toml"
-    config_file.write_text(f'server = "http://a:1"\nmodel = "m"\ntrusted_keys = ["{key}"]\n'
+    config_file.write_text(f'server = "https://a:1"\nmodel = "m"\ntrusted_keys = ["{key}"]\n'
                            'check_interval_seconds = 5\nthreads = 2\n')
-    env = {"EDGESHIP_AGENT_SERVER": "http://b:2", "EDGESHIP_AGENT_THREADS": "3"}
+    env = {"EDGESHIP_AGENT_SERVER": "https://b:2", "EDGESHIP_AGENT_THREADS": "3"}
     config = load_config(config_file, env=env, threads=4, model=None)
-    assert config.server == "http://b:2"  # environment over file
+    assert config.server == "https://b:2"  # environment over file
     assert config.threads == 4  # flag over environment
     assert config.model == "m"  # a flag left out (None) hides nothing
     assert config.check_interval_seconds == 5.0 and config.trusted_keys == [key]
@@ -59,9 +59,9 @@ def test_check_refuses_settings_the_agent_cannot_run_with(tmp_path):
     with pytest.raises(ConfigError, match="http"):
         AgentConfig(server="ftp://x", model="m").check()
     with pytest.raises(ConfigError, match="trusted_keys"):
-        AgentConfig(server="http://x", model="m").check()
+        AgentConfig(server="https://x", model="m").check()
     with pytest.raises(ConfigError, match="does not exist"):
-        AgentConfig(server="http://x", model="m", trusted_keys=[tmp_path / "missing.pub"]).check()
+        AgentConfig(server="https://x", model="m", trusted_keys=[tmp_path / "missing.pub"]).check()
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets():
