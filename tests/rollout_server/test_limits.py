@@ -64,8 +64,9 @@ def answer(connection: http.client.HTTPConnection) -> tuple[int, dict, dict]:
 
 
 def post_chunked(base: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
-    """POST ``body`` whole, as ``Transfer-Encoding: chunked`` (no Content-Length)."""
-    connection = start(port_of(base), "POST", path, {**headers, "Content-Type": "application/json",
+    """POST ``body`` whole, as ``Transfer-Encoding: chunked`` (no Content-Length); JSON unless
+    ``headers`` say another Content-Type."""
+    connection = start(port_of(base), "POST", path, {"Content-Type": "application/json", **headers,
                                                      "Transfer-Encoding": "chunked"})
     for offset in range(0, len(body), CHUNK):
         send_quietly(connection, chunk(body[offset:offset + CHUNK]))
@@ -217,24 +218,15 @@ def test_only_publish_takes_bodies_up_to_the_release_limit(publish_app, tmp_path
     with serving(publish_app) as port:
         body, content_type = _multipart(small)
         assert len(body) > publish_app.config["MAX_REQUEST_BYTES"]
-        connection = start(port, "POST", "/v1/releases", {**admin, "Content-Type": content_type,
-                                                          "Transfer-Encoding": "chunked"})
-        for offset in range(0, len(body), CHUNK):
-            send_quietly(connection, chunk(body[offset:offset + CHUNK]))
-        send_quietly(connection, b"0\r\n\r\n")
-        status, answer_, _ = answer(connection)
+        base = f"http://127.0.0.1:{port}"
+        status, answer_ = post_chunked(base, "/v1/releases", body, {**admin, "Content-Type": content_type})
         assert status == 201, answer_
         body, content_type = _multipart(big)
         assert len(body) > publish_app.config["MAX_RELEASE_BYTES"]
         declared = requests.post(f"http://127.0.0.1:{port}/v1/releases", data=body, timeout=30,
                                  headers={**admin, "Content-Type": content_type})
         assert declared.status_code == 413 and declared.json()["error"] == "payload_too_large"
-        connection = start(port, "POST", "/v1/releases", {**admin, "Content-Type": content_type,
-                                                          "Transfer-Encoding": "chunked"})
-        for offset in range(0, len(body), CHUNK):
-            send_quietly(connection, chunk(body[offset:offset + CHUNK]))
-        send_quietly(connection, b"0\r\n\r\n")
-        status, answer_, _ = answer(connection)
+        status, answer_ = post_chunked(base, "/v1/releases", body, {**admin, "Content-Type": content_type})
         assert status == 413 and answer_["error"] == "payload_too_large", answer_
         listed = requests.get(f"http://127.0.0.1:{port}/v1/models/digits-cnn", headers=admin, timeout=30)
         assert [r["version"] for r in listed.json()["releases"]] == ["1"]
