@@ -10,7 +10,7 @@ BUILD ?= build
 # it too, with the server and the converter in $(VENV) as subprocesses.
 AGENT_VENV ?= .venv-agent
 
-.PHONY: setup system-deps demo test test-agent-only lint bench clean
+.PHONY: setup system-deps demo test test-agent-only sdk-test conformance lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,13 +29,15 @@ demo: setup
 # System packages some tests need, installed from Debian's packages when missing and we may
 # (root); otherwise those tests skip locally and fail under CI=true:
 # - postgresql: server binaries for the PostgreSQL tests (they start a throwaway server);
-# - prometheus: promtool and prometheus for the monitoring tests (rules, config, live scrape).
+# - prometheus: promtool and prometheus for the monitoring tests (rules, config, live scrape);
+# - nginx: the reverse proxy of docs/deploy.md, run in front of a server by its test.
 system-deps:
 	@pkgs=""; \
 	if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
 		pkgs="$$pkgs postgresql"; \
 	fi; \
 	if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then pkgs="$$pkgs prometheus"; fi; \
+	if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then pkgs="$$pkgs nginx"; fi; \
 	if [ -n "$$pkgs" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing$$pkgs (Debian packages)"; \
@@ -51,6 +53,8 @@ lint: setup
 test: system-deps lint
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory test-agent-only
+	$(MAKE) --no-print-directory sdk-test
+	$(MAKE) --no-print-directory conformance
 
 $(AGENT_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(AGENT_VENV)
@@ -61,6 +65,26 @@ $(AGENT_VENV)/.installed: pyproject.toml
 test-agent-only: setup $(AGENT_VENV)/.installed
 	EDGESHIP_AGENT_ONLY=1 EDGESHIP_TOOLCHAIN_PYTHON=$(abspath $(PY)) \
 		$(AGENT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/edge_agent tests/test_agent_only_install.py
+
+# The TypeScript device SDK (sdk/js, docs/phones.md): npm ci, type check, unit tests and the
+# integration tests against the real server from $(VENV). Without npm the SDK's tests are skipped
+# locally and fail under CI=true.
+sdk-test: setup
+	@ci=$$(printf '%s' "$$CI" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]'); \
+	if ! command -v npm >/dev/null; then \
+		case "$$ci" in ""|0|false|no) echo "npm not found: skipping the SDK tests (sdk/js)"; exit 0;; \
+		*) echo "CI=$$CI and npm is missing: the SDK tests (sdk/js) need Node.js 20.19+"; exit 1;; esac; \
+	fi; \
+	cd sdk/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && npx tsc --noEmit && \
+		EDGESHIP_TOOLCHAIN_PYTHON=$(abspath $(PY)) npx vitest run
+
+# The device conformance kit (docs/conformance.md): every scenario against the real server, for the
+# Python agent and the TypeScript SDK (its driver built with sdk/js's tsc). Without npm the
+# TypeScript half is skipped locally and fails under CI=true.
+conformance: setup
+	@if command -v npm >/dev/null && [ ! -x sdk/js/node_modules/.bin/tsc ]; then \
+		cd sdk/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; fi
+	$(PY) -m pytest -q -p no:cacheprovider conformance
 
 bench: setup
 	$(PY) -m benchmarks.convert_bench

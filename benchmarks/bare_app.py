@@ -5,9 +5,9 @@ Two JSON endpoints at the same paths as edgeship's, so the same wrk scripts hit 
 * ``GET /v1/devices/<device_id>/assignment`` answers a small fixed JSON document;
 * ``POST /v1/reports`` parses the JSON body and answers the ids it holds.
 
-No database, no authentication: what is left is Flask, JSON and gunicorn. It is served exactly
-like ``edgeship server --workers K`` — through :func:`rollout_server.serve._gunicorn`, so the
-worker class, threads and other gunicorn settings cannot drift apart::
+No database, no authentication: what is left is Flask, JSON and the server. It is served exactly
+like ``edgeship server --workers K`` — through :func:`rollout_server.serve.run`, so the worker
+processes, threads and other server settings cannot drift apart::
 
     python -m benchmarks.bare_app --port 8090 --workers 2
 """
@@ -46,21 +46,18 @@ def create_bare_app() -> Flask:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the bare app with edgeship's own gunicorn settings."""
+    """Serve the bare app with edgeship's own server settings."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    if args.workers < 2:
-        parser.error("--workers must be at least 2 (edgeship runs gunicorn only from 2 workers)")
     from rollout_server import serve
 
-    # serve._gunicorn's application loads ``serve.wsgi_app()`` in each worker: point it at the
-    # bare app, and everything else about the serving is edgeship's.
-    serve.wsgi_app = lambda config=None: create_bare_app()
     print(f"bare Flask app on http://{args.host}:{args.port} ({args.workers} workers)", flush=True)
-    serve._gunicorn(args.host, args.port, args.workers)
+    # each worker process makes its own app with the factory, as edgeship's workers do
+    serve.run(create_bare_app(), args.host, args.port, args.workers, None,
+              factory="benchmarks.bare_app:create_bare_app")
 
 
 if __name__ == "__main__":

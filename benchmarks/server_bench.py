@@ -3,7 +3,7 @@
     python -m benchmarks.server_bench [--seconds 10] [--repeat 1] [--workers 2] [--skip-postgres]
 
 For each backend (a SQLite file; a throwaway PostgreSQL from ``tests/rollout_server/postgres.py``)
-it starts ``edgeship server --workers K`` (gunicorn) on a free loopback port with a fresh data
+it starts ``edgeship server --workers K`` (uvicorn workers) on a free loopback port with a fresh data
 directory, and sets it up through the HTTP API only: publishes a small release signed by hand
 with a throwaway key (trusted through ``EDGESHIP_TRUSTED_KEYS``), makes it stable and registers
 ``--devices`` devices. Load comes from a separate process, ``wrk`` with the Lua scripts in
@@ -16,13 +16,13 @@ with a throwaway key (trusted through ``EDGESHIP_TRUSTED_KEYS``), makes it stabl
   report id unique; counted as reports/s. The stored report count is checked afterwards.
 
 In the same run, ``benchmarks/bare_app.py`` (one JSON GET, one JSON POST, no database) is served
-by the same gunicorn settings and gets the same requests, each scenario right before edgeship's
-(paired, so both see the same machine load); the ratio column is edgeship's requests/s over the
-bare app's. ``--repeat N`` runs every pair N times and reports medians (each ratio per pair). The
-CPU column is user+system time of the server's gunicorn processes per request (not PostgreSQL's,
-not wrk's), which other load on the machine disturbs much less than req/s; "CPU vs bare" is the
-bare app's CPU per request over edgeship's in the same pair (shown beside the target's ratio,
-not instead of it: it leaves out PostgreSQL's own CPU).
+by the same server (``rollout_server.serve.run``, same workers) and gets the same requests, each
+scenario right before edgeship's (paired, so both see the same machine load); the ratio column is
+edgeship's requests/s over the bare app's. ``--repeat N`` runs every pair N times and reports
+medians (each ratio per pair). The CPU column is user+system time of the server's worker processes
+per request (not PostgreSQL's, not wrk's), which other load on the machine disturbs much less than
+req/s; "CPU vs bare" is the bare app's CPU per request over edgeship's in the same pair (shown
+beside the target's ratio, not instead of it: it leaves out PostgreSQL's own CPU).
 Prints one table and writes ``benchmarks/results/server.json``; ``--profile`` also samples the
 workers with py-spy. Every process it starts is stopped before it returns.
 """
@@ -141,12 +141,12 @@ def measure(backend: str, server: Served, scenario: Scenario,
 
 
 def start_bare(work: Path, opts: argparse.Namespace) -> Served:
-    """The bare app, served like edgeship (same gunicorn settings), ready."""
+    """The bare app, served like edgeship (same server and workers), ready."""
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.bare_app", "--port", str(port),
                "--workers", str(opts.workers)]
     server = Served("bare app", command, base_env(), work / "bare.log", port)
-    log(f"bare Flask app: gunicorn with {opts.workers} workers on {server.url}")
+    log(f"bare Flask app: {opts.workers} workers on {server.url}")
     try:
         server.wait_ready()
     except BaseException:
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="paired runs per scenario; the table shows their medians (default: 1)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up per server (default: 2)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, at least 2 (default: 2)")
+    parser.add_argument("--workers", type=int, default=2, help="server workers, at least 2 (default: 2)")
     parser.add_argument("--devices", type=int, default=500, help="devices to register (default: 500)")
     parser.add_argument("--connections", type=int, default=8,
                         help="wrk connections (default: 8, the server's 2 workers x 4 threads)")
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})")
     opts = parser.parse_args(argv)
     if opts.workers < 2:
-        parser.error("--workers must be at least 2 (gunicorn)")
+        parser.error("--workers must be at least 2")
     if opts.repeat < 1:
         parser.error("--repeat must be at least 1")
     if shutil.which("wrk") is None:
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"seconds": opts.seconds, "repeat": opts.repeat, "warmup": opts.warmup,
                      "workers": opts.workers,
                      "devices": opts.devices, "wrk_threads": opts.wrk_threads,
-                     "connections": opts.connections, "gunicorn": "rollout_server.serve._gunicorn"},
+                     "connections": opts.connections, "server": "rollout_server.serve.run"},
         "targets": TARGETS,
         "skipped": skipped,
         "rows": [asdict(row) for row in rows],

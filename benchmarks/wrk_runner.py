@@ -101,7 +101,7 @@ def free_port() -> int:
 
 
 class Served:
-    """A server process group (gunicorn master and workers) started for the benchmark."""
+    """A server process group (the supervisor and its workers) started for the benchmark."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path, port: int) -> None:
         self.name = name
@@ -126,7 +126,7 @@ class Served:
         raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
     def worker_pids(self) -> list[int]:
-        """The gunicorn workers: children of the master process."""
+        """The workers: children of the supervisor process."""
         try:
             text = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
         except OSError:

@@ -11,9 +11,12 @@ One control thread does the talking: check-in (assignment with ETag) → install
 deliver the outbox. ``predict`` never waits for it: the current model is one reference that a
 swap replaces only with a model that is loaded and passed its golden probe.
 
-When the server answers that an operator revoked this device (401 ``device_revoked``) the loop
-ends for good: the identity is deleted, ``revoked.json`` records the revocation, :attr:`Agent.revoked`
-turns true and the agent does not enroll again until it is given a new enrollment token.
+When the server answers that an operator revoked or rejected this device (401 ``device_revoked``
+or ``device_rejected``) the loop ends for good: the identity is deleted, ``revoked.json``
+records it, :attr:`Agent.revoked` turns true and the agent does not enroll again until it is
+given a new enrollment token. A device waiting for an operator (403 ``device_pending``) keeps its
+identity and asks again after the server's ``Retry-After``; told that its credential is old
+(``Edgeship-Rotate-Credential``), it rotates it, storing the new one before using it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from edge_agent.installer import Installer, trusted_keys
 from edge_agent.local_metrics import LocalMetrics
 from edge_agent.model import LoadedModel, ModelRefused
 from edge_agent.outbox import Outbox, OutboxError
+from edge_agent.refusals import RefusedVariants
+from edge_agent.refusals import release_variant_key as _release_variant
+from edge_agent.runtime_probe import loadable_runtimes
 from edge_agent.server_api import ServerApi, ServerError, ServerRejected, ServerUnavailable
 from edge_agent.shadow import ShadowRunner
 from edge_agent.store import ModelStore
@@ -44,6 +50,13 @@ from edge_agent.window import WindowKey, WindowSet
 log = logging.getLogger("edgeship.agent")
 REPORT_BATCH = 100
 DEVICE_REVOKED = "device_revoked"  # the server's ``error`` for a credential an operator revoked
+DEVICE_REJECTED = "device_rejected"  # ... for a device an operator refused while it was pending
+DEVICE_PENDING = "device_pending"  # ... for a device that waits for an operator to accept it
+ENROLLMENT_SCOPE = "enrollment_scope"  # 403 at registration: the token does not enroll this class
+PENDING_RETRY_SECONDS = 60.0  # a pending device's next poll when the server sent no Retry-After
+ROTATE_RETRY_SECONDS = 300.0  # after a failed credential rotation, the next try waits this long
+NO_VARIANT = "no_variant"  # the server's ``error`` when no variant of the release runs on this device
+MAX_VARIANT_TRIES = 8  # assignment polls in one check-in while variants of the release are refused
 
 
 class NoModel(RuntimeError):
@@ -63,14 +76,20 @@ class Agent:
 
     Args:
         config: settings (:func:`edge_agent.config.load_config`).
-        device: registration fields (:func:`edge_agent.device.describe`); detected if left out.
+        device: registration fields (:func:`edge_agent.device.describe`); detected if left out,
+            the runtimes by a probe of what loads here (:mod:`edge_agent.runtime_probe`, run by
+            the control thread before it registers).
     """
 
     def __init__(self, config: AgentConfig, device: dict[str, Any] | None = None) -> None:
         from edge_agent.device import describe
 
         self.config = config.check()
-        self.device = device or describe(config.device_class, config.ram_bytes)
+        self.device = device or describe(config.device_class, config.ram_bytes, runtimes={})
+        self._runtimes_known = device is not None and "runtimes" in device
+        self._runtimes_sent = False  # the server holds this run's runtimes (sent once per start)
+        self._runtimes_backoff = Backoff(config.backoff_initial_seconds, config.backoff_max_seconds)
+        self._runtimes_retry_at = 0.0
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
         self.api = ServerApi(config.server, config.request_timeout_seconds, transport=config.transport())
@@ -91,21 +110,32 @@ class Agent:
         self._etag: str | None = None
         self._server_backoff = Backoff(config.backoff_initial_seconds, config.backoff_max_seconds)
         self._variant_backoff = VariantBackoff(config.variant_backoff_seconds)
+        self._refusals = RefusedVariants(self._variant_backoff)
+        self._refused_now = False  # a variant was refused in this check-in: ask for the next one
+        self._exhausted: tuple[str | None, list[str]] | None = None  # the last "no variant left" logged
         self._server_retry_at = 0.0
         self._stop = threading.Event()
         self._revoked = threading.Event()
+        self._refused_by = DEVICE_REVOKED  # or DEVICE_REJECTED, once the server said so
+        self._waiting_since: float | None = None  # monotonic time the server first said "pending"
+        self._rotate_after = 0.0
         self._thread: threading.Thread | None = None
         self._metrics_server = None
         self._pending: list[dict[str, Any]] = []  # closed windows the outbox could not take (disk full)
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> Agent:
+    def start(self, loop: bool = True) -> Agent:
         """Restore the last good model from disk, then run the control loop in a thread.
 
         A device revoked earlier (``revoked.json``) whose enrollment token has not changed since
         does not start the loop: :attr:`revoked` is true at once (the restored model still
         answers :meth:`predict`; ``edgeship agent`` exits instead).
+
+        Args:
+            loop: ``False`` restores only: the caller drives :meth:`check_in`,
+                :meth:`close_window` and :meth:`deliver` itself, from one thread (the
+                conformance driver, an app with its own scheduler).
         """
         restored = self.installer.restore()
         if restored is not None:
@@ -116,6 +146,8 @@ class Agent:
             log.error("device %s was revoked by an operator: not enrolling again with the same enrollment "
                       "token; give it a new enroll_token (or remove %s) to enroll it again",
                       self.revocation.device_id(), self.revocation.path)
+            return self
+        if not loop:
             return self
         if self.metrics is not None:
             self._metrics_server, _ = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
@@ -148,8 +180,18 @@ class Agent:
 
     @property
     def revoked(self) -> bool:
-        """Whether the server revoked this device: the control loop has ended for good."""
+        """Whether the server revoked or rejected this device: the control loop has ended for good."""
         return self._revoked.is_set()
+
+    @property
+    def refusal(self) -> str:
+        """How the device was refused, once :attr:`revoked`: ``revoked`` or ``rejected``."""
+        return "rejected" if self._refused_by == DEVICE_REJECTED else "revoked"
+
+    @property
+    def pending(self) -> bool:
+        """Whether the server last said this device waits for an operator to accept it."""
+        return self._waiting_since is not None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the control loop ends by itself (revocation) or ``timeout``; ``revoked``."""
@@ -242,22 +284,49 @@ class Agent:
         return False
 
     def check_in(self) -> None:
-        """Ask for the assignment and act on it; never raises (errors are logged and retried)."""
+        """Ask for the assignment and act on it; never raises (errors are logged and retried).
+
+        When the assigned variant is refused, ask again at once naming it (and the release's other
+        refused variants): the server offers the next-best variant of the same release, until
+        none is left (409 ``no_variant``) and the variant backoff decides when to try again.
+        """
+        for _ in range(MAX_VARIANT_TRIES):
+            self._refused_now = False
+            self._check_in_once()
+            if not self._refused_now:
+                return
+
+    def _check_in_once(self) -> None:
+        held = self._assignment
+        version = str(held["version"]) if held is not None else None
+        excluded = self._refusals.excluded(version, time.monotonic())
         try:
             self._ensure_registered()
-            body, self._etag = self.api.assignment(self.identity.device_id, self.config.model, self._etag)
+            body, self._etag = self.api.assignment(self.identity.device_id, self.config.model, self._etag,
+                                                   version, excluded)
             if body is not None:
                 self._assignment = body
                 interval = body.get("report_interval_seconds")
                 if isinstance(interval, int | float) and interval > 0:
                     self.report_interval_seconds = float(interval)
             self._server_backoff.success()
+            self._accepted()
+            if self.api.rotation_requested:
+                self._rotate_credential()
         except ServerUnavailable as err:
             self._server_away(err)
             return
         except ServerRejected as err:
-            if err.status == 401:
+            if err.status == 401 or err.error == ENROLLMENT_SCOPE:
                 self._unauthorized(err)
+            elif err.error == DEVICE_PENDING:
+                self._waiting(err)
+            elif err.error == NO_VARIANT and excluded:
+                if (version, excluded) != self._exhausted:  # once, not at every poll of the backoff
+                    log.warning("no variant of v%s left that this device has not refused (%s); serving the "
+                                "current model until the variant backoff lets one be tried again",
+                                version, ", ".join(excluded))
+                self._exhausted = (version, excluded)
             else:
                 log.warning("assignment refused: %s", err)
             return
@@ -265,15 +334,16 @@ class Agent:
             self._apply(self._assignment)
 
     def _server_away(self, err: Exception) -> None:
-        delay = self._server_backoff.failure()
+        delay = self._server_backoff.failure(at_least=getattr(err, "retry_after_seconds", None))
         self._server_retry_at = time.monotonic() + delay
         log.warning("server unavailable (%s); retrying in %.1f s, still serving the current model",
                     err, delay)
 
     def _unauthorized(self, err: ServerRejected) -> None:
-        """A 401: the device was revoked (stop for good), or its credential or enrollment token
-        is not accepted (register again, after a backoff so a fleet does not hammer the server)."""
-        if err.error == DEVICE_REVOKED:
+        """A 401: the device was revoked or rejected (stop for good), or its credential or
+        enrollment token is not accepted (register again, after a backoff so a fleet does not
+        hammer the server; a refused enrollment token says why: expired, used up, out of scope)."""
+        if err.error in (DEVICE_REVOKED, DEVICE_REJECTED):
             self._revoked_by_server(err)
             return
         delay = self._server_backoff.failure()
@@ -288,18 +358,65 @@ class Agent:
         self.api.credential = None
 
     def _revoked_by_server(self, err: ServerRejected) -> None:
-        """Revoked by an operator: forget the identity, record it, end the loop; never re-enroll
-        by itself (see :class:`edge_agent.identity.Revocation`)."""
+        """Revoked or rejected by an operator: forget the identity, record it, end the loop; never
+        re-enroll by itself (see :class:`edge_agent.identity.Revocation`)."""
         if self._revoked.is_set():
             return
         device_id = self.identity.device_id
         self.revocation.record(device_id, self.config.enroll_token, str(err))
         self.identity.forget()
         self.api.credential = None
+        self._refused_by = err.error if err.error == DEVICE_REJECTED else DEVICE_REVOKED
         self._revoked.set()
         self._stop.set()
-        log.error("device %s was revoked by an operator (%s): stopping, and not enrolling again until it is "
-                  "given a new enrollment token (enroll_token)", device_id, err)
+        log.error("device %s was %s by an operator (%s): stopping, and not enrolling again until it is "
+                  "given a new enrollment token (enroll_token)", device_id, self.refusal, err)
+
+    def _waiting(self, err: ServerRejected) -> None:
+        """403 ``device_pending``: registered, not yet accepted. Keep the identity (registering
+        again would only add another pending device) and ask again after the server's
+        ``Retry-After``, at least the check interval; the installed model keeps serving."""
+        delay = max(err.retry_after_seconds or PENDING_RETRY_SECONDS, self.config.check_interval_seconds)
+        self._server_retry_at = time.monotonic() + delay
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
+            device_id = self.identity.device_id
+            log.warning("device %s is waiting for an operator to accept this device (edgeship devices accept "
+                        "%s); asking again every %.0f s", device_id, device_id, delay)
+        else:
+            log.debug("still waiting for an operator to accept this device; next try in %.0f s", delay)
+
+    def _accepted(self) -> None:
+        if self._waiting_since is not None:
+            log.info("an operator accepted device %s after %.0f s", self.identity.device_id,
+                     time.monotonic() - self._waiting_since)
+            self._waiting_since = None
+
+    def _rotate_credential(self) -> None:
+        """The server asked for a new credential: get one, store it durably, then use it. A crash
+        or failure in between leaves the old one, which the server accepts until the new one is
+        first used (docs/protocol.md §2.3)."""
+        now = time.monotonic()
+        if now < self._rotate_after:
+            return
+        device_id = self.identity.device_id
+        try:
+            credential = self.api.rotate_credential(device_id)
+            self.identity.save(device_id, credential)
+        except ServerRejected as err:
+            if err.status == 401:
+                raise
+            self._rotate_after = now + ROTATE_RETRY_SECONDS
+            log.warning("credential rotation refused (%s); keeping the current credential", err)
+            return
+        except (ServerError, OSError) as err:
+            self._rotate_after = now + ROTATE_RETRY_SECONDS
+            log.warning("credential rotation not done (%s); keeping the current credential, which stays "
+                        "valid, and trying again in %.0f s", err, ROTATE_RETRY_SECONDS)
+            return
+        self.api.credential = credential
+        self.api.rotation_requested = False
+        log.info("rotated the credential of device %s", device_id)
 
     def _ensure_registered(self) -> None:
         if self.identity.device_id is None:
@@ -309,13 +426,47 @@ class Agent:
                                      401, DEVICE_REVOKED)
             if not token:
                 raise ServerRejected("device is not registered and no enroll_token is configured", 401)
-            registration = self.api.register(token, self.device)
+            registration = self.api.register(token, {**self.device, "runtimes": self._loadable_runtimes()})
             self.identity.save(registration.device_id, registration.credential)
+            self._runtimes_sent = True
             if self.revocation.path.exists():
                 log.info("enrolled again with a new enrollment token after revocation")
                 self.revocation.clear()
-            log.info("registered as device %s (%s)", registration.device_id, self.device["device_class"])
+            log.info("registered as device %s (%s)%s", registration.device_id, self.device["device_class"],
+                     "; waiting for an operator to accept this device" if registration.pending else "")
         self.api.credential = self.identity.credential
+        if not self._runtimes_sent:
+            self._send_runtimes()
+
+    def _loadable_runtimes(self) -> dict[str, str]:
+        """The runtimes to announce: the caller's, or those that pass the probe (once per start)."""
+        if not self._runtimes_known:
+            self.device["runtimes"] = loadable_runtimes(self.config.state_dir)
+            self._runtimes_known = True
+            log.info("runtimes that load here: %s", ", ".join(f"{k} {v}" for k, v in
+                                                         sorted(self.device["runtimes"].items())) or "none")
+        return self.device["runtimes"]
+
+    def _send_runtimes(self) -> None:
+        """Once per start, tell the server what this device loads now: packages may have been
+        upgraded, or a runtime may have stopped loading, since it registered. Never in the way of
+        the assignment: a server (or proxy) that does not take it is asked again later, backed off."""
+        now = time.monotonic()
+        if now < self._runtimes_retry_at:
+            return
+        try:
+            self.api.update_runtimes(self.identity.device_id, self._loadable_runtimes())
+        except ServerUnavailable as err:
+            delay = self._runtimes_backoff.failure(at_least=err.retry_after_seconds)
+            self._runtimes_retry_at = now + delay
+            log.warning("could not tell the server this device's runtimes (%s); trying again in %.0f s",
+                        err, delay)
+            return
+        except ServerRejected as err:
+            if err.status == 401:
+                raise
+            log.warning("the server did not take this device's runtimes (%s); it keeps those it has", err)
+        self._runtimes_sent = True
 
     def _apply(self, assignment: dict[str, Any]) -> None:
         """Run what the assignment names, or stay on the current model if it cannot run."""
@@ -325,7 +476,7 @@ class Agent:
         active = self._active
         if active is None or not _runs(active.model, assignment):
             now = time.monotonic()
-            if not self._variant_backoff.blocked(_release_variant(assignment), now):
+            if not self._refusals.blocked(assignment, now):
                 self._install(assignment, assigned, now)
         self._rekey(assignment)
         active = self._active
@@ -340,9 +491,11 @@ class Agent:
             model, entry = self.installer.install(assignment)
         except ModelRefused as refused:
             self._record_error(assigned, refused.reason)
-            until = self._variant_backoff.failed(_release_variant(assignment), now)
-            log.error("refused %s v%s: %s [%s]; staying on the current model, not retrying for %.0f s",
-                      assigned.model, assigned.version, refused, refused.reason, until - now)
+            until = self._refusals.refuse(assignment, now)
+            self._refused_now = True
+            log.error("refused %s v%s (%s): %s [%s]; asking for another variant of the release, not "
+                      "retrying this one for %.0f s", assigned.model, assigned.version, assigned.variant,
+                      refused, refused.reason, until - now)
             return
         except DownloadError as err:
             log.warning("download of %s v%s interrupted (%s); resuming at the next check-in",
@@ -440,6 +593,9 @@ class Agent:
             if err.status == 401:
                 self._unauthorized(err)
                 return False
+            if err.error == DEVICE_PENDING:  # not the reports' fault: they wait for the acceptance
+                self._waiting(err)
+                return False
             held = self._deliver_one_by_one(batch)
         except ServerError as err:
             log.warning("reports not delivered: %s", err)
@@ -456,6 +612,9 @@ class Agent:
             except ServerRejected as one:
                 if one.status == 401:  # not the report's fault: keep it for the next try
                     self._unauthorized(one)
+                    break
+                if one.error == DEVICE_PENDING:
+                    self._waiting(one)
                     break
                 log.error("server refused report %s and it is dropped: %s", report.get("id"), one)
                 self.outbox.note_dropped(1 + int(report.get("dropped_windows") or 0))
@@ -477,16 +636,12 @@ class Agent:
             "outbox": len(self.outbox),
             "shadow": self.shadow.model.variant_id if self.shadow.model else None,
             "revoked": self.revoked,
+            "pending": self.pending,
         }
 
 
 class InferenceError(RuntimeError):
     """The runtime failed on an input."""
-
-
-def _release_variant(block: dict[str, Any]) -> str:
-    """Backoff key of an assignment's (or shadow block's) variant: release version and file."""
-    return f"{block.get('version')}:{(block.get('variant') or {}).get('sha256', block.get('sha256'))}"
 
 
 def _runs(model: LoadedModel, assignment: dict[str, Any]) -> bool:

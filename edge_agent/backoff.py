@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import email.utils
+import math
 import random
+import time
 from collections.abc import Callable
+
+#: the longest ``Retry-After`` honoured (a day): a larger one is read as this.
+MAX_RETRY_AFTER_SECONDS = 86400.0
 
 
 class Backoff:
@@ -23,14 +29,46 @@ class Backoff:
         self.failures = 0
         self._rng = rng
 
-    def failure(self) -> float:
-        """Record a failure; return how long to wait before the next try."""
+    def failure(self, at_least: float | None = None) -> float:
+        """Record a failure; return how long to wait before the next try.
+
+        Args:
+            at_least: the server's ``Retry-After`` in seconds (:func:`retry_after_seconds`), if it
+                sent one: the wait is never shorter, and is spread over ``[at_least, 1.5 ×
+                at_least]`` so a fleet told the same (devices behind one NAT) does not return at once.
+        """
         ceiling = min(self.max_seconds, self.initial_seconds * 2.0 ** self.failures)
         self.failures += 1
-        return ceiling / 2 + self._rng() * ceiling / 2
+        delay = ceiling / 2 + self._rng() * ceiling / 2
+        if at_least:
+            delay = max(delay, at_least * (1 + self._rng() / 2))
+        return delay
 
     def success(self) -> None:
         self.failures = 0
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """The wait a ``Retry-After`` header asks for (RFC 9110 §10.2.3: delay-seconds or an
+    HTTP-date), at most :data:`MAX_RETRY_AFTER_SECONDS`; None when absent or unreadable.
+
+    Example:
+        >>> retry_after_seconds("120")
+        120.0
+    """
+    text = (value or "").strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER_SECONDS)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT
+        return None
+    wait = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, wait), MAX_RETRY_AFTER_SECONDS) if math.isfinite(wait) else None
 
 
 class VariantBackoff:

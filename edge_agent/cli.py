@@ -5,9 +5,10 @@ stop the agent cleanly: the open window is closed into the outbox and delivered 
 answers, then the process exits 0.
 
 Exit codes: 0 stopped by a signal or ``--duration``; 2 a setting it cannot run with (one line
-naming it); 3 the device was revoked by an operator (:data:`EXIT_REVOKED`; it will not enroll
-again until it is given a new enrollment token, so a supervisor should not restart it: the
-systemd unit says ``RestartPreventExitStatus=3``).
+naming it); 3 the device was revoked or rejected by an operator (:data:`EXIT_REVOKED`; it will
+not enroll again until it is given a new enrollment token, so a supervisor should not restart
+it: the systemd unit says ``RestartPreventExitStatus=3``). A device waiting for an operator to
+accept it keeps running (and says so in its log).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="agent settings file")
     p.add_argument("--server", help="rollout server URL")
-    p.add_argument("--enroll-token", dest="enroll_token", help="enrollment token (first start only)")
+    p.add_argument("--enroll-token", dest="enroll_token",
+                   help="enrollment token (first start only; visible in ps: prefer --enroll-token-file or "
+                   "$EDGESHIP_ENROLL_TOKEN)")
+    p.add_argument("--enroll-token-file", dest="enroll_token_file", type=Path, metavar="PATH",
+                   help="read the enrollment token from this file (mode 0600)")
     p.add_argument("--model", help="registry name of the model to run")
     p.add_argument("--state-dir", dest="state_dir", type=Path, help="the agent's own directory")
     p.add_argument("--trusted-key", dest="trusted_keys", action="append", type=Path, metavar="FILE.pub",
@@ -50,9 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run)
 
 
-SETTINGS = ("server", "enroll_token", "model", "state_dir", "trusted_keys", "device_class", "workload",
-            "rate_per_second", "check_interval_seconds", "metrics_port", "threads", "ca_file",
-            "server_pin_sha256", "allow_insecure_http")
+SETTINGS = ("server", "enroll_token", "enroll_token_file", "model", "state_dir", "trusted_keys",
+            "device_class", "workload", "rate_per_second", "check_interval_seconds", "metrics_port",
+            "threads", "ca_file", "server_pin_sha256", "allow_insecure_http")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -95,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     final = agent.stop()
     logging.getLogger("edgeship.agent").info("stopped: %s", json.dumps(final, sort_keys=True))
     if final["revoked"]:
-        print("edgeship agent: error: this device was revoked by an operator; it enrolls again only "
-              "with a new enrollment token (enroll_token)", file=sys.stderr)
+        print(f"edgeship agent: error: this device was {agent.refusal} by an operator; it enrolls again "
+              "only with a new enrollment token (enroll_token)", file=sys.stderr)
         return EXIT_REVOKED
     return 0

@@ -5,7 +5,7 @@ Example file (``/etc/edgeship/agent.toml``; see ``edge_agent/deploy/agent.toml``
 
     server = "https://rollout.example.com"
     model = "digits-cnn"
-    enroll_token = "..."                  # only needed until the device is registered
+    enroll_token_file = "/etc/edgeship/enroll-token"   # only needed until the device is registered
     state_dir = "/var/lib/edgeship-agent"
     trusted_keys = ["/etc/edgeship/publisher.pub"]
     device_class = "rpi4"
@@ -15,11 +15,17 @@ Example file (``/etc/edgeship/agent.toml``; see ``edge_agent/deploy/agent.toml``
 
 Every key can also come from the environment: ``EDGESHIP_AGENT_SERVER``,
 ``EDGESHIP_AGENT_TRUSTED_KEYS`` (comma separated), ``EDGESHIP_AGENT_CHECK_INTERVAL_SECONDS``...
+
+The enrollment token is one setting given two ways: ``enroll_token`` (the value; on a command
+line every user sees it in ``ps``) or ``enroll_token_file`` (a 0600 file holding it). A layer that
+sets either replaces both from the layers below; when no layer sets them, ``$EDGESHIP_ENROLL_TOKEN``
+is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,8 +35,14 @@ from typing import Any
 import tomllib
 
 from edge_agent.transport import InsecureUrl, Transport, check_url, parse_pin, tls_context
+from edgeship.contract.secret_files import SecretFileError, read_secret_file
 
 ENV_PREFIX = "EDGESHIP_AGENT_"
+#: the enrollment token when no layer gives one (the same variable ``edgeship simulate`` reads)
+ENV_ENROLL_TOKEN = "EDGESHIP_ENROLL_TOKEN"
+#: the two spellings of the one enrollment-token setting
+ENROLL_KEYS = ("enroll_token", "enroll_token_file")
+log = logging.getLogger("edgeship.agent")
 
 
 class ConfigError(ValueError):
@@ -47,6 +59,8 @@ class AgentConfig:
         state_dir: the agent's own directory (identity, model store, outbox).
         trusted_keys: publisher public key files (PEM); a manifest must be signed by one.
         enroll_token: enrollment token, used once to register.
+        enroll_token_file: a file holding the enrollment token (read by :meth:`check` when
+            ``enroll_token`` is not set; a warning if other users may read it).
         device_class: coarse device class sent at registration (default: guessed).
         check_interval_seconds: how often to ask for the assignment (a rollback reaches the
             device within one interval).
@@ -84,6 +98,7 @@ class AgentConfig:
     state_dir: Path = Path("edgeship-agent")
     trusted_keys: list[Path] = field(default_factory=list)
     enroll_token: str | None = None
+    enroll_token_file: Path | None = None
     device_class: str | None = None
     check_interval_seconds: float = 10.0
     report_interval_seconds: float = 30.0
@@ -123,6 +138,11 @@ class AgentConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         self._check_transport()
+        if self.enroll_token is None and self.enroll_token_file is not None:
+            try:
+                self.enroll_token = read_secret_file(self.enroll_token_file, warn=log.warning)
+            except SecretFileError as err:
+                raise ConfigError(f"enroll_token_file: {err}") from None
         return self
 
     def _check_transport(self) -> None:
@@ -163,19 +183,31 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
     Raises:
         ConfigError: unreadable file, unknown key or a value of the wrong kind.
     """
-    values: dict[str, Any] = {}
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {"enroll_token": env[ENV_ENROLL_TOKEN]} if env.get(ENV_ENROLL_TOKEN) else {}
     if path is not None:
         try:
-            values.update(tomllib.loads(Path(path).read_text()))
+            _merge(values, tomllib.loads(Path(path).read_text()))
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"cannot read agent config {path}: {err}") from None
-    env = os.environ if env is None else env
+    layer = {}
     for item in dataclasses.fields(AgentConfig):
         raw = env.get(ENV_PREFIX + item.name.upper())
         if raw is not None and raw != "":
-            values[item.name] = raw
-    values.update({k: v for k, v in overrides.items() if v is not None})
+            layer[item.name] = raw
+    _merge(values, layer)
+    _merge(values, {k: v for k, v in overrides.items() if v is not None})
     return _build(values)
+
+
+def _merge(values: dict[str, Any], layer: dict[str, Any]) -> None:
+    """``values.update(layer)``, where a layer giving the enrollment token either way replaces both."""
+    if all(key in layer for key in ENROLL_KEYS):
+        raise ConfigError("give enroll_token or enroll_token_file, not both")
+    if any(key in layer for key in ENROLL_KEYS):
+        for key in ENROLL_KEYS:
+            values.pop(key, None)
+    values.update(layer)
 
 
 def _build(values: dict[str, Any]) -> AgentConfig:
@@ -200,7 +232,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             return [str(v).strip() for v in items if str(v).strip()]
         if isinstance(default, bool):
             return _boolean(value)
-        if name in ("state_dir", "workload", "thermal_dir", "vcgencmd", "ca_file"):
+        if name in ("state_dir", "workload", "thermal_dir", "vcgencmd", "ca_file", "enroll_token_file"):
             return Path(value)
         if name in ("threads", "metrics_port", "ram_bytes", "download_max_bytes", "outbox_max_reports"):
             return int(value)

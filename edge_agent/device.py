@@ -1,4 +1,8 @@
-"""What this device is: class, architecture, OS, RAM and the model runtimes it has."""
+"""What this device is: class, architecture, OS, RAM and the model runtimes installed on it.
+
+Installed is not loadable: :mod:`edge_agent.runtime_probe` keeps only the runtimes that load a
+model here, and the agent announces those.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ RUNTIME_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
 
 
 def installed_runtimes() -> dict[str, str]:
-    """``{runtime: version}`` for every runtime this host can run (CoreML only on macOS).
+    """``{runtime: version}`` for every runtime whose package is installed (CoreML only on macOS).
 
     Versions come from package metadata, so nothing heavy is imported to find them.
     """
@@ -27,6 +31,19 @@ def installed_runtimes() -> dict[str, str]:
             try:
                 found[runtime] = metadata.version(distribution)
                 break
+            except metadata.PackageNotFoundError:
+                continue
+    return found
+
+
+def distribution_versions() -> dict[str, str]:
+    """``{distribution: version}`` of every runtime package installed, whether preferred or not:
+    a change in any of them may change which runtimes load."""
+    found: dict[str, str] = {}
+    for distributions in RUNTIME_DISTRIBUTIONS.values():
+        for distribution in distributions:
+            try:
+                found[distribution] = metadata.version(distribution)
             except metadata.PackageNotFoundError:
                 continue
     return found

@@ -1,5 +1,6 @@
-"""The device's identity: id and credential from registration, kept in a 0600 file; and the
-marker a revoked device keeps so that it does not enroll itself again."""
+"""The device's identity: id and credential from registration (or the last rotation), kept in a
+0600 file replaced atomically; and the marker a revoked or rejected device keeps so that it does
+not enroll itself again."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+
+from edge_agent.download import fsync_directory
 
 log = logging.getLogger("edgeship.agent")
 
@@ -35,7 +38,12 @@ class Identity:
             os.replace(path, aside)
 
     def save(self, device_id: str, credential: str) -> None:
-        """Write atomically, readable by this user only."""
+        """Write atomically and durably (the file, then the directory entry), readable by this
+        user only; only then does this object hold the new values.
+
+        A rotated credential is used only after this returned: a crash before leaves the old
+        file, whose credential the server still accepts (docs/protocol.md §2.3).
+        """
         temp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
@@ -43,6 +51,7 @@ class Identity:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, self.path)
+        fsync_directory(self.path.parent)
         self.device_id, self.credential = device_id, credential
 
     def forget(self) -> None:
@@ -53,8 +62,8 @@ class Identity:
 
 class Revocation:
     """``revoked.json`` in the state directory: written when the server answers that an operator
-    revoked this device (``device_revoked``), with the sha256 of the enrollment token configured
-    at that moment.
+    revoked (``device_revoked``) or rejected (``device_rejected``) this device, with the sha256
+    of the enrollment token configured at that moment.
 
     While it exists the agent does not register again with that same token (nor without one):
     a revoked device stays out until an operator gives it a *new* enrollment token (or deletes

@@ -156,8 +156,17 @@ def load_model(release: Release, model_path: Path, golden_path: Path, threads: i
     except Exception as err:  # a model that crashes on its own probe set is not swapped in
         raise ModelRefused("golden_mismatch",
                            f"{variant['id']}: golden probe failed to run: {first_line(err)}") from None
-    expected = float((variant.get("metrics") or {}).get("golden", {}).get("agreement", 1.0))
-    result = check_golden(outputs, golden, classification, expected, golden_slack)
+    result = check_golden(outputs, golden, classification, expected_agreement(variant), golden_slack)
     if not result.passed:
         raise ModelRefused("golden_mismatch", f"{variant['id']} v{release.version}: {result.reason}")
     return LoadedModel(release, runner, input_names, output_names, classification, result, load_seconds)
+
+
+def expected_agreement(variant: dict[str, Any]) -> float:
+    """The golden agreement the converter measured for ``variant`` (``metrics.golden.agreement``);
+    1.0, the strictest, when the manifest does not give it as a number."""
+    golden = (variant.get("metrics") or {}).get("golden")
+    agreement = golden.get("agreement") if isinstance(golden, dict) else None
+    if isinstance(agreement, bool) or not isinstance(agreement, (int, float)):
+        return 1.0
+    return float(agreement)

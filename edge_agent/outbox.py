@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -99,9 +100,10 @@ class Outbox:
 
     def _open(self) -> sqlite3.Connection:
         try:
+            _private(self.path)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self._busy_timeout_seconds)
-        except sqlite3.Error as err:
+        except (sqlite3.Error, OSError) as err:
             raise OutboxError(f"outbox {self.path}: cannot open: {err}") from err
         try:
             if self._max_page_count is not None:
@@ -355,3 +357,14 @@ def _move_aside(path: Path) -> Path:
         wal.replace(aside.with_name(aside.name + "-wal"))
     path.with_name(path.name + "-shm").unlink(missing_ok=True)
     return aside
+
+
+def _private(path: Path) -> None:
+    """Create the outbox file readable by its owner only (0600), or make an existing one so:
+    reports name the device, its model and what it saw. SQLite creates the ``-wal`` and ``-shm``
+    files with the database file's mode, so they follow."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)

@@ -18,9 +18,12 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent.backoff import retry_after_seconds
 from edge_agent.transport import Transport
 
 USER_AGENT = "edgeship-agent/1"
+#: the assignment's hint that this device's credential is old enough to rotate (protocol §2.3)
+ROTATE_HEADER = "Edgeship-Rotate-Credential"
 
 
 class ServerError(Exception):
@@ -28,7 +31,16 @@ class ServerError(Exception):
 
 
 class ServerUnavailable(ServerError):
-    """The server could not be reached or answered 5xx / 429: try again later."""
+    """The server could not be reached or answered 5xx / 429: try again later.
+
+    Attributes:
+        retry_after_seconds: the answer's ``Retry-After`` in seconds, if it had one (a 429 of the
+            rate limits, a 503 of a busy database): the device waits at least this long.
+    """
+
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class ServerRejected(ServerError):
@@ -37,18 +49,23 @@ class ServerRejected(ServerError):
     Attributes:
         status: HTTP status.
         error: the server's short error code (``no_variant``, ``unauthorized``...).
+        retry_after_seconds: the answer's ``Retry-After`` in seconds, if it had one (a pending
+            device's 403 says when to ask again).
     """
 
-    def __init__(self, message: str, status: int, error: str = "") -> None:
+    def __init__(self, message: str, status: int, error: str = "",
+                 retry_after_seconds: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
+        self.retry_after_seconds = retry_after_seconds
 
 
 @dataclass(frozen=True)
 class Registration:
     device_id: str
     credential: str
+    pending: bool = False  # the device waits for an operator to accept it
 
 
 class ServerApi:
@@ -66,6 +83,8 @@ class ServerApi:
         self.timeout_seconds = timeout_seconds
         self.transport = transport or Transport(self.base_url)
         self.credential: str | None = None
+        #: the last assignment answer (200 or 304) asked this device to rotate its credential
+        self.rotation_requested = False
 
     def url(self, path: str) -> str:
         """Absolute URL of a server path such as ``/v1/artifacts/<sha>`` (an absolute URL stays as it is)."""
@@ -82,18 +101,40 @@ class ServerApi:
         """Enroll this device; ``device`` holds device_class, arch, os, ram_bytes, runtimes."""
         _, _, body = self._request("POST", "/v1/devices/register",
                                         {"enrollment_token": enrollment_token, **device}, auth=False)
-        return Registration(device_id=str(body["device_id"]), credential=str(body["credential"]))
+        return Registration(device_id=str(body["device_id"]), credential=str(body["credential"]),
+                            pending=body.get("state") == "pending")
 
-    def assignment(self, device_id: str, model: str, etag: str | None) -> tuple[dict | None, str | None]:
-        """The current assignment, or ``(None, etag)`` when unchanged since ``etag`` (304)."""
-        query = urllib.parse.urlencode({"model": model})
+    def rotate_credential(self, device_id: str) -> str:
+        """A new credential for this device (the current one stays valid until the new one is used)."""
+        _, _, body = self._request("POST", f"/v1/devices/{urllib.parse.quote(device_id)}/credential")
+        credential = body.get("credential") if isinstance(body, dict) else None
+        if not isinstance(credential, str) or not credential:
+            raise ServerUnavailable("credential rotation: the answer holds no credential")
+        return credential
+
+    def assignment(self, device_id: str, model: str, etag: str | None, exclude_version: str | None = None,
+                   exclude: list[str] | None = None) -> tuple[dict | None, str | None]:
+        """The current assignment, or ``(None, etag)`` when unchanged since ``etag`` (304).
+
+        ``exclude`` names variants of release ``exclude_version`` this device refused: the
+        server then offers the next-best variant of that release (docs/protocol.md §3.1).
+        """
+        params: list[tuple[str, str]] = [("model", model)]
+        if exclude and exclude_version is not None:
+            params += [("exclude_version", exclude_version), *(("exclude", v) for v in exclude)]
+        query = urllib.parse.urlencode(params)
         headers = {"If-None-Match": f'"{etag}"'} if etag else {}
         status, response_headers, body = self._request(
             "GET", f"/v1/devices/{urllib.parse.quote(device_id)}/assignment?{query}", headers=headers)
         new_etag = (response_headers.get("ETag") or "").strip('"') or None
+        self.rotation_requested = response_headers.get(ROTATE_HEADER) == "1"
         if status == 304:
             return None, etag
         return body, new_etag
+
+    def update_runtimes(self, device_id: str, runtimes: dict[str, str]) -> None:
+        """Tell the server which runtimes this device loads now (they changed since registration)."""
+        self._request("PUT", f"/v1/devices/{urllib.parse.quote(device_id)}/runtimes", {"runtimes": runtimes})
 
     def post_reports(self, reports: list[dict[str, Any]]) -> set[str]:
         """Send a batch; returns the ids the server now holds (accepted now or before)."""
@@ -119,9 +160,10 @@ class ServerApi:
                 return 304, err.headers, None
             detail, code = _error_detail(err)
             message = f"{method} {path}: HTTP {err.code}: {detail}"
+            retry_after = retry_after_seconds((err.headers or {}).get("Retry-After"))
             if err.code >= 500 or err.code == 429 or 300 <= err.code < 400:  # 3xx: a redirect not followed
-                raise ServerUnavailable(message) from None
-            raise ServerRejected(message, err.code, code) from None
+                raise ServerUnavailable(message, retry_after) from None
+            raise ServerRejected(message, err.code, code, retry_after) from None
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             reason = getattr(err, "reason", err)
             raise ServerUnavailable(f"{method} {self.base_url}{path}: {reason}") from None

@@ -42,12 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeship", description="On-device model deployment and A/B rollout."
     )
+    parser.add_argument("--version", action="version", version=f"edgeship {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_converter(sub)
     add_server(sub)
     add_agent(sub)
     add_demo(sub)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (what a bug report should name)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgeship")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":

@@ -131,6 +131,7 @@ def promtool_cases() -> list[dict[str, Any]]:
     rejected = "EdgeshipReportsRejected"
     controller = "EdgeshipControllerErrors"
     devices = "EdgeshipFleetDevicesDropping"
+    limited = "EdgeshipClientsRateLimited"
     return [
         _case("a healthy fleet with an active rollout fires nothing", _healthy_fleet(),
               *(_check(at, alert.name) for alert in ALERTS for at in ("15m", "45m"))),
@@ -204,6 +205,15 @@ def promtool_cases() -> list[dict[str, Any]]:
               [_series("edgeship_controller_errors_total", _counter(1), reason="pass_failed"),
                _series("edgeship_controller_errors_total", "0x20 1x40", reason="analysis_error")],
               _check("30m", controller, expect(controller, "15", reason="pass_failed"))),
+        _case("rate limited: a locked-out client knocking every few seconds fires; a short burst does not",
+              [_series("edgeship_rate_limited_total", _counter(5), route_group="operator",
+                       reason="auth_failures"),
+               _series("edgeship_rate_limited_total", "0x20 10x40", route_group="register",
+                       reason="registration_rate"),
+               _series("edgeship_rate_limited_total", f"0x{MINUTES}", route_group="device",
+                       reason="auth_failures")],
+              _check("3m", limited),
+              _check("30m", limited, expect(limited, "75", route_group="operator", reason="auth_failures"))),
         _case("fleet devices: a halved class and a vanished class fire; small and steady classes do not",
               [_series("edgeship_active_devices", "100x30 50x30", device_class="rpi4"),
                _series("edgeship_active_devices", "100x30 stale", device_class="android"),

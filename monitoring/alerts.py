@@ -41,6 +41,10 @@ STALLED_FOR = "6h"
 REJECTED_REPORTS = 10
 #: controller errors in the window that alert (a single transient failure does not).
 CONTROLLER_ERRORS = 3
+#: requests refused 429 by the per-client limits in ``RATE_LIMITED_WINDOW`` that alert (a client
+#: that keeps knocking while locked out; one burst of a few refusals does not).
+RATE_LIMITED_REQUESTS = 30
+RATE_LIMITED_WINDOW = "15m"
 #: share of a device class's active devices lost since ``DEVICES_OFFSET`` ago that alerts.
 DEVICES_DROP = 0.25
 DEVICES_OFFSET = "30m"
@@ -200,6 +204,21 @@ ALERTS: tuple[AlertRule, ...] = (
             "the last 15m. While it fails, rollouts are not analysed and bad canaries are not rolled "
             "back; after 4 error windows in a row a rollout pauses. Read the server log "
             "(\"controller pass failed\") and the rollout's verdicts."),
+    ),
+    AlertRule(
+        name="EdgeshipClientsRateLimited",
+        group="edgeship-server",
+        expr=f"{render('rate_limited_increase', window=RATE_LIMITED_WINDOW)} >= {RATE_LIMITED_REQUESTS}",
+        for_="0m",
+        severity="warning",
+        summary="Clients refused 429 on {{ $labels.route_group }} routes ({{ $labels.reason }})",
+        description=(
+            "{{ $value | printf \"%.0f\" }} requests to {{ $labels.route_group }} routes were refused 429 "
+            "({{ $labels.reason }}) in the last 15m. auth_failures: an address failed authentication "
+            "too often and is locked out: someone is guessing tokens, or devices behind one address "
+            "(a NAT) have a wrong or revoked credential or enrollment token. registration_rate: one "
+            "address registers devices faster than REGISTER_RATE_PER_MINUTE. The audit log names the "
+            "address (action rate_limited); edgeship_auth_failures_total says which credential failed."),
     ),
     AlertRule(
         name="EdgeshipFleetDevicesDropping",

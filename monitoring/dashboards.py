@@ -62,6 +62,11 @@ def fleet_overview() -> dict[str, Any]:
             Panel("Controller errors", (_t("controller_errors_increase", **OVER_RANGE),), kind="stat",
                   width=8, height=8, text_mode="value_and_name",
                   thresholds=((None, "green"), (1, "red"))),
+            Panel("Refused (429) and failed (401) requests",
+                  (_t("rate_limited_rate"), _t("auth_failures_rate")),
+                  description="Requests the per-client limits refused (429, by route group and reason) "
+                              "and requests answered 401 (by the credential that failed). An address "
+                              "with too many 401s is locked out: docs/rollout-server.md."),
         ],
     )
 

@@ -309,6 +309,18 @@ QUERIES: dict[str, Query] = {
         _over("increase", "edgeship_controller_errors_total", "reason", 'reason=~".+"'),
         "Rollout controller errors in the window by reason (failed passes, analysis windows that "
         "ended in an error verdict).", "short", "{{reason}}"),
+    # the perimeter: per-client limits
+    "rate_limited_increase": Query(
+        _over("increase", "edgeship_rate_limited_total", "route_group, reason", 'reason=~".+"'),
+        "Requests refused 429 by the per-client limits in the window, by route group and reason "
+        "(registration_rate, auth_failures).", "short", "{{route_group}} {{reason}}"),
+    "rate_limited_rate": Query(
+        _over("rate", "edgeship_rate_limited_total", "route_group, reason", 'reason=~".+"'),
+        "Requests refused 429 per second, by route group and reason.", "reqps",
+        "429 {{route_group}} {{reason}}"),
+    "auth_failures_rate": Query(
+        _over("rate", "edgeship_auth_failures_total", "reason", 'reason=~".+"'),
+        "Requests answered 401 per second, by the credential that failed.", "reqps", "401 {{reason}}"),
     # devices
     "active_devices": Query(
         _devices(offset=False), "Devices that checked in within the last 5 minutes, per device class.",

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask
 
-from rollout_server import body_limits, hot_cache
+from rollout_server import body_limits, hot_cache, rate_limits
 from rollout_server.artifact_store import app_store
 from rollout_server.auth import ensure_first_tokens
 from rollout_server.config import apply_config
@@ -39,6 +39,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     apply_config(app, config)
     Path(app.config["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     register_error_handlers(app)
+    rate_limits.init_app(app)  # first: a locked-out client is refused before anything else
     body_limits.init_app(app)
     init_db(app)
     hot_cache.init_app(app)

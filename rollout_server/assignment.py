@@ -10,6 +10,11 @@ whose measured peak memory fits in half the device's RAM,
    accuracy gates, so the fastest is the best);
 3. then the smallest file; then the variant id, so the choice is deterministic.
 
+A device that could not load the chosen variant names it in its next poll
+(:func:`refused_variants`): the choice then skips it and offers the next-best variant of the
+**same** release. The exclusion never changes the release or cohort (they are chosen first) and
+only removes candidates, so a device cannot get anything it could not be assigned anyway.
+
 The choice is a pure function of its inputs (no database, no cache, no clock), so it can be
 tested and remembered freely: :mod:`rollout_server.hot_cache` reads the release once (releases
 never change once published), calls :func:`choose_variant` and keeps the answer per kind of
@@ -19,7 +24,7 @@ and :class:`RolloutFacts` (the cache's snapshots).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -102,14 +107,30 @@ def can_run(device: DeviceFacts, variant: VariantInfo) -> bool:
     return not (device.ram_bytes and variant.peak_rss_bytes > device.ram_bytes * MEMORY_SHARE)
 
 
-def choose_variant(release: ReleaseInfo, device: DeviceFacts) -> VariantInfo | None:
-    """The preferred variant of ``release`` for ``device`` (module docstring), or None."""
+def choose_variant(release: ReleaseInfo, device: DeviceFacts,
+                   excluded: frozenset[str] = frozenset()) -> VariantInfo | None:
+    """The preferred variant of ``release`` for ``device`` (module docstring), or None.
+
+    Args:
+        excluded: ids of variants of ``release`` the device refused (:func:`refused_variants`).
+    """
     candidates = [
-        v for v in release.variants if v.validation in ("passed", "not_validated") and can_run(device, v)
+        v for v in release.variants
+        if v.validation in ("passed", "not_validated") and v.variant_id not in excluded and can_run(device, v)
     ]
     if not candidates:
         return None
     return min(candidates, key=lambda v: (v.validation != "passed", v.p50_ms, v.size_bytes, v.variant_id))
+
+
+def refused_variants(release: ReleaseInfo, version: str | None, variant_ids: Iterable[str]) -> frozenset[str]:
+    """The ids among ``variant_ids`` that name variants of ``release``, if the device refused them
+    in that release (``version`` is its version); else none: a refusal of another release (the
+    device was moved since) says nothing about this one."""
+    if version != release.version:
+        return frozenset()
+    known = {v.variant_id for v in release.variants}
+    return frozenset(v for v in variant_ids if v in known)
 
 
 def cohort_for(device: DeviceFacts, rollout: RolloutFacts) -> str:

@@ -2,7 +2,10 @@
 
 Tokens are 32 random bytes (urlsafe base64); only their sha256 is stored. Roles are ordered
 ``viewer < publisher < operator < admin``; an enrollment token can only register devices and a
-device credential only reads its own assignment, downloads artifacts and posts its reports.
+device credential only reads its own assignment, downloads the artifacts of releases it was
+assigned, posts its reports and rotates itself. Any token may expire; a device credential is
+refused for good once its device is revoked or rejected, and answers 403 while the device waits
+for an operator (docs/protocol.md §2).
 """
 
 from __future__ import annotations
@@ -20,16 +23,21 @@ from flask import Flask, current_app, g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rollout_server import db_files, hot_cache
+from rollout_server import clock, db_files, hot_cache
 from rollout_server.db import db, in_memory
 from rollout_server.db_files import FIRST_START_FILE
-from rollout_server.errors import Forbidden, Unauthorized
+from rollout_server.errors import Conflict, Forbidden, Unauthorized
 from rollout_server.hot_cache import DeviceSnapshot
 from rollout_server.models import AuditEntry, Token
 
 ROLES = ("viewer", "publisher", "operator", "admin")
 ENROLL = "enroll"
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``error`` of the device routes' refusals (docs/protocol.md §2.4): the agent acts on each.
+DEVICE_REVOKED, DEVICE_REJECTED, DEVICE_PENDING = "device_revoked", "device_rejected", "device_pending"
+#: ``Device.admission`` values.
+PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
 
 
 def new_secret() -> str:
@@ -51,13 +59,24 @@ def bearer() -> str:
     return value.strip()
 
 
-def create_token(session: Session, name: str, role: str) -> str:
+def create_token(session: Session, name: str, role: str, **policy: Any) -> str:
     """Create a token and return its secret (shown once, stored hashed)."""
+    return issue_token(session, name, role, **policy)[1]
+
+
+def issue_token(session: Session, name: str, role: str, **policy: Any) -> tuple[Token, str]:
+    """Add a token (flushed: it has its id) and return it with its secret.
+
+    ``policy``: :class:`~rollout_server.models.Token` columns such as ``expires_at``,
+    ``max_uses``, ``device_classes``, ``admission``.
+    """
     if role not in (*ROLES, ENROLL):
         raise ValueError(f"role {role!r} is not one of {', '.join((*ROLES, ENROLL))}")
     secret = new_secret()
-    session.add(Token(name=name, role=role, token_hash=hash_secret(secret)))
-    return secret
+    token = Token(name=name, role=role, token_hash=hash_secret(secret), uses=0, **policy)
+    session.add(token)
+    session.flush()
+    return token, secret
 
 
 def operator_token(minimum: str) -> Token:
@@ -65,9 +84,30 @@ def operator_token(minimum: str) -> Token:
     token = db().scalar(select(Token).where(Token.token_hash == hash_secret(bearer())))
     if token is None or token.revoked or token.role == ENROLL:
         raise Unauthorized("unknown or revoked token")
+    if clock.expired(token.expires_at, clock.now()):
+        raise Unauthorized(f"token {token.name!r} expired at {clock.as_utc(token.expires_at).isoformat()}",
+                           error="token_expired")
     if ROLES.index(token.role) < ROLES.index(minimum):
         raise Forbidden(f"role {token.role!r} may not do this; needs {minimum!r} or higher")
     return token
+
+
+def keep_an_admin(session: Session) -> None:
+    """Refuse (409 ``last_admin``) a change that leaves no usable admin token that never expires:
+    with none, the server could only be administered again by editing its database. Call it
+    after the change is flushed, in its transaction; the admin rows are locked first (PostgreSQL),
+    so two concurrent revocations cannot each leave the other's token as the last one."""
+    admins = select(Token.id).where(Token.role == "admin", Token.revoked.is_(False),
+                                    Token.expires_at.is_(None))
+    if not session.scalars(admins.with_for_update()).first():
+        raise Conflict("this would leave no admin token that never expires; create another admin token "
+                       "without expires_in_seconds first", error="last_admin")
+
+
+def lock_admins(session: Session) -> None:
+    """Lock the admin tokens' rows (PostgreSQL; SQLite has one writer anyway) before a change that
+    :func:`keep_an_admin` checks."""
+    session.scalars(select(Token.id).where(Token.role == "admin").with_for_update()).all()
 
 
 def requires_role(minimum: str) -> Callable[[F], F]:
@@ -84,20 +124,43 @@ def requires_role(minimum: str) -> Callable[[F], F]:
     return decorate
 
 
-def current_device(device_id: str | None = None) -> DeviceSnapshot:
+def current_device(device_id: str | None = None, *, pending_ok: bool = False) -> DeviceSnapshot:
     """The device whose credential the request carries; it may only act as itself.
 
     Read through the per-process cache (:mod:`rollout_server.hot_cache`): a credential revoked
-    by another worker or replica is refused within ``ASSIGNMENT_CACHE_SECONDS``.
+    by another worker or replica is refused within ``ASSIGNMENT_CACHE_SECONDS``. A credential
+    rotated away from is accepted until its grace ends or the new one is first used (which
+    retires it). A pending device is refused (403 ``device_pending``) unless ``pending_ok``.
     """
-    device = hot_cache.of(current_app).device(hash_secret(bearer()))
+    cache = hot_cache.of(current_app)
+    device = cache.device(hash_secret(bearer()))
     if device is None:
         raise Unauthorized("unknown device credential")
-    if device.revoked:  # a distinct reason: the agent stops instead of enrolling itself again
-        raise Unauthorized("this device was revoked by an operator", error="device_revoked")
+    if device.by_previous and (device.previous_expires is None
+                               or device.previous_expires <= clock.now().timestamp()):
+        raise Unauthorized("unknown device credential")  # rotated away from, and its grace is over
+    if device.revoked or device.admission == REJECTED:  # distinct reasons: the agent stops for good
+        if device.admission == REJECTED:
+            raise Unauthorized("an operator rejected this device", error=DEVICE_REJECTED)
+        raise Unauthorized("this device was revoked by an operator", error=DEVICE_REVOKED)
     if device_id is not None and not hmac.compare_digest(device.id.encode(), device_id.encode()):
         raise Forbidden("a device may only act as itself")
+    if device.admission == PENDING and not pending_ok:
+        raise DevicePending(current_app.config["PENDING_RETRY_SECONDS"])
+    if device.has_previous and not device.by_previous:
+        cache.retire_previous_credential(device)  # the new credential is in use: the old one is done
     return device
+
+
+class DevicePending(Forbidden):
+    """403 ``device_pending``: registered, waiting for an operator; ask again after ``Retry-After``."""
+
+    error = DEVICE_PENDING
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__("this device waits for an operator to accept it (edgeship devices accept); "
+                         "keep the credential and ask again later")
+        self.retry_after = int(retry_after_seconds)
 
 
 def audit(action: str, target: str, **detail: Any) -> None:

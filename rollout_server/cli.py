@@ -1,5 +1,5 @@
 """The rollout server's subcommands of ``edgeship``: ``server``, ``publish``, ``models``,
-``rollout`` and ``simulate``.
+``rollout``, ``simulate``, and ``devices`` / ``tokens`` (:mod:`rollout_server.admin_cli`).
 
 Registered by :func:`edgeship.cli.build_parser`; imports stay inside the ``_run_*`` functions
 so ``edgeship --help`` loads neither Flask nor SQLAlchemy.
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 
+from rollout_server.cli_connection import client as _client
+from rollout_server.cli_connection import connection_args as _connection_args
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``server``, ``publish``, ``models``, ``rollout`` and ``simulate`` to the subcommands."""
@@ -17,26 +20,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_models(sub)
     _add_rollout(sub)
     _add_simulate(sub)
+    from rollout_server.admin_cli import add_parsers as add_admin
 
-
-def _connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=None, metavar="URL",
-                   help="server base URL, e.g. http://127.0.0.1:8080 (default: $EDGESHIP_SERVER)")
-    p.add_argument("--token", default=None, help="operator token (default: $EDGESHIP_TOKEN)")
-
-
-def _client(args: argparse.Namespace):
-    import os
-
-    from rollout_server.client import ENV_SERVER, ENV_TOKEN, ClientError, ServerClient, default_token
-
-    server = args.server or os.environ.get(ENV_SERVER)
-    token = default_token(args.token)
-    if not server:
-        raise ClientError(0, "usage", f"no server: pass --server URL or set {ENV_SERVER}")
-    if not token:
-        raise ClientError(0, "usage", f"no token: pass --token or set {ENV_TOKEN}")
-    return ServerClient(server, token)
+    add_admin(sub)
 
 
 def _add_server(sub: argparse._SubParsersAction) -> None:
@@ -52,17 +38,23 @@ def _add_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     p.add_argument("--workers", type=int, default=1,
-                   help="worker processes; more than 1 runs gunicorn (default: 1)")
+                   help="worker processes; 1 also runs the rollout controller, K run one each (default: 1)")
     p.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                    help="publisher public key (.pub) whose releases are accepted; repeatable "
                    "(default: $EDGESHIP_TRUSTED_KEYS)")
+    p.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="serve HTTPS with this certificate (chain) file; needs --tls-key")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key file")
     p.set_defaults(run=_run_server)
 
 
 def _run_server(args: argparse.Namespace) -> int:
-    from rollout_server.serve import serve
+    from rollout_server.serve import ServerSettingsError, serve
 
-    serve(args.host, args.port, args.workers, args.db, args.data_dir, args.trusted_key)
+    if args.workers < 1:
+        raise ServerSettingsError("--workers must be at least 1")
+    serve(args.host, args.port, args.workers, args.db, args.data_dir, args.trusted_key,
+          tls_cert=args.tls_cert, tls_key=args.tls_key)
     return 0
 
 
@@ -199,6 +191,9 @@ def _print_status(status: dict, verdicts: int) -> None:
     print(f"rollout #{status['id']}: {status['model']} {status['baseline']} -> {status['candidate']}")
     print(f"  phase {status['phase']}, stage {status['stage']}/{status['stages']}, "
           f"canary {status['canary_percent']:g}%")
+    if status.get("devices"):
+        print(f"  devices active in the stage: {status['devices']['canary']} canary, "
+              f"{status['devices']['stable']} stable")
     if status.get("reason"):
         print(f"  reason: {status['reason']}")
     for v in status.get("verdicts", [])[:verdicts]:
@@ -217,7 +212,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", default=None, metavar="URL",
                    help="server base URL on loopback, e.g. http://127.0.0.1:8080 (default: $EDGESHIP_SERVER)")
     p.add_argument("--enroll-token", default=None, metavar="T",
-                   help="enrollment token (default: $EDGESHIP_ENROLL_TOKEN)")
+                   help="enrollment token (default: --enroll-token-file, then $EDGESHIP_ENROLL_TOKEN)")
+    p.add_argument("--enroll-token-file", default=None, metavar="PATH",
+                   help="read the enrollment token from this file (mode 0600)")
     p.add_argument("--model", required=True, help="model the devices poll for")
     p.add_argument("--devices", type=int, default=100, help="fleet size (default: 100)")
     p.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
@@ -245,12 +242,18 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--watch-rollout", type=int, default=None, metavar="ID",
                    help="follow this rollout and stop when it ends (needs --token)")
     p.add_argument("--token", default=None,
-                   help="operator token for --watch-rollout (default: $EDGESHIP_TOKEN)")
+                   help="operator token for --watch-rollout (default: --token-file, then $EDGESHIP_TOKEN)")
+    p.add_argument("--token-file", default=None, metavar="PATH",
+                   help="read the operator token for --watch-rollout from this file")
     p.add_argument("--json-out", default=None, metavar="FILE", help="also write the summary as JSON")
     p.set_defaults(run=_run_simulate)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
+    from rollout_server.client import ENV_ENROLL_TOKEN, default_token
     from rollout_server.simulator.cli import run
 
+    args.enroll_token = default_token(args.enroll_token, args.enroll_token_file, env=ENV_ENROLL_TOKEN)
+    if args.watch_rollout is not None:
+        args.token = default_token(args.token, args.token_file)
     return run(args)

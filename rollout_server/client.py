@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from edgeship.contract.errors import EdgeshipError
+from edgeship.contract.secret_files import read_secret_file
 
 MANIFEST_FILE = "manifest.json"
 ENV_TOKEN = "EDGESHIP_TOKEN"
+ENV_ENROLL_TOKEN = "EDGESHIP_ENROLL_TOKEN"
 ENV_SERVER = "EDGESHIP_SERVER"
 
 
@@ -196,6 +199,11 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
 
 
-def default_token(flag: str | None) -> str | None:
-    """``--token`` or ``$EDGESHIP_TOKEN``."""
-    return flag or os.environ.get(ENV_TOKEN) or None
+def default_token(flag: str | None, file: str | Path | None = None, env: str = ENV_TOKEN) -> str | None:
+    """``--token``, else the token in ``--token-file`` (a warning on stderr if others may read
+    it), else ``$EDGESHIP_TOKEN`` (``env``)."""
+    if flag:
+        return flag
+    if file:
+        return read_secret_file(file, warn=lambda line: print(f"edgeship: warning: {line}", file=sys.stderr))
+    return os.environ.get(env) or None

@@ -28,6 +28,20 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REQUEST_BYTES": 64 * 1024,
     # How deeply a JSON body may nest arrays and objects (400 past it; the API needs 6).
     "MAX_JSON_DEPTH": 32,
+    # Per-client limits (rollout_server/rate_limits.py; 0 turns one off). Registrations: a burst,
+    # then a steady rate per minute. Failed authentications: this many within the window lock
+    # the client's new credentials and registrations out for up to the window.
+    "REGISTER_BURST": 1000,
+    "REGISTER_RATE_PER_MINUTE": 600,
+    "AUTH_FAILURE_LIMIT": 100,
+    "AUTH_FAILURE_WINDOW_SECONDS": 300,
+    # Clients (and working credentials) each process remembers; the least recently seen go first.
+    "RATE_LIMIT_MAX_CLIENTS": 65_536,
+    # IPv6 clients are counted per network of this prefix length (a host may hold a whole /64).
+    "RATE_LIMIT_IPV6_PREFIX": 64,
+    # Proxies in front of the server that append to X-Forwarded-For (0: the header is ignored;
+    # more than there really are lets clients pick their own address).
+    "TRUSTED_PROXY_COUNT": 0,
     # How long a SQLite write waits for another writer's lock before the request is answered
     # 503 database_busy with Retry-After (seconds).
     "DATABASE_BUSY_TIMEOUT_SECONDS": 30,
@@ -44,6 +58,27 @@ DEFAULTS: dict[str, Any] = {
     "BASELINE_REPORTS": 120,
     # Start the controller loop inside the server process (off in tests, which step it).
     "CONTROLLER_ENABLED": True,
+    # `edgeship server` (rollout_server/serve.py): a request's headers must arrive within this
+    # (seconds, else 408 and the connection closed); its body within the grace plus 1 s per
+    # BODY_MIN_BYTES_PER_SECOND received (as Apache's mod_reqtimeout). Threads per process run
+    # the app on fully received requests only.
+    "HEADER_TIMEOUT_SECONDS": 20,
+    "BODY_TIMEOUT_SECONDS": 20,
+    "BODY_MIN_BYTES_PER_SECOND": 500,
+    "SERVER_THREADS": 8,
+    # Devices (docs/protocol.md §2): "auto" admits a newly registered device at once; "manual"
+    # keeps it pending (403 device_pending) until an operator accepts it. An enrollment token may
+    # say otherwise for the devices it enrolls.
+    "DEVICE_ADMISSION": "auto",
+    # How often a pending device is told to ask again (its Retry-After, seconds).
+    "PENDING_RETRY_SECONDS": 60,
+    # After a credential rotation the old credential works until the new one is first used, at
+    # most this long (seconds); a credential older than the max age is told to rotate (0: never).
+    "CREDENTIAL_GRACE_SECONDS": 7 * 86400,
+    "CREDENTIAL_MAX_AGE_SECONDS": 90 * 86400,
+    # The server's wall clock for token expiry and credential ages: None is the real one; tests
+    # pass a callable returning an aware UTC datetime (rollout_server/clock.py).
+    "CLOCK": None,
 }
 
 
@@ -60,3 +95,6 @@ def apply_config(app: Any, overrides: dict[str, Any] | None) -> None:
         app.config["DATABASE_URL"] = f"sqlite:///{data_dir / 'edgeship.db'}"
     # the app-wide limit is the smallest; each route's own is set per request (body_limits.py)
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_REQUEST_BYTES"]
+    if app.config["DEVICE_ADMISSION"] not in ("auto", "manual"):
+        raise ValueError(f"DEVICE_ADMISSION must be 'auto' or 'manual', not "
+                         f"{app.config['DEVICE_ADMISSION']!r}")

@@ -34,6 +34,7 @@ from rollout_server.bucketing import assign_cohort
 from rollout_server.config import DEFAULTS
 from rollout_server.counters import bump
 from rollout_server.db import session_scope
+from rollout_server.db_files import database_file_problem
 from rollout_server.device_rows import BaselineCache, arm_fields, stage_devices
 from rollout_server.hot_cache import LAST_SEEN_RESOLUTION_SECONDS
 from rollout_server.models import AuditEntry, Device, Report, Rollout, Verdict, utcnow
@@ -83,22 +84,31 @@ def load_sample_ratio(session: Session, rollout: Rollout, state: RolloutState,
             or now.timestamp() - state.stage_started_at < SRM_GRACE_SECONDS):
         return None
     since = dt.datetime.fromtimestamp(state.stage_started_at, dt.timezone.utc)
-    seen_since = since - dt.timedelta(seconds=LAST_SEEN_RESOLUTION_SECONDS)
-    active = dict(session.execute(select(Device.id, Device.device_class)
-                                  .where(Device.last_seen_at >= seen_since, Device.revoked.is_(False))).all())
     reporting = dict(session.execute(select(Report.device_id, func.min(Report.device_class))
                                      .where(Report.rollout_id == rollout.id, Report.window_end > since)
                                      .group_by(Report.device_id)).all())
-    stratify = bool(rollout.spec.get("stratify"))
-
-    def canary(device_id: str, device_class: str) -> bool:
-        return assign_cohort(rollout.salt, device_id, percent, device_class if stratify else None) == "canary"
-
-    arms = {device: canary(device, device_class) for device, device_class in {**active, **reporting}.items()}
+    arms = assigned_arms(session, rollout, state, extra=reporting)
     canary_assigned = sum(arms.values())
     canary_reporting = sum(arms[d] for d in reporting)
     return sample_ratio(canary_assigned, canary_reporting, len(arms) - canary_assigned,
                         len(reporting) - canary_reporting, alpha=look_alpha(SRM_ALPHA, state.next_look))
+
+
+def assigned_arms(session: Session, rollout: Rollout, state: RolloutState,
+                  extra: dict[str, str] | None = None) -> dict[str, bool]:
+    """``{device id: in the canary}`` for the devices active in the current stage (seen since it
+    started, less the ``last_seen_at`` resolution; revoked ones left out) and those in ``extra``
+    (``{device id: device class}``), each put in an arm by the server's own bucketing at the
+    stage's share."""
+    percent = state.stage.percent
+    started = state.stage_started_at if state.stage_started_at is not None else utcnow().timestamp()
+    seen_since = (dt.datetime.fromtimestamp(started, dt.timezone.utc)
+                  - dt.timedelta(seconds=LAST_SEEN_RESOLUTION_SECONDS))
+    active = dict(session.execute(select(Device.id, Device.device_class)
+                                  .where(Device.last_seen_at >= seen_since, Device.revoked.is_(False))).all())
+    stratify = bool(rollout.spec.get("stratify"))
+    return {device: assign_cohort(rollout.salt, device, percent, cls if stratify else None) == "canary"
+            for device, cls in {**active, **(extra or {})}.items()}
 
 
 def load_measurements(session: Session, rollout: Rollout, state: RolloutState,
@@ -154,6 +164,8 @@ def step_rollout(
 
 def step_all(app: Flask, now: dt.datetime | None = None) -> dict[int, Decision]:
     """One controller pass over every active rollout; each in its own transaction."""
+    if database_file_problem(app) is not None:  # logged there; writes would land in a lost file
+        return {}
     now = now or utcnow()
     window = float(app.config["ANALYSIS_WINDOW_SECONDS"])
     baselines = app.extensions.get(BASELINES)

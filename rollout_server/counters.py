@@ -22,8 +22,18 @@ DEVICE_CHANGES = "device_changes"
 #: reasons of ``edgeship_reports_refused_total`` (counter ``reports_refused_<reason>``): reports
 #: whose claims the server's records contradict (:mod:`rollout_server.report_checks`).
 REPORT_REFUSALS = ("not_in_rollout", "cohort_mismatch", "window_out_of_range", "count_over_cap")
+#: (route group, reason) of ``edgeship_rate_limited_total`` (counter ``rate_limited_<group>_<reason>``):
+#: requests refused 429 by the per-client limits (:mod:`rollout_server.rate_limits`).
+RATE_LIMITED = (("register", "registration_rate"), ("register", "auth_failures"),
+                ("device", "auth_failures"), ("operator", "auth_failures"))
+#: reasons of ``edgeship_auth_failures_total`` (counter ``auth_failures_<reason>``): 401 answers, by
+#: the credential that failed, a device an operator refused apart (:mod:`rollout_server.rate_limits`).
+AUTH_FAILURES = ("missing_credential", "enrollment_token", "device_credential", "operator_token",
+                 "device_revoked", "device_rejected")
 COUNTERS = ("reports_duplicate", "reports_rejected", *(f"controller_errors_{r}" for r in CONTROLLER_ERRORS),
-            *(f"reports_refused_{r}" for r in REPORT_REFUSALS), DEVICE_CHANGES)
+            *(f"reports_refused_{r}" for r in REPORT_REFUSALS), DEVICE_CHANGES,
+            *(f"rate_limited_{group}_{reason}" for group, reason in RATE_LIMITED),
+            *(f"auth_failures_{reason}" for reason in AUTH_FAILURES))
 
 
 def ensure_counters(session: Session) -> None:

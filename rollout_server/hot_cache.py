@@ -2,7 +2,8 @@
 
 One :class:`HotCache` per app (``hot_cache.of(app)``), filled on demand:
 
-* devices by credential hash: a :class:`DeviceSnapshot` (id, class, RAM, runtimes, revoked);
+* devices by credential hash (their current one, or the previous one during a rotation's grace):
+  a :class:`DeviceSnapshot` (id, class, RAM, runtimes, revoked, admission, credential age);
 * models by name: a :class:`ModelState` (id, stable release id and the active rollout as a
   :class:`RolloutSnapshot`), read together in one query;
 * releases by id (immutable once published), the variant each kind of device gets from a release,
@@ -15,6 +16,8 @@ model caches off, every poll then reads the database):
   through the ORM (set stable, rollout create / pause / resume / promote / abort, controller
   decisions) empties the model cache; one that changed a device (revocation) empties the device
   cache. The commit hooks are on the app's ``sessionmaker``, so every write path is covered.
+  Writes that bypass the ORM (a credential rotation, retiring the previous credential) bump
+  ``device_changes`` themselves (:func:`note_device_change`).
 * **Other workers and replicas converge within the TTL.** A model entry (stable release, active
   rollout, its share) is read again once older than the TTL.
 * **A revoked credential is refused everywhere within the TTL.** Devices poll every few minutes,
@@ -27,21 +30,26 @@ model caches off, every poll then reads the database):
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import and_, bindparam, event, or_, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import and_, bindparam, event, func, or_, select, text, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from rollout_server.analysis import Phase, RolloutState
 from rollout_server.assignment import ReleaseInfo, VariantInfo, choose_variant
 from rollout_server.counters import DEVICE_CHANGES
 from rollout_server.models import Counter, Device, Model, Release, Rollout
+
+log = logging.getLogger(__name__)
 
 EXTENSION = "edgeship.hot_cache"
 #: ``devices.last_seen_at`` is written at most once per this many seconds per device and process.
@@ -55,10 +63,23 @@ MAX_DOCUMENTS = 4_096
 
 _devices, _models, _rollouts, _counters = (Device.__table__, Model.__table__, Rollout.__table__,
                                            Counter.__table__)
-DEVICE_BY_CREDENTIAL = select(
+_DEVICE_COLUMNS = (
     _devices.c.id, _devices.c.device_class, _devices.c.ram_bytes, _devices.c.runtimes,
-    _devices.c.revoked, _devices.c.last_seen_at,
-).where(_devices.c.credential_hash == bindparam("credential_hash"))
+    _devices.c.revoked, _devices.c.last_seen_at, _devices.c.admission,
+    _devices.c.previous_credential_hash.is_not(None).label("has_previous"),
+    _devices.c.previous_credential_expires_at,
+    func.coalesce(_devices.c.credential_issued_at, _devices.c.created_at).label("credential_issued_at"),
+)
+DEVICE_BY_CREDENTIAL = select(*_DEVICE_COLUMNS).where(
+    _devices.c.credential_hash == bindparam("credential_hash"))
+#: a credential rotated away from, still accepted until the new one is used (docs/protocol.md §2.3)
+DEVICE_BY_PREVIOUS_CREDENTIAL = select(*_DEVICE_COLUMNS).where(
+    _devices.c.previous_credential_hash == bindparam("credential_hash"))
+RETIRE_PREVIOUS_CREDENTIAL = (
+    update(_devices)
+    .where(_devices.c.id == bindparam("device_id"), _devices.c.previous_credential_hash.is_not(None))
+    .values(previous_credential_hash=None, previous_credential_expires_at=None)
+)
 MODEL_STATE = (
     select(_models.c.id, _models.c.stable_release_id, _rollouts.c.id.label("rollout_id"), _rollouts.c.salt,
            _rollouts.c.candidate_id, _rollouts.c.baseline_id, _rollouts.c.state, _rollouts.c.spec)
@@ -113,14 +134,27 @@ class DeviceSnapshot:
     revoked: bool
     last_seen: float | None  # ``last_seen_at`` as read, seconds since the epoch
     capabilities: tuple  # (runtimes, RAM): what the variant choice depends on
+    admission: str = "accepted"  # pending, accepted or rejected
+    #: the request's credential is the one the device rotated away from (accepted until
+    #: ``previous_expires``, seconds since the epoch, unless the new one was used since)
+    by_previous: bool = False
+    previous_expires: float | None = None
+    has_previous: bool = False  # the device's previous credential is still accepted
+    credential_issued: float | None = None  # seconds since the epoch
 
     @classmethod
-    def from_row(cls, row: Any, runtimes: dict[str, str], capabilities: tuple) -> DeviceSnapshot:
-        seen = row.last_seen_at
-        if seen is not None and seen.tzinfo is None:  # SQLite keeps no time zone; it is UTC
-            seen = seen.replace(tzinfo=dt.timezone.utc)
-        return cls(row.id, row.device_class, row.ram_bytes, runtimes, bool(row.revoked),
-                   seen.timestamp() if seen is not None else None, capabilities)
+    def from_row(cls, row: Any, runtimes: dict[str, str], capabilities: tuple,
+                 by_previous: bool = False) -> DeviceSnapshot:
+        seen, expires, issued = (_epoch(row.last_seen_at), _epoch(row.previous_credential_expires_at),
+                                 _epoch(row.credential_issued_at))
+        return cls(row.id, row.device_class, row.ram_bytes, runtimes, bool(row.revoked), seen, capabilities,
+                   row.admission, by_previous, expires, bool(row.has_previous), issued)
+
+
+def _epoch(value: dt.datetime | None) -> float | None:
+    if value is not None and value.tzinfo is None:  # SQLite keeps no time zone; it is UTC
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.timestamp() if value is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +264,13 @@ class HotCache:
             if entry is not None and now - entry[0] <= DEVICE_MAX_AGE_SECONDS:
                 return entry[1]
         generation = self._generation
+        by_previous = False
+        params = {"credential_hash": credential_hash}
         with self._engine.connect() as connection:
-            row = connection.execute(DEVICE_BY_CREDENTIAL, {"credential_hash": credential_hash}).first()
+            row = connection.execute(DEVICE_BY_CREDENTIAL, params).first()
+            if row is None:  # the credential it rotated away from, in its grace?
+                row = connection.execute(DEVICE_BY_PREVIOUS_CREDENTIAL, params).first()
+                by_previous = True
         if row is None:  # unknown credentials are not remembered: a registration is seen at once
             return None
         runtimes = dict(row.runtimes or {})
@@ -239,7 +278,7 @@ class HotCache:
         runtimes = self._runtimes.setdefault(key, runtimes)
         if len(self._runtimes) > MAX_DEVICES:
             self._runtimes.clear()
-        snapshot = DeviceSnapshot.from_row(row, runtimes, (key, row.ram_bytes))
+        snapshot = DeviceSnapshot.from_row(row, runtimes, (key, row.ram_bytes), by_previous)
         if self.enabled:
             self._store(self._devices, credential_hash, (now, snapshot), generation, MAX_DEVICES)
         return snapshot
@@ -253,6 +292,20 @@ class HotCache:
             self.invalidate(devices=True, models=False)
             self._device_changes = value
 
+    def retire_previous_credential(self, device: DeviceSnapshot) -> None:
+        """The device used its new credential: refuse the one it rotated away from, here at once
+        and in other processes within the TTL (``device_changes``, as for a revocation). A
+        write that fails is retried at the device's next request."""
+        try:
+            with self._engine.begin() as connection, _short_lock_wait(connection):
+                retired = connection.execute(RETIRE_PREVIOUS_CREDENTIAL, {"device_id": device.id}).rowcount
+                if retired:
+                    connection.execute(BUMP_DEVICE_CHANGES)
+        except OperationalError as err:
+            log.warning("previous credential of device %s not retired yet: %s", device.id, err.orig)
+            return
+        self.invalidate(devices=True, models=False)
+
     def touch(self, device: DeviceSnapshot) -> None:
         """Write ``last_seen_at`` when neither the row nor this process's last write is within
         :data:`LAST_SEEN_RESOLUTION_SECONDS` (one conditional UPDATE by id, not through the ORM,
@@ -265,8 +318,13 @@ class HotCache:
         self._seen[device.id] = now  # before writing, so concurrent polls of the device do not write
         seen_at = dt.datetime.fromtimestamp(now, dt.timezone.utc)
         cutoff = seen_at - dt.timedelta(seconds=LAST_SEEN_RESOLUTION_SECONDS)
-        with self._engine.begin() as connection:
-            connection.execute(TOUCH_DEVICE, {"device_id": device.id, "seen_at": seen_at, "cutoff": cutoff})
+        try:
+            with self._engine.begin() as connection, _short_lock_wait(connection):
+                connection.execute(TOUCH_DEVICE, {"device_id": device.id, "seen_at": seen_at,
+                                                  "cutoff": cutoff})
+        except OperationalError as err:  # locked or gone: the poll is answered all the same
+            self._seen.pop(device.id, None)
+            log.warning("last_seen_at of device %s not written: %s", device.id, err.orig)
 
     # -- models, releases, documents ---------------------------------------------------------------
 
@@ -310,12 +368,14 @@ class HotCache:
                 self._releases[release_id] = info
         return info
 
-    def variant(self, release: ReleaseInfo, device: DeviceSnapshot) -> VariantInfo | None:
-        """:func:`~rollout_server.assignment.choose_variant`, remembered per device capabilities."""
-        key = (release.id, device.capabilities)
+    def variant(self, release: ReleaseInfo, device: DeviceSnapshot,
+                excluded: frozenset[str] = frozenset()) -> VariantInfo | None:
+        """:func:`~rollout_server.assignment.choose_variant`, remembered per device capabilities
+        and refused variants (``excluded``: ids of variants of ``release`` only, so bounded)."""
+        key = (release.id, device.capabilities, excluded)
         found = self._variants.get(key, _MISSING)
         if found is _MISSING:
-            found = choose_variant(release, device)
+            found = choose_variant(release, device, excluded)
             with self._lock:
                 if len(self._variants) >= MAX_DOCUMENTS:
                     self._variants.clear()
@@ -358,6 +418,34 @@ class HotCache:
 _CHANGED = "edgeship.hot_cache.changed"
 
 
+#: how long the ``last_seen_at`` write waits for another transaction's lock before giving up.
+TOUCH_LOCK_WAIT_MS = 200
+
+
+@contextmanager
+def _short_lock_wait(connection: Connection) -> Iterator[None]:
+    """Let the ``last_seen_at`` write wait :data:`TOUCH_LOCK_WAIT_MS` for a lock, not the
+    database's busy timeout (30 s): it is bookkeeping, and a poll answered from the cache must
+    not hang behind a backup or a stuck writer. SQLite's busy timeout is per connection (set
+    back afterwards, the connection is pooled); PostgreSQL's ``lock_timeout`` is set for the
+    transaction only."""
+    if connection.dialect.name == "sqlite":
+        raw = connection.connection.driver_connection
+        previous = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+        raw.execute(f"PRAGMA busy_timeout = {TOUCH_LOCK_WAIT_MS}")
+        try:
+            yield
+        finally:
+            raw.execute(f"PRAGMA busy_timeout = {int(previous)}")
+        return
+    connection.execute(text(f"SET LOCAL lock_timeout = '{TOUCH_LOCK_WAIT_MS}ms'"))
+    yield
+
+
+#: the same short wait for other bookkeeping writes of a poll (rollout_server/device_access.py).
+short_lock_wait = _short_lock_wait
+
+
 def init_app(app: Flask) -> HotCache:
     """Create the app's cache and hook it to the app's sessions (after :func:`~rollout_server.db.init_db`)."""
     sessions = app.extensions["edgeship.sessions"]
@@ -370,6 +458,14 @@ def init_app(app: Flask) -> HotCache:
 def of(app: Flask) -> HotCache:
     """The app's cache."""
     return app.extensions[EXTENSION]
+
+
+def note_device_change(session: Session) -> None:
+    """For a device row changed without the ORM's unit of work (an ``UPDATE`` statement): count
+    it for the other processes in the same transaction, and empty this process's device cache
+    at commit, as an ORM change would."""
+    session.info.setdefault(_CHANGED, set()).add("devices")
+    session.execute(BUMP_DEVICE_CHANGES)
 
 
 def _watch_writes(sessions: sessionmaker, cache: HotCache) -> None:

@@ -78,7 +78,13 @@ class Variant(Base):
 
 
 class Token(Base):
-    """Operator tokens (viewer < publisher < operator < admin) and enrollment tokens."""
+    """Operator tokens (viewer < publisher < operator < admin) and enrollment tokens.
+
+    Any token may expire (``expires_at``). An enrollment token may also be limited to
+    ``max_uses`` registrations (``uses`` counts them, raised in the registration's transaction),
+    to some device classes, and may set the admission of the devices it enrolls
+    (``auto``/``manual``; None: the server's ``DEVICE_ADMISSION``).
+    """
 
     __tablename__ = "tokens"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -87,9 +93,22 @@ class Token(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    device_classes: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    admission: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Device(Base):
+    """An enrolled device.
+
+    ``admission`` is ``pending`` (waits for an operator), ``accepted`` or ``rejected``;
+    ``revoked`` is set by a revocation and by a rejection: a credential refused for good. After a
+    credential rotation the old credential's hash stays in ``previous_credential_hash`` until the
+    new one is first used or ``previous_credential_expires_at`` (docs/protocol.md §2.3).
+    """
+
     __tablename__ = "devices"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     device_class: Mapped[str] = mapped_column(String(32), index=True)
@@ -101,6 +120,25 @@ class Device(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    admission: Mapped[str] = mapped_column(String(16), default="accepted", index=True)
+    enrollment_token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # tokens.id
+    #: None for devices enrolled before credentials could rotate: then it is ``created_at``
+    credential_issued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True,
+                                                                     default=utcnow)
+    previous_credential_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True,
+                                                                 index=True)
+    previous_credential_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True),
+                                                                               nullable=True)
+
+
+class DeviceRelease(Base):
+    """A release the server assigned a device (as its release or its shadow candidate): the
+    artifacts a device credential may download (docs/protocol.md §5.1)."""
+
+    __tablename__ = "device_releases"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), primary_key=True)
+    assigned_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Rollout(Base):

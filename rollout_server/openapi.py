@@ -18,17 +18,18 @@ from typing import Any
 
 from edgeship.contract.reports import MAX_BATCH as MAX_REPORT_BATCH
 from rollout_server.api.rollouts import ACTIONS
-from rollout_server.auth import ENROLL, ROLES
 from rollout_server.openapi_schemas import (
     API_VERSION,
     BAD_JSON,
     DEVICE,
+    DEVICE_CLASS_PATTERN,
     MAX_ID,
     NAME_PATTERN,
     NO_DEVICE,
     NO_TOKEN,
     OPENAPI_VERSION,
     OPERATOR,
+    PENDING,
     SCHEMAS,
     SHA256_PATTERN,
     TIME,
@@ -50,6 +51,32 @@ MODEL_NAME = _path("name", {"type": "string", "minLength": 1}, "Model name.")
 VERSION = _path("version", {"type": "string", "minLength": 1}, "Release version.")
 ROLLOUT_ID = _path("rollout_id", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, "Rollout id.")
 DEVICE_ID = _path("device_id", {"type": "string", "minLength": 1}, "Device id (from registration).")
+TOKEN_ID = _path("token_id", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, "Token id.")
+#: the assignment's hint that the credential is older than CREDENTIAL_MAX_AGE_SECONDS.
+ROTATE_HINT = {"Edgeship-Rotate-Credential": {
+    "required": False, "schema": {"type": "string", "enum": ["1"]},
+    "description": "Present when the credential is older than CREDENTIAL_MAX_AGE_SECONDS: rotate it "
+                   "(POST /v1/devices/{device_id}/credential)."}}
+RUNTIMES = SCHEMAS["DeviceRegistration"]["properties"]["runtimes"]
+
+
+LAST_ADMIN = (409, "No admin token that never expires would remain ('last_admin').")
+#: every /v1 operation may answer 429 (rollout_server/rate_limits.py), registration for two reasons.
+RETRY_AFTER = {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1},
+                               "description": "Seconds to wait before trying again."}}
+LOCKED_OUT = ("Too many failed authentications from this client address ('rate_limited'): credentials "
+              "that have not worked before are refused until Retry-After; ones that did still work.")
+REGISTER_LIMITED = ("Too many registrations, or failed authentications, from this client address "
+                    "('rate_limited'); retry after Retry-After.")
+
+
+def _rate_limited(paths: dict[str, Any]) -> dict[str, Any]:
+    """Add the 429 of the per-client limits to every /v1 operation."""
+    for path, item in paths.items():
+        for op in item.values() if path.startswith("/v1/") else ():
+            text = REGISTER_LIMITED if path == "/v1/devices/register" else LOCKED_OUT
+            op["responses"].setdefault("429", {**_json(_ref("Error"), text), "headers": RETRY_AFTER})
+    return paths
 
 
 def _paths() -> dict[str, Any]:
@@ -86,9 +113,30 @@ def _paths() -> dict[str, Any]:
                 "os": "Raspberry Pi OS 12", "ram_bytes": 4294967296,
                 "runtimes": {"onnxruntime": "1.20.1", "litert": "2.3.0"}}),
             "responses": _responses(
-                {"201": _json(_object({"device_id": {"type": "string"}, "credential": {"type": "string"}},
-                                      ("device_id", "credential")), "Enrolled.")},
-                BAD_JSON, (401, "Unknown or revoked enrollment token.")),
+                {"201": _json(_object({
+                    "device_id": {"type": "string"}, "credential": {"type": "string"},
+                    "state": {"type": "string", "enum": ["active", "pending"],
+                              "description": "'pending': the device waits for an operator to accept it "
+                                             "(its device routes answer 403 'device_pending' until then)."},
+                }, ("device_id", "credential", "state")), "Enrolled.")},
+                BAD_JSON,
+                (401, "Unknown or revoked enrollment token ('unauthorized'), expired "
+                      "('enrollment_expired'), or every use of it taken ('enrollment_exhausted')."),
+                (403, "The token does not enroll this device class ('enrollment_scope').")),
+        }},
+        "/v1/devices/{device_id}/credential": {"post": {
+            "tags": ["devices"], "operationId": "rotateCredential", "security": [{DEVICE: []}],
+            "summary": "A new credential for this device; the one sent stays valid until the new one is "
+                       "first used, at most CREDENTIAL_GRACE_SECONDS.",
+            "parameters": [DEVICE_ID],
+            "responses": _responses(
+                {"201": _json(_object({
+                    "device_id": {"type": "string"}, "credential": {"type": "string"},
+                    "previous_valid_until": {**TIME, "description": "The credential sent is refused "
+                                             "after this, or once the new one is used."},
+                }, ("device_id", "credential", "previous_valid_until")), "Rotated.")},
+                NO_DEVICE, (403, f"The credential belongs to another device, or {PENDING}."),
+                (409, "The credential changed concurrently; retry.")),
         }},
         "/v1/devices/{device_id}/assignment": {"get": {
             "tags": ["devices"], "operationId": "getAssignment", "security": [{DEVICE: []}],
@@ -97,16 +145,41 @@ def _paths() -> dict[str, Any]:
                 DEVICE_ID,
                 {"name": "model", "in": "query", "required": True,
                  "schema": {"type": "string", "pattern": NAME_PATTERN}},
+                {"name": "exclude", "in": "query", "required": False, "style": "form", "explode": True,
+                 "schema": {"type": "array", "maxItems": 16, "items": _text(64)},
+                 "description": "Ids of variants of release exclude_version that this device refused "
+                                "(failed to load or their golden check): the next-best variant of that "
+                                "release is offered instead. Ignored when the device is assigned another "
+                                "release; never changes the release or cohort."},
+                {"name": "exclude_version", "in": "query", "required": False, "schema": _text(64),
+                 "description": "The release version the exclude ids belong to; required with exclude."},
                 {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
             ],
             "responses": _responses(
                 {"200": {**_json(_ref("Assignment"), "The assignment."),
-                         "headers": {"ETag": {"schema": {"type": "string"}}}},
-                 "304": {"description": "Unchanged since the ETag sent in If-None-Match."}},
-                (400, "The model query parameter is missing or not a model name."), NO_DEVICE,
-                (403, "The credential belongs to another device."),
+                         "headers": {"ETag": {"schema": {"type": "string"}}, **ROTATE_HINT}},
+                 "304": {"description": "Unchanged since the ETag sent in If-None-Match.",
+                         "headers": ROTATE_HINT}},
+                (400, "The model query parameter is missing or not a model name, or exclude is given "
+                      "without exclude_version or names over 16 ids."), NO_DEVICE,
+                (403, f"The credential belongs to another device, or {PENDING}."),
                 (404, "No such model, or it has no stable release yet."),
-                (409, "No variant of the release runs on this device ('no_variant').")),
+                (409, "No variant of the release runs on this device, or none but those it excluded "
+                      "('no_variant').")),
+        }},
+        "/v1/devices/{device_id}/runtimes": {"put": {
+            "tags": ["devices"], "operationId": "updateDeviceRuntimes", "security": [{DEVICE: []}],
+            "summary": "Replace the runtimes this device announced (what it can load changed since it "
+                       "registered).",
+            "parameters": [DEVICE_ID],
+            "requestBody": _body(_object({"runtimes": RUNTIMES}, ("runtimes",)),
+                                 example={"runtimes": {"onnxruntime": "1.20.1"}}),
+            "responses": _responses(
+                {"200": _json(_object({"device_id": {"type": "string"},
+                                       "runtimes": {"type": "object",
+                                                    "additionalProperties": {"type": "string"}}},
+                                      ("device_id", "runtimes")), "Stored; assignment uses them.")},
+                BAD_JSON, NO_DEVICE, (403, "The credential belongs to another device.")),
         }},
         "/v1/reports": {"post": {
             "tags": ["reports"], "operationId": "postReports", "security": [{DEVICE: []}],
@@ -122,7 +195,8 @@ def _paths() -> dict[str, Any]:
                     "duplicates": {"type": "array", "items": {"type": "string"},
                                    "description": "Ids stored before (a retry is not an error)."},
                 }, ("accepted", "duplicates")), "Stored.")},
-                BAD_JSON, NO_DEVICE, (409, "Some reports of the batch were stored concurrently; retry."),
+                BAD_JSON, NO_DEVICE, (403, f"{PENDING[0].upper()}{PENDING[1:]}: nothing is stored."),
+                (409, "Some reports of the batch were stored concurrently; retry."),
                 (413, "The body is over MAX_REPORT_BYTES."),
                 (422, "A report claims what the server's records contradict; 'error' says which: "
                       "'not_in_rollout' (rollout_id names no rollout of the model, or the version is "
@@ -207,7 +281,9 @@ def _paths() -> dict[str, Any]:
             "tags": ["artifacts"], "operationId": "downloadArtifact",
             "security": [{DEVICE: []}, {OPERATOR: []}],
             "summary": "An artifact's bytes by sha256, with HTTP Range for resumed downloads.",
-            "description": "Any device credential or operator token. Immutable: cacheable forever.",
+            "description": "A device credential downloads the artifacts of releases it was assigned (its "
+                           "release or shadow candidate, now or before); any operator token downloads any "
+                           "artifact. Immutable: cacheable forever.",
             "parameters": [
                 _path("sha256", {"type": "string", "pattern": SHA256_PATTERN}, "The artifact's sha256."),
                 {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
@@ -222,7 +298,10 @@ def _paths() -> dict[str, Any]:
                         "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                             "format": "binary"}}}},
                 "304": {"description": "Unchanged (If-None-Match)."},
-            }, (400, "Not a sha256 (64 lowercase hex digits)."), NO_TOKEN, (404, "No such artifact."),
+            }, (400, "Not a sha256 (64 lowercase hex digits)."),
+                (401, f"{NO_TOKEN[1]} {NO_DEVICE[1]}"),
+                (403, f"{PENDING[0].upper()}{PENDING[1:]}."),
+                (404, "No such artifact, or (to a device) not an artifact of a release it was assigned."),
                 (416, "The range lies outside the file.")),
         }},
         "/v1/rollouts": {
@@ -279,45 +358,92 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _body(_ref("TokenCreate"),
                                      example={"name": "ci-publisher", "role": "publisher"}),
                 "responses": _responses(
-                    {"201": _json(_object({
-                        "name": {"type": "string"}, "role": {"type": "string", "enum": [*ROLES, ENROLL]},
-                        "token": {"type": "string"},
-                    }, ("name", "role", "token")), "Created.")},
+                    {"201": _json({"allOf": [_ref("Token"), _object({"token": {"type": "string"}},
+                                                                    ("token",))]},
+                                  "Created; 'token' is the secret, shown only here.")},
                     BAD_JSON, NO_TOKEN, _role("admin")),
             },
             "get": {
                 "tags": ["admin"], "operationId": "listTokens", **_operator("admin"),
                 "summary": "Every token (never its secret).",
                 "responses": _responses(
-                    {"200": _json(_object({"tokens": {"type": "array", "items": _object({
-                        "id": {"type": "integer"}, "name": {"type": "string"},
-                        "role": {"type": "string", "enum": [*ROLES, ENROLL]},
-                        "revoked": {"type": "boolean"}, "created_at": TIME,
-                    }, ("id", "name", "role", "revoked", "created_at"))}}, ("tokens",)), "The tokens.")},
+                    {"200": _json(_object({"tokens": {"type": "array", "items": {"allOf": [
+                        _ref("Token"),
+                        _object({"revoked": {"type": "boolean"}, "expired": {"type": "boolean"},
+                                 "created_at": TIME}, ("revoked", "expired", "created_at"))]}}},
+                        ("tokens",)), "The tokens.")},
                     NO_TOKEN, _role("admin")),
             },
         },
         "/v1/tokens/{token_id}/revoke": {"post": {
             "tags": ["admin"], "operationId": "revokeToken", **_operator("admin"),
             "summary": "Revoke a token.",
-            "parameters": [_path("token_id", {"type": "integer", "minimum": 0, "maximum": MAX_ID},
-                                 "Token id.")],
+            "parameters": [TOKEN_ID],
             "responses": _responses(
                 {"200": _json(_object({"id": {"type": "integer"},
                                        "revoked": {"type": "boolean", "enum": [True]}},
                                       ("id", "revoked")), "Revoked.")},
-                NO_TOKEN, _role("admin"), (404, "No such token.")),
+                NO_TOKEN, _role("admin"), (404, "No such token."), LAST_ADMIN),
         }},
-        "/v1/devices/{device_id}/revoke": {"post": {
-            "tags": ["admin"], "operationId": "revokeDevice", **_operator("operator"),
-            "summary": "Revoke a device's credential.",
-            "parameters": [DEVICE_ID],
+        "/v1/tokens/{token_id}/rotate": {"post": {
+            "tags": ["admin"], "operationId": "rotateToken", **_operator("admin"),
+            "summary": "A new secret with the same name, role and policy; the old one is revoked, or "
+                       "expires after overlap_seconds.",
+            "parameters": [TOKEN_ID],
+            "requestBody": _body(_object({
+                "overlap_seconds": _nullable({"type": "integer", "minimum": 0, "maximum": 7 * 86400,
+                                              "description": "The old secret keeps working this long "
+                                                             "(default 0: revoked at once)."}),
+                "expires_in_seconds": _nullable({"type": "integer", "minimum": 1, "maximum": 10 * 365 * 86400,
+                                                 "description": "Lifetime of the new secret (default: the "
+                                                                "old one's lifetime; none if it had none)."}),
+            }), required=False),
             "responses": _responses(
-                {"200": _json(_object({"device_id": {"type": "string"},
-                                       "revoked": {"type": "boolean", "enum": [True]}},
-                                      ("device_id", "revoked")), "Revoked.")},
-                NO_TOKEN, _role("operator"), (404, "No such device.")),
+                {"201": _json({"allOf": [_ref("Token"), _object({
+                    "token": {"type": "string"}, "replaced": {"type": "integer"},
+                    "replaced_until": _nullable(TIME)}, ("token", "replaced", "replaced_until"))]},
+                    "Rotated; 'token' is the new secret, shown only here.")},
+                BAD_JSON, NO_TOKEN, _role("admin"), (404, "No such token."),
+                (409, "The token is revoked or expired ('conflict'), or no admin token that never "
+                      "expires would remain ('last_admin').")),
         }},
+        "/v1/devices": {"get": {
+            "tags": ["admin"], "operationId": "listDevices", **_operator("viewer"),
+            "summary": "Devices, oldest first, with their state (pending, active, rejected, revoked).",
+            "parameters": [
+                {"name": "state", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["pending", "active", "rejected", "revoked"]}},
+                {"name": "device_class", "in": "query", "required": False,
+                 "schema": _text(32, pattern=DEVICE_CLASS_PATTERN)},
+                *({"name": name, "in": "query", "required": False, "description": description,
+                   "schema": {"type": "integer", "minimum": 1, "maximum": 10 * 365 * 86400}}
+                  for name, description in (
+                      ("seen_within_seconds", "Only devices that polled within this many seconds."),
+                      ("not_seen_for_seconds", "Only devices that have not polled for this many seconds "
+                                               "(or never)."))),
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                {"name": "offset", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID, "default": 0}},
+            ],
+            "responses": _responses(
+                {"200": _json(_object({"devices": {"type": "array", "items": _ref("Device")}}, ("devices",)),
+                              "The devices.")},
+                (400, "A query parameter is out of range or malformed."), NO_TOKEN),
+        }},
+        **{f"/v1/devices/{{device_id}}/{action}": {"post": {
+            "tags": ["admin"], "operationId": f"{action}Device", **_operator("operator"),
+            "summary": summary, "parameters": [DEVICE_ID],
+            "responses": _responses(
+                {"200": _json(_ref("Device"), "Done (or it was already so).")},
+                NO_TOKEN, _role("operator"), (404, "No such device."), *conflict),
+        }} for action, summary, conflict in (
+            ("accept", "Admit a pending device: it gets assignments from its next poll.",
+             [(409, "The device is rejected or revoked.")]),
+            ("reject", "Refuse a pending device for good (401 'device_rejected' on its routes).",
+             [(409, "The device is active or revoked: revoke an admitted device.")]),
+            ("revoke", "Refuse a device's credential for good (401 'device_revoked' on its routes).", []),
+        )},
         "/v1/audit": {"get": {
             "tags": ["admin"], "operationId": "auditLog", **_operator("admin"),
             "summary": "The audit log, newest first.",
@@ -350,7 +476,7 @@ def _build() -> dict[str, Any]:
         "tags": [{"name": n} for n in ("health", "devices", "reports", "releases", "artifacts", "rollouts",
                                        "admin")],
         "security": [{OPERATOR: []}],
-        "paths": _paths(),
+        "paths": _rate_limited(_paths()),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {

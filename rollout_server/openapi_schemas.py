@@ -98,9 +98,12 @@ def _path(name: str, schema: Schema, description: str) -> dict[str, Any]:
 # Errors shared by many operations.
 BAD_JSON = (400, "Bad input: the body is not a JSON object, or a field is missing, of the wrong type or out "
                  "of range (the detail names it).")
-NO_TOKEN = (401, "No 'Authorization: Bearer <token>' header, or an unknown or revoked token.")
+NO_TOKEN = (401, "No 'Authorization: Bearer <token>' header, or an unknown or revoked token "
+                 "('unauthorized'), or an expired one ('token_expired').")
 NO_DEVICE = (401, "No 'Authorization: Bearer <credential>' header or an unknown device credential "
-                  "(error 'unauthorized'), or a device an operator revoked (error 'device_revoked').")
+                  "(error 'unauthorized', also a credential rotated away from once its grace is over), "
+                  "or a device an operator revoked ('device_revoked') or rejected ('device_rejected').")
+PENDING = "the device waits for an operator to accept it ('device_pending', with Retry-After)"
 
 
 def _role(role: str) -> tuple[int, str]:
@@ -185,6 +188,10 @@ ROLLOUT_SUMMARY = _object({
     "created_at", "updated_at"))
 
 ROLLOUT_STATUS = {"allOf": [ROLLOUT_SUMMARY, _object({
+    "devices": _nullable({**_object({"canary": {"type": "integer"}, "stable": {"type": "integer"}},
+                                    ("canary", "stable")),
+                          "description": "Devices active in the stage by the arm the bucketing "
+                                         "puts them in; null unless an active stage splits the fleet."}),
     "spec": {"type": "object"},
     "state": {"type": "object"},
     "verdicts": {"type": "array", "description": "Newest first.", "items": _object({
@@ -197,7 +204,7 @@ ROLLOUT_STATUS = {"allOf": [ROLLOUT_SUMMARY, _object({
         "decision": {"type": "string"},
         "stats": {"type": "object"},
     }, ("window_end", "stage", "guard", "scope", "outcome", "reason", "decision", "stats"))},
-}, ("spec", "state", "verdicts"))]}
+}, ("devices", "spec", "state", "verdicts"))]}
 
 VARIANT = _object({
     "id": {"type": "string"},
@@ -320,12 +327,50 @@ REGISTER = _object({
 TOKEN_CREATE = _object({
     "name": _text(),
     "role": {"type": "string", "enum": [*ROLES, ENROLL]},
-}, ("name", "role"))
+    "expires_in_seconds": _nullable({"type": "integer", "minimum": 1, "maximum": 10 * 365 * 86400,
+                                     "description": "The token expires this long after creation "
+                                                    "(401 'token_expired' / 'enrollment_expired' after)."}),
+    "max_uses": _nullable({"type": "integer", "minimum": 1, "maximum": 10**9,
+                           "description": "Enrollment tokens: the most devices it may enroll."}),
+    "device_classes": _nullable({"type": "array", "minItems": 1, "maxItems": 64,
+                                 "items": _text(32, pattern=DEVICE_CLASS_PATTERN),
+                                 "description": "Enrollment tokens: the only device classes it enrolls."}),
+    # OpenAPI 3.0: a nullable enum must list null itself
+    "admission": _nullable({"type": "string", "enum": ["auto", "manual", None],
+                            "description": "Enrollment tokens: 'manual' keeps the devices it enrolls "
+                                           "pending until an operator accepts them; default: the "
+                                           "server's DEVICE_ADMISSION."}),
+}, ("name", "role"), description="max_uses, device_classes and admission are refused (400) on an "
+                                 "operator token.")
+
+#: a token as listed (never its secret); the enrollment fields only for role 'enroll'.
+TOKEN_VIEW = _object({
+    "id": {"type": "integer"}, "name": {"type": "string"},
+    "role": {"type": "string", "enum": [*ROLES, ENROLL]},
+    "expires_at": _nullable(TIME),
+    "uses": {"type": "integer", "description": "Enrollment tokens: devices enrolled with it."},
+    "max_uses": _nullable({"type": "integer"}),
+    "device_classes": _nullable({"type": "array", "items": {"type": "string"}}),
+    "admission": _nullable({"type": "string", "enum": ["auto", "manual", None]}),
+}, ("id", "name", "role", "expires_at"))
+
+#: a device as operators see it (GET /v1/devices, accept, reject, revoke).
+DEVICE_VIEW = _object({
+    "device_id": {"type": "string"},
+    "state": {"type": "string", "enum": ["pending", "active", "rejected", "revoked"]},
+    "revoked": {"type": "boolean"},
+    "device_class": {"type": "string"}, "arch": {"type": "string"}, "os": {"type": "string"},
+    "ram_bytes": {"type": "integer"},
+    "runtimes": {"type": "object", "additionalProperties": {"type": "string"}},
+    "created_at": TIME, "last_seen_at": _nullable(TIME), "credential_issued_at": TIME,
+    "enrollment_token_id": _nullable({"type": "integer"}),
+}, ("device_id", "state", "revoked", "device_class", "arch", "os", "ram_bytes", "runtimes", "created_at",
+    "last_seen_at", "credential_issued_at", "enrollment_token_id"))
 
 SCHEMAS: dict[str, Schema] = {
     "Error": ERROR, "Stage": STAGE, "Guard": GUARD, "GuardSpec": GUARD_SPEC,
     "RolloutCreate": ROLLOUT_CREATE, "RolloutSummary": ROLLOUT_SUMMARY, "RolloutStatus": ROLLOUT_STATUS,
     "Variant": VARIANT, "Release": RELEASE, "Report": REPORT, "ReportV1": REPORT_V1, "ReportV2": REPORT_V2,
     "Assignment": ASSIGNMENT,
-    "DeviceRegistration": REGISTER, "TokenCreate": TOKEN_CREATE,
+    "DeviceRegistration": REGISTER, "TokenCreate": TOKEN_CREATE, "Token": TOKEN_VIEW, "Device": DEVICE_VIEW,
 }

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "coremltools", "onnx", "litert_torch", "ai_edge_quantizer", "flask", "matplotlib")
 
@@ -31,3 +33,14 @@ def test_agent_runtimes_and_release_contract_stay_light():
 def test_cli_help_and_catalogue_do_not_load_toolchains():
     modules = imported_after("from edgeship.cli import build_parser, main\nmain(['variants'])")
     assert not {m for m in modules if m.split(".")[0] in HEAVY}
+
+
+def test_the_version_a_bug_report_names_is_the_installed_one(capsys):
+    from importlib.metadata import version
+
+    from edgeship.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"edgeship {version('edgeship')}"

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: every label a metric may carry; all have a bounded set of values.
-BOUNDED_LABELS = frozenset({"model", "variant", "cohort", "device_class", "reason", "phase", "outcome"})
+BOUNDED_LABELS = frozenset({"model", "variant", "cohort", "device_class", "reason", "phase", "outcome",
+                            "route_group"})
 
 #: the metric types the catalogue uses (Prometheus' text-format ``# TYPE``).
 KINDS = frozenset({"counter", "gauge", "histogram", "summary"})
@@ -69,6 +70,14 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("edgeship_reports_total", "counter",
                    "Device reports by outcome (accepted and duplicate reports, rejected batches).",
                    ("outcome",)),
+        # the perimeter: per-client limits (rollout_server/rate_limits.py)
+        MetricSpec("edgeship_rate_limited_total", "counter",
+                   "Requests refused 429 by the per-client limits, by route group (register, device, "
+                   "operator) and reason (registration_rate, auth_failures).", ("route_group", "reason")),
+        MetricSpec("edgeship_auth_failures_total", "counter",
+                   "Requests answered 401, by the credential that failed (enrollment_token, "
+                   "device_credential, operator_token, device_revoked, device_rejected, "
+                   "missing_credential).", ("reason",)),
         # optional per-report values (schema 2): only reports that carried one count
         MetricSpec("edgeship_report_peak_rss_bytes", "summary",
                    "Peak RSS of the agent process in reports that carried one: _sum of the values, "

@@ -135,12 +135,14 @@ def verify_manifest(data: dict[str, Any], trusted: dict[str, Any]) -> str:
         raise SigningError("manifest is not signed")
     if signature.get("alg") != ALG:
         raise SigningError(f"manifest signature algorithm {signature.get('alg')!r} is not {ALG}")
-    kid = signature.get("key_id")
+    kid, value = signature.get("key_id"), signature.get("value", "")
+    if not isinstance(kid, str) or not isinstance(value, str):  # else a TypeError, not a refusal
+        raise SigningError("manifest signature's key_id and value must be strings")
     key = trusted.get(kid)
     if key is None:
         raise SigningError(f"manifest signed by unknown key {kid!r}")
     try:
-        key.verify(base64.b64decode(signature.get("value", ""), validate=True),
+        key.verify(base64.b64decode(value, validate=True),
                    canonical_json(unsigned(data)))
     except (InvalidSignature, ValueError):
         raise SigningError(f"manifest signature by key {kid} does not verify") from None

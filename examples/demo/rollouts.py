@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +140,42 @@ class RolloutOutcome:
 def start_rollout(server: ServerProcess, body: dict[str, Any]) -> dict[str, Any]:
     """``POST /v1/rollouts``; the new rollout's status."""
     return server.api("POST", "/v1/rollouts", body)
+
+
+def start_with_canaries(monitor: Monitor, body: dict[str, Any], need: int, agents: int,
+                        started: Callable[[dict[str, Any]], None], attempts: int = 5,
+                        settle_seconds: float = 20.0) -> dict[str, Any]:
+    """Start a rollout whose first stage puts at least ``need`` devices in each arm.
+
+    The split is random (a new salt per rollout): with 100 agents a 10% stage holds fewer than
+    3 canary devices about once in 500 rollouts, and the load-failure guard then holds the
+    rollout until more devices come, which in a demo they never do. The server counts the
+    stage's devices per arm (``devices`` in the status); a split that is too small is aborted,
+    with the reason, and the rollout started again (``started`` is told of each rollout).
+    """
+    for attempt in range(1, attempts + 1):
+        status = start_rollout(monitor.server, body)
+        started(status)
+        devices = _settled_devices(monitor, status["id"], agents, settle_seconds)
+        if devices is None or min(devices.values()) >= need or attempt == attempts:
+            return status
+        reason = (f"only {devices['canary']} of {sum(devices.values())} agents fell in the canary by "
+                  f"chance; the load-failure guard needs {need}: starting again with a new split")
+        monitor.server.api("POST", f"/v1/rollouts/{status['id']}/abort", {"reason": reason})
+        monitor.event(f"rollout #{status['id']} aborted: {reason}")
+    raise AssertionError("unreachable")
+
+
+def _settled_devices(monitor: Monitor, rollout_id: int, agents: int,
+                     settle_seconds: float) -> dict[str, int] | None:
+    """The rollout's devices per arm once every agent is counted (or after ``settle_seconds``)."""
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        devices = monitor.server.api("GET", f"/v1/rollouts/{rollout_id}").get("devices")
+        if devices is None or sum(devices.values()) >= agents or time.monotonic() > deadline:
+            return devices
+        monitor.tick()
+        time.sleep(1.0)
 
 
 def follow_rollout(monitor: Monitor, rollout_id: int, timeout_seconds: float,

@@ -36,7 +36,7 @@ from examples.demo.rollouts import (
     RolloutOutcome,
     follow_rollout,
     rollout_body,
-    start_rollout,
+    start_with_canaries,
 )
 from examples.demo.server import ServerProcess
 from examples.releases import MODEL_NAME
@@ -292,11 +292,17 @@ def _rollout(stack: DemoStack, monitor: Monitor, version: str, what: str, expect
     config = stack.config
     body = rollout_body(MODEL_NAME, version, config.stages, config.stage_seconds, config.stage_samples,
                         config.guards)
-    status = start_rollout(stack.server, body)
     ramp = " → ".join(f"{p:g}%" for p in config.stages)
-    monitor.event(f"rollout #{status['id']} started: {MODEL_NAME} v{STABLE} → v{version} ({what}), "
-                  f"stages {ramp} (≥ {config.stage_seconds:g} s and {config.stage_samples} canary inferences "
-                  f"each), stratified by device class")
+
+    def started(status: dict) -> None:
+        monitor.event(f"rollout #{status['id']} started: {MODEL_NAME} v{STABLE} → v{version} ({what}), "
+                      f"stages {ramp} (≥ {config.stage_seconds:g} s and {config.stage_samples} canary "
+                      "inferences each), stratified by device class")
+
+    # a split too small for the guards is bad luck only when the settings expect enough canaries
+    attempts = 1 if config.warnings() else 5
+    status = start_with_canaries(monitor, body, config.guards.load_failures, config.fleet.agents, started,
+                                 attempts)
     outcome = follow_rollout(monitor, status["id"], timeout_seconds)
     labels = {"rolled_back": "ROLLED BACK automatically", "promoted": "PROMOTED"}
     label = labels.get(outcome.phase, outcome.phase)

@@ -1,7 +1,8 @@
 """``/metrics``: the ``edgeship_*`` catalogue, computed from the database at scrape time.
 
 The database is the source of truth (several workers and replicas share it), so a scrape of
-any replica gives the fleet's totals; nothing is kept in process memory. The report counters
+any replica gives the fleet's totals; only the counts of refused requests (429s, 401s) wait in a
+process's memory, for at most a second (:mod:`rollout_server.counter_buffer`). The report counters
 come from ``report_totals``, which the report writer adds to in the transaction that stores the
 reports: a scrape reads a few rows per model, variant, cohort and device class, however many
 reports are stored. The latency histogram is on ``METRIC_BUCKETS_SECONDS`` (at most 10% apart):
@@ -40,7 +41,8 @@ from edgeship.contract.latency import (
 from edgeship.contract.metrics import METRICS
 from edgeship.contract.reports import ERROR_REASONS
 from rollout_server.analysis import Phase, RolloutState
-from rollout_server.counters import CONTROLLER_ERRORS, COUNTERS, REPORT_REFUSALS
+from rollout_server.counter_buffer import EXTENSION as COUNTER_BUFFER
+from rollout_server.counters import AUTH_FAILURES, CONTROLLER_ERRORS, COUNTERS, RATE_LIMITED, REPORT_REFUSALS
 from rollout_server.models import Counter, Device, LatencyTotal, Model, ReportTotal, Rollout, utcnow
 
 bp = Blueprint("metrics", __name__)
@@ -215,11 +217,21 @@ def _report_metrics(session: Session) -> Iterator:
     for reason in CONTROLLER_ERRORS:
         errors.add_metric([reason], values.get(f"controller_errors_{reason}", 0))
     yield errors
+    limited = _family(CounterMetricFamily, "edgeship_rate_limited_total")
+    for group, reason in RATE_LIMITED:
+        limited.add_metric([group, reason], values.get(f"rate_limited_{group}_{reason}", 0))
+    failures = _family(CounterMetricFamily, "edgeship_auth_failures_total")
+    for reason in AUTH_FAILURES:
+        failures.add_metric([reason], values.get(f"auth_failures_{reason}", 0))
+    yield from (limited, failures)
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format; no authentication (bind the server to a private interface)."""
+    buffered = current_app.extensions.get(COUNTER_BUFFER)
+    if buffered is not None:  # this process's counts in memory (others write theirs within a second)
+        buffered.flush()
     registry = current_app.extensions.get("edgeship.metrics_registry")
     if registry is None:
         registry = CollectorRegistry()

@@ -21,7 +21,7 @@ from rollout_server.analysis import (
     start,
 )
 from rollout_server.auth import audit, requires_role
-from rollout_server.controller import apply_decision
+from rollout_server.controller import apply_decision, assigned_arms
 from rollout_server.db import db
 from rollout_server.errors import ApiError, Conflict, NotFound
 from rollout_server.models import Model, Release, Rollout, Verdict, utcnow
@@ -162,9 +162,22 @@ def status_body(rollout: Rollout, limit: int = 200) -> dict:
                             .order_by(Verdict.id.desc()).limit(limit))
     return {
         **summary(rollout),
+        "devices": assigned_devices(rollout),
         "spec": rollout.spec,
         "state": rollout.state,
         "verdicts": [{"window_end": v.window_end.isoformat(), "stage": v.stage_index + 1, "guard": v.guard,
                       "scope": v.scope, "outcome": v.outcome, "reason": v.reason, "decision": v.decision,
                       "stats": v.stats} for v in verdicts],
     }
+
+
+def assigned_devices(rollout: Rollout) -> dict[str, int] | None:
+    """How many of the devices active in this stage the bucketing puts in each arm, while a
+    stage splits the fleet (else None): an operator sees at once a canary too small for the
+    guards' device minimums, which would otherwise hold the rollout until more devices come."""
+    state = RolloutState.from_dict(rollout.state)
+    if rollout.phase not in {p.value for p in Phase.active()} or not 0 < state.stage.percent < 100:
+        return None
+    arms = assigned_arms(db(), rollout, state)
+    canary = sum(arms.values())
+    return {"canary": canary, "stable": len(arms) - canary}

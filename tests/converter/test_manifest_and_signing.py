@@ -81,6 +81,11 @@ def test_sign_and_verify(tmp_path):
         verify_manifest(signed, {})
     with pytest.raises(SigningError, match="not signed"):
         verify_manifest(sample_manifest(), trusted)
+    for field, odd in (("value", 7), ("value", None), ("key_id", ["k"]), ("key_id", {"k": 1})):
+        malformed = copy.deepcopy(signed)
+        malformed["signature"][field] = odd  # a refusal with a reason, never a TypeError
+        with pytest.raises(SigningError, match="must be strings"):
+            verify_manifest(malformed, trusted)
 
 
 def test_keys_are_never_overwritten_and_key_path_is_required(tmp_path, monkeypatch):

@@ -112,13 +112,16 @@ def test_golden_mismatch_is_refused_and_reported(agent_config, server, releases)
         wait_until(lambda: any(r["err_golden_mismatch"] for r in stored_reports(server)),
                    what="golden_mismatch report")
         assert agent.current.version == "1"
-        seen = len(check_ins)  # three more check-ins: the refused variant is not retried (backoff)
+        seen = len(check_ins)  # three more check-ins: the refused variants are not retried (backoff)
         wait_until(lambda: len(check_ins) >= seen + 3, what="three more check-ins")
         assert agent.current.version == "1"
     finally:
         agent.stop()
-    mismatches = sum(r["err_golden_mismatch"] for r in stored_reports(server))
-    assert mismatches == 1
+    # each variant of v3 was tried once (the next-best after each refusal) and refused once
+    v3 = json.loads((Path(releases["releases"]["3"]) / "manifest.json").read_text())
+    assert sum(r["err_golden_mismatch"] for r in stored_reports(server)) == len(v3["variants"])
+    assert {r["variant_id"] for r in stored_reports(server) if r["err_golden_mismatch"]} == \
+        {v["id"] for v in v3["variants"]}
 
 
 def test_offline_then_online_delivers_every_report_exactly_once(agent_config, server, releases):

@@ -19,7 +19,7 @@ from edge_agent.device import describe, installed_runtimes
 from edge_agent.golden import check_golden
 from edge_agent.identity import Identity
 from edge_agent.installer import Installer, trusted_keys
-from edge_agent.model import ModelRefused, Release
+from edge_agent.model import ModelRefused, Release, expected_agreement
 from edge_agent.outbox import Outbox, OutboxError
 from edge_agent.store import ModelStore
 from edge_agent.workload import Replay
@@ -101,6 +101,15 @@ def test_golden_check_passes_on_the_reference_and_refuses_shifted_answers():
 
     assert check_golden([off(3)], golden, True, 14 / 16, 1 / 16).passed
     assert not check_golden([off(4)], golden, True, 14 / 16, 1 / 16).passed
+
+
+@pytest.mark.parametrize(("metrics", "expected"), [
+    ({"golden": {"agreement": 0.93}}, 0.93), ({"golden": {"agreement": 1}}, 1.0),
+    (None, 1.0), ({}, 1.0), ({"golden": None}, 1.0), ({"golden": {"agreement": None}}, 1.0),
+    ({"golden": {"agreement": "0.5"}}, 1.0), ({"golden": {"agreement": True}}, 1.0), ({"golden": []}, 1.0),
+])
+def test_the_expected_golden_agreement_is_the_strictest_when_not_given_as_a_number(metrics, expected):
+    assert expected_agreement({"id": "v", "metrics": metrics}) == expected
 
 
 def test_release_refuses_unsigned_foreign_and_inconsistent_manifests(tmp_path, releases):

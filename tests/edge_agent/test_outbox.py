@@ -45,6 +45,23 @@ def test_reports_wait_oldest_first_until_acked(outbox):
     assert outbox.take()[0] == report("b")  # the body round-trips
 
 
+def test_the_outbox_files_are_private_to_the_agent_user(tmp_path):
+    """Reports name the device and what it saw: the file and its WAL are 0600, also when an
+    older agent left the file world-readable."""
+    old = tmp_path / "old.db"
+    old.touch(mode=0o644)
+    old.chmod(0o644)
+    for path in (tmp_path / "outbox.db", old):
+        box = Outbox(path)
+        try:
+            box.add([report()])
+            files = [path, path.with_name(path.name + "-wal")]
+            assert all(f.exists() for f in files), files
+            assert {f.stat().st_mode & 0o777 for f in files} == {0o600}
+        finally:
+            box.close()
+
+
 def test_add_copies_the_callers_reports(outbox, tmp_path):
     mine = report("a")
     outbox.add([mine])

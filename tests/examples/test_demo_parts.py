@@ -13,7 +13,7 @@ from edgeship.contract.latency import METRIC_BUCKETS_SECONDS
 from examples.demo import live
 from examples.demo.fleet import PROFILES, FleetSettings, FleetSnapshot, plan_fleet
 from examples.demo.live import LiveView, MetricsHistory, latest_verdicts, parse_metrics, render
-from examples.demo.rollouts import GuardMinimums, rollout_body
+from examples.demo.rollouts import GuardMinimums, rollout_body, start_with_canaries
 
 
 def metrics_text(cohort: str, inferences: int, errors: int, golden: int, labelled: int, correct: int,
@@ -163,3 +163,32 @@ def test_rollout_body_has_small_minimums_and_an_unanalysed_last_stage():
 
     GuardSpec.from_dict(body["guards"])  # the server accepts both
     parse_stages(body["stages"])
+
+
+class SplitServer:
+    """A server whose rollouts split the agents as listed, one split per rollout started."""
+
+    def __init__(self, splits: list[dict[str, int]]) -> None:
+        self.splits, self.calls = splits, []
+
+    def api(self, method: str, path: str, payload=None):
+        self.calls.append((method, path, payload))
+        started = sum(1 for m, p, _ in self.calls if (m, p) == ("POST", "/v1/rollouts"))
+        if (method, path) == ("POST", "/v1/rollouts"):
+            return {"id": started}
+        if method == "GET":
+            return {"devices": self.splits[started - 1]}
+        return {}
+
+
+def test_a_canary_split_too_small_for_the_guards_is_started_again_with_the_reason():
+    server = SplitServer([{"canary": 2, "stable": 98}, {"canary": 11, "stable": 89}])
+    events = []
+    monitor = SimpleNamespace(server=server, tick=lambda: None, event=events.append)
+    announced = []
+    status = start_with_canaries(monitor, {"model": "m"}, need=3, agents=100, started=announced.append)
+    assert status == {"id": 2} and announced == [{"id": 1}, {"id": 2}]
+    aborts = [(p, body) for m, p, body in server.calls if p.endswith("/abort")]
+    assert len(aborts) == 1 and aborts[0][0] == "/v1/rollouts/1/abort"
+    assert "only 2 of 100 agents fell in the canary" in aborts[0][1]["reason"]
+    assert events and "rollout #1 aborted" in events[0]

@@ -118,8 +118,21 @@ def test_range_download_resumes_with_the_right_bytes(app, client, published, rel
     assert beyond.headers["Content-Range"] == f"bytes */{len(blob)}"
 
 
+def assigned_device(client, tokens: dict, published: dict) -> tuple[str, str]:
+    """A device whose assignment names the published release (devices download only the
+    artifacts of releases they were assigned: test_admission.py)."""
+    stable = client.post(f"/v1/models/{published['model']}/stable", json={"version": published["version"]},
+                         headers=auth(tokens["admin"]))
+    assert stable.status_code == 200, stable.json
+    device_id, credential = register(client, tokens["enroll"])
+    poll = client.get(f"/v1/devices/{device_id}/assignment?model={published['model']}",
+                      headers=auth(credential))
+    assert poll.status_code == 200, poll.json
+    return device_id, credential
+
+
 def test_devices_download_variants_and_the_golden_file(client, tokens, published, release):
-    _, credential = register(client, tokens["enroll"])
+    _, credential = assigned_device(client, tokens, published)
     golden = client.get(published["golden"]["url"], headers=auth(credential))
     assert golden.status_code == 200 and golden.data == (release / "golden.npz").read_bytes()
     assert client.get(onnx_variant(published)["url"], headers=auth(credential)).status_code == 200
@@ -157,7 +170,7 @@ def test_range_over_http(app, live_server, published, release):
 
 
 def test_a_revoked_device_is_told_so_on_downloads_too(client, tokens, published):
-    device_id, credential = register(client, tokens["enroll"])
+    device_id, credential = assigned_device(client, tokens, published)
     url = onnx_variant(published)["url"]
     assert client.get(url, headers=auth(credential)).status_code == 200
     assert client.post(f"/v1/devices/{device_id}/revoke", headers=auth(tokens["admin"])).status_code == 200

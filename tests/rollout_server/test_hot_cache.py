@@ -1,7 +1,7 @@
 """The per-process assignment cache: own writes seen at once, other processes' within the TTL.
 
 "Another process" is a second app on the same SQLite file: each app has its own cache, exactly as
-two gunicorn workers or two replicas do. Its clock is a fake one, so the TTL is exact.
+two server workers or two replicas do. Its clock is a fake one, so the TTL is exact.
 """
 
 from __future__ import annotations

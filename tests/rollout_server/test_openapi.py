@@ -32,6 +32,7 @@ schemathesis = require_module("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402  (after the importorskip)
 from schemathesis import checks  # noqa: E402
 
+from rollout_server import hot_cache  # noqa: E402
 from rollout_server.app import create_app  # noqa: E402
 from rollout_server.artifact_store import app_store  # noqa: E402
 from rollout_server.auth import ENROLL as ENROLL_ROLE  # noqa: E402
@@ -124,11 +125,15 @@ def test_document_is_valid_openapi_and_describes_errors():
 # schemathesis' pytest integration wants) carry them as credentials and examples.
 ADMIN, VIEWER, ENROLL, CREDENTIAL = (new_secret() for _ in range(4))
 ADMIN_ID, VIEWER_ID, ENROLL_ID, SPARE_TOKEN_ID = 101, 102, 103, 104
+SEEDED_TOKENS = (ADMIN_ID, VIEWER_ID, ENROLL_ID, SPARE_TOKEN_ID)
 DEVICE_ID = str(uuid.uuid4())
 BLOB = b"edgeship artifact " * 64
 SHA256 = hashlib.sha256(BLOB).hexdigest()
 MODEL, STABLE, CANDIDATE = "digits-cnn", "1.0.0", "2.0.0"
 ROLLOUT_ID = 1  # the first rollout of a fresh database
+
+
+SEEDED_RUNTIMES = {"onnxruntime": "1.20.1", "litert": "2.3.0"}
 
 
 @dataclass
@@ -139,7 +144,12 @@ class Live:
         """Undo what fuzzing may revoke, so every case runs with working credentials."""
         with session_scope(self.app) as session:
             session.query(Token).filter(Token.revoked.is_(True)).update({"revoked": False})
-            session.query(Device).filter(Device.id == DEVICE_ID).update({"revoked": False})
+            session.query(Token).filter(Token.id.in_(SEEDED_TOKENS)).update({"expires_at": None})
+            session.query(Device).filter(Device.id == DEVICE_ID).update({
+                "revoked": False, "admission": "accepted", "credential_hash": hash_secret(CREDENTIAL),
+                "previous_credential_hash": None, "previous_credential_expires_at": None,
+                "runtimes": dict(SEEDED_RUNTIMES)})  # PUT .../runtimes may have replaced them
+            hot_cache.note_device_change(session)  # rows changed by plain UPDATEs: drop cached devices
 
 
 class LiveApp:
@@ -161,7 +171,10 @@ LIVE_APP = LiveApp()
 def live(request, tmp_path_factory) -> Iterator[Live]:
     """The app on each backend: a 500 can come from the database (PostgreSQL refuses some values
     SQLite stores, and its errors differ), so the fuzzing runs on both."""
-    config = {"DATA_DIR": str(tmp_path_factory.mktemp("openapi") / "server"), "CONTROLLER_ENABLED": False}
+    config = {"DATA_DIR": str(tmp_path_factory.mktemp("openapi") / "server"), "CONTROLLER_ENABLED": False,
+              # thousands of wrong tokens from one address: the per-client limits (tested in
+              # test_rate_limits.py) would answer 429 to most cases and hide what is fuzzed here
+              "AUTH_FAILURE_LIMIT": 0, "REGISTER_BURST": 0}
     if request.param == "postgresql":
         config["DATABASE_URL"] = request.getfixturevalue("postgresql").create_database()
     app = create_app(config)
@@ -176,7 +189,7 @@ def live(request, tmp_path_factory) -> Iterator[Live]:
                                              (SPARE_TOKEN_ID, "spare", "viewer", new_secret())):
             session.add(Token(id=token_id, name=name, role=role, token_hash=hash_secret(secret)))
         session.add(Device(id=DEVICE_ID, device_class="rpi4", arch="aarch64", os="Raspberry Pi OS 12",
-                           ram_bytes=4 * 2**30, runtimes={"onnxruntime": "1.20.1", "litert": "2.3.0"},
+                           ram_bytes=4 * 2**30, runtimes=dict(SEEDED_RUNTIMES),
                            credential_hash=hash_secret(CREDENTIAL)))
     rollout = app.test_client().post("/v1/rollouts", json={"model": MODEL, "candidate_version": CANDIDATE},
                                      headers=auth(ADMIN))

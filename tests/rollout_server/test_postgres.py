@@ -373,7 +373,7 @@ def test_two_replicas_on_one_postgresql_advance_each_rollout_exactly_once(pg_url
 
 
 def test_edgeship_server_processes_start_together_on_an_empty_postgresql(pg_url, tmp_path):
-    """The real command, twice at once (one with gunicorn workers): both migrate safely and serve."""
+    """The real command, twice at once (one with two uvicorn workers): both migrate safely and serve."""
     import requests
 
     ports = [free_port(), free_port()]

@@ -300,3 +300,15 @@ def test_assignment_follows_the_rollout_share_and_etag_changes(client, tokens, f
     client.post(f"/v1/rollouts/{rollout_id}/abort", headers=auth(tokens["admin"]))
     back = client.get(f"/v1/devices/{device}/assignment?model=digits-cnn", headers=auth(credential))
     assert back.json["version"] == "1" and back.json["rollout_id"] is None
+
+
+def test_the_status_counts_the_devices_the_bucketing_puts_in_each_arm(client, tokens, fleet):
+    """What an operator needs to see a canary too small for the guards: the status counts the
+    stage's active devices per arm, as the devices' own assignments put them."""
+    rollout_id = create(client, tokens).json["id"]
+    cohorts = Counter(body["cohort"] for body in assignments(client, fleet).values())
+    status = client.get(f"/v1/rollouts/{rollout_id}", headers=auth(tokens["admin"])).json
+    assert status["devices"] == {"canary": cohorts["canary"], "stable": cohorts["stable"]}
+    assert sum(status["devices"].values()) == FLEET_SIZE
+    client.post(f"/v1/rollouts/{rollout_id}/abort", headers=auth(tokens["admin"]))
+    assert client.get(f"/v1/rollouts/{rollout_id}", headers=auth(tokens["admin"])).json["devices"] is None

@@ -12,6 +12,7 @@ directory for a dangling symlink, which stops every write whoever runs it.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sqlite3
 import subprocess
@@ -26,8 +27,19 @@ import requests
 from rollout_server.app import create_app
 from rollout_server.artifact_store import STALE_SECONDS
 from rollout_server.auth import FIRST_START_FILE
+from rollout_server.controller import step_all
 from rollout_server.db_files import MARKER_FILE, StartupRefused
-from tests.rollout_server.conftest import BOTH_BACKENDS, FIXED_DAYS, ROOT, auth, edgeship, serving
+from tests.rollout_server.conftest import (
+    BOTH_BACKENDS,
+    FIXED_DAYS,
+    ROOT,
+    auth,
+    edgeship,
+    running_rollout,
+    seed_release,
+    serving,
+    variant_entry,
+)
 from tests.rollout_server.postgres import free_port
 from tests.rollout_server.test_registry import make_release, upload
 
@@ -105,6 +117,36 @@ def test_a_held_database_lock_is_a_503_with_retry_after_and_readyz_names_the_dat
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "artifacts": "ok"}
 
 
+def test_an_assignment_poll_is_answered_while_the_database_is_locked(live, server_dir):
+    """A poll is answered from the cache; its ``last_seen_at`` bookkeeping write gives up after
+    a short wait instead of holding the device for the busy timeout or failing the poll."""
+    tokens = tokens_of(server_dir)
+    app = create_app(config_for(server_dir))  # the same database: seed a stable release into it
+    seed_release(app, "1.0.0", [variant_entry("onnx-fp32", "onnxruntime", 1.0, "a" * 64)], stable=True)
+    created = requests.post(f"{live}/v1/devices/register",
+                            json={**registration(tokens["enroll"]), "ram_bytes": 2**31}, timeout=30)
+    device = created.json()
+    url = f"{live}/v1/devices/{device['device_id']}/assignment?model=digits-cnn"
+    holder = sqlite3.connect(server_dir / DB, isolation_level=None, timeout=5)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        polled = requests.get(url, headers=auth(device["credential"]), timeout=30)
+        assert polled.status_code == 200, polled.text
+        assert polled.json()["version"] == "1.0.0"
+        assert time.monotonic() - started < 20  # not the 30 s busy timeout of other writes
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    seen = sqlite3.connect(server_dir / DB).execute(
+        "SELECT last_seen_at FROM devices WHERE id = ?", (device["device_id"],)).fetchone()[0]
+    assert seen is None  # not written under the lock ...
+    assert requests.get(url, headers=auth(device["credential"]), timeout=30).status_code == 200
+    seen = sqlite3.connect(server_dir / DB).execute(
+        "SELECT last_seen_at FROM devices WHERE id = ?", (device["device_id"],)).fetchone()[0]
+    assert seen is not None  # ... and written by the next poll once it is free
+
+
 # -- database files deleted while running ------------------------------------------------------
 
 def test_deleted_database_files_refuse_writes_and_the_restart_refuses_to_mint_tokens(server_dir):
@@ -135,6 +177,22 @@ def test_deleted_database_files_refuse_writes_and_the_restart_refuses_to_mint_to
     assert (server_dir / FIRST_START_FILE).read_bytes() == token_file  # not overwritten
     assert not (server_dir / DB).exists()  # and no empty database made in its place
 
+
+
+def test_the_controller_does_not_write_into_a_deleted_database_file(server_dir, caplog):
+    """The controller's decisions would go where nothing reads them again: while the file is
+    gone a pass does nothing and says why."""
+    app = create_app(config_for(server_dir))
+    tokens = tokens_of(server_dir)
+    with serving(app) as port:
+        running_rollout(app, f"http://127.0.0.1:{port}", tokens, [{"percent": 50}],
+                        {}, canary=1, stable=1)
+    now = dt.datetime.now(dt.timezone.utc)
+    assert step_all(app, now)  # a pass acts on the running rollout ...
+    for suffix in ("", "-wal", "-shm"):
+        (server_dir / f"{DB}{suffix}").unlink(missing_ok=True)
+    assert step_all(app, now + dt.timedelta(hours=1)) == {}  # ... but not into a deleted file
+    assert "the database file is gone" in caplog.text
 
 def test_the_real_server_command_refuses_with_a_clear_message(server_dir):
     create_app(config_for(server_dir))

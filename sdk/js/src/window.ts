@@ -1,0 +1,171 @@
+/**
+ * Window aggregates (docs/protocol.md §8.5; reference `edge_agent/window.py`): what the agent
+ * counts between two reports, one window per key (model, version, variant, rollout, cohort).
+ * `close()` returns one schema-2 report per non-empty window and opens the next windows.
+ *
+ *     const windows = new WindowSet(clock.nowMs, newReportId);
+ *     windows.recordInference(key, 0.004);
+ *     outbox.add(windows.close());
+ */
+
+import { LatencySketch } from "./sketch.js";
+
+export type Cohort = "stable" | "canary";
+export const ERROR_REASONS = ["load_failed", "runtime_error", "golden_mismatch", "timeout", "other"] as const;
+export type ErrorReason = (typeof ERROR_REASONS)[number];
+const INFERENCE_REASONS: readonly ErrorReason[] = ["runtime_error", "timeout", "other"];
+export const REPORT_SCHEMA = 2;
+
+/** What one window (and so one report) is about: the model that ran, as assigned. */
+export interface WindowKey {
+  readonly model: string;
+  readonly version: string;
+  readonly variant: string;
+  readonly rolloutId: number | null;
+  readonly cohort: Cohort;
+}
+
+/** One report of `POST /v1/reports` (§8.2). */
+export interface Report {
+  id: string;
+  model: string;
+  version: string;
+  variant: string;
+  rollout_id: number | null;
+  cohort: Cohort;
+  window_start: string;
+  window_end: string;
+  inferences: number;
+  errors: Record<ErrorReason, number>;
+  schema: number;
+  latency: ReturnType<LatencySketch["toWire"]>;
+  latency_sum_seconds: number;
+  labelled: number;
+  correct: number;
+  shadow_samples: number;
+  shadow_agree: number;
+  peak_rss_bytes?: number;
+  dropped_windows: number;
+  load_seconds?: number;
+}
+
+export const sameKey = (a: WindowKey, b: WindowKey): boolean =>
+  a.model === b.model && a.version === b.version && a.variant === b.variant && a.rolloutId === b.rolloutId &&
+  a.cohort === b.cohort;
+
+const keyText = (k: WindowKey): string => JSON.stringify([k.model, k.version, k.variant, k.rolloutId, k.cohort]);
+
+class Window {
+  inferences = 0;
+  errors = Object.fromEntries(ERROR_REASONS.map((r) => [r, 0])) as Record<ErrorReason, number>;
+  latency = new LatencySketch();
+  latencySumSeconds = 0;
+  labelled = 0;
+  correct = 0;
+  shadowSamples = 0;
+  shadowAgree = 0;
+
+  constructor(readonly openedAtMs: number) {}
+
+  get isEmpty(): boolean {
+    return !(this.inferences || this.labelled || this.shadowSamples || Object.values(this.errors).some((n) => n));
+  }
+}
+
+/**
+ * The open windows. A key's window opens at its first record, or at the previous close if the
+ * key had data then (a busy key's windows are back to back); keys with nothing are forgotten.
+ *
+ * @param nowMs unix ms now.
+ * @param newId a fresh report id (uuid4 as 32 hex digits), never reused.
+ * @param peakRssBytes the process' peak resident memory, null when the platform cannot tell.
+ */
+export class WindowSet {
+  private windows = new Map<string, [WindowKey, Window]>();
+
+  constructor(private readonly nowMs: () => number, private readonly newId: () => string,
+              private readonly peakRssBytes: () => number | null = () => null) {}
+
+  private window(key: WindowKey): Window {
+    const text = keyText(key);
+    let found = this.windows.get(text);
+    if (found === undefined) {
+      found = [key, new Window(this.nowMs())];
+      this.windows.set(text, found);
+    }
+    return found[1];
+  }
+
+  /** One successful inference of `latencySeconds` (finite, ≥ 0). */
+  recordInference(key: WindowKey, latencySeconds: number): void {
+    if (!(Number.isFinite(latencySeconds) && latencySeconds >= 0)) {
+      throw new RangeError(`latency_seconds must be a finite number >= 0, got ${latencySeconds}`);
+    }
+    const window = this.window(key);
+    window.inferences += 1;
+    window.latency.add(latencySeconds);
+    window.latencySumSeconds += latencySeconds;
+  }
+
+  /** One error; an inference reason also counts one inference (without a latency). */
+  recordError(key: WindowKey, reason: ErrorReason): void {
+    if (!ERROR_REASONS.includes(reason)) throw new RangeError(`unknown error reason ${reason}`);
+    const window = this.window(key);
+    if (INFERENCE_REASONS.includes(reason)) window.inferences += 1;
+    window.errors[reason] += 1;
+  }
+
+  recordLabelled(key: WindowKey, correct: boolean): void {
+    const window = this.window(key);
+    window.labelled += 1;
+    window.correct += correct ? 1 : 0;
+  }
+
+  recordShadow(key: WindowKey, agree: boolean): void {
+    const window = this.window(key);
+    window.shadowSamples += 1;
+    window.shadowAgree += agree ? 1 : 0;
+  }
+
+  /** End every window: one report per non-empty one (all sharing `window_end`). */
+  close(nowMs?: number): Report[] {
+    const closedAt = nowMs ?? this.nowMs();
+    const rss = this.peakRssBytes();
+    const closed = this.windows;
+    this.windows = new Map();
+    const reports: Report[] = [];
+    for (const [text, [key, window]] of closed) {
+      if (window.isEmpty) continue;
+      reports.push(toReport(key, window, closedAt, rss, this.newId()));
+      this.windows.set(text, [key, new Window(closedAt)]);
+    }
+    return reports;
+  }
+}
+
+function toReport(key: WindowKey, w: Window, closedAtMs: number, rss: number | null, id: string): Report {
+  const report: Report = {
+    id, model: key.model, version: key.version, variant: key.variant, rollout_id: key.rolloutId, cohort: key.cohort,
+    window_start: isoUtc(w.openedAtMs), window_end: isoUtc(Math.max(closedAtMs, w.openedAtMs)),
+    inferences: w.inferences, errors: { ...w.errors }, schema: REPORT_SCHEMA, latency: w.latency.toWire(),
+    latency_sum_seconds: w.latencySumSeconds, labelled: w.labelled, correct: w.correct,
+    shadow_samples: w.shadowSamples, shadow_agree: w.shadowAgree, dropped_windows: 0,
+  };
+  if (rss !== null && rss > 0) report.peak_rss_bytes = Math.round(rss);
+  return report;
+}
+
+/** Unix ms as the ISO 8601 UTC time the reference agent sends (`2026-01-01T00:00:00.123000+00:00`). */
+export function isoUtc(unixMs: number): string {
+  const whole = Math.floor(unixMs);
+  const micro = Math.min(999, Math.round((unixMs - whole) * 1000));
+  return new Date(whole).toISOString().replace(/\.(\d{3})Z$/, (_, ms: string) => `.${ms}${String(micro).padStart(3, "0")}+00:00`);
+}
+
+/** A report id: uuid4 as 32 hex digits, from `randomBytes`. */
+export function newReportId(randomBytes: (n: number) => Uint8Array): string {
+  const b = randomBytes(16);
+  b[6] = (b[6]! & 0x0f) | 0x40;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  return [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+}
