@@ -70,8 +70,9 @@ VARIANT_KINDS: MappingProxyType = MappingProxyType(
             ),
             _kind(
                 "onnx-int8-dynamic", "onnx", "int8-dynamic", _ORT, "onnx_quant:build_int8_dynamic",
-                "int8 weights, activations quantized at run time (onnxruntime quantize_dynamic)",
-                per_channel=False, reduce_range=True,
+                "int8 per-channel weights, activations quantized at run time (quantize_dynamic); "
+                "sensitive MatMuls kept in float by tuning",
+                per_channel=True, reduce_range=True, float_layers=(),
             ),
             _kind(
                 "onnx-int8-static", "onnx", "int8", _ORT, "onnx_static:build_int8_static",
@@ -92,7 +93,9 @@ VARIANT_KINDS: MappingProxyType = MappingProxyType(
             ),
             _kind(
                 "tflite-int8-dynamic", "tflite", "int8-dynamic", _LITERT, "tflite_quant:build_int8_dynamic",
-                "int8 weights, dynamic-range activations (ai-edge-quantizer)",
+                "int8 weights, dynamic-range activations (ai-edge-quantizer); sensitive ops kept "
+                "in float by tuning",
+                float_layers=(),
             ),
             _kind(
                 "tflite-int8", "tflite", "int8", _LITERT, "tflite_static:build_int8_static",

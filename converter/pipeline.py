@@ -2,10 +2,11 @@
 
 Order of work: check the output, key, recipe, model and data (cheap; bad input fails here) →
 export the source model once per format (the format's preflight: an unsupported op fails that
-format fast, the others go on) → reference run → for each variant: compression steps (cached
-per chain), build, validate on its real runtime, gates, and accuracy-aware tuning when a
-static int8 variant misses them → the ``[targets]`` search, if any → golden set, manifest,
-signature, report → rename the staged directory into place.
+format fast, the others go on) → reference run → for each variant: skipped unbuilt when the
+exported graph predicts it is not worth building (static int8 on a transformer), else
+compression steps (cached per chain), build, validate on its real runtime, gates, and
+accuracy-aware tuning when an int8 variant misses them → the ``[targets]`` search, if any →
+golden set, manifest, signature, report → rename the staged directory into place.
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ from converter.data import SampleSet, load_samples
 from converter.errors import ConverterError, DataError, UnsupportedModelError
 from converter.golden import write_golden
 from converter.loading import as_eval, load_model
-from converter.progress import Progress
-from converter.recipe import Recipe, load_recipe
+from converter.progress import Progress, VariantClock
+from converter.recipe import Recipe, VariantPlan, load_recipe
 from converter.reference import Reference, compute_reference, fit_check
 from converter.report import write_report
 from converter.results import VariantResult
 from converter.specs import TensorSpec, parse_input_spec
 from converter.staging import check_writable, staged_directory
+from converter.task import infer_task_kind, recipe_for_task
+from converter.torch_threads import TRIAL_SAMPLES, fastest_threads
 from edgeship.contract import signing
-from edgeship.contract.manifest import MODEL_NAME_PATTERN, Manifest, VariantEntry
+from edgeship.contract.manifest import MODEL_NAME_PATTERN, TASK_KINDS, Manifest, VariantEntry
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +99,8 @@ def run_conversion(
         model_name, version: the registry name (``[a-z0-9-]+``) and release version.
         signing_key: Ed25519 private key path (else ``$EDGESHIP_SIGNING_KEY``).
         task: ``classification``, ``embedding``, ``regression`` or ``generic``; by default
-            classification when the eval set has labels, else generic.
+            inferred from the labels and outputs (:func:`converter.task.infer_task_kind`).
+            The task decides which metrics are measured and gated.
         force: replace an existing ``out`` (only once the new release is complete).
         progress: where progress lines go (default: stderr).
 
@@ -113,6 +117,8 @@ def run_conversion(
     if not specs:
         raise ConverterError("at least one --input NAME:SHAPE:DTYPE is required")
     _check_manifest_names(model_name, version)
+    if task is not None and task not in TASK_KINDS:
+        raise ConverterError(f"task {task!r} is not one of {', '.join(TASK_KINDS)}")
 
     progress.say(f"loading model {type(model).__name__ if hasattr(model, 'forward') else model}")
     module = as_eval(model) if hasattr(model, "forward") else load_model(str(model))
@@ -124,7 +130,9 @@ def run_conversion(
     if not calib_data:
         progress.say("no --calib given: calibrating on the evaluation set")
     output_specs = fit_check(module, specs, eval_set.sample(0))
-    task_kind = task or ("classification" if eval_set.labels is not None else "generic")
+    task_kind, why = (task, "as given") if task else infer_task_kind(output_specs, eval_set.labels)
+    progress.say(f"task: {task_kind} ({why}; --task overrides)")
+    recipe = recipe_for_task(recipe, task_kind)
 
     with staged_directory(out, force) as stage:
         scratch = stage / ".build"
@@ -136,7 +144,8 @@ def run_conversion(
             refused = runner.preflight((), source_formats)
             if len(refused) == len(source_formats):
                 raise UnsupportedModelError("all formats", "; ".join(refused.values()))
-        reference = compute_reference(module, specs, output_specs, eval_set, progress)
+        with fastest_threads(module, specs, list(eval_set.head(TRIAL_SAMPLES + 1))):
+            reference = compute_reference(module, specs, output_specs, eval_set, progress)
         runner.reference = reference
         results = _run_variants(runner, recipe)
         search_log: list[dict[str, Any]] = []
@@ -182,16 +191,70 @@ def _runner(module: Any, specs: list[TensorSpec], output_specs: list[TensorSpec]
 
 
 def _run_variants(runner: Any, recipe: Recipe) -> list[VariantResult]:
-    """Every recipe variant, in order; static int8 variants that miss their gates are tuned."""
+    """Every recipe variant, in order: skipped unbuilt when predicted not worth building on
+    this graph, tuned when an int8 variant misses its gates."""
     from converter.tuning import needs_tuning, tune_variant
 
-    results = []
+    clock = VariantClock(runner.progress, len(recipe.variants))
+    results: list[VariantResult] = []
     for plan in recipe.variants:
-        result = runner.run(plan)
-        if needs_tuning(plan, result):
-            result = tune_variant(runner, plan, result)
+        clock.start(plan.request.id)
+        skip = _predicted_skip(runner, plan, list(zip(recipe.variants, results, strict=False)))
+        if skip is not None:
+            kind = plan.request.kind
+            result = VariantResult(plan.request.id, kind.kind, kind.format, kind.precision,
+                                   status="skipped", reason=skip)
+        else:
+            result = runner.run(plan)
+            if needs_tuning(plan, result):
+                result = tune_variant(runner, plan, result)
+            if result.status == "passed" and not result.reason:
+                result.reason = _weight_only_note(plan, list(zip(recipe.variants, results, strict=False)))
+        result.seconds = round(clock.finish(result.status), 2)
         results.append(result)
     return results
+
+
+def _predicted_skip(runner: Any, plan: VariantPlan,
+                    done: list[tuple[VariantPlan, VariantResult]]) -> str | None:
+    """Why :mod:`converter.tuning.feasibility` skips ``plan`` (given the variants ``done``), or
+    ``None``."""
+    from converter.tuning.feasibility import (
+        REPLACED_WHEN_PASSED,
+        STATIC_KINDS,
+        profile_of,
+        static_int8_verdict,
+        weight_only_verdict,
+    )
+
+    kind = plan.request.kind
+    if not plan.tuning.skip_predicted:
+        return None
+    if kind.kind in REPLACED_WHEN_PASSED:
+        passed = {p.request.kind.kind: r for p, r in done
+                  if p.steps == plan.steps and r.status == "passed"}
+        fp32 = passed.get(f"{kind.format}-fp32")
+        return weight_only_verdict(kind.kind, {k: (r.id, _p50_ratio(r, fp32)) for k, r in passed.items()})
+    if kind.kind not in STATIC_KINDS:
+        return None
+    base, refused = runner.base(plan.steps, kind.format)
+    if refused:
+        return None  # runner.run reports the refusal
+    profile = profile_of(kind.format, base)
+    return static_int8_verdict(profile) if profile is not None else None
+
+
+def _weight_only_note(plan: VariantPlan, done: list[tuple[VariantPlan, VariantResult]]) -> str | None:
+    from converter.tuning.feasibility import weight_only_note
+
+    outcomes = {p.request.kind.kind: r.status for p, r in done if p.steps == plan.steps}
+    return weight_only_note(plan.request.kind.kind, outcomes)
+
+
+def _p50_ratio(result: VariantResult, fp32: VariantResult | None) -> float | None:
+    p50 = (result.metrics.get("latency_ms") or {}).get("p50")
+    base = (fp32.metrics.get("latency_ms") or {}).get("p50") if fp32 else None
+    return p50 / base if p50 and base else None
 
 
 def _formats(recipe: Recipe, source_only: bool = False) -> list[str]:

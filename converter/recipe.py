@@ -3,8 +3,10 @@
 A recipe is TOML. Every key is optional; what is left out takes the default::
 
     [gates]                       # for every variant unless the variant overrides it
-    max_accuracy_drop = 0.005     # ratio: 0.005 = half a point of accuracy
-    min_agreement = 0.99          # top-1 agreement with the PyTorch reference
+    max_accuracy_drop = 0.005     # ratio: 0.005 = half a point of accuracy (labels)
+    min_agreement = 0.99          # classification: top-1 agreement with the PyTorch reference
+    min_cosine = 0.99             # default for embedding and generic tasks, each output
+    max_rel_err = 0.05            # default for regression (0.1 generic): relative L2 error
     max_abs_err_fp32 = 1e-4       # fp32 variants only
 
     [validation]
@@ -20,9 +22,10 @@ A recipe is TOML. Every key is optional; what is left out takes the default::
     epochs = 30                   # distillation epochs; fine_tune_epochs, lr, fine_tune_lr,
                                   # batch_size, seed, threads also go here
 
-    [tuning]                      # when a static int8 variant misses its gates
+    [tuning]                      # when an int8 variant misses its gates
     max_trials = 12               # attempts after the first (calibration, float layers)
-    max_seconds = 600
+    max_seconds = 180             # per variant, sensitivity included
+    skip_predicted = true         # skip static int8 on transformer graphs, unbuilt
 
     [targets]                     # search for a variant meeting these (converter.search)
     max_size_mb = 0.02
@@ -61,6 +64,10 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 class Gates:
     """Limits a variant must meet to ship. ``None`` switches a gate off.
 
+    Gates whose metric the task does not measure are switched off and unset gates get the
+    task's defaults (:func:`converter.task.gates_for_task`): top-1 agreement and accuracy for
+    classification, cosine and relative error (of each output) for the others.
+
     For a variant built from a compressed model (it has ``steps``), ``min_agreement``,
     ``min_cosine`` and ``max_abs_err_fp32`` check the export against the compressed PyTorch
     model, ``max_accuracy_drop`` checks accuracy against the source model, and
@@ -71,6 +78,7 @@ class Gates:
     min_agreement: float | None = 0.99
     max_abs_err_fp32: float | None = 1e-4
     min_cosine: float | None = None
+    max_rel_err: float | None = None
     max_size_bytes: int | None = None
     max_latency_p95_ms: float | None = None
     min_source_agreement: float | None = None
@@ -100,7 +108,7 @@ class Validation:
 
 @dataclass(frozen=True)
 class Tuning:
-    """Accuracy-aware tuning of static int8 variants that miss their gates (converter.tuning).
+    """Accuracy-aware tuning of int8 variants that miss their gates (converter.tuning).
 
     Attributes:
         enabled: tune at all (``tuning = false`` on a variant switches it off).
@@ -108,13 +116,16 @@ class Tuning:
         max_seconds: wall-clock budget for one variant's tuning, sensitivity included.
         sensitivity_samples: eval samples used to rank layers by sensitivity.
         max_float_layers: most layers kept in float before giving up.
+        skip_predicted: skip, unbuilt and with the reason, the variants
+            :mod:`converter.tuning.feasibility` predicts not worth building on the graph.
     """
 
     enabled: bool = True
     max_trials: int = 12
-    max_seconds: float = 600.0
+    max_seconds: float = 180.0
     sensitivity_samples: int = 200
     max_float_layers: int = 8
+    skip_predicted: bool = True
 
 
 @dataclass(frozen=True)
@@ -239,9 +250,9 @@ def _parse_tuning(value: Any, base: Tuning, where: str) -> Tuning:
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     for name, item in value.items():
-        if name == "enabled":
+        if name in ("enabled", "skip_predicted"):
             if not isinstance(item, bool):
-                raise RecipeError(f"{where}: enabled must be true or false")
+                raise RecipeError(f"{where}: {name} must be true or false")
         elif isinstance(item, bool) or not isinstance(item, int | float) or item < 0:
             raise RecipeError(f"{where}: {name} must be a non-negative number, got {item!r}")
     return dataclasses.replace(base, **value)

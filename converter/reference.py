@@ -51,6 +51,9 @@ def flatten_outputs(result: Any) -> tuple[list[str | None], list[torch.Tensor]]:
         items = list(result.items())
     elif isinstance(result, list | tuple):
         items = [(None, r) for r in result]
+    elif type(result).__name__.endswith("Cache"):  # transformers' KV cache (DynamicCache, ...)
+        raise InputSpecError(f"model returned a key/value cache ({type(result).__name__}); "
+                             "convert a fixed-length forward pass: set config.use_cache = False")
     else:
         raise InputSpecError(f"model returned {type(result).__name__}; expected tensors")
     for key, value in items:

@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from converter.report_plots import write_pareto, write_plot
-from converter.report_sections import compression_sections, search_sections, tuning_sections
+from converter.report_sections import (
+    compression_sections,
+    output_sections,
+    search_sections,
+    tuning_sections,
+)
 from converter.results import VariantResult
 from edgeship.contract.manifest import Manifest
 
@@ -15,7 +20,18 @@ REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
 PARETO_PNG = "pareto.png"
 
 COLUMNS = ("variant", "status", "size KB", "size ×fp32", "gzip KB", "accuracy", "drop pts", "agree",
-           "max abs err", "cosine", "p50 ms", "p95 ms", "p50 ×fp32", "peak RSS MB", "steps")
+           "cosine", "rel err", "max abs err", "p50 ms", "p95 ms", "p50 ×fp32", "peak RSS MB", "steps")
+#: the metric each fidelity column shows; a column is left out when no variant measured it
+#: (its task does not measure it: no agreement for an embedding, no accuracy without labels).
+METRIC_COLUMNS = {"accuracy": "accuracy", "drop pts": "accuracy_drop", "agree": "agreement",
+                  "cosine": "cosine", "rel err": "rel_err", "max abs err": "max_abs_err"}
+#: what the report says each task is judged on (converter.task decides what is measured).
+TASK_JUDGED_BY = {
+    "classification": "top-1 agreement with the reference, and accuracy when the eval set has labels",
+    "embedding": "cosine similarity and relative error against the reference",
+    "regression": "relative error against the reference",
+    "generic": "cosine similarity and relative error of each output against the reference",
+}
 
 
 def baseline_for(result: VariantResult, results: list[VariantResult]) -> VariantResult | None:
@@ -51,34 +67,49 @@ def model_steps(result: VariantResult) -> str:
     return " → ".join(step["step"] for step in result.steps)
 
 
+def columns(results: list[VariantResult]) -> list[str]:
+    """:data:`COLUMNS` without the fidelity columns that no variant measured."""
+    present = {key for r in results for key in r.metrics}
+    return [c for c in COLUMNS if c not in METRIC_COLUMNS or METRIC_COLUMNS[c] in present]
+
+
 def table_rows(results: list[VariantResult]) -> list[list[str]]:
+    """One row per variant, cells in the order of :func:`columns`."""
+    shown = columns(results)
     rows = []
     for r in results:
         m, base = r.metrics, baseline_for(r, results)
         lat = m.get("latency_ms") or {}
-        rows.append([
-            r.id, r.status,
-            _num(r.size_bytes / 1024 if r.size_bytes else None, "{:.1f}"),
-            _num(r.size_bytes / base.size_bytes if base and r.size_bytes else None, "{:.3f}"),
-            _num(r.gzip_size_bytes / 1024 if r.gzip_size_bytes else None, "{:.1f}"),
-            _num(m.get("accuracy"), "{:.4f}"),
-            _num(m["accuracy_drop"] * 100 if m.get("accuracy_drop") is not None else None, "{:+.2f}"),
-            _num(m.get("agreement"), "{:.4f}"),
-            _num(m.get("max_abs_err"), "{:.2e}"),
-            _num(m.get("cosine"), "{:.6f}"),
-            _num(lat.get("p50"), "{:.3f}"),
-            _num(lat.get("p95"), "{:.3f}"),
-            _num(latency_ratio(r, results), "{:.2f}"),
-            _num(m["peak_rss_bytes"] / 2**20 if m.get("peak_rss_bytes") else None, "{:.0f}"),
-            model_steps(r) or "–",
-        ])
+        cells = {
+            "variant": r.id, "status": r.status,
+            "size KB": _num(r.size_bytes / 1024 if r.size_bytes else None, "{:.1f}"),
+            "size ×fp32": _num(r.size_bytes / base.size_bytes if base and r.size_bytes else None,
+                               "{:.3f}"),
+            "gzip KB": _num(r.gzip_size_bytes / 1024 if r.gzip_size_bytes else None, "{:.1f}"),
+            "accuracy": _num(m.get("accuracy"), "{:.4f}"),
+            "drop pts": _num(m["accuracy_drop"] * 100 if m.get("accuracy_drop") is not None else None,
+                             "{:+.2f}"),
+            "agree": _num(m.get("agreement"), "{:.4f}"),
+            "cosine": _num(m.get("cosine"), "{:.6f}"),
+            "rel err": _num(m.get("rel_err"), "{:.2e}"),
+            # null in the metrics: the outputs were not finite
+            "max abs err": "NaN/Inf" if "max_abs_err" in m and m["max_abs_err"] is None
+            else _num(m.get("max_abs_err"), "{:.2e}"),
+            "p50 ms": _num(lat.get("p50"), "{:.3f}"),
+            "p95 ms": _num(lat.get("p95"), "{:.3f}"),
+            "p50 ×fp32": _num(latency_ratio(r, results), "{:.2f}"),
+            "peak RSS MB": _num(m["peak_rss_bytes"] / 2**20 if m.get("peak_rss_bytes") else None,
+                                "{:.0f}"),
+            "steps": model_steps(r) or "–",
+        }
+        rows.append([cells[c] for c in shown])
     return rows
 
 
 def format_table(results: list[VariantResult]) -> str:
     """A plain-text table for the terminal, reasons listed below it."""
-    rows = [list(COLUMNS), *table_rows(results)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    rows = [columns(results), *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     reasons = [f"  {r.id}: {r.reason}" for r in results if r.reason]
@@ -108,8 +139,9 @@ def write_report(
 def markdown(manifest: Manifest, results: list[VariantResult], plotted: bool,
              search: list[dict[str, Any]] | None = None, pareto: bool = False) -> str:
     ref = manifest.reference
-    header = "| " + " | ".join((*COLUMNS, "reason / note")) + " |"
-    rule = "|" + "---|" * (len(COLUMNS) + 1)
+    shown = columns(results)
+    header = "| " + " | ".join((*shown, "reason / note")) + " |"
+    rule = "|" + "---|" * (len(shown) + 1)
     flagged = notes(results)
     body = [
         "| " + " | ".join((*row, "; ".join(filter(None, (r.reason, flagged.get(r.id)))).replace("|", "/")))
@@ -120,7 +152,10 @@ def markdown(manifest: Manifest, results: list[VariantResult], plotted: bool,
     lines = [
         f"# {manifest.model} {manifest.version}: conversion report",
         "",
-        f"Task: {manifest.task['kind']}. Reference (PyTorch): {ref['params']:,} parameters, "
+        f"Task: {manifest.task['kind']}; variants are judged on "
+        f"{TASK_JUDGED_BY.get(manifest.task['kind'], 'their error against the reference')}.",
+        "",
+        f"Reference (PyTorch): {ref['params']:,} parameters, "
         f"{ref['macs']:,} MACs" + (f", accuracy {ref['accuracy']:.4f}" if "accuracy" in ref else "")
         + ".",
         f"Measured on {_host(results)}; latency is one sample at a time on the variant's runtime.",
@@ -132,11 +167,12 @@ def markdown(manifest: Manifest, results: list[VariantResult], plotted: bool,
         header, rule, *body, "",
     ]
     if plotted:
-        lines += ["![size, latency and accuracy per variant](report.png)", ""]
+        lines += ["![size, latency and quality per variant](report.png)", ""]
     if pareto:
         lines += ["Pareto view: every measured candidate (variants, tuning attempts, search steps) by "
                   "size, latency and accuracy; the non-dominated ones are joined, shipped variants "
                   "are stars.", "", "![Pareto plot](pareto.png)", ""]
+    lines += output_sections(results, [o["name"] for o in manifest.task["outputs"]])
     lines += compression_sections(results)
     lines += tuning_sections(results)
     lines += search_sections(search)

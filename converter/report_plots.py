@@ -22,17 +22,39 @@ def _pyplot() -> Any:
     return plt
 
 
+#: the quality the plots show, first measured wins: what the task is judged on
+#: (converter.task), higher is better; a regression shows 1 − relative error.
+QUALITY = (("accuracy", "accuracy"), ("agreement", "agreement"), ("cosine", "cosine"),
+           ("1 − relative error", "rel_err"))
+
+
+def quality_metric(metrics: list[dict[str, Any]]) -> str | None:
+    """The label of the first :data:`QUALITY` metric that every one of ``metrics`` has."""
+    for label, key in QUALITY:
+        if metrics and all(m.get(key) is not None for m in metrics):
+            return label
+    return None
+
+
+def quality(metrics: dict[str, Any], label: str | None) -> float | None:
+    """The value of quality ``label`` in ``metrics`` (``None`` when not measured)."""
+    key = dict(QUALITY).get(label or "")
+    value = metrics.get(key) if key else None
+    return 1.0 - value if key == "rel_err" and value is not None else value
+
+
 def write_plot(path: Path, results: list[VariantResult], reference_accuracy: float | None) -> bool:
-    """Two panels: size against p50 latency (left) and accuracy, or agreement without labels,
-    per variant (right). Red marks a variant that failed a gate. Returns False when matplotlib
-    is missing or nothing was measured."""
-    measured = [r for r in results if r.metrics.get("agreement") is not None and r.size_bytes]
+    """Two panels: size against p50 latency (left) and the task's quality per variant (right:
+    accuracy, else top-1 agreement, else cosine, else 1 − relative error). Red marks a variant
+    that failed a gate. Returns False when matplotlib is missing or nothing was measured."""
+    with_metrics = [r for r in results if r.metrics and r.size_bytes]
+    metric = quality_metric([r.metrics for r in with_metrics])
+    measured = [r for r in with_metrics if quality(r.metrics, metric) is not None]
     if not measured:
         return False
     plt = _pyplot()
     if plt is None:
         return False
-    metric = "accuracy" if all(r.metrics.get("accuracy") is not None for r in measured) else "agreement"
     colors = FORMAT_COLORS
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.35 * len(measured) + 3.5))
     for r in measured:
@@ -45,8 +67,8 @@ def write_plot(path: Path, results: list[VariantResult], reference_accuracy: flo
     left.set_xlabel("file size (KiB, log scale)")
     left.set_ylabel("latency p50 (ms, one sample)")
     left.set_title("size vs latency")
-    ordered = sorted(measured, key=lambda r: r.metrics[metric])
-    values = [r.metrics[metric] for r in ordered]
+    ordered = sorted(measured, key=lambda r: quality(r.metrics, metric) or 0.0)
+    values = [quality(r.metrics, metric) or 0.0 for r in ordered]
     right.barh([r.id for r in ordered], values,
                color=[colors.get(r.format, "tab:gray") for r in ordered],
                edgecolor=["black" if r.shipped else "red" for r in ordered], linewidth=1.5)
@@ -92,21 +114,22 @@ def candidate_points(
     results: list[VariantResult], search: list[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
     """Every measured candidate: variants (``kind`` variant), tuning attempts and search steps
-    that were not kept (``kind`` candidate). Accuracy, or agreement without labels."""
+    that were not kept (``kind`` candidate), with the quality :func:`quality_metric` picks."""
     points = []
+    metric = quality_metric([r.metrics for r in results if r.metrics])
     for r in results:
         m, p50 = r.metrics, (r.metrics.get("latency_ms") or {}).get("p50")
-        quality = m.get("accuracy", m.get("agreement"))
-        if r.size_bytes and p50 and quality is not None:
-            points.append({"label": r.id, "size": r.size_bytes, "latency": p50, "quality": quality,
+        value = quality(m, metric)
+        if r.size_bytes and p50 and value is not None:
+            points.append({"label": r.id, "size": r.size_bytes, "latency": p50, "quality": value,
                            "format": r.format, "kind": "variant", "shipped": r.shipped})
         for attempt in (r.tuning or {}).get("attempts", []):
             am = attempt["metrics"]
+            value = quality(am, metric)
             if not attempt["kept"] and am.get("size_bytes") and am.get("latency_p50_ms") \
-                    and am.get("accuracy", am.get("agreement")) is not None:
+                    and value is not None:
                 points.append({"label": f"{r.id} #{attempt['attempt']}", "size": am["size_bytes"],
-                               "latency": am["latency_p50_ms"],
-                               "quality": am.get("accuracy", am.get("agreement")),
+                               "latency": am["latency_p50_ms"], "quality": value,
                                "format": r.format, "kind": "candidate", "shipped": False})
     for entry in search or []:
         for n, step in enumerate(entry["steps"]):
@@ -129,8 +152,7 @@ def write_pareto(
     if plt is None or not points:
         return False
     front = pareto_front([(p["size"], p["latency"], p["quality"]) for p in points])
-    metric = "accuracy" if all(r.metrics.get("accuracy") is not None for r in results if r.metrics) \
-        else "agreement"
+    metric = quality_metric([r.metrics for r in results if r.metrics]) or "quality"
     variants = [p["quality"] for p in points if p["kind"] == "variant"]
     floor = max(0.0, min(variants) - max(0.02, (1 - min(variants)) * 0.5)) if variants else 0.0
     below = sum(p["quality"] < floor for p in points)
@@ -159,7 +181,7 @@ def write_pareto(
         if key == "size":
             ax.set_xscale("log")
     axes[0].set_ylabel(metric)
-    fig.suptitle("stars: shipped; black edge: Pareto-optimal in size, latency and accuracy together; "
+    fig.suptitle(f"stars: shipped; black edge: Pareto-optimal in size, latency and {metric} together; "
                  "faint dots: candidates tried and not kept"
                  + (f" ({below} below the axis)" if below else ""), fontsize=10)
     fig.tight_layout()

@@ -93,34 +93,78 @@ def tuning_sections(results: list[VariantResult]) -> list[str]:
              "passed or the budget ran out. Each attempt was validated on the real runtime.", ""]
     for r in tuned:
         t = r.tuning or {}
+        quality = _fidelity_columns([a["metrics"] for a in t["attempts"]])
         lines += [f"### {r.id}: {t['outcome']} after {len(t['attempts'])} attempts "
                   f"({t['seconds']:.0f} s)", "",
-                  "| # | change | settings | status | accuracy | drop pts | agree | p50 ms | size KB "
-                  "| shortfall | why rejected |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| # | change | settings | status | " + "".join(f"{c} | " for c, _ in quality)
+                  + "p50 ms | size KB | shortfall | why rejected |",
+                  "|---|---|---|---|" + "---|" * len(quality) + "---|---|---|---|"]
         for a in t["attempts"]:
             m = a["metrics"]
-            drop = m.get("accuracy_drop")
             mark = " (kept)" if a["kept"] else ""
             lines.append(
                 f"| {a['attempt']}{mark} | {_short(a['change'])} | {a['settings']} | {a['status']} | "
-                f"{_cell(m.get('accuracy'))} | {_cell(drop * 100 if drop is not None else None)} | "
-                f"{_cell(m.get('agreement'))} | {_cell(m.get('latency_p50_ms'))} | "
+                + "".join(f"{_cell(_value(m, key))} | " for _, key in quality)
+                + f"{_cell(m.get('latency_p50_ms'))} | "
                 f"{_cell(m['size_bytes'] / 1024 if m.get('size_bytes') else None)} | "
                 f"{a['shortfall']:.3g} | {(a['rejected'] or '–').replace('|', '/')} |")
         lines.append("")
         if t["sensitivity"]:
             kept = set(t["kept"].get("float_layers") or [])
+            agree = all(row.get("agreement") is not None for row in t["sensitivity"])  # classifiers
             lines += ["Per-layer sensitivity (each layer quantized alone; error = relative squared "
                       "error of the outputs against float):", "",
-                      "| rank | layer | op | module | error | agreement with float | kept in float |",
-                      "|---|---|---|---|---|---|---|"]
+                      "| rank | layer | op | module | error |" + (" agreement with float |" if agree else "")
+                      + " kept in float |", "|---|---|---|---|---|" + ("---|" if agree else "") + "---|"]
             for rank, row in enumerate(t["sensitivity"], start=1):
                 lines.append(f"| {rank} | {_short(row['layer'])} | {row['op']} | {row['module'] or '–'} | "
-                             f"{row['score']:.3g} | {row['agreement']:.3f} | "
-                             f"{'yes' if row['layer'] in kept else ''} |")
+                             f"{row['score']:.3g} | " + (f"{row['agreement']:.3f} | " if agree else "")
+                             + f"{'yes' if row['layer'] in kept else ''} |")
             lines.append("")
     return lines
+
+
+#: fidelity columns of the tuning table, shown when an attempt measured them.
+_FIDELITY = (("accuracy", "accuracy"), ("drop pts", "accuracy_drop"), ("agree", "agreement"),
+             ("cosine", "cosine"), ("rel err", "rel_err"))
+
+
+def _fidelity_columns(metrics: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(label, key) for label, key in _FIDELITY if any(m.get(key) is not None for m in metrics)]
+
+
+def _value(metrics: dict[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    return value * 100 if key == "accuracy_drop" and value is not None else value
+
+
+def output_sections(results: list[VariantResult], names: list[str]) -> list[str]:
+    """Per-output fidelity of each measured variant of a model with several outputs: the
+    cosine and relative-error gates check each output, so each is shown."""
+    measured = [r for r in results if r.metrics.get("outputs")]
+    if len(names) < 2 or not measured:
+        return []
+    keys = [(label, key) for label, key in (("cosine", "cosine"), ("rel err", "rel_err"),
+                                            ("max abs err", "max_abs_err"))
+            if any(key in v for r in measured for v in r.metrics["outputs"].values())]
+    lines = ["## Per-output error", "",
+             "Each output against the reference; the cosine and relative-error gates apply to "
+             "each one.", "",
+             "| variant | output | " + " | ".join(label for label, _ in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for r in measured:
+        for name in names:
+            values = r.metrics["outputs"].get(name, {})
+            lines.append(f"| {r.id} | {name} | "
+                         + " | ".join(_metric(values.get(key), key) for _, key in keys) + " |")
+    return [*lines, ""]
+
+
+def _metric(value: float | None, key: str) -> str:
+    """Cosine to 6 decimals, errors in scientific notation (they span many decades)."""
+    if value is None:
+        return "–"
+    return f"{value:.6f}" if key == "cosine" else f"{value:.2e}"
 
 
 def _short(text: str, limit: int = 48) -> str:

@@ -25,6 +25,7 @@ class VariantResult:
         model: parameters and MACs of the model that was exported.
         gzip_size_bytes: the artifact gzip-compressed (what pruned zeros save in transit).
         tuning: the accuracy-aware tuning record (attempts, sensitivity, outcome), if any.
+        seconds: wall time spent on this variant (build, validation, tuning).
     """
 
     id: str
@@ -44,6 +45,7 @@ class VariantResult:
     model: dict[str, Any] = field(default_factory=dict)
     gzip_size_bytes: int | None = None
     tuning: dict[str, Any] | None = None
+    seconds: float | None = None
 
     @property
     def shipped(self) -> bool:
@@ -58,5 +60,5 @@ class VariantResult:
             "build_seconds": self.build_seconds,
             "details": self.built.details if self.built else {},
             "steps": self.steps, "model": self.model, "gzip_size_bytes": self.gzip_size_bytes,
-            "tuning": self.tuning,
+            "tuning": self.tuning, "seconds": self.seconds,
         }

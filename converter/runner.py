@@ -37,9 +37,9 @@ from converter.recipe import Validation, VariantPlan
 from converter.reference import Reference, compute_reference, fit_check
 from converter.results import VariantResult
 from converter.specs import TensorSpec
-from converter.validate import measure_on_runtime, variant_metrics, write_eval_inputs
+from converter.task_metrics import task_fidelity
+from converter.validate import measure_on_runtime, rounded, variant_metrics, write_eval_inputs
 from edgeship.contract.errors import first_line
-from edgeship.contract.fidelity import fidelity
 
 
 class VariantRunner:
@@ -225,19 +225,18 @@ class VariantRunner:
             self._inspect_only(plan, result, ctx, measurement.unavailable_reason)
             return
         result.runtime = {"name": measurement.runtime, "min_version": measurement.version}
-        classification = self.task_kind == "classification"
         compressed_ref = self.compressed_reference(plan.steps)
         result.model = {"params": compressed_ref.params, "macs": compressed_ref.macs}
         try:
             result.metrics = variant_metrics(
-                measurement, reference, self.eval_set.labels if classification else None,
-                classification, self.validation.agreement_cosine,
-                self.validation.golden_count * self.eval_set.batch,
+                measurement, reference, self.eval_set.labels, self.task_kind,
+                self.validation.agreement_cosine, self.validation.golden_count * self.eval_set.batch,
             )
             if plan.steps:
-                export = fidelity(measurement.outputs, compressed_ref.outputs, classification,
-                                  self.validation.agreement_cosine)
-                result.metrics["export"] = {k: float(f"{v:.6g}") for k, v in export.items()}
+                export = task_fidelity(measurement.outputs, compressed_ref.outputs,
+                                       [s.name for s in self.outputs], self.task_kind,
+                                       self.validation.agreement_cosine)
+                result.metrics["export"] = rounded(export)
         except ValueError as err:
             result.status, result.reason = "failed", f"outputs do not match the reference: {err}"
             return

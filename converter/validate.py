@@ -17,6 +17,7 @@ import numpy as np
 from converter.data import SampleSet
 from converter.export.base import BuiltVariant
 from converter.reference import Reference
+from converter.task_metrics import task_fidelity
 from edgeship.contract import fidelity as fm
 
 MEASURE_TIMEOUT_SECONDS = 1800
@@ -104,17 +105,22 @@ def variant_metrics(
     measurement: Measurement,
     reference: Reference,
     labels: np.ndarray | None,
-    classification: bool,
+    task_kind: str,
     agreement_cosine: float,
     golden_rows: int,
 ) -> dict[str, Any]:
     """Metrics for the manifest.
 
-    Fidelity on the eval set and on the golden probe set (its first ``golden_rows`` rows),
-    accuracy and its drop (with labels), latency percentiles, peak memory and the host.
+    Fidelity on the eval set as the task measures it (:func:`converter.task_metrics.task_fidelity`),
+    accuracy and its drop (classification with labels), the golden probe set's agreement and
+    error (its first ``golden_rows`` rows, by the device's rule: top-1 for classification,
+    cosine >= ``agreement_cosine`` otherwise), latency percentiles, peak memory and the host.
     """
     outputs = measurement.outputs
-    result: dict[str, Any] = fm.fidelity(outputs, reference.outputs, classification, agreement_cosine)
+    classification = task_kind == "classification"
+    names = [s.name for s in reference.output_specs]
+    result: dict[str, Any] = task_fidelity(outputs, reference.outputs, names, task_kind,
+                                           agreement_cosine)
     if labels is not None and classification:
         result["accuracy"] = fm.accuracy(outputs[0], labels)
         result["accuracy_drop"] = fm.accuracy(reference.outputs[0], labels) - result["accuracy"]
@@ -131,14 +137,15 @@ def variant_metrics(
     if measurement.peak_rss_bytes:
         result["peak_rss_bytes"] = measurement.peak_rss_bytes
     result["host"] = host_description()
-    return _rounded(result)
+    return rounded(result)
 
 
-def _rounded(value: Any) -> Any:
+def rounded(value: Any) -> Any:
+    """Floats to 6 significant digits, non-finite ones to ``None`` (JSON null), in nested dicts."""
     if isinstance(value, float):
         return float(f"{value:.6g}") if np.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
+        return {k: rounded(v) for k, v in value.items()}
     return value
 
 

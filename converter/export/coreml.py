@@ -25,10 +25,10 @@ A ``.mlpackage`` is a directory, so it ships as one deterministic zip
 (``<variant id>.mlpackage.zip``, see :mod:`converter.export.coreml_package`); off macOS the
 variants are checked statically by :mod:`converter.export.coreml_inspect`.
 
-The model is captured with ``torch.jit.trace`` first (coremltools' most mature frontend); when
-that path fails (e.g. shape arithmetic like ``b, t, d = x.shape`` that the TorchScript
-frontend cannot fold), it is captured again with ``torch.export`` and converted from the
-ExportedProgram. Only when both fail is the format refused, naming the op of the first error.
+Capture: ``torch.jit.trace`` (with the op converters of
+:mod:`converter.export.coreml_torch_ops` registered), checked against the model on other
+calibration samples; else ``torch.export`` decomposed to core ATen. Dict and ``ModelOutput``
+returns are flattened in the reference's order. Why: docs/decisions/2026-12-07-coreml-transformers.md.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from converter.errors import UnsupportedModelError, VariantBuildError
 from converter.export.base import BuiltVariant, ExportContext, NotApplicable, VariantRequest
@@ -111,6 +113,7 @@ def export_base(ctx: ExportContext) -> CoreMLBase:
     target = _base_target(ctx)
     try:
         source = _capture(ctx, "trace")
+        _check_capture(source, ctx)
         return CoreMLBase(traced=source, model=_convert(source, ctx, target), target=target)
     except Exception as trace_error:
         ctx.progress.say(f"coreml: TorchScript path failed ({first_line(trace_error, 120)}); "
@@ -118,21 +121,60 @@ def export_base(ctx: ExportContext) -> CoreMLBase:
         try:
             source = _capture(ctx, "export")
             return CoreMLBase(traced=source, model=_convert(source, ctx, target), target=target)
-        except Exception:
+        except Exception as export_error:
+            detail = (f"torch.jit.trace: {first_line(trace_error, 200)}; "
+                      f"torch.export: {first_line(export_error, 200)}")
             raise UnsupportedModelError(
-                FORMAT, first_line(trace_error), op=failing_op(trace_error)
+                FORMAT, detail, op=failing_op(trace_error) or failing_op(export_error)
             ) from trace_error
 
 
 def _capture(ctx: ExportContext, how: str) -> Any:
-    """``torch.jit.trace`` (``how="trace"``) or ``torch.export`` + decompositions."""
+    """``torch.jit.trace`` (``how="trace"``) or ``torch.export`` decomposed to core ATen."""
     import torch
 
+    from converter.export.flat_outputs import FlatOutputs
+
     ctx.progress.say(f"coreml: capturing with torch.{'jit.trace' if how == 'trace' else 'export'}")
+    module = FlatOutputs(ctx.model).eval()
     with torch.no_grad():
         if how == "trace":
-            return torch.jit.trace(ctx.model, ctx.example_tensors())
-        return torch.export.export(ctx.model, ctx.example_tensors()).run_decompositions({})
+            return torch.jit.trace(module, ctx.example_tensors())
+        # The core ATen table turns ops coremltools 9.0 has no converter for (``new_ones``,
+        # ``__and__`` on masks) into ones it has (``full``, ``bitwise_and``).
+        return torch.export.export(module, ctx.example_tensors()).run_decompositions()
+
+
+def _check_capture(traced: Any, ctx: ExportContext, samples: int = 2) -> None:
+    """The trace reproduces the model on calibration samples other than the one traced.
+
+    Off macOS nothing runs the converted program, so this is the check that tracing did not
+    freeze data-dependent control flow (a Python ``if`` on a tensor) to the example's branch.
+
+    Raises:
+        ValueError: the trace's outputs differ from the model's on some sample.
+    """
+    import torch
+
+    from converter.reference import run_model
+
+    checked = 0
+    for sample in ctx.calibration():
+        if checked == samples:
+            break
+        if all(np.array_equal(sample[s.name], ctx.example[s.name]) for s in ctx.inputs):
+            continue
+        args = tuple(torch.from_numpy(np.ascontiguousarray(sample[s.name])) for s in ctx.inputs)
+        with torch.no_grad():
+            got = [t.float().numpy() for t in traced(*args)]
+        _, want = run_model(ctx.model, ctx.inputs, sample)
+        for index, (g, w) in enumerate(zip(got, want, strict=True)):
+            w = w.float().numpy()
+            scale = max(1.0, float(np.abs(w).max(initial=0.0)))
+            if g.shape != w.shape or not np.allclose(g, w, rtol=1e-3, atol=1e-4 * scale):
+                raise ValueError(f"the trace differs from the model on output {index} of another "
+                                 "sample (control flow frozen to the example)")
+        checked += 1
 
 
 def _base_target(ctx: ExportContext) -> str:
@@ -145,6 +187,9 @@ def _convert(traced: Any, ctx: ExportContext, target: str) -> Any:
     """``ct.convert`` the traced module to a float16 ML Program for ``target``."""
     import coremltools as ct
 
+    from converter.export import coreml_torch_ops
+
+    coreml_torch_ops.register()
     return ct.convert(
         traced,
         inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=feature_dtype(s)) for s in ctx.inputs],

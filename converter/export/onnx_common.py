@@ -62,26 +62,104 @@ def float_params(model: Any) -> int:
     )
 
 
+def gemm_to_matmul(model: Any) -> int:
+    """Rewrite ``Gemm`` with a constant weight as ``MatMul`` (+ ``Add`` for the bias), in place.
+
+    The exporters emit ``Gemm`` for a Linear on 2-D activations (classifier heads); MatMulNBits
+    only takes ``MatMul``. Gemm nodes with ``transA``, ``alpha != 1`` or ``beta != 1`` are left.
+
+    Returns:
+        The number of nodes rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes, done = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0
+        plain = plain and attrs.get("beta", 1.0) == 1.0
+        if node.op_type != "Gemm" or node.input[1] not in inits or not plain:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        weight = weight.T if attrs.get("transB", 0) else weight
+        w_name = f"{node.input[1]}_kn_{done}"
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out],
+                                      name=f"{node.name}_matmul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]],
+                                          name=f"{node.name}_bias"))
+        done += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return done
+
+
 # --------------------------------------------------------------------------- running the tools
 
 
 def preprocess(base: Path, tmp: Path, ctx: ExportContext) -> Path:
     """``quant_pre_process`` (shape inference + graph optimization); falls back gracefully.
 
-    Symbolic shape inference fails on some graphs; the second try skips it, and when that
-    fails too the base model is quantized as exported.
+    Symbolic shape inference fails on some graphs, and on dynamo exports of transformers the
+    optimized graph fails to load in onnxruntime 1.32 ("Attempt to replace the existing
+    tensor"); each fallback skips one step more, and when every one fails the base model is
+    quantized as exported. The result is checked to load.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = tmp / "preprocessed.onnx"
-    for skip_symbolic in (False, True):
+    for skips in ({}, {"skip_symbolic_shape": True}, {"skip_optimization": True},
+                  {"skip_optimization": True, "skip_symbolic_shape": True}):
         try:
             with quiet_ort():
-                quant_pre_process(str(base), str(pre), skip_symbolic_shape=skip_symbolic)
-            return pre
+                quant_pre_process(str(base), str(pre), **skips)
         except Exception as err:
             ctx.progress.say(f"onnx: quant_pre_process failed ({short(err)}), retrying simpler")
+            continue
+        if loads(pre):
+            return pre
+        ctx.progress.say("onnx: the pre-processed graph does not load in onnxruntime, retrying simpler")
     return base
+
+
+def dynamic_source(base: Path, ctx: ExportContext) -> Path:
+    """The graph ``quantize_dynamic`` reads, made once per base export (cached in ``ctx``).
+
+    :func:`preprocess`, then ``Gemm`` rewritten as ``MatMul``: dynamic quantization has no
+    ``Gemm`` kernel, and the optimizer fuses a transformer's feed-forward MatMul + Add into
+    one. The sensitivity run (:mod:`converter.tuning.onnx_dynamic_layers`) reads the same file,
+    so the node names it ranks are the ones ``float_layers`` takes.
+    """
+    import onnx
+
+    key = ("onnx-dynamic-source", str(base))
+    if key not in ctx.cache:
+        work = ctx.work_dir / "_onnx_dynamic"
+        work.mkdir(parents=True, exist_ok=True)
+        model = onnx.load(str(preprocess(base, work, ctx)))
+        gemm_to_matmul(model)
+        path = work / "source.onnx"
+        onnx.save(model, str(path))
+        ctx.cache[key] = path
+    return ctx.cache[key]
+
+
+def loads(path: Path) -> bool:
+    """Whether onnxruntime CPU can create a session on ``path``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception:  # any failure means no
+        return False
+    return True
 
 
 @contextlib.contextmanager

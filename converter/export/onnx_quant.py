@@ -2,8 +2,8 @@
 
 * ``onnx-fp16``: ``onnxruntime.transformers.float16`` casts weights and compute to float16,
   keeping float32 inputs/outputs.
-* ``onnx-int8-dynamic``: ``quant_pre_process`` then ``quantize_dynamic`` (int8 weights,
-  activations quantized at run time).
+* ``onnx-int8-dynamic``: ``quant_pre_process`` then ``quantize_dynamic`` (int8 per-channel
+  weights, activations quantized at run time), the sensitive MatMuls optionally left in float.
 ``onnx-int8-static`` is in :mod:`converter.export.onnx_static` and ``onnx-int8-weights`` in
 :mod:`converter.export.onnx_weights`; the helpers all of them use (pre-processing, run check,
 details, error wrapping) are in :mod:`converter.export.onnx_common`.
@@ -11,14 +11,14 @@ details, error wrapping) are in :mod:`converter.export.onnx_common`.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
+from converter.errors import VariantBuildError
 from converter.export.base import BuiltVariant, ExportContext, VariantRequest
 from converter.export.onnx_common import (
     built_variant,
     check_runs,
-    preprocess,
+    dynamic_source,
     quiet_ort,
     require_quantized,
     toolchain_step,
@@ -48,24 +48,41 @@ def build_int8_dynamic(
 ) -> BuiltVariant:
     """int8 weights, activations quantized at run time (``quantize_dynamic``).
 
-    All the op types onnxruntime quantizes dynamically are included: MatMul/Gemm become
-    ``MatMulInteger``, Conv ``ConvInteger`` and embedding tables int8 + DequantizeLinear.
-    ``ConvInteger`` makes CNN files smaller but ~5x slower than float Conv on x86 CPU (4 conv
-    3x3, 64 channels, 56x56: 26 ms vs 5 ms); ``onnx-int8-static`` is the CNN variant.
-    Options: ``per_channel``, ``reduce_range`` (7-bit weights, the default: x86 CPUs without VNNI
-    saturate with 8-bit ones; docs/formats-onnx.md).
+    All the op types onnxruntime quantizes dynamically are included: MatMul (and Gemm, rewritten
+    as MatMul) become ``MatMulInteger``, Conv ``ConvInteger`` and embedding tables int8 +
+    DequantizeLinear. ``ConvInteger`` makes CNN files smaller but ~5x slower than float Conv on
+    x86 CPU; ``onnx-int8-static`` is the CNN variant, this one the transformer's.
+    Options: ``per_channel`` (weights, default on), ``reduce_range`` (7-bit weights, default
+    on: x86 CPUs without VNNI saturate with 8-bit ones; docs/formats-onnx.md), ``float_layers``
+    (node names left in float; the tuner picks them by sensitivity).
+
+    Raises:
+        VariantBuildError: ``float_layers`` names a node the graph does not have.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    per_channel = bool(request.options.get("per_channel", False))
+    per_channel = bool(request.options.get("per_channel", True))
     reduce_range = bool(request.options.get("reduce_range", True))
-    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
-        pre = preprocess(base, Path(tmp), ctx)
-        with toolchain_step(request, "quantize_dynamic"), quiet_ort():
-            quantize_dynamic(pre, out, per_channel=per_channel, reduce_range=reduce_range,
-                             weight_type=QuantType.QInt8)
+    float_layers = [str(name) for name in request.options.get("float_layers") or ()]
+    source = dynamic_source(base, ctx)
+    _check_nodes(request, source, float_layers)
+    with toolchain_step(request, "quantize_dynamic"), quiet_ort():
+        quantize_dynamic(source, out, per_channel=per_channel, reduce_range=reduce_range,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=float_layers)
     require_quantized(request, out, "no MatMul, Gemm, Conv or Gather weights to quantize")
     check_runs(request, out, ctx)
     granularity = "per-channel" if per_channel else "per-tensor"
-    return built_variant(request, out, base, [f"quant:dynamic:{granularity}"], weight_type="int8",
-                         reduce_range=reduce_range)
+    steps = [f"quant:dynamic:{granularity}"]
+    if float_layers:
+        steps.append(f"keep-float:{len(float_layers)}-layers")
+    return built_variant(request, out, base, steps, weight_type="int8", reduce_range=reduce_range,
+                         float_layers=float_layers)
+
+
+def _check_nodes(request: VariantRequest, source: Path, names: list[str]) -> None:
+    import onnx
+
+    known = {node.name for node in onnx.load(str(source), load_external_data=False).graph.node}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise VariantBuildError(f"{request.id}: float_layers names no node of the graph: {unknown[:5]}")

@@ -20,6 +20,7 @@ from converter.export.onnx_common import (
     built_variant,
     check_runs,
     float_params,
+    gemm_to_matmul,
     quiet_ort,
     require_quantized,
     toolchain_step,
@@ -69,43 +70,6 @@ def build_int8_weights(
         request, out, base, steps, block_size=block, gemm_converted=gemms,
         embeddings_quantized=gathers, weight_coverage=round(covered / total, 4),
     )
-
-
-def gemm_to_matmul(model: Any) -> int:
-    """Rewrite ``Gemm`` with a constant weight as ``MatMul`` (+ ``Add`` for the bias), in place.
-
-    The exporters emit ``Gemm`` for a Linear on 2-D activations (classifier heads); MatMulNBits
-    only takes ``MatMul``. Gemm nodes with ``transA``, ``alpha != 1`` or ``beta != 1`` are left.
-
-    Returns:
-        The number of nodes rewritten.
-    """
-    from onnx import helper, numpy_helper
-
-    inits = {t.name: t for t in model.graph.initializer}
-    nodes, done = [], 0
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0
-        plain = plain and attrs.get("beta", 1.0) == 1.0
-        if node.op_type != "Gemm" or node.input[1] not in inits or not plain:
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        weight = weight.T if attrs.get("transB", 0) else weight
-        w_name = f"{node.input[1]}_kn_{done}"
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), w_name))
-        has_bias = len(node.input) > 2 and node.input[2]
-        mm_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out],
-                                      name=f"{node.name}_matmul"))
-        if has_bias:
-            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]],
-                                          name=f"{node.name}_bias"))
-        done += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return done
 
 
 def quantizable_params(model: Any, embeddings: bool) -> int:

@@ -9,6 +9,7 @@ it imports none of them. ai-edge-litert and ai-edge-quantizer are imported insid
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,16 @@ def _signature_outputs_fixed(model_bytes: bytes) -> bytes:
             if fixed is not None:
                 item.tensorIndex, changed = fixed, True
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else model_bytes
+
+
+def keep_float(quantizer: Any, scopes: list[str]) -> None:
+    """Leave the ops named by their output tensors in float (``NO_QUANTIZE``)."""
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    if scopes:
+        quantizer.update_quantization_recipe(
+            regex="|".join(f"(?:^|;){re.escape(name)};" for name in scopes),
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            algorithm_key=AlgorithmName.NO_QUANTIZE,
+        )

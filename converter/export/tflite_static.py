@@ -24,7 +24,6 @@ With float outputs, the ops that produce the model outputs are also left in floa
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from converter.errors import VariantBuildError
 from converter.export.base import BuiltVariant, ExportContext, VariantRequest
 from converter.export.tflite_common import (
+    keep_float,
     load_interpreter,
     quantized_facts,
     quantizer_errors,
@@ -136,19 +136,6 @@ def weight_granularity(per_channel: bool) -> Any:
 
     granularity = qtyping.QuantGranularity
     return granularity.CHANNELWISE if per_channel else granularity.TENSORWISE
-
-
-def keep_float(quantizer: Any, scopes: list[str]) -> None:
-    """Leave the ops named by their output tensors in float (``NO_QUANTIZE``)."""
-    from ai_edge_quantizer import qtyping
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
-
-    if scopes:
-        quantizer.update_quantization_recipe(
-            regex="|".join(f"(?:^|;){re.escape(name)};" for name in scopes),
-            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-            algorithm_key=AlgorithmName.NO_QUANTIZE,
-        )
 
 
 def calibration_stats(

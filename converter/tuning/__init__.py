@@ -1,9 +1,10 @@
-"""Accuracy-aware tuning of static int8 variants (``onnx-int8-static``, ``tflite-int8``) that
-miss their gates: other calibrations, then per-layer float fallback guided by sensitivity.
+"""Accuracy-aware tuning of int8 variants (``onnx-int8-static``, ``tflite-int8``,
+``onnx-int8-dynamic``) that miss their gates: other calibrations, then per-layer float fallback
+guided by sensitivity.
 
 See :mod:`converter.tuning.plan` for the order of attempts and :mod:`converter.tuning.tuner`
-for the loop; :mod:`~converter.tuning.onnx_layers` and :mod:`~converter.tuning.tflite_layers`
-measure per-layer sensitivity.
+for the loop; :mod:`~converter.tuning.onnx_layers`, :mod:`~converter.tuning.onnx_dynamic_layers`
+and :mod:`~converter.tuning.tflite_layers` measure per-layer sensitivity.
 """
 
 from __future__ import annotations

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+#: whether a partly quantized model's outputs (on the sensitivity samples) would pass.
+Accept = Callable[[list[np.ndarray]], bool]
 
 
 def output_error(outputs: list[np.ndarray], reference: list[np.ndarray]) -> dict[str, float]:
-    """``score``: relative squared error ``Σ‖o − r‖² / Σ‖r‖²`` over all outputs (0 is exact);
+    """``score``: relative squared error ``Σ‖o − r‖² / Σ‖r‖²`` over all outputs (0 is exact; 4
+    significant digits, so small errors still rank);
     ``agreement``: top-1 agreement of the first output with the reference's.
 
     Raises:
@@ -22,4 +28,4 @@ def output_error(outputs: list[np.ndarray], reference: list[np.ndarray]) -> dict
     score = noise / signal if signal > 0 else noise
     if not np.isfinite(score):
         score = 1e9
-    return {"score": round(score, 6), "agreement": round(agreement, 4)}
+    return {"score": float(f"{score:.4g}"), "agreement": round(agreement, 4)}

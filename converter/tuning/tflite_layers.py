@@ -78,7 +78,8 @@ def tflite_sensitivity(
                 outputs = run_tflite(out, samples, names, [s.name for s in ctx.outputs])
             except Exception:  # an op the quantizer cannot take alone: no measurement
                 continue
-            rows.append({"layer": scope, "op": op_name, "module": module_of_scope(scope),
+            rows.append({"layer": scope, "op": op_name,
+                         "module": resolve_module(ctx.model, module_of_scope(scope)),
                          **output_error(outputs, float_outputs)})
     rows.sort(key=lambda r: -r["score"])
     return rows
@@ -125,6 +126,27 @@ def module_of_scope(scope: str) -> str | None:
     parts = (weighted or pieces)[0].split("/")[1:]
     names = [part.rsplit(".", 1)[-1].split("_", 1)[1] for part in parts if "_" in part.rsplit(".", 1)[-1]]
     return ".".join(names) or None
+
+
+def resolve_module(model: Any, dotted: str | None) -> str | None:
+    """``dotted`` as a real module path of ``model``: litert-torch names a ``ModuleList`` item by
+    its index alone (``bert.encoder.0``), so the list's own name is put back
+    (``bert.encoder.layer.0``). Unchanged when it cannot be resolved."""
+    if not dotted or model is None:
+        return dotted
+    current, path = model, []
+    for token in dotted.split("."):
+        children = dict(current.named_children())
+        if token not in children:
+            holders = [name for name, child in children.items() if token in dict(child.named_children())]
+            if len(holders) != 1:
+                return dotted
+            path.append(holders[0])
+            current = children[holders[0]]
+            children = dict(current.named_children())
+        path.append(token)
+        current = children[token]
+    return ".".join(path)
 
 
 def _escape(name: str) -> str:

@@ -12,11 +12,15 @@ and its reason names the layers that hurt most.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from converter.gates import gate_shortfall
+import numpy as np
+
+from converter.gates import gate_failures, gate_shortfall
 from converter.recipe import VariantPlan
 from converter.results import VariantResult
+from converter.tuning.dynamic import DYNAMIC_KINDS, dynamic_sensitivity_for
 from converter.tuning.plan import (
     TUNABLE,
     Candidate,
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
 
 #: sensitivity rows named in the reason of a variant that stays failed.
 HURTING_LAYERS_NAMED = 3
+#: an attempt's metrics kept in the record (those its task measured).
+_ATTEMPT_METRICS = ("accuracy", "accuracy_drop", "agreement", "cosine", "rel_err", "max_abs_err")
 
 
 def needs_tuning(plan: VariantPlan, result: VariantResult) -> bool:
@@ -87,13 +93,17 @@ def tune_variant(runner: VariantRunner, plan: VariantPlan, first: VariantResult)
             break
     if not passed and budget.trials_left > 0 and time.monotonic() < budget.deadline:
         best = min(attempts, key=key)[0]
-        sensitivity = _sensitivity(runner, plan, best, budget.deadline, start)
+        sensitivity, first_count = _sensitivity(runner, plan, best, budget.deadline, start)
         ranked = [row["layer"] for row in sensitivity]
         shown = {row["layer"]: _display_name(row) for row in sensitivity}
-        for candidate in float_layer_candidates(best, ranked, int(plan.tuning.max_float_layers)):
+        before = len(best.float_layers)
+        for candidate in float_layer_candidates(best, ranked, int(plan.tuning.max_float_layers),
+                                                first_count):
             if not budget.take():
                 break
-            if attempt(candidate, f"+ float {shown[candidate.float_layers[-1]]}"):
+            added = ", ".join(shown[name] for name in candidate.float_layers[before:])
+            before = len(candidate.float_layers)
+            if attempt(candidate, f"+ float {added}"):
                 passed = True
                 break
     kept = attempts[-1] if passed else min(attempts, key=key)
@@ -120,18 +130,24 @@ def _shortfall(plan: VariantPlan, result: VariantResult) -> float:
 
 
 def _sensitivity(runner: VariantRunner, plan: VariantPlan, best: Candidate, deadline: float,
-                 start: Candidate) -> list[dict[str, Any]]:
-    """Per-layer sensitivity under the best settings found (empty when it cannot run)."""
+                 start: Candidate) -> tuple[list[dict[str, Any]], int]:
+    """Per-layer sensitivity under the best settings found (empty when it cannot run), and how
+    many of the most sensitive layers to keep in float first (1 unless the run predicts more)."""
     from edgeship.contract.errors import first_line
 
-    fmt = plan.request.kind.format
+    fmt, kind = plan.request.kind.format, plan.request.kind.kind
     base, _ = runner.base(plan.steps, fmt)
     ctx = runner.context(plan.steps)
     count = int(plan.tuning.sensitivity_samples)
     samples = list(runner.eval_set.head(count))
     options = {**plan.request.options, **Candidate(best.calibration, best.per_channel).options()}
+    accept, max_float = _accept(runner, plan), int(plan.tuning.max_float_layers)
+    predicted = None
     try:
-        if fmt == "onnx":
+        if kind in DYNAMIC_KINDS:
+            rows, predicted = dynamic_sensitivity_for(runner, plan, options, samples, deadline,
+                                                      accept, max_float)
+        elif fmt == "onnx":
             from converter.tuning.onnx_layers import onnx_sensitivity
 
             rows = onnx_sensitivity(base, ctx, options, samples, deadline)
@@ -141,8 +157,30 @@ def _sensitivity(runner: VariantRunner, plan: VariantPlan, best: Candidate, dead
             rows = tflite_sensitivity(base, ctx, options, samples, deadline)
     except Exception as err:  # sensitivity is a guide; without it tuning stops at calibration
         runner.progress.say(f"{plan.request.id}: sensitivity failed: {first_line(err)}")
-        return []
-    return [row for row in rows if row["layer"] not in start.float_layers]
+        return [], 1
+    if predicted is not None:
+        runner.progress.say(f"{plan.request.id}: sensitivity predicts {predicted} float "
+                            f"layer{'s' if predicted > 1 else ''} pass")
+    if runner.task_kind != "classification":  # top-1 agreement means nothing for the others
+        rows = [{k: v for k, v in row.items() if k != "agreement"} for row in rows]
+    return [row for row in rows if row["layer"] not in start.float_layers], predicted or 1
+
+
+def _accept(runner: VariantRunner, plan: VariantPlan) -> Callable[[list[np.ndarray]], bool]:
+    """Whether outputs on the first eval samples pass the plan's fidelity gates (its task's
+    metrics against the reference; accuracy, size and latency are not judged here)."""
+    from converter.task_metrics import task_fidelity
+
+    expected = runner.compressed_reference(plan.steps)
+    names = [s.name for s in expected.output_specs]
+
+    def accept(outputs: list[np.ndarray]) -> bool:
+        reference = [r[: len(o)] for r, o in zip(expected.outputs, outputs, strict=True)]
+        metrics = task_fidelity(outputs, reference, names, runner.task_kind,
+                                runner.validation.agreement_cosine)
+        return not gate_failures(metrics, plan.gates, plan.request.kind.precision)
+
+    return accept
 
 
 def _record(plan: VariantPlan, attempts: list[tuple[Candidate, VariantResult, str]],
@@ -157,7 +195,7 @@ def _record(plan: VariantPlan, attempts: list[tuple[Candidate, VariantResult, st
             "kept": (candidate, result, change) == kept,
             "rejected": None if result.status in ("passed", "not_validated") else result.reason,
             "shortfall": _shortfall(plan, result),
-            "metrics": {k: m.get(k) for k in ("accuracy", "accuracy_drop", "agreement", "max_abs_err")}
+            "metrics": {k: m[k] for k in _ATTEMPT_METRICS if k in m}
             | {"latency_p50_ms": (m.get("latency_ms") or {}).get("p50"), "size_bytes": result.size_bytes},
         })
     return {"outcome": "passed" if passed else "closest kept (failed)", "attempts": rows,

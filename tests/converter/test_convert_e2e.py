@@ -122,13 +122,20 @@ def test_tiny_bert_with_integer_inputs_through_the_api(tmp_path, signing_key):
         signing_key=signing_key,
     )
     results = {r.id: r for r in conversion.results}
-    # every kind produced a real artifact; a failure may only be a measured gate miss
+    # every kind produced a real artifact or was predicted not worth building (static int8 on
+    # an attention graph; weight-only int8 once dynamic int8 passed); a failure may only be a
+    # measured gate miss
     for r in results.values():
+        if r.status == "skipped":
+            assert r.reason.startswith("not built: ") and r.size_bytes is None, (r.id, r.reason)
+            continue
         assert r.size_bytes, (r.id, r.reason)
         if r.status == "failed":
             assert r.metrics and ("agreement" in r.reason or "accuracy" in r.reason), (r.id, r.reason)
-    assert results["onnx-int8-weights"].status == "passed"
-    assert results["onnx-int8-weights"].size_bytes < 0.5 * results["onnx-fp32"].size_bytes
+    assert {r.id for r in results.values() if r.status == "skipped"} <= {
+        "onnx-int8-static", "tflite-int8", "onnx-int8-weights"}
+    assert results["onnx-int8-dynamic"].status == "passed"
+    assert results["onnx-int8-dynamic"].size_bytes < 0.5 * results["onnx-fp32"].size_bytes
     assert results["onnx-fp32"].metrics["max_abs_err"] <= 1e-4
     assert results["tflite-fp32"].metrics["max_abs_err"] <= 1e-4
     assert conversion.manifest.task["inputs"][0] == {

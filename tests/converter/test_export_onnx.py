@@ -278,11 +278,18 @@ def test_fp16_runs_with_float_io(which, request) -> None:
 def test_int8_dynamic(which, request) -> None:
     ctx, base = request.getfixturevalue(which)
     built = build_variant(_request("onnx-int8-dynamic"), base, ctx)
-    assert built.compression == ["quant:dynamic:per-tensor"]
+    assert built.compression == ["quant:dynamic:per-channel"]
     assert built.details["quantized_nodes"]
     out, ref = _run(built, ctx), _torch_out(ctx)
     assert np.abs(out - ref).max() <= 0.1 * max(1.0, np.abs(ref).max())
     assert built.path.stat().st_size < 0.5 * base.stat().st_size
+
+
+@pytest.mark.slow
+def test_int8_dynamic_float_layers_must_name_nodes_of_the_graph(cnn) -> None:
+    ctx, base = cnn
+    with pytest.raises(VariantBuildError, match=r"float_layers names no node of the graph: \['nope'\]"):
+        build_variant(_request("onnx-int8-dynamic", float_layers=["nope"]), base, ctx)
 
 
 def _int8_weight_peak(path: Path) -> int:
