@@ -23,16 +23,16 @@ Progress goes to stderr, the tables to stdout; the results to ``benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.results_file import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "agent_bench.json"
@@ -321,23 +321,15 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     text = tables(inference, memory, rollback)
     print(text + "\n\n" + breakdown_table(breakdown), flush=True)
-    result = {
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "load_average_before": load_before,
-                    "load_average_after": os.getloadavg()},
-        "settings": {"quick": opts.quick, "seconds_per_model_runtime": opts.seconds, "rounds": opts.rounds,
-                     "check_interval_seconds": opts.interval, "threads": 1, "local_metrics": False,
-                     "rss_settle_seconds": opts.settle, "wall_seconds": round(time.monotonic() - started, 1)},
-        "targets": TARGETS,
-        "inference": inference,
-        "predict_breakdown_ns": {k: round(v, 1) for k, v in breakdown.items()},
-        "memory": memory,
-        "rollback": rollback,
-        "table": text.splitlines(),
-    }
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(opts.out, text, load_before,
+                  settings={"quick": opts.quick, "seconds_per_model_runtime": opts.seconds,
+                            "rounds": opts.rounds,
+                            "check_interval_seconds": opts.interval, "threads": 1, "local_metrics": False,
+                            "rss_settle_seconds": opts.settle,
+                            "wall_seconds": round(time.monotonic() - started, 1)},
+                  targets=TARGETS, inference=inference,
+                  predict_breakdown_ns={k: round(v, 1) for k, v in breakdown.items()},
+                  memory=memory, rollback=rollback)
     log(f"wrote {opts.out} ({time.monotonic() - started:.0f}s in all)")
     return 0
 

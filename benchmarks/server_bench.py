@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -46,6 +43,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.results_file import write_results
 from benchmarks.server_results import TARGETS, Row, judge, median_row, table
 from benchmarks.server_setup import (
     MODEL,
@@ -339,22 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     text = table(rows)
     print(text, flush=True)
-    result = {
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "wrk": wrk_version(),
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
-        "settings": {"seconds": opts.seconds, "repeat": opts.repeat, "warmup": opts.warmup,
-                     "workers": opts.workers,
-                     "devices": opts.devices, "wrk_threads": opts.wrk_threads,
-                     "connections": opts.connections, "server": "rollout_server.serve.run"},
-        "targets": TARGETS,
-        "skipped": skipped,
-        "rows": [asdict(row) for row in rows],
-        "table": text.splitlines(),
-    }
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(opts.out, text, load_before, {"wrk": wrk_version()},
+                  settings={"seconds": opts.seconds, "repeat": opts.repeat, "warmup": opts.warmup,
+                            "workers": opts.workers, "devices": opts.devices, "wrk_threads": opts.wrk_threads,
+                            "connections": opts.connections, "server": "rollout_server.serve.run"},
+                  targets=TARGETS, skipped=skipped, rows=[asdict(row) for row in rows])
     log(f"wrote {opts.out}")
     return 0
 

@@ -24,11 +24,8 @@ writes ``benchmarks/results/slow_clients.json``; every process it starts is stop
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import http.client
-import json
 import os
-import platform
 import selectors
 import socket
 import sys
@@ -38,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks.results_file import write_results
 from benchmarks.wrk_runner import Served, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +55,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-@dataclass
 def _readable(sockets: list[socket.socket]) -> set[socket.socket]:
     """Those of ``sockets`` with something to read (an answer, or closed) right now; a selector,
     since ``select.select`` cannot watch descriptors above 1,023."""
@@ -67,6 +64,7 @@ def _readable(sockets: list[socket.socket]) -> set[socket.socket]:
         return {key.fileobj for key, _ in selector.select(0)}
 
 
+@dataclass
 class Row:
     server: str
     attack: str
@@ -272,20 +270,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     text = table(rows)
     print(text, flush=True)
-    result = {
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "load_average_before": load_before,
-                    "load_average_after": os.getloadavg()},
-        "settings": {"seconds": opts.seconds, "sockets": opts.sockets,
-                     "probe_interval_seconds": PROBE_INTERVAL_SECONDS,
-                     "probe_timeout_seconds": PROBE_TIMEOUT_SECONDS},
-        "target_p99_ms": TARGET_P99_MS,
-        "rows": [asdict(r) for r in rows],
-        "table": text.splitlines(),
-    }
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(opts.out, text, load_before,
+                  settings={"seconds": opts.seconds, "sockets": opts.sockets,
+                            "probe_interval_seconds": PROBE_INTERVAL_SECONDS,
+                            "probe_timeout_seconds": PROBE_TIMEOUT_SECONDS},
+                  target_p99_ms=TARGET_P99_MS, rows=[asdict(r) for r in rows])
     log(f"wrote {opts.out}")
     return 0
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from examples.training import fit, tensors_of
+
 INPUT_SPEC = "image:1x1x8x8:float32"
 DEFAULT_DIR = Path("build/digits")
 
@@ -82,18 +84,11 @@ def load_split(seed: int = 0, test_fraction: float = 0.25):
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 25, seed: int = 0,
           lr: float = 3e-3, batch_size: int = 64) -> nn.Module:
     """Train with Adam and cross-entropy; deterministic for a given seed."""
-    torch.manual_seed(seed)
-    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(xs))
-        for start in range(0, len(xs), batch_size):
-            idx = order[start : start + batch_size]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xs[idx]), ys[idx]).backward()
-            opt.step()
-    return model.eval()
+    def loss(m: nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(rows["x"]), rows["y"])
+
+    return fit(model, tensors_of({"x": x, "y": y}, ("x", "y")), loss, epochs, seed, batch_size,
+               lambda params: torch.optim.Adam(params, lr=lr))
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from examples.training import adamw, fit, tensors_of
+
 STEPS = (1, 2, 3)
 #: ids 0..len(STEPS)-1 are the step markers; counting tokens follow them.
 FIRST_WORD = len(STEPS)
@@ -100,20 +102,12 @@ def synthetic_dataset(size: str | DecoderSize, count: int, seed: int) -> dict[st
 def train(model: DecoderLM, data: dict[str, np.ndarray], epochs: int, seed: int = 0,
           batch: int = 32, lr: float = 2e-3) -> DecoderLM:
     """Next-token cross-entropy, AdamW, seeded."""
-    torch.manual_seed(seed)
-    ids = torch.from_numpy(data["input_ids"])
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(ids))
-        for start in range(0, len(ids), batch):
-            chunk = ids[order[start : start + batch]]
-            opt.zero_grad()
-            logits = model(chunk)[:, :-1]
-            nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                        chunk[:, 1:].reshape(-1)).backward()
-            opt.step()
-    return model.eval()
+    def loss(m: nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        chunk = rows["input_ids"]
+        logits = m(chunk)[:, :-1]
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1))
+
+    return fit(model, tensors_of(data, ("input_ids",)), loss, epochs, seed, batch, adamw(lr))
 
 
 def next_token_accuracy(model: DecoderLM, ids: np.ndarray) -> float:

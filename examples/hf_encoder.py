@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from examples.training import adamw, fit, tensors_of
+
 TOPICS = 4
 CLASSES = 2 * TOPICS
 
@@ -125,20 +127,12 @@ def synthetic_dataset(size: str | EncoderSize, count: int, seed: int) -> dict[st
 def train(model: SentenceEncoder, data: dict[str, np.ndarray], epochs: int, seed: int = 0,
           batch: int = 32, lr: float = 1e-3) -> SentenceEncoder:
     """Cross-entropy on the classifier head (the embedding is what it reads), AdamW."""
-    torch.manual_seed(seed)
-    ids, mask = torch.from_numpy(data["input_ids"]), torch.from_numpy(data["attention_mask"])
-    labels = torch.from_numpy(data["labels"])
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(ids))
-        for start in range(0, len(ids), batch):
-            idx = order[start : start + batch]
-            opt.zero_grad()
-            logits = model.classifier(model.embed(ids[idx], mask[idx]))
-            nn.functional.cross_entropy(logits, labels[idx]).backward()
-            opt.step()
-    return model.eval()
+    def loss(m: nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = m.classifier(m.embed(rows["input_ids"], rows["attention_mask"]))
+        return nn.functional.cross_entropy(logits, rows["labels"])
+
+    names = ("input_ids", "attention_mask", "labels")
+    return fit(model, tensors_of(data, names), loss, epochs, seed, batch, adamw(lr))
 
 
 def trained_encoder(size: str = "tiny", head: str = "embedding", seed: int = 0,

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from examples.training import adamw, fit, tensors_of
+
 QUADRANTS, COLOURS = 4, 2
 CLASSES = QUADRANTS * COLOURS
 
@@ -99,18 +101,10 @@ def synthetic_dataset(size: str | VisionSize, count: int, seed: int) -> dict[str
 def train(model: VisionClassifier, data: dict[str, np.ndarray], epochs: int, seed: int = 0,
           batch: int = 32, lr: float = 1e-3) -> VisionClassifier:
     """Cross-entropy, AdamW, seeded."""
-    torch.manual_seed(seed)
-    images, labels = torch.from_numpy(data["pixel_values"]), torch.from_numpy(data["labels"])
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(images))
-        for start in range(0, len(images), batch):
-            idx = order[start : start + batch]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(images[idx]), labels[idx]).backward()
-            opt.step()
-    return model.eval()
+    def loss(m: nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(rows["pixel_values"]), rows["labels"])
+
+    return fit(model, tensors_of(data, ("pixel_values", "labels")), loss, epochs, seed, batch, adamw(lr))
 
 
 def trained_vit(size: str = "tiny", seed: int = 0, attn_implementation: str = "sdpa",

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from examples.training import adamw, fit, tensors_of
+
 VOCAB, SEQ_LEN = 128, 16
 INPUT_SPECS = (f"input_ids:1x{SEQ_LEN}:int64", f"attention_mask:1x{SEQ_LEN}:int64")
 
@@ -77,19 +79,11 @@ def synthetic_dataset(count: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def train(model: TinyBert, data: dict[str, np.ndarray], epochs: int = 6, seed: int = 0) -> TinyBert:
-    torch.manual_seed(seed)
-    ids, mask = torch.from_numpy(data["input_ids"]), torch.from_numpy(data["attention_mask"])
-    labels = torch.from_numpy(data["labels"])
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(ids))
-        for start in range(0, len(ids), 64):
-            idx = order[start : start + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(ids[idx], mask[idx]), labels[idx]).backward()
-            opt.step()
-    return model.eval()
+    def loss(m: nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(rows["input_ids"], rows["attention_mask"]), rows["labels"])
+
+    names = ("input_ids", "attention_mask", "labels")
+    return fit(model, tensors_of(data, names), loss, epochs, seed, batch=64, optimizer=adamw(2e-3))
 
 
 def build_example(out: Path, epochs: int = 6, seed: int = 0) -> dict[str, float]:
