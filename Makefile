@@ -23,7 +23,10 @@ $(VENV)/.installed: pyproject.toml
 
 # The whole loop (docs/demo.md): train + convert (cached in $(BUILD)/demo/example), a rollout
 # server, Prometheus when installed, 100 agents, a bad release rolled back, a good one promoted.
+# 20 of the agents are TypeScript SDK phones in Node (sdk/js, set up here when npm exists).
 demo: setup
+	@if command -v npm >/dev/null && [ ! -x sdk/js/node_modules/.bin/tsc ]; then \
+		cd sdk/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; fi
 	$(EDGESHIP) demo --workdir $(BUILD)/demo
 
 # System packages some tests need, installed from Debian's packages when missing and we may
@@ -31,6 +34,7 @@ demo: setup
 # - postgresql: server binaries for the PostgreSQL tests (they start a throwaway server);
 # - prometheus: promtool and prometheus for the monitoring tests (rules, config, live scrape);
 # - nginx: the reverse proxy of docs/deploy.md, run in front of a server by its test.
+# - chromium: the headless browser the console's page tests drive (Playwright, tests/browser.py).
 system-deps:
 	@pkgs=""; \
 	if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
@@ -38,6 +42,7 @@ system-deps:
 	fi; \
 	if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then pkgs="$$pkgs prometheus"; fi; \
 	if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then pkgs="$$pkgs nginx"; fi; \
+	if ! command -v chromium >/dev/null; then pkgs="$$pkgs chromium"; fi; \
 	if [ -n "$$pkgs" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing$$pkgs (Debian packages)"; \

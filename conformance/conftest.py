@@ -69,7 +69,7 @@ def releases() -> Releases:
 def server(tmp_path_factory: pytest.TempPathFactory, releases: Releases) -> Iterator[KitServer]:
     process = KitServer(tmp_path_factory.mktemp("server"), str(releases.public_key)).start()
     try:
-        for version in ("1", "2", "3"):
+        for version in ("1", "2", "3", "4"):
             process.publish(str(releases.release_dirs[version]))
         process.set_stable("1")
         yield process

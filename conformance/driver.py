@@ -57,11 +57,13 @@ class Device:
         enroll_token_file: file holding the enrollment token.
         log_path: where the driver's stderr goes (shown when a scenario fails).
         check_interval_seconds: run the device's own loop at this interval; None: commands only.
+        runtimes: the runtimes it announces (``--runtimes``); None: what the implementation has.
     """
 
     def __init__(self, implementation: Implementation, state_dir: Path, server: str, model: str,
                  trusted_keys: Sequence[Path], enroll_token_file: Path, log_path: Path,
-                 check_interval_seconds: float | None = None, device_class: str | None = None) -> None:
+                 check_interval_seconds: float | None = None, device_class: str | None = None,
+                 runtimes: dict[str, str] | None = None) -> None:
         self.implementation = implementation
         self.state_dir = state_dir
         self.log_path = log_path
@@ -74,6 +76,7 @@ class Device:
         if device_class is not None:
             args += ["--device-class", device_class]
         self.args = args
+        self.announce(runtimes)
         self.process: subprocess.Popen | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
 
@@ -96,6 +99,15 @@ class Device:
         if not ready.get("ready"):
             raise DriverError(f"the driver's first line is not ready: {ready}")
         return ready["status"]
+
+    def announce(self, runtimes: dict[str, str] | None) -> None:
+        """From the next start on, announce ``runtimes`` (None: what the implementation has), as
+        after an app update that changed its runtime."""
+        if "--runtimes" in self.args:
+            at = self.args.index("--runtimes")
+            del self.args[at:at + 2]
+        if runtimes is not None:
+            self.args += ["--runtimes", json.dumps(runtimes)]
 
     def kill(self) -> None:
         """SIGKILL: the device crashes wherever it is (mid-download, mid-write)."""

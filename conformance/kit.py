@@ -31,7 +31,8 @@ class Kit:
         self.images, self.labels = releases.inputs()
 
     def device(self, enroll_token: str | None = None, trusted_keys: list[Path] | None = None,
-               check_interval_seconds: float | None = None, start: bool = True) -> Device:
+               check_interval_seconds: float | None = None, start: bool = True,
+               runtimes: dict[str, str] | None = None) -> Device:
         """A new device (own state directory) talking to the server through this scenario's proxy."""
         index = len(self.devices)
         token_file = self.tmp_path / f"enroll-token-{index}"
@@ -39,7 +40,7 @@ class Kit:
         token_file.chmod(0o600)
         device = Device(self.implementation, self.tmp_path / f"device-{index}", self.proxy.url, MODEL,
                         trusted_keys or [self.releases.public_key], token_file,
-                        self.tmp_path / f"device-{index}.log", check_interval_seconds)
+                        self.tmp_path / f"device-{index}.log", check_interval_seconds, runtimes=runtimes)
         self.devices.append(device)
         if start:
             device.start()

@@ -295,13 +295,15 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             proxy._record(exchange, body=bytes(kept), answered=time.monotonic())
 
         def _send_head(self, exchange: Exchange, status: int, headers: dict[str, str]) -> None:
+            # recorded before the head leaves: an answer without a body (a 304) is complete for the
+            # device at end_headers(), and the kit may look at the exchange as soon as it heard back
+            proxy._record(exchange, status=status,
+                          response_headers={k.lower(): v for k, v in headers.items()})
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
             self.send_header("Connection", "close")
             self.end_headers()
-            proxy._record(exchange, status=status,
-                          response_headers={k.lower(): v for k, v in headers.items()})
 
         def log_message(self, format: str, *args: object) -> None:
             pass

@@ -24,6 +24,9 @@ MODEL = "digits-cnn"
 REPORT_INTERVAL_SECONDS = 1
 PENDING_RETRY_SECONDS = 2
 
+#: phases after which a rollout holds no device (any other one is aborted by :meth:`reset`).
+TERMINAL_PHASES = ("promoted", "rolled_back", "aborted")
+
 
 class KitServer(ServerProcess):
     """``edgeship server`` with the kit's settings (module docstring) and the admin calls it needs."""
@@ -68,7 +71,7 @@ class KitServer(ServerProcess):
     def reset(self) -> None:
         """Back to v1 stable and no active rollout, whatever a scenario left."""
         for rollout in self.api("GET", f"/v1/rollouts?model={MODEL}")["rollouts"]:
-            if rollout["phase"] in ("pending", "running", "paused"):
+            if rollout["phase"] not in TERMINAL_PHASES:
                 self.abort_rollout(rollout["id"])
         self.set_stable("1")
 

@@ -85,7 +85,8 @@ class Agent:
         from edge_agent.device import describe
 
         self.config = config.check()
-        self.device = device or describe(config.device_class, config.ram_bytes, runtimes={})
+        self.device = device or describe(config.device_class, config.ram_bytes, runtimes={},
+                                         attributes=config.attributes)
         self._runtimes_known = device is not None and "runtimes" in device
         self._runtimes_sent = False  # the server holds this run's runtimes (sent once per start)
         self._runtimes_backoff = Backoff(config.backoff_initial_seconds, config.backoff_max_seconds)

@@ -9,6 +9,7 @@ Example file (``/etc/edgeship/agent.toml``; see ``edge_agent/deploy/agent.toml``
     state_dir = "/var/lib/edgeship-agent"
     trusted_keys = ["/etc/edgeship/publisher.pub"]
     device_class = "rpi4"
+    attributes = { app_version = "4.2.1", region = "eu" }   # optional: for canary targeting
     ca_file = "/etc/edgeship/rollout-ca.pem"   # optional: a private CA instead of the system's
     server_pin_sha256 = ["<base64 sha256>"]    # optional: the server public key(s) accepted
     # allow_insecure_http = true              # only to talk http:// to another machine
@@ -62,6 +63,9 @@ class AgentConfig:
         enroll_token_file: a file holding the enrollment token (read by :meth:`check` when
             ``enroll_token`` is not set; a warning if other users may read it).
         device_class: coarse device class sent at registration (default: guessed).
+        attributes: what this device tells the server about itself at registration, for rollouts
+            that target by attribute (string values; ``EDGESHIP_AGENT_ATTRIBUTES`` is
+            ``key=value,key=value``); empty: none sent.
         check_interval_seconds: how often to ask for the assignment (a rollback reaches the
             device within one interval).
         report_interval_seconds: reporting window length until the server says otherwise.
@@ -100,6 +104,7 @@ class AgentConfig:
     enroll_token: str | None = None
     enroll_token_file: Path | None = None
     device_class: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
     check_interval_seconds: float = 10.0
     report_interval_seconds: float = 30.0
     request_timeout_seconds: float = 10.0
@@ -227,6 +232,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if name == "trusted_keys":
             items = value.split(",") if isinstance(value, str) else list(value)
             return [Path(str(v).strip()) for v in items if str(v).strip()]
+        if name == "attributes":
+            return _attributes(value)
         if name == "server_pin_sha256":
             items = value.split(",") if isinstance(value, str) else list(value)
             return [str(v).strip() for v in items if str(v).strip()]
@@ -240,7 +247,21 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"agent setting {name}: cannot use {value!r}") from None
+        hint = " (attributes take quoted strings: app_version = \"4.10\")" if name == "attributes" else ""
+        raise ConfigError(f"agent setting {name}: cannot use {value!r}{hint}") from None
+
+
+def _attributes(value: Any) -> dict[str, str]:
+    """A TOML table of strings, or ``key=value,key=value`` from the environment. A number is
+    refused, not converted: TOML reads ``4.10`` as 4.1, another version."""
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError(value)
+        value = {key.strip(): text.strip() for key, text in pairs}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(value)
+    return dict(value)
 
 
 def _boolean(value: Any) -> bool:

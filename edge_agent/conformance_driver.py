@@ -43,17 +43,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device-class", default="linux-x86_64")
     parser.add_argument("--check-interval-seconds", type=float,
                         help="run the agent's own loop at this interval (default: only on commands)")
+    parser.add_argument("--runtimes", type=json.loads,
+                        help="the runtimes to announce, a JSON object (default: those installed here)")
     return parser.parse_args(argv)
 
 
 def make_agent(args: argparse.Namespace) -> Agent:
-    """The agent for ``args``; it announces the runtimes installed here (the start-up probe of
-    ``edgeship agent`` is left out: it costs seconds per start and the kit judges the protocol)."""
+    """The agent for ``args``; it announces the runtimes installed here, or ``--runtimes`` (the
+    start-up probe of ``edgeship agent`` is left out: it costs seconds per start and the kit
+    judges the protocol)."""
     config = AgentConfig(
         server=args.server, model=args.model, state_dir=args.state_dir, trusted_keys=args.trusted_key,
         enroll_token_file=args.enroll_token_file, device_class=args.device_class, ca_file=args.ca_file,
         check_interval_seconds=args.check_interval_seconds or 10.0, threads=1)
-    device = describe(args.device_class, runtimes=installed_runtimes())
+    runtimes = args.runtimes if args.runtimes is not None else installed_runtimes()
+    device = describe(args.device_class, runtimes=runtimes)
     return Agent(config, device=device)
 
 

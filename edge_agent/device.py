@@ -73,12 +73,15 @@ def guess_device_class() -> str:
 
 
 def describe(device_class: str | None = None, ram: int | None = None,
-             runtimes: dict[str, str] | None = None) -> dict:
-    """The registration body's device fields; arguments override what is detected."""
+             runtimes: dict[str, str] | None = None, attributes: dict[str, str] | None = None) -> dict:
+    """The registration body's device fields; arguments override what is detected.
+    ``attributes`` (the operator's, for canary targeting: ``app_version``, ``region``...) are
+    sent only when there are some."""
     return {
         "device_class": device_class or guess_device_class(),
         "arch": platform.machine() or "unknown",
         "os": f"{platform.system()} {platform.release()}"[:64],
         "ram_bytes": ram if ram is not None else ram_bytes(),
         "runtimes": runtimes if runtimes is not None else installed_runtimes(),
+        **({"attributes": dict(attributes)} if attributes else {}),
     }

@@ -132,6 +132,7 @@ def promtool_cases() -> list[dict[str, Any]]:
     controller = "EdgeshipControllerErrors"
     devices = "EdgeshipFleetDevicesDropping"
     limited = "EdgeshipClientsRateLimited"
+    webhooks = "EdgeshipWebhookDeliveriesFailing"
     return [
         _case("a healthy fleet with an active rollout fires nothing", _healthy_fleet(),
               *(_check(at, alert.name) for alert in ALERTS for at in ("15m", "45m"))),
@@ -214,6 +215,14 @@ def promtool_cases() -> list[dict[str, Any]]:
                        reason="auth_failures")],
               _check("3m", limited),
               _check("30m", limited, expect(limited, "75", route_group="operator", reason="auth_failures"))),
+        _case("webhooks: deliveries retrying for 30m fire; a failure retried within minutes does not",
+              [_series("edgeship_webhook_deliveries_pending", "0x10 2x50", state="retrying"),
+               _series("edgeship_webhook_deliveries_pending", "0x10 1x3 0x47", state="queued")],
+              _check("30m", webhooks),
+              _check("50m", webhooks, expect(webhooks, "2"))),
+        _case("webhooks: a short failure that the next attempt fixes does not fire",
+              [_series("edgeship_webhook_deliveries_pending", "0x10 1x5 0x45", state="retrying")],
+              _check("40m", webhooks)),
         _case("fleet devices: a halved class and a vanished class fire; small and steady classes do not",
               [_series("edgeship_active_devices", "100x30 50x30", device_class="rpi4"),
                _series("edgeship_active_devices", "100x30 stale", device_class="android"),

@@ -45,6 +45,9 @@ CONTROLLER_ERRORS = 3
 #: that keeps knocking while locked out; one burst of a few refusals does not).
 RATE_LIMITED_REQUESTS = 30
 RATE_LIMITED_WINDOW = "15m"
+#: how long webhook deliveries may keep failing before it alerts (a receiver that is down: the
+#: retries of one delivery span about an hour before it is given up).
+WEBHOOKS_FAILING_FOR = "30m"
 #: share of a device class's active devices lost since ``DEVICES_OFFSET`` ago that alerts.
 DEVICES_DROP = 0.25
 DEVICES_OFFSET = "30m"
@@ -219,6 +222,20 @@ ALERTS: tuple[AlertRule, ...] = (
             "(a NAT) have a wrong or revoked credential or enrollment token. registration_rate: one "
             "address registers devices faster than REGISTER_RATE_PER_MINUTE. The audit log names the "
             "address (action rate_limited); edgeship_auth_failures_total says which credential failed."),
+    ),
+    AlertRule(
+        name="EdgeshipWebhookDeliveriesFailing",
+        group="edgeship-server",
+        expr=f"{render('webhook_deliveries_retrying')} > 0",
+        for_=WEBHOOKS_FAILING_FOR,
+        severity="warning",
+        summary="Webhook deliveries keep failing ({{ $value | printf \"%.0f\" }} waiting to retry)",
+        description=(
+            "Rollout notifications have been failing for 30m: {{ $value | printf \"%.0f\" }} deliveries "
+            "wait for another attempt, and the events after them wait too (each webhook gets its "
+            "events in order). A delivery is given up after WEBHOOK_MAX_ATTEMPTS attempts (about an "
+            "hour). `edgeship webhooks list` shows which webhook is retrying, `edgeship webhooks "
+            "deliveries ID` the HTTP status or error of each attempt."),
     ),
     AlertRule(
         name="EdgeshipFleetDevicesDropping",

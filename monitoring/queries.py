@@ -98,7 +98,7 @@ def _over(fn: str, metric: str, by: str, *matchers: str) -> str:
 
 #: the server's active rollout phases (``Phase.active()`` in rollout_server.analysis, which
 #: monitoring may not import): tests/monitoring/test_consistency.py checks they agree.
-ACTIVE_ROLLOUT_PHASES: tuple[str, ...] = ("running", "paused")
+ACTIVE_ROLLOUT_PHASES: tuple[str, ...] = ("running", "paused", "awaiting_approval")
 
 _MODEL = 'model=~"$model"'
 _CLASS = 'device_class=~"$device_class"'
@@ -309,6 +309,15 @@ QUERIES: dict[str, Query] = {
         _over("increase", "edgeship_controller_errors_total", "reason", 'reason=~".+"'),
         "Rollout controller errors in the window by reason (failed passes, analysis windows that "
         "ended in an error verdict).", "short", "{{reason}}"),
+    # rollout notifications
+    "webhook_deliveries_retrying": Query(
+        _agg("sum", "", _sel("edgeship_webhook_deliveries_pending", 'state="retrying"')),
+        "Webhook deliveries that failed at least once and are waiting for their next attempt.", "short",
+        "retrying"),
+    "webhook_deliveries_increase": Query(
+        _over("increase", "edgeship_webhook_deliveries_total", "outcome", 'outcome=~"$outcome"'),
+        "Webhook delivery attempts in the window by outcome (delivered, retried, gave_up).", "short",
+        "{{outcome}}"),
     # the perimeter: per-client limits
     "rate_limited_increase": Query(
         _over("increase", "edgeship_rate_limited_total", "route_group, reason", 'reason=~".+"'),

@@ -23,7 +23,8 @@ from rollout_server.db import init_db, session_scope, startup_lock
 from rollout_server.errors import register_error_handlers
 
 #: API modules under ``rollout_server.api``, each with a blueprint named ``bp``.
-BLUEPRINTS = ("health", "devices", "reports", "releases", "artifacts", "rollouts", "admin", "metrics", "docs")
+BLUEPRINTS = ("health", "devices", "reports", "releases", "artifacts", "rollouts", "admin", "webhooks",
+              "metrics", "docs")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -50,10 +51,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     _clean_staging(app)
     for name in BLUEPRINTS:
         app.register_blueprint(importlib.import_module(f"rollout_server.api.{name}").bp)
+    from rollout_server.console import bp as console
+
+    app.register_blueprint(console)
     if app.config["CONTROLLER_ENABLED"]:
         from rollout_server.controller import start_controller
+        from rollout_server.notifications.dispatcher import start_dispatcher
 
         start_controller(app)
+        start_dispatcher(app)
     return app
 
 

@@ -24,11 +24,12 @@ and :class:`RolloutFacts` (the cache's snapshots).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rollout_server.bucketing import assign_cohort
+from rollout_server.targeting import Condition, matches
 
 #: manifest runtime name → the names a device may report for it.
 RUNTIME_ALIASES: dict[str, tuple[str, ...]] = {
@@ -50,6 +51,8 @@ class DeviceFacts(Protocol):
     def ram_bytes(self) -> int: ...
     @property
     def runtimes(self) -> Mapping[str, str]: ...
+    @property
+    def attributes(self) -> Mapping[str, str]: ...
 
 
 class RolloutFacts(Protocol):
@@ -61,6 +64,8 @@ class RolloutFacts(Protocol):
     def canary_percent(self) -> float: ...
     @property
     def stratify(self) -> bool: ...
+    @property
+    def target(self) -> Sequence[Condition]: ...
 
 
 @dataclass(frozen=True)
@@ -137,3 +142,9 @@ def cohort_for(device: DeviceFacts, rollout: RolloutFacts) -> str:
     """``canary`` or ``stable`` at the rollout's current share (sticky, see bucketing)."""
     device_class = device.device_class if rollout.stratify else None
     return assign_cohort(rollout.salt, device.id, rollout.canary_percent, device_class)
+
+
+def in_target(device: DeviceFacts, rollout: RolloutFacts) -> bool:
+    """Whether the rollout's target admits the device (rollout_server/targeting.py). A device it
+    does not admit is outside the rollout: stable release, no ``rollout_id``, never counted."""
+    return matches(rollout.target, device.device_class, device.attributes)

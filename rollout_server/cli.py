@@ -1,5 +1,6 @@
 """The rollout server's subcommands of ``edgeship``: ``server``, ``publish``, ``models``,
-``rollout``, ``simulate``, and ``devices`` / ``tokens`` (:mod:`rollout_server.admin_cli`).
+``rollout``, ``simulate``, ``devices`` / ``tokens`` (:mod:`rollout_server.admin_cli`) and
+``webhooks`` (:mod:`rollout_server.webhooks_cli`).
 
 Registered by :func:`edgeship.cli.build_parser`; imports stay inside the ``_run_*`` functions
 so ``edgeship --help`` loads neither Flask nor SQLAlchemy.
@@ -21,8 +22,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_rollout(sub)
     _add_simulate(sub)
     from rollout_server.admin_cli import add_parsers as add_admin
+    from rollout_server.webhooks_cli import add_parsers as add_webhooks
 
     add_admin(sub)
+    add_webhooks(sub)
 
 
 def _add_server(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +114,7 @@ def _run_models_stable(args: argparse.Namespace) -> int:
 
 
 def _add_rollout(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("rollout", help="gray releases: start, status, pause, resume, promote, abort")
+    p = sub.add_parser("rollout", help="gray releases: start, status, pause, resume, promote, abort, approve")
     actions = p.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
     start = actions.add_parser("start", help="start a gray release of VERSION against the stable release")
     start.add_argument("model")
@@ -126,6 +129,12 @@ def _add_rollout(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--stratify", action="store_true", help="bucket each device class separately")
     start.add_argument("--shadow", action="store_true",
                        help="stable devices also run the candidate on a share of inputs")
+    start.add_argument("--target", action="append", default=[], metavar="CONDITION",
+                       help="only devices whose attributes meet it may be canaries, e.g. 'app_version>=4.2' "
+                            "or 'region in eu,us' (repeat: all must hold; others stay stable, uncounted)")
+    from rollout_server.workflow_cli import add_start_args
+
+    add_start_args(start)  # --approve-before, --start-at, --window, --dry-run-guard
     _connection_args(start)
     start.set_defaults(run=_run_rollout_start)
     listing = actions.add_parser("list", help="recent rollouts")
@@ -137,7 +146,7 @@ def _add_rollout(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--verdicts", type=int, default=12, help="how many verdicts to show (default: 12)")
     _connection_args(status)
     status.set_defaults(run=_run_rollout_status)
-    for action in ("pause", "resume", "promote", "abort"):
+    for action in ("pause", "resume", "promote", "abort", "approve"):
         manual = actions.add_parser(action, help=f"{action} a rollout by hand")
         manual.add_argument("id", type=int)
         manual.add_argument("--reason", help="recorded in the audit log")
@@ -150,7 +159,12 @@ def _run_rollout_start(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rollout_server.client import ClientError
+    from rollout_server.targeting import TargetError, parse_expression
 
+    try:
+        target = [parse_expression(text) for text in args.target]
+    except TargetError as err:
+        raise ClientError(0, "usage", f"--target: {err}") from None
     try:
         percents = [float(p) for p in args.stages.split(",")]
     except ValueError:
@@ -158,12 +172,18 @@ def _run_rollout_start(args: argparse.Namespace) -> int:
     stages = [{"percent": p, "min_duration_seconds": args.min_duration, "min_samples": args.min_samples}
               for p in percents]
     body = {"model": args.model, "candidate_version": args.version, "stages": stages,
-            "stratify": args.stratify, "shadow": args.shadow}
+            "stratify": args.stratify, "shadow": args.shadow, **({"target": target} if target else {})}
     if args.guards:
         try:
             body["guards"] = json.loads(Path(args.guards).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ClientError(0, "usage", f"--guards {args.guards}: {err}") from None
+    from rollout_server.workflow_cli import start_fields
+
+    try:
+        body.update(start_fields(args, body.get("guards")))
+    except ValueError as err:
+        raise ClientError(0, "usage", str(err)) from None
     _print_status(_client(args).post("/v1/rollouts", body), verdicts=0)
     return 0
 
@@ -191,14 +211,23 @@ def _print_status(status: dict, verdicts: int) -> None:
     print(f"rollout #{status['id']}: {status['model']} {status['baseline']} -> {status['candidate']}")
     print(f"  phase {status['phase']}, stage {status['stage']}/{status['stages']}, "
           f"canary {status['canary_percent']:g}%")
+    target = (status.get("spec") or {}).get("target")
+    if target:
+        from rollout_server.targeting import expression
+
+        print(f"  target: {' and '.join(expression(condition) for condition in target)}")
     if status.get("devices"):
         print(f"  devices active in the stage: {status['devices']['canary']} canary, "
               f"{status['devices']['stable']} stable")
     if status.get("reason"):
         print(f"  reason: {status['reason']}")
+    from rollout_server.workflow_cli import status_lines
+
+    for line in status_lines(status):
+        print(line)
     for v in status.get("verdicts", [])[:verdicts]:
         print(f"  {v['window_end'][:19]}  stage {v['stage']}  {v['guard']:<14} {v['outcome']:<12} "
-              f"-> {v['decision']:<8} {v['reason']}")
+              f"-> {v['decision']:<8} {'[dry run] ' if v.get('dry_run') else ''}{v['reason']}")
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:

@@ -76,6 +76,25 @@ DEFAULTS: dict[str, Any] = {
     # most this long (seconds); a credential older than the max age is told to rotate (0: never).
     "CREDENTIAL_GRACE_SECONDS": 7 * 86400,
     "CREDENTIAL_MAX_AGE_SECONDS": 90 * 86400,
+    # The console (/console): a session ends this long after sign-in, or after this long unused;
+    # the fleet page counts reports of the recent window and calls devices unseen this long silent.
+    "CONSOLE_SESSION_HOURS": 8,
+    "CONSOLE_IDLE_MINUTES": 30,
+    "CONSOLE_RECENT_MINUTES": 15,
+    "CONSOLE_SILENT_MINUTES": 10,
+    # Webhooks (rollout_server/notifications): each process's dispatcher runs when the controller
+    # does (CONTROLLER_ENABLED) and looks for due deliveries this often (seconds); a POST gets this
+    # long (seconds); a failed delivery is retried WEBHOOK_MAX_ATTEMPTS times in all, waiting
+    # base * 2**(n-1) times a jitter in [0.5, 1] after the n-th failure.
+    "WEBHOOK_DISPATCH_INTERVAL_SECONDS": 2,
+    "WEBHOOK_TIMEOUT_SECONDS": 5,
+    "WEBHOOK_MAX_ATTEMPTS": 8,
+    "WEBHOOK_RETRY_BASE_SECONDS": 30,
+    # Hosts webhooks may POST to (exact names, or ".example.com" for its subdomains); empty: any.
+    "WEBHOOK_ALLOWED_HOSTS": [],
+    # The key that seals webhook secrets in the database (urlsafe base64 of 32 bytes; the same on
+    # every replica); None: DATA_DIR/webhook-secrets.key, created on first use.
+    "WEBHOOK_SECRETS_KEY": None,
     # The server's wall clock for token expiry and credential ages: None is the real one; tests
     # pass a callable returning an aware UTC datetime (rollout_server/clock.py).
     "CLOCK": None,
@@ -95,6 +114,13 @@ def apply_config(app: Any, overrides: dict[str, Any] | None) -> None:
         app.config["DATABASE_URL"] = f"sqlite:///{data_dir / 'edgeship.db'}"
     # the app-wide limit is the smallest; each route's own is set per request (body_limits.py)
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_REQUEST_BYTES"]
+    if isinstance(app.config["WEBHOOK_ALLOWED_HOSTS"], str):  # EDGESHIP_WEBHOOK_ALLOWED_HOSTS=a.com,.b.org
+        hosts = app.config["WEBHOOK_ALLOWED_HOSTS"].split(",")
+        app.config["WEBHOOK_ALLOWED_HOSTS"] = [host.strip() for host in hosts if host.strip()]
+    if app.config["WEBHOOK_SECRETS_KEY"]:  # refused at start, not at the first webhook
+        from rollout_server.notifications.sealing import decode_key
+
+        decode_key(app.config["WEBHOOK_SECRETS_KEY"])
     if app.config["DEVICE_ADMISSION"] not in ("auto", "manual"):
         raise ValueError(f"DEVICE_ADMISSION must be 'auto' or 'manual', not "
                          f"{app.config['DEVICE_ADMISSION']!r}")

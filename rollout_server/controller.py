@@ -25,10 +25,12 @@ from rollout_server.analysis import (
     Outcome,
     Phase,
     RolloutState,
-    assess,
     decide,
+    start,
 )
+from rollout_server.analysis.dry_run import assess_split
 from rollout_server.analysis.sample_ratio import SRM_ALPHA, SRM_GRACE_SECONDS, SampleRatio, sample_ratio
+from rollout_server.analysis.schedule import Schedule
 from rollout_server.analysis.stats import look_alpha
 from rollout_server.bucketing import assign_cohort
 from rollout_server.config import DEFAULTS
@@ -38,24 +40,33 @@ from rollout_server.db_files import database_file_problem
 from rollout_server.device_rows import BaselineCache, arm_fields, stage_devices
 from rollout_server.hot_cache import LAST_SEEN_RESOLUTION_SECONDS
 from rollout_server.models import AuditEntry, Device, Report, Rollout, Verdict, utcnow
+from rollout_server.notifications import events
+from rollout_server.targeting import matches, parse_target
 
 
 def apply_decision(
     session: Session, rollout: Rollout, decision: Decision, actor: str, now: dt.datetime
 ) -> None:
-    """Store the new state (and its queryable copies); promote makes the candidate stable."""
+    """Store the new state (and its queryable copies); reaching ``promoted`` (by promotion or an
+    approval) makes the candidate stable. A phase change or stage advance is recorded as an event
+    (webhooks) in the same transaction, and so is an approval request when the rollout starts
+    waiting for one."""
     state = decision.state
+    before = (rollout.phase, rollout.stage_index)
     rollout.state = state.to_dict()
     rollout.phase = state.phase.value
     rollout.stage_index = state.stage_index
     rollout.reason = state.reason or rollout.reason
     rollout.updated_at = now
-    if decision.action is Action.PROMOTE:
+    if state.phase is Phase.PROMOTED and before[0] != Phase.PROMOTED.value:
         rollout.model.stable_release_id = rollout.candidate_id
     if decision.action not in (Action.NONE, Action.HOLD):
         session.add(AuditEntry(actor=actor, action=f"rollout.{decision.action.value}",
                                target=f"rollout:{rollout.id}",
                                detail={"reason": decision.reason, "alert": decision.alert}))
+    events.rollout_changed(session, rollout, *before, actor, decision.reason or state.reason, now)
+    if state.phase is Phase.AWAITING_APPROVAL and before[0] != Phase.AWAITING_APPROVAL.value:
+        events.approval_requested(session, rollout, state.stage_index + 1, state.reason, now)
 
 
 def claim_window(session: Session, rollout_id: int, now: dt.datetime, window_seconds: float) -> bool:
@@ -99,13 +110,16 @@ def assigned_arms(session: Session, rollout: Rollout, state: RolloutState,
     """``{device id: in the canary}`` for the devices active in the current stage (seen since it
     started, less the ``last_seen_at`` resolution; revoked ones left out) and those in ``extra``
     (``{device id: device class}``), each put in an arm by the server's own bucketing at the
-    stage's share."""
+    stage's share. Active devices the rollout's target does not admit are in neither arm."""
     percent = state.stage.percent
     started = state.stage_started_at if state.stage_started_at is not None else utcnow().timestamp()
     seen_since = (dt.datetime.fromtimestamp(started, dt.timezone.utc)
                   - dt.timedelta(seconds=LAST_SEEN_RESOLUTION_SECONDS))
-    active = dict(session.execute(select(Device.id, Device.device_class)
-                                  .where(Device.last_seen_at >= seen_since, Device.revoked.is_(False))).all())
+    target = parse_target(rollout.spec.get("target"))
+    active = {device: cls for device, cls, attributes in session.execute(
+        select(Device.id, Device.device_class, Device.attributes)
+        .where(Device.last_seen_at >= seen_since, Device.revoked.is_(False)))
+        if matches(target, cls, attributes)}
     stratify = bool(rollout.spec.get("stratify"))
     return {device: assign_cohort(rollout.salt, device, percent, cls if stratify else None) == "canary"
             for device, cls in {**active, **(extra or {})}.items()}
@@ -145,34 +159,74 @@ def step_rollout(
     rollout = session.get(Rollout, rollout_id)
     state = RolloutState.from_dict(rollout.state)
     measurements = load_measurements(session, rollout, state, session.info.get(BASELINES))
-    verdicts = assess(GuardSpec.from_dict(rollout.spec.get("guards")), measurements)
+    verdicts, rehearsed = assess_split(GuardSpec.from_dict(rollout.spec.get("guards")), measurements)
     decision = decide(state, verdicts, now.timestamp(), canary_samples=measurements.canary.inferences,
-                      sample_ratio=load_sample_ratio(session, rollout, state, now))
-    for verdict in verdicts:
+                      sample_ratio=load_sample_ratio(session, rollout, state, now),
+                      hold=Schedule.from_dict(rollout.spec.get("schedule")).hold_reason(now))
+    for verdict, dry_run in [*((v, False) for v in verdicts), *((v, True) for v in rehearsed)]:
+        scope = (",".join(verdict.stats.get("failing_classes") or []) or "all")[:32]
+        stats = verdict.to_dict()["stats"]
         session.add(Verdict(
-            rollout_id=rollout.id, window_end=now, stage_index=state.stage_index,
-            guard=verdict.guard[:32],
-            scope=(",".join(verdict.stats.get("failing_classes") or []) or "all")[:32],
-            outcome=verdict.outcome.value,
-            reason=verdict.reason, stats=verdict.to_dict()["stats"], decision=decision.action.value,
+            rollout_id=rollout.id, window_end=now, stage_index=state.stage_index, guard=verdict.guard[:32],
+            scope=scope, outcome=verdict.outcome.value, reason=verdict.reason, stats=stats,
+            decision=decision.action.value, dry_run=dry_run,
         ))
-    if any(v.outcome is Outcome.ERROR for v in verdicts):
+        if verdict.outcome is Outcome.FAIL and not dry_run:  # a dry-run guard alerts no one
+            events.verdict_failed(session, rollout, verdict.guard, scope, verdict.reason, stats,
+                                  decision.action.value, now)
+    if any(v.outcome is Outcome.ERROR for v in verdicts):  # acting guards only
         bump(session, "controller_errors_analysis_error")
     apply_decision(session, rollout, decision, "controller", now)
     return decision
 
 
+def start_if_due(session: Session, rollout_id: int, now: dt.datetime) -> Decision | None:
+    """Start a scheduled (pending) rollout whose schedule allows it at ``now``; None otherwise.
+
+    The conditional ``UPDATE`` is the claim: another process's start of the same rollout, committed
+    first, leaves it no longer pending, so it starts once.
+    """
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None or rollout.phase != Phase.PENDING.value:
+        return None
+    if Schedule.from_dict(rollout.spec.get("schedule")).hold_reason(now) is not None:
+        return None
+    claimed = session.execute(update(Rollout)
+                              .where(Rollout.id == rollout_id, Rollout.phase == Phase.PENDING.value)
+                              .values(analyzed_until=None))
+    if claimed.rowcount != 1:
+        return None
+    session.refresh(rollout)
+    if rollout.phase != Phase.PENDING.value:
+        return None
+    decision = start(RolloutState.from_dict(rollout.state), now.timestamp())
+    apply_decision(session, rollout, decision, "controller", now)
+    return decision
+
+
 def step_all(app: Flask, now: dt.datetime | None = None) -> dict[int, Decision]:
-    """One controller pass over every active rollout; each in its own transaction."""
+    """One controller pass: start the scheduled rollouts that are due, then analyse every active
+    rollout; each in its own transaction. ``now`` defaults to the app's ``CLOCK``."""
     if database_file_problem(app) is not None:  # logged there; writes would land in a lost file
         return {}
-    now = now or utcnow()
+    clock = app.config.get("CLOCK")
+    now = now or (clock() if clock is not None else utcnow())
     window = float(app.config["ANALYSIS_WINDOW_SECONDS"])
     baselines = app.extensions.get(BASELINES)
     if baselines is None:
         baselines = app.extensions[BASELINES] = BaselineCache(float(app.config["BASELINE_SECONDS"]),
                                                               reports=int(app.config["BASELINE_REPORTS"]))
     decisions = {}
+    for rollout_id in pending_rollout_ids(app):
+        try:
+            with session_scope(app) as session:
+                decision = start_if_due(session, rollout_id, now)
+        except Exception:  # one broken rollout must not stop the others
+            app.logger.exception("controller start of rollout %s failed", rollout_id)
+            count_controller_error(app, "pass_failed")
+            continue
+        if decision is not None:
+            decisions[rollout_id] = decision
     for rollout_id in active_rollout_ids(app):
         try:
             with session_scope(app) as session:
@@ -191,6 +245,12 @@ def active_rollout_ids(app: Flask) -> list[int]:
     with session_scope(app) as session:
         active = [p.value for p in Phase.active()]
         return list(session.scalars(select(Rollout.id).where(Rollout.phase.in_(active))))
+
+
+def pending_rollout_ids(app: Flask) -> list[int]:
+    """Rollouts waiting for their schedule (``start_at`` or a window) to start."""
+    with session_scope(app) as session:
+        return list(session.scalars(select(Rollout.id).where(Rollout.phase == Phase.PENDING.value)))
 
 
 def count_controller_error(app: Flask, reason: str) -> None:

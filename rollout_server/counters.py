@@ -30,10 +30,14 @@ RATE_LIMITED = (("register", "registration_rate"), ("register", "auth_failures")
 #: the credential that failed, a device an operator refused apart (:mod:`rollout_server.rate_limits`).
 AUTH_FAILURES = ("missing_credential", "enrollment_token", "device_credential", "operator_token",
                  "device_revoked", "device_rejected")
+#: outcomes of ``edgeship_webhook_deliveries_total`` (counter ``webhook_deliveries_<outcome>``):
+#: webhook delivery attempts (:mod:`rollout_server.notifications.dispatcher`).
+WEBHOOK_OUTCOMES = ("delivered", "retried", "gave_up")
 COUNTERS = ("reports_duplicate", "reports_rejected", *(f"controller_errors_{r}" for r in CONTROLLER_ERRORS),
             *(f"reports_refused_{r}" for r in REPORT_REFUSALS), DEVICE_CHANGES,
             *(f"rate_limited_{group}_{reason}" for group, reason in RATE_LIMITED),
-            *(f"auth_failures_{reason}" for reason in AUTH_FAILURES))
+            *(f"auth_failures_{reason}" for reason in AUTH_FAILURES),
+            *(f"webhook_deliveries_{outcome}" for outcome in WEBHOOK_OUTCOMES))
 
 
 def ensure_counters(session: Session) -> None:

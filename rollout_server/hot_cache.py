@@ -3,7 +3,8 @@
 One :class:`HotCache` per app (``hot_cache.of(app)``), filled on demand:
 
 * devices by credential hash (their current one, or the previous one during a rotation's grace):
-  a :class:`DeviceSnapshot` (id, class, RAM, runtimes, revoked, admission, credential age);
+  a :class:`DeviceSnapshot` (id, class, RAM, runtimes, attributes, revoked, admission, credential
+  age);
 * models by name: a :class:`ModelState` (id, stable release id and the active rollout as a
   :class:`RolloutSnapshot`), read together in one query;
 * releases by id (immutable once published), the variant each kind of device gets from a release,
@@ -33,9 +34,10 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from flask import Flask
@@ -48,6 +50,7 @@ from rollout_server.analysis import Phase, RolloutState
 from rollout_server.assignment import ReleaseInfo, VariantInfo, choose_variant
 from rollout_server.counters import DEVICE_CHANGES
 from rollout_server.models import Counter, Device, Model, Release, Rollout
+from rollout_server.targeting import Condition, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ MAX_DOCUMENTS = 4_096
 _devices, _models, _rollouts, _counters = (Device.__table__, Model.__table__, Rollout.__table__,
                                            Counter.__table__)
 _DEVICE_COLUMNS = (
-    _devices.c.id, _devices.c.device_class, _devices.c.ram_bytes, _devices.c.runtimes,
+    _devices.c.id, _devices.c.device_class, _devices.c.ram_bytes, _devices.c.runtimes, _devices.c.attributes,
     _devices.c.revoked, _devices.c.last_seen_at, _devices.c.admission,
     _devices.c.previous_credential_hash.is_not(None).label("has_previous"),
     _devices.c.previous_credential_expires_at,
@@ -123,6 +126,9 @@ def load_release(session: Session, release_id: int) -> ReleaseInfo:
     return ReleaseInfo(release.id, release.version, release.manifest, variants)
 
 
+_NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceSnapshot:
     """A device as authentication and assignment need it (not an ORM object: no session)."""
@@ -141,6 +147,8 @@ class DeviceSnapshot:
     previous_expires: float | None = None
     has_previous: bool = False  # the device's previous credential is still accepted
     credential_issued: float | None = None  # seconds since the epoch
+    #: what it claims of itself for targeting (rollout_server/targeting.py): never mutate
+    attributes: Mapping[str, str] = field(default_factory=lambda: _NO_ATTRIBUTES)
 
     @classmethod
     def from_row(cls, row: Any, runtimes: dict[str, str], capabilities: tuple,
@@ -148,7 +156,8 @@ class DeviceSnapshot:
         seen, expires, issued = (_epoch(row.last_seen_at), _epoch(row.previous_credential_expires_at),
                                  _epoch(row.credential_issued_at))
         return cls(row.id, row.device_class, row.ram_bytes, runtimes, bool(row.revoked), seen, capabilities,
-                   row.admission, by_previous, expires, bool(row.has_previous), issued)
+                   row.admission, by_previous, expires, bool(row.has_previous), issued,
+                   MappingProxyType(dict(row.attributes or {})))
 
 
 def _epoch(value: dt.datetime | None) -> float | None:
@@ -169,6 +178,7 @@ class RolloutSnapshot:
     stratify: bool
     shadow: bool
     shadow_share: float
+    target: tuple[Condition, ...] = ()  # who may be in it (rollout_server/targeting.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +193,7 @@ class RolloutRecord:
     salt: str
     canary_percent: float
     stratify: bool
+    target: tuple[Condition, ...] = ()
 
     @classmethod
     def from_row(cls, row: Any) -> RolloutRecord:
@@ -192,8 +203,9 @@ class RolloutRecord:
         reached = 0.0 if state.phase is Phase.PENDING else state.stage.percent
         if state.phase is Phase.PROMOTED:
             reached = 100.0
+        spec = row.spec or {}
         return cls(row.id, row.model_id, row.candidate_id, row.baseline_id, row.salt, reached,
-                   bool((row.spec or {}).get("stratify")))
+                   bool(spec.get("stratify")), parse_target(spec.get("target")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +225,8 @@ class ModelState:
             rollout = RolloutSnapshot(
                 row.rollout_id, row.salt, row.candidate_id, row.baseline_id,
                 RolloutState.from_dict(row.state).canary_percent, bool(spec.get("stratify")),
-                bool(spec.get("shadow")), float(spec.get("shadow_share", 0.1)))
+                bool(spec.get("shadow")), float(spec.get("shadow_share", 0.1)),
+                parse_target(spec.get("target")))
         return cls(row.id, name, row.stable_release_id, rollout)
 
 

@@ -129,6 +129,8 @@ class Device(Base):
                                                                  index=True)
     previous_credential_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True),
                                                                                nullable=True)
+    #: what the device claims of itself for targeting (app_version, region...; docs/protocol.md §2.2)
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class DeviceRelease(Base):
@@ -150,9 +152,9 @@ class Rollout(Base):
     candidate_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
     baseline_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
     salt: Mapped[str] = mapped_column(String(64))
-    phase: Mapped[str] = mapped_column(String(16), index=True)
+    phase: Mapped[str] = mapped_column(String(32), index=True)  # analysis.Phase (awaiting_approval: 17)
     stage_index: Mapped[int] = mapped_column(Integer, default=0)
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # stages, guards, stratify, shadow
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # guards, stratify, shadow, schedule
     state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # controller bookkeeping
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -177,6 +179,8 @@ class Verdict(Base):
     reason: Mapped[str] = mapped_column(Text)
     stats: Mapped[dict[str, Any]] = mapped_column(JSON)
     decision: Mapped[str] = mapped_column(String(16))
+    #: a dry-run guard's verdict: shown, never acted on (``decision`` is what the acting guards did)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Report(Base):
@@ -310,3 +314,67 @@ class Counter(Base):
     __tablename__ = "counters"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Event(Base):
+    """A notification-worthy change (phase change, stage advance, failed verdict, approval request),
+    written in the transaction of the change itself (an outbox): committed with it or not at all."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"), nullable=True, index=True)
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class WebhookSubscription(Base):
+    """Where events are POSTed: ``kinds`` and ``model`` filter them (None: all); ``secret_sealed``
+    is the signing secret encrypted with the server's webhook key (rollout_server/notifications)."""
+
+    __tablename__ = "webhook_subscriptions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret_sealed: Mapped[str] = mapped_column(Text)
+    kinds: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    format: Mapped[str] = mapped_column(String(16), default="edgeship")
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription: ``pending`` until ``delivered`` or ``failed`` (given up).
+
+    ``claim``/``claimed_until`` are the lease of the dispatcher sending it, so two replicas never
+    both send; ``next_attempt_at`` None means as soon as possible.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_subscription_status", "subscription_id", "status", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("webhook_subscriptions.id"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    claim: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ConsoleSession(Base):
+    """A signed-in console browser (rollout_server/console/sessions.py): the hash of its cookie's
+    secret, the operator token it signed in with, its CSRF token and its deadlines."""
+
+    __tablename__ = "console_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -20,6 +20,7 @@ from edgeship.contract.reports import MAX_BATCH as MAX_REPORT_BATCH
 from rollout_server.api.rollouts import ACTIONS
 from rollout_server.openapi_schemas import (
     API_VERSION,
+    ATTRIBUTES,
     BAD_JSON,
     DEVICE,
     DEVICE_CLASS_PATTERN,
@@ -52,6 +53,7 @@ VERSION = _path("version", {"type": "string", "minLength": 1}, "Release version.
 ROLLOUT_ID = _path("rollout_id", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, "Rollout id.")
 DEVICE_ID = _path("device_id", {"type": "string", "minLength": 1}, "Device id (from registration).")
 TOKEN_ID = _path("token_id", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, "Token id.")
+WEBHOOK_ID = _path("webhook_id", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, "Webhook id.")
 #: the assignment's hint that the credential is older than CREDENTIAL_MAX_AGE_SECONDS.
 ROTATE_HINT = {"Edgeship-Rotate-Credential": {
     "required": False, "schema": {"type": "string", "enum": ["1"]},
@@ -111,7 +113,8 @@ def _paths() -> dict[str, Any]:
             "requestBody": _body(_ref("DeviceRegistration"), example={
                 "enrollment_token": "<enrollment token>", "device_class": "rpi4", "arch": "aarch64",
                 "os": "Raspberry Pi OS 12", "ram_bytes": 4294967296,
-                "runtimes": {"onnxruntime": "1.20.1", "litert": "2.3.0"}}),
+                "runtimes": {"onnxruntime": "1.20.1", "litert": "2.3.0"},
+                "attributes": {"app_version": "4.2.1", "region": "eu"}}),
             "responses": _responses(
                 {"201": _json(_object({
                     "device_id": {"type": "string"}, "credential": {"type": "string"},
@@ -180,6 +183,19 @@ def _paths() -> dict[str, Any]:
                                                     "additionalProperties": {"type": "string"}}},
                                       ("device_id", "runtimes")), "Stored; assignment uses them.")},
                 BAD_JSON, NO_DEVICE, (403, "The credential belongs to another device.")),
+        }},
+        "/v1/devices/{device_id}/attributes": {"put": {
+            "tags": ["devices"], "operationId": "updateDeviceAttributes", "security": [{DEVICE: []}],
+            "summary": "Replace the attributes this device claims for canary targeting (its app was "
+                       "updated, it moved).",
+            "parameters": [DEVICE_ID],
+            "requestBody": _body(_object({"attributes": ATTRIBUTES}, ("attributes",)),
+                                 example={"attributes": {"app_version": "4.2.1", "region": "eu"}}),
+            "responses": _responses(
+                {"200": _json(_object({"device_id": {"type": "string"}, "attributes": ATTRIBUTES},
+                                      ("device_id", "attributes")), "Stored; targeting uses them.")},
+                (400, "The body or its attributes are malformed."), NO_DEVICE,
+                (403, "The credential belongs to another device.")),
         }},
         "/v1/reports": {"post": {
             "tags": ["reports"], "operationId": "postReports", "security": [{DEVICE: []}],
@@ -312,12 +328,13 @@ def _paths() -> dict[str, Any]:
                     "model": "digits-cnn", "candidate_version": "2.0.0",
                     "stages": [{"percent": 10}, {"percent": 50}, {"percent": 100}]}),
                 "responses": _responses(
-                    {"201": _json(_ref("RolloutStatus"), "Started.")},
-                    (400, "Bad input, including stages or guards the analysis rejects, or a candidate "
-                          "without a validated variant."),
+                    {"201": _json(_ref("RolloutStatus"), "Started, or pending until its start_at and "
+                                                         "windows allow (hold_reason says which).")},
+                    (400, "Bad input, including stages, guards or a target the analysis rejects, or a "
+                          "candidate without a validated variant."),
                     NO_TOKEN, _role("operator"), (404, "No such model or candidate release."),
                     (409, "The model has no stable release, the candidate is already stable, or another "
-                          "rollout of the model is active.")),
+                          "rollout of the model is active or scheduled.")),
             },
             "get": {
                 "tags": ["rollouts"], "operationId": "listRollouts", **_operator("viewer"),
@@ -339,7 +356,11 @@ def _paths() -> dict[str, Any]:
         }},
         "/v1/rollouts/{rollout_id}/{action}": {"post": {
             "tags": ["rollouts"], "operationId": "rolloutAction", **_operator("operator"),
-            "summary": "Manual pause, resume, promote or abort.",
+            "summary": "Manual pause, resume, promote, abort or approve.",
+            "description": "approve: a rollout in awaiting_approval starts its gated stage now (or is "
+                           "promoted when the gate was before promotion); the approver is audited and named "
+                           "in the reason. pause also applies while awaiting approval, and resume returns "
+                           "there.",
             "parameters": [ROLLOUT_ID, _path("action", {"type": "string", "enum": list(ACTIONS)},
                                              "The action.")],
             "requestBody": _body(_object({"reason": _nullable({"type": "string", "maxLength": 500})}),
@@ -349,7 +370,8 @@ def _paths() -> dict[str, Any]:
                 (400, "The body is not a JSON object, or its reason is not a string of at most 500 "
                       "characters."), NO_TOKEN, _role("operator"),
                 (404, "No such rollout or action."),
-                (409, "The action is not allowed in the rollout's phase.")),
+                (409, "The action is not allowed in the rollout's phase (approve: it is not "
+                      "awaiting_approval).")),
         }},
         "/v1/tokens": {
             "post": {
@@ -444,6 +466,7 @@ def _paths() -> dict[str, Any]:
              [(409, "The device is active or revoked: revoke an admitted device.")]),
             ("revoke", "Refuse a device's credential for good (401 'device_revoked' on its routes).", []),
         )},
+        **_webhook_paths(),
         "/v1/audit": {"get": {
             "tags": ["admin"], "operationId": "auditLog", **_operator("admin"),
             "summary": "The audit log, newest first.",
@@ -457,6 +480,72 @@ def _paths() -> dict[str, Any]:
                     "detail": _nullable({"type": "object"}),
                 }, ("at", "actor", "action", "target", "detail"))}}, ("entries",)), "The entries.")},
                 (400, "limit is not an integer."), NO_TOKEN, _role("admin")),
+        }},
+    }
+
+
+def _webhook_paths() -> dict[str, Any]:
+    no_webhook = (404, "No such webhook.")
+    return {
+        "/v1/webhooks": {
+            "post": {
+                "tags": ["admin"], "operationId": "createWebhook", **_operator("admin"),
+                "summary": "POST rollout events to a URL, signed (Edgeship-Signature); the secret is shown "
+                           "once.",
+                "requestBody": _body(_ref("WebhookCreate"), example={
+                    "url": "https://hooks.example.com/edgeship",
+                    "kinds": ["phase_changed", "verdict_failed"]}),
+                "responses": _responses(
+                    {"201": _json({"allOf": [_ref("Webhook"), _object({"secret": {"type": "string"}},
+                                                                      ("secret",))]},
+                                  "Created; 'secret' signs its deliveries and is shown only here.")},
+                    BAD_JSON, NO_TOKEN, _role("admin")),
+            },
+            "get": {
+                "tags": ["admin"], "operationId": "listWebhooks", **_operator("admin"),
+                "summary": "Every webhook (never its secret), with its deliveries not done yet.",
+                "responses": _responses(
+                    {"200": _json(_object({"webhooks": {"type": "array", "items": {"allOf": [
+                        _ref("Webhook"),
+                        _object({"pending": {"type": "integer", "description": "Deliveries not done yet."},
+                                 "retrying": {"type": "integer", "description": "Of those, the ones that "
+                                                                                "failed at least once."}},
+                                ("pending", "retrying"))]}}}, ("webhooks",)), "The webhooks.")},
+                    NO_TOKEN, _role("admin")),
+            },
+        },
+        "/v1/webhooks/{webhook_id}": {"delete": {
+            "tags": ["admin"], "operationId": "removeWebhook", **_operator("admin"),
+            "summary": "Remove a webhook and its deliveries (pending ones are never sent).",
+            "parameters": [WEBHOOK_ID],
+            "responses": _responses(
+                {"200": _json(_object({"id": {"type": "integer"},
+                                       "removed": {"type": "boolean", "enum": [True]}},
+                                      ("id", "removed")), "Removed.")},
+                NO_TOKEN, _role("admin"), no_webhook),
+        }},
+        "/v1/webhooks/{webhook_id}/deliveries": {"get": {
+            "tags": ["admin"], "operationId": "webhookDeliveries", **_operator("admin"),
+            "summary": "The webhook's latest deliveries, newest first: status, attempts, HTTP code, error, "
+                       "next attempt.",
+            "parameters": [WEBHOOK_ID, {"name": "limit", "in": "query", "required": False,
+                                        "schema": {"type": "integer", "minimum": 1, "maximum": 500,
+                                                   "default": 50}}],
+            "responses": _responses(
+                {"200": _json(_object({"deliveries": {"type": "array", "items": _ref("WebhookDelivery")}},
+                                      ("deliveries",)), "The deliveries.")},
+                (400, "limit is not an integer from 1 to 500."), NO_TOKEN, _role("admin"), no_webhook),
+        }},
+        "/v1/webhooks/{webhook_id}/test": {"post": {
+            "tags": ["admin"], "operationId": "testWebhook", **_operator("admin"),
+            "summary": "Queue a 'test' event for this webhook only.",
+            "parameters": [WEBHOOK_ID],
+            "responses": _responses(
+                {"202": _json(_object({"webhook_id": {"type": "integer"}, "event_id": {"type": "integer"},
+                                       "delivery_id": {"type": "integer"}},
+                                      ("webhook_id", "event_id", "delivery_id")),
+                              "Queued; the dispatcher sends it within WEBHOOK_DISPATCH_INTERVAL_SECONDS.")},
+                NO_TOKEN, _role("admin"), no_webhook),
         }},
     }
 

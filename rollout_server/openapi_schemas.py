@@ -150,6 +150,10 @@ GUARD = _object({
                    "description": "Limits only. Left out: a limit passes when its point estimate is "
                                   "within it. Set: only when the canary is significantly within it "
                                   "(p < pass_alpha); otherwise the stage holds."},
+    "dry_run": {"type": "boolean", "default": False,
+                "description": "Evaluated every window and its verdicts stored (flagged dry_run), but it "
+                               "never acts: no rollback, no hold, no share of the other guards' alpha. At "
+                               "least one guard must act."},
 }, ("metric",), closed=True)
 
 GUARD_SPEC = _object({
@@ -159,6 +163,25 @@ GUARD_SPEC = _object({
                "description": "Left out: the default guards."},
     "shadow": {"type": "boolean", "description": "With default guards: add the agreement guard."},
 }, closed=True)
+
+#: rollout_server.targeting: what a device claims of itself, and a rollout's conditions on it.
+ATTRIBUTE_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+ATTRIBUTES = {"type": "object", "maxProperties": 32,
+              "additionalProperties": {"type": "string", "maxLength": 128},
+              "description": "Claims used only for canary targeting: names of 1 to 64 characters matching "
+                             f"{ATTRIBUTE_PATTERN} (not device_class, the server's own), values strings of "
+                             "at most 128 characters without control characters, e.g. "
+                             "{\"app_version\": \"4.2.1\", \"region\": \"eu\"}."}
+TARGET_CONDITION = _object({
+    "attribute": _text(64, pattern=ATTRIBUTE_PATTERN,
+                       description="A device attribute, or device_class (the registered class)."),
+    "op": {"type": "string", "enum": ["==", "!=", "in", "not_in", ">=", ">", "<=", "<"]},
+    "value": {"oneOf": [{"type": "string", "maxLength": 128},
+                        {"type": "array", "minItems": 1, "maxItems": 64,
+                         "items": {"type": "string", "maxLength": 128}}],
+              "description": "A list for in and not_in, else a string; >, >=, <, <= take a dotted numeric "
+                             "version (4.10 > 4.9), and == / != compare as versions when both sides are."},
+}, ("attribute", "op", "value"), closed=True)
 
 ROLLOUT_CREATE = _object({
     "model": _text(pattern=NAME_PATTERN),
@@ -170,7 +193,31 @@ ROLLOUT_CREATE = _object({
     "stratify": {"type": "boolean", "default": False, "description": "Bucket per device class."},
     "shadow": {"type": "boolean", "default": False},
     "shadow_share": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1, "default": 0.1},
+    "target": _nullable({"type": "array", "maxItems": 16, "items": _ref("TargetCondition"),
+                         "description": "Who may be a canary: all conditions must hold. Devices they do not "
+                                        "admit run the stable release with no rollout_id and count in "
+                                        "neither arm. Left out or null: every device."}),
+    "approve_before": {"type": "array", "items": {"type": "number"},
+                       "description": "Manual approval gates: percents of later stages (100: promotion, "
+                                      "even without a 100% stage). Before each starts the rollout waits in "
+                                      "awaiting_approval (guards keep running; a fail rolls back) until "
+                                      "POST /v1/rollouts/{id}/approve."},
+    "start_at": {"type": "string", "description": "ISO 8601 time (no offset: UTC); the rollout stays pending "
+                                                  "until then."},
+    "windows": {"type": "array", "items": _ref("RolloutWindow"), "maxItems": 32,
+                "description": "Allowed windows: the rollout starts, advances, asks for approval and "
+                               "promotes only inside one of them; rollbacks and pauses happen at any time."},
 }, ("model", "candidate_version"))
+
+ROLLOUT_WINDOW = _object({
+    "days": {"type": "array", "minItems": 1,
+             "items": {"type": "string", "enum": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]},
+             "description": "The days it opens (default: every day)."},
+    "from": {"type": "string", "pattern": r"^\d\d:\d\d$", "description": "Opens at HH:MM local time."},
+    "to": {"type": "string", "pattern": r"^\d\d:\d\d$",
+           "description": "Closes at HH:MM (up to 24:00); earlier than from: the next day."},
+    "tz": {"type": "string", "default": "UTC", "description": "IANA time zone, e.g. Europe/Berlin."},
+}, ("from", "to"), closed=True)
 
 ROLLOUT_SUMMARY = _object({
     "id": {"type": "integer"},
@@ -182,10 +229,21 @@ ROLLOUT_SUMMARY = _object({
     "stages": {"type": "integer", "minimum": 1},
     "canary_percent": {"type": "number"},
     "reason": _nullable({"type": "string"}),
+    "hold_reason": _nullable({"type": "string",
+                              "description": "Why the schedule keeps the rollout from moving forward now, "
+                                             "e.g. 'outside the allowed windows; next opens at ...'."}),
+    "approval": _nullable({**_object({
+        "stage": _nullable({"type": "integer",
+                            "description": "The stage the approval starts; null: promotion."}),
+        "percent": {"type": "number"},
+        "action": {"type": "string", "description": "'advance to 50%' or 'promote'."},
+        "requested_at": _nullable(TIME),
+    }, ("stage", "percent", "action", "requested_at")),
+        "description": "The approval awaited (also while paused from awaiting_approval), else null."}),
     "created_at": TIME,
     "updated_at": TIME,
 }, ("id", "model", "candidate", "baseline", "phase", "stage", "stages", "canary_percent", "reason",
-    "created_at", "updated_at"))
+    "hold_reason", "approval", "created_at", "updated_at"))
 
 ROLLOUT_STATUS = {"allOf": [ROLLOUT_SUMMARY, _object({
     "devices": _nullable({**_object({"canary": {"type": "integer"}, "stable": {"type": "integer"}},
@@ -203,7 +261,9 @@ ROLLOUT_STATUS = {"allOf": [ROLLOUT_SUMMARY, _object({
         "reason": {"type": "string"},
         "decision": {"type": "string"},
         "stats": {"type": "object"},
-    }, ("window_end", "stage", "guard", "scope", "outcome", "reason", "decision", "stats"))},
+        "dry_run": {"type": "boolean", "description": "A dry-run guard's verdict: never acted on ('decision' "
+                                                      "is what the acting guards did)."},
+    }, ("window_end", "stage", "guard", "scope", "outcome", "reason", "decision", "stats", "dry_run"))},
 }, ("devices", "spec", "state", "verdicts"))]}
 
 VARIANT = _object({
@@ -322,6 +382,7 @@ REGISTER = _object({
                  "additionalProperties": _text(64),
                  "description": "Runtime name (1 to 32 characters) → version, "
                                 "e.g. {\"onnxruntime\": \"1.20.1\"}."},
+    "attributes": _nullable(ATTRIBUTES),
 }, ("enrollment_token", "device_class", "arch", "os", "ram_bytes", "runtimes"))
 
 TOKEN_CREATE = _object({
@@ -367,10 +428,53 @@ DEVICE_VIEW = _object({
 }, ("device_id", "state", "revoked", "device_class", "arch", "os", "ram_bytes", "runtimes", "created_at",
     "last_seen_at", "credential_issued_at", "enrollment_token_id"))
 
+#: the event kinds a webhook may subscribe to (rollout_server.notifications.events.KINDS).
+WEBHOOK_KINDS = ["phase_changed", "stage_advanced", "verdict_failed", "approval_requested"]
+
+WEBHOOK_CREATE = _object({
+    "url": {"type": "string", "minLength": 1, "maxLength": 2048, "pattern": r"^https?://\S+$",
+            "description": "http(s) URL without credentials; with WEBHOOK_ALLOWED_HOSTS set, its host must "
+                           "be one of them."},
+    "secret": _nullable({"type": "string", "minLength": 16, "maxLength": 256,
+                         "description": "The signing secret (printable); default: a generated one."}),
+    "kinds": _nullable({"type": "array", "minItems": 1, "items": {"type": "string", "enum": WEBHOOK_KINDS},
+                        "description": "Only these event kinds (default: every kind)."}),
+    "format": _nullable({"type": "string", "enum": ["edgeship", "slack", None],
+                         "description": "'edgeship' JSON (default) or Slack's {\"text\": ...}."}),
+    "model": _nullable({**_text(pattern=NAME_PATTERN), "description": "Only this model's rollouts."}),
+}, ("url",), description="Refused (400) when the URL has no host, carries user:password@, or its host "
+                         "is not allowed, or the secret is not printable.")
+
+#: a webhook as listed (never its secret).
+WEBHOOK_VIEW = _object({
+    "id": {"type": "integer"}, "url": {"type": "string"},
+    "kinds": {"type": "array", "items": {"type": "string", "enum": WEBHOOK_KINDS}},
+    "model": _nullable({"type": "string"}), "format": {"type": "string", "enum": ["edgeship", "slack"]},
+    "created_by": {"type": "string"}, "created_at": TIME,
+}, ("id", "url", "kinds", "model", "format", "created_by", "created_at"))
+
+WEBHOOK_DELIVERY = _object({
+    "id": {"type": "integer", "description": "The Edgeship-Delivery header of its requests."},
+    "event_id": {"type": "integer"},
+    "kind": {"type": "string", "enum": [*WEBHOOK_KINDS, "test"]},
+    "event_at": TIME,
+    "status": {"type": "string", "enum": ["pending", "delivered", "failed"],
+               "description": "'failed': given up after WEBHOOK_MAX_ATTEMPTS attempts."},
+    "attempts": {"type": "integer"},
+    "last_attempt_at": _nullable(TIME),
+    "last_status_code": _nullable({"type": "integer"}),
+    "last_error": _nullable({"type": "string"}),
+    "next_attempt_at": _nullable({**TIME, "description": "Pending only; null: as soon as it is its turn."}),
+}, ("id", "event_id", "kind", "event_at", "status", "attempts", "last_attempt_at", "last_status_code",
+    "last_error", "next_attempt_at"))
+
 SCHEMAS: dict[str, Schema] = {
     "Error": ERROR, "Stage": STAGE, "Guard": GUARD, "GuardSpec": GUARD_SPEC,
     "RolloutCreate": ROLLOUT_CREATE, "RolloutSummary": ROLLOUT_SUMMARY, "RolloutStatus": ROLLOUT_STATUS,
+    "RolloutWindow": ROLLOUT_WINDOW,
     "Variant": VARIANT, "Release": RELEASE, "Report": REPORT, "ReportV1": REPORT_V1, "ReportV2": REPORT_V2,
     "Assignment": ASSIGNMENT,
+    "TargetCondition": TARGET_CONDITION,
     "DeviceRegistration": REGISTER, "TokenCreate": TOKEN_CREATE, "Token": TOKEN_VIEW, "Device": DEVICE_VIEW,
+    "WebhookCreate": WEBHOOK_CREATE, "Webhook": WEBHOOK_VIEW, "WebhookDelivery": WEBHOOK_DELIVERY,
 }

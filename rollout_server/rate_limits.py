@@ -194,13 +194,14 @@ def of(app: Flask) -> RateLimiter:
 
 
 def route_group(req: Request) -> str | None:
-    """``register``, ``device`` or ``operator`` for a ``/v1`` request (its metrics label), else None
-    (health, metrics and docs are never limited)."""
+    """``register``, ``device`` or ``operator`` for a ``/v1`` or console request (its metrics
+    label; a failed console sign-in counts like a bad operator token), else None (health,
+    metrics and docs are never limited)."""
     if req.endpoint == REGISTER_ENDPOINT:
         return "register"
     if req.blueprint in DEVICE_BLUEPRINTS:
         return "device"
-    return "operator" if req.path.startswith("/v1/") else None
+    return "operator" if req.path.startswith("/v1/") or req.blueprint == "console" else None
 
 
 @functools.lru_cache(maxsize=4096)

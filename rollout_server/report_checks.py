@@ -2,7 +2,8 @@
 
 A report names its rollout, cohort and version, the window it covers and how many inferences
 it holds, and the controller groups reports by those. A device is not trusted to say them
-right: a canary claim must match the server's bucketing of that device in that rollout, the
+right: the rollout's target must admit the device (its attributes, as the server holds them), a
+canary claim must match the server's bucketing of that device in that rollout, the
 version must be one of that rollout's two releases (the candidate only for the canary), the
 window must lie within [now - REPORT_MAX_AGE_SECONDS, now + REPORT_CLOCK_SKEW_SECONDS], and
 the counts must be physically possible for the window's length. A report that claims
@@ -16,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rollout_server.assignment import DeviceFacts, cohort_for
+from rollout_server.assignment import DeviceFacts, cohort_for, in_target
 from rollout_server.errors import ApiError
 from rollout_server.hot_cache import RolloutRecord
 from rollout_server.report_rows import COLUMNS
@@ -88,6 +89,9 @@ def _check_window(row: tuple[Any, ...], earliest: dt.datetime, latest: dt.dateti
 def _check_attribution(row: tuple[Any, ...], device: DeviceFacts, record: RolloutRecord | None) -> None:
     if record is None or record.model_id != row[_AT["model_id"]]:
         raise ReportRefused("its rollout_id names no rollout of its model", error="not_in_rollout")
+    if not in_target(device, record):  # its reports count in neither arm (targeting.py)
+        raise ReportRefused(f"rollout {record.id}'s target does not admit this device",
+                            error="not_in_rollout")
     release_id, cohort = row[_AT["release_id"]], row[_AT["cohort"]]
     if release_id not in (record.candidate_id, record.baseline_id):
         raise ReportRefused(f"its version is neither the candidate nor the baseline of rollout {record.id}",

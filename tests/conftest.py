@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest_plugins = ("tests.skip_policy",)
+pytest_plugins = ("tests.skip_policy", "tests.browser")
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +43,32 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_npz(path: Path, **arrays: np.ndarray) -> Path:
     np.savez(path, **arrays)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _dispose_database_engines(monkeypatch: pytest.MonkeyPatch):
+    """Close the pooled connections of every server app a test built, when it ends.
+
+    An app's engine keeps its SQLite connections (three descriptors each in WAL mode) until the
+    process exits, so over a thousand tests the runner crossed 1,024 open files, where
+    ``select()`` and some libraries fail. Not in the agent-only venv (no server there).
+    """
+    try:
+        from rollout_server import db
+    except ImportError:
+        yield
+        return
+    engines = []
+    make_engine = db.make_engine
+
+    def recording(*args, **kwargs):
+        engine = make_engine(*args, **kwargs)
+        engines.append(engine)
+        return engine
+
+    monkeypatch.setattr(db, "make_engine", recording)
+    yield
+    for engine in engines:
+        if engine.url.get_backend_name() == "sqlite" and engine.url.database in (None, "", ":memory:"):
+            continue  # its one connection is the database: a module-scoped app may still need it
+        engine.dispose()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 #: every label a metric may carry; all have a bounded set of values.
 BOUNDED_LABELS = frozenset({"model", "variant", "cohort", "device_class", "reason", "phase", "outcome",
-                            "route_group"})
+                            "route_group", "state"})
 
 #: the metric types the catalogue uses (Prometheus' text-format ``# TYPE``).
 KINDS = frozenset({"counter", "gauge", "histogram", "summary"})
@@ -78,6 +78,13 @@ METRICS: dict[str, MetricSpec] = {
                    "Requests answered 401, by the credential that failed (enrollment_token, "
                    "device_credential, operator_token, device_revoked, device_rejected, "
                    "missing_credential).", ("reason",)),
+        # rollout notifications (rollout_server/notifications)
+        MetricSpec("edgeship_webhook_deliveries_total", "counter",
+                   "Webhook delivery attempts by outcome (delivered, retried: failed and will be tried "
+                   "again, gave_up: failed for the last time).", ("outcome",)),
+        MetricSpec("edgeship_webhook_deliveries_pending", "gauge",
+                   "Webhook deliveries not done yet, by state (queued: not tried yet, retrying: failed "
+                   "at least once).", ("state",)),
         # optional per-report values (schema 2): only reports that carried one count
         MetricSpec("edgeship_report_peak_rss_bytes", "summary",
                    "Peak RSS of the agent process in reports that carried one: _sum of the values, "

@@ -14,14 +14,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="the whole loop on this machine: convert, publish, a fleet of agents, two gray releases",
         description="Train and convert the digits CNN (cached), start a rollout server (SQLite, loopback), "
-        "Prometheus when installed, and a fleet of real edge agents replaying the eval set; then roll out "
-        "a release that fails its golden check on-device (rolled back automatically) and a good one "
-        "(10% → 50% → 100%). Prints a live view and a summary. Ctrl-C stops every process it started.",
+        "Prometheus when installed, and a fleet of real edge agents (Python agents and TypeScript SDK "
+        "phones) replaying the eval set; then roll out a release that fails its golden check on-device "
+        "(rolled back automatically) and a good one (10% → 50% → 100%). Prints a live view and a summary. "
+        "Ctrl-C stops every process it started.",
     )
     p.add_argument("--workdir", type=Path, default=Path("build/demo"),
                    help="releases cache and this run's state (default: build/demo)")
     p.add_argument("--agents", type=int, default=100, help="agents in the fleet (default: 100)")
-    p.add_argument("--workers", type=int, default=4, help="worker processes hosting them (default: 4)")
+    p.add_argument("--workers", type=int, default=4,
+                   help="Python worker processes hosting the agents that are not phones (default: 4)")
+    p.add_argument("--phones", type=float, default=20.0, metavar="PERCENT",
+                   help="share of the agents that are phones: TypeScript SDK agents (android, ios) in one "
+                   "Node process, when Node.js and sdk/js/node_modules are here (default: 20; 0: none)")
     p.add_argument("--rate", type=float, default=4.0, metavar="PER_SECOND",
                    help="inferences per second per agent (default: 4)")
     p.add_argument("--stages", default="10,50,100", help="canary percents (default: 10,50,100)")
@@ -53,8 +58,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         stages = tuple(float(p) for p in args.stages.split(","))
         config = DemoConfig(
-            workdir=args.workdir, fleet=FleetSettings(agents=args.agents, workers=args.workers,
-                                                      rate_per_second=args.rate),
+            workdir=args.workdir,
+            fleet=FleetSettings(agents=args.agents, workers=args.workers, phone_share=args.phones / 100,
+                                rate_per_second=args.rate),
             stages=stages, stage_seconds=args.stage_seconds, stage_samples=args.stage_samples,
             guards=GuardMinimums(load_failures=args.min_devices), prometheus=args.prometheus,
             prometheus_port=args.prometheus_port, keep_running=args.keep_running,

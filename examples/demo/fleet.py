@@ -1,8 +1,11 @@
 """The demo's fleet: device profiles, the plan of agents per worker process, and the workers.
 
-``N`` agents are spread over ``W`` worker processes (:mod:`examples.demo.fleet_worker`), agent
-``i`` in worker ``w = i mod W`` with profile ``(i div W + w) mod 4``, so each process hosts every
-device class and the classes are even overall.
+Two kinds of agents: Python agents (:mod:`examples.demo.fleet_worker`, the edge agent of a
+Raspberry Pi or a Linux box) and phones, SDK agents in a Node process
+(``sdk/js/demo/phone_fleet_worker.ts``, the TypeScript SDK on ``onnxruntime-node``, as an app
+embeds it). A share of the fleet (``phone_share``) are phones, all in one Node process; the
+other agents are spread over ``W`` Python worker processes, agent ``i`` in worker ``w = i mod W``
+with profile ``(i div W + w) mod 3``, so each process hosts every class and the classes are even.
 Each agent registers as its profile's device class with only that profile's runtimes, so the
 server assigns different variants to different classes (TFLite where only LiteRT is present,
 ONNX where only onnxruntime is).
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from examples.demo.processes import Children, spawn
+from examples.demo.typescript import SDK as SDK_DIR
+from examples.demo.typescript import node_program
 
 GIB = 2**30
 
@@ -38,12 +43,30 @@ class DeviceProfile:
     ram_bytes: int
 
 
+#: the Python agents' profiles
 PROFILES: tuple[DeviceProfile, ...] = (
     DeviceProfile("rpi4", ("litert",), 4 * GIB),
     DeviceProfile("rpi5", ("onnxruntime",), 8 * GIB),
-    DeviceProfile("android", ("litert",), 6 * GIB),
     DeviceProfile("linux-x86_64", ("onnxruntime", "litert"), 16 * GIB),
 )
+#: the phones' profiles (SDK agents: onnxruntime is the only runtime the SDK ships)
+PHONE_PROFILES: tuple[DeviceProfile, ...] = (
+    DeviceProfile("android", ("onnxruntime",), 6 * GIB),
+    DeviceProfile("ios", ("onnxruntime",), 4 * GIB),
+)
+PYTHON, SDK = "python", "sdk"
+PHONE_WORKER_SOURCE = SDK_DIR / "demo" / "phone_fleet_worker.ts"
+PHONE_WORKER = SDK_DIR / "build" / "demo" / "demo" / "phone_fleet_worker.js"
+
+
+def phone_worker_command() -> list[str]:
+    """``node .../phone_fleet_worker.js``, compiled with the SDK's ``tsc`` first when stale.
+
+    Raises:
+        examples.demo.typescript.Unavailable: no Node.js or no ``sdk/js/node_modules``.
+        RuntimeError: the worker does not compile.
+    """
+    return node_program(PHONE_WORKER_SOURCE.parent / "tsconfig.json", PHONE_WORKER, [PHONE_WORKER_SOURCE])
 
 
 @dataclass(frozen=True)
@@ -52,7 +75,9 @@ class FleetSettings:
 
     Attributes:
         agents: number of agents.
-        workers: worker processes hosting them.
+        workers: Python worker processes hosting the agents that are not phones.
+        phone_share: the share of ``agents`` that are phones (SDK agents in one Node process), when
+            the SDK can run here; 0 for none.
         rate_per_second: inferences per second per agent.
         check_interval_seconds: how often each agent asks for its assignment.
         report_interval_seconds: reporting window until the server says otherwise.
@@ -64,6 +89,7 @@ class FleetSettings:
 
     agents: int = 100
     workers: int = 4
+    phone_share: float = 0.2
     rate_per_second: float = 4.0
     check_interval_seconds: float = 1.0
     report_interval_seconds: float = 2.0
@@ -74,21 +100,58 @@ class FleetSettings:
             raise ValueError(f"agents and workers must be >= 1, got {self.agents} and {self.workers}")
         if self.rate_per_second <= 0:
             raise ValueError(f"rate_per_second must be positive, got {self.rate_per_second}")
+        if not 0 <= self.phone_share < 1:
+            raise ValueError(f"phone_share must be in [0, 1), got {self.phone_share}")
+
+    def phones(self) -> int:
+        """How many of the agents are phones (rounded; a small fleet gets fewer or none)."""
+        return round(self.agents * self.phone_share)
 
 
-def plan_fleet(settings: FleetSettings, state_root: Path) -> list[list[dict[str, Any]]]:
-    """The agents of each worker: name, state directory, device class, runtimes, RAM."""
-    workers = min(settings.workers, settings.agents)
-    plan: list[list[dict[str, Any]]] = [[] for _ in range(workers)]
-    for i in range(settings.agents):
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One worker process: its kind (``python`` or ``sdk``) and its agents' entries."""
+
+    kind: str
+    agents: list[dict[str, Any]]
+
+
+def plan_fleet(settings: FleetSettings, state_root: Path, phones: bool = True) -> list[WorkerPlan]:
+    """The worker processes and their agents (name, state directory, device class, runtimes, RAM).
+
+    With ``phones``, ``settings.phones()`` agents are phones in one last ``sdk`` worker, the
+    classes alternating; the rest are spread over the ``python`` workers.
+    """
+    count = settings.phones() if phones else 0
+    python = settings.agents - count
+    workers = min(settings.workers, python)
+    plan = [WorkerPlan(PYTHON, []) for _ in range(workers)]
+    for i in range(python):
         worker, slot = i % workers, i // workers
         profile = PROFILES[(slot + worker) % len(PROFILES)]  # every worker hosts every class, evenly
-        name = f"agent-{i:03d}"
-        plan[worker].append({
-            "name": name, "state_dir": str(state_root / name), "device_class": profile.device_class,
-            "runtimes": list(profile.runtimes), "ram_bytes": profile.ram_bytes,
-        })
+        plan[worker].agents.append(_entry(f"agent-{i:03d}", profile, state_root))
+    if count:
+        profiles = [PHONE_PROFILES[i % len(PHONE_PROFILES)] for i in range(count)]  # classes alternate
+        plan.append(WorkerPlan(SDK, [_entry(f"phone-{i:03d}", profile, state_root)
+                                     for i, profile in enumerate(profiles)]))
     return plan
+
+
+def _entry(name: str, profile: DeviceProfile, state_root: Path) -> dict[str, Any]:
+    return {"name": name, "state_dir": str(state_root / name), "device_class": profile.device_class,
+            "runtimes": list(profile.runtimes), "ram_bytes": profile.ram_bytes}
+
+
+def fleet_text(agents_by_kind: dict[str, int], workers_by_kind: dict[str, int]) -> str:
+    """``80 Python agents in 4 worker processes, 20 SDK phones (android, ios) in 1 Node process``."""
+    parts = []
+    kinds = ((PYTHON, "Python agents", "worker"), (SDK, "SDK phones (android, ios)", "Node"))
+    for kind, what, process in kinds:
+        if agents_by_kind.get(kind):
+            workers = workers_by_kind.get(kind, 0)
+            plural = "es" if workers > 1 else ""
+            parts.append(f"{agents_by_kind[kind]} {what} in {workers} {process} process{plural}")
+    return ", ".join(parts)
 
 
 @dataclass
@@ -98,7 +161,8 @@ class FleetSnapshot:
     Attributes:
         planned: agents planned.
         started: agents started.
-        agents: one row per agent (name, device_class, device_id, version, variant, cohort).
+        agents: one row per agent (name, kind, device_class, device_id, version, variant, cohort,
+            rollout_id).
     """
 
     planned: int = 0
@@ -114,12 +178,24 @@ class FleetSnapshot:
         """Agents whose current model is ``version``."""
         return self.count("version")[version]
 
-    def variants_by_class(self) -> dict[str, Counter]:
-        """``{device_class: Counter(variant)}``."""
-        out: dict[str, Counter] = {}
+    def variants_by_class(self) -> dict[tuple[str, str], Counter]:
+        """``{(kind, device_class): Counter(variant)}``."""
+        out: dict[tuple[str, str], Counter] = {}
         for agent in self.agents:
-            out.setdefault(agent["device_class"], Counter())[agent.get("variant")] += 1
+            key = (agent.get("kind", PYTHON), agent["device_class"])
+            out.setdefault(key, Counter())[agent.get("variant")] += 1
         return out
+
+    def arms(self) -> Counter:
+        """Agents per ``(kind, device_class, cohort, version)``: who runs what, in which arm."""
+        return Counter((a.get("kind", PYTHON), a["device_class"], a.get("cohort"), a.get("version"))
+                       for a in self.agents)
+
+    def rollout_arms(self) -> set[tuple[Any, ...]]:
+        """``(rollout_id, kind, device_class, cohort, version)`` of every agent: an agent of a
+        rollout's stable arm runs what it ran before, but its reports carry the rollout's id."""
+        return {(a.get("rollout_id"), a.get("kind", PYTHON), a["device_class"], a.get("cohort"),
+                 a.get("version")) for a in self.agents}
 
 
 class Fleet:
@@ -134,10 +210,13 @@ class Fleet:
         eval_npz: inputs and labels to replay.
         model: registry name.
         python: interpreter for the workers (default: this one).
+        phone_worker: the command line of the phones' Node worker (without its spec), or None
+            for a fleet of Python agents only.
     """
 
     def __init__(self, settings: FleetSettings, directory: Path, server_url: str, enroll_token: str,
-                 trusted_key: str, eval_npz: str, model: str, python: str | None = None) -> None:
+                 trusted_key: str, eval_npz: str, model: str, python: str | None = None,
+                 phone_worker: list[str] | None = None) -> None:
         self.settings = settings
         self.directory = Path(directory).resolve()
         self.server_url = server_url
@@ -146,13 +225,15 @@ class Fleet:
         self.eval_npz = str(Path(eval_npz).resolve())
         self.model = model
         self.python = python or sys.executable
+        self.phone_worker = phone_worker
+        self.plan: list[WorkerPlan] = []
         self.status_files: list[Path] = []
         self.processes: list[Any] = []
 
     def start(self, children: Children) -> Fleet:
         """Write one spec per worker and start the workers (tracked by ``children``)."""
-        plan = plan_fleet(self.settings, self.directory / "agents")
-        for index, agents in enumerate(plan):
+        self.plan = plan_fleet(self.settings, self.directory / "agents", phones=self.phone_worker is not None)
+        for index, worker in enumerate(self.plan):
             status = self.directory / f"worker-{index}.status.json"
             spec_path = self.directory / f"worker-{index}.spec.json"
             spec = {
@@ -162,14 +243,18 @@ class Fleet:
                 "check_interval_seconds": self.settings.check_interval_seconds,
                 "report_interval_seconds": self.settings.report_interval_seconds,
                 "variant_backoff_seconds": self.settings.variant_backoff_seconds,
-                "status_file": str(status), "seed": index, "agents": agents,
+                "status_file": str(status), "seed": index, "agents": worker.agents,
             }
             spec_path.parent.mkdir(parents=True, exist_ok=True)
             spec_path.touch(mode=0o600)
             spec_path.write_text(json.dumps(spec, indent=1))
-            process = spawn([self.python, "-m", "examples.demo.fleet_worker", str(spec_path)],
-                            self.directory / f"worker-{index}.log")
-            self.processes.append(children.add(f"fleet-worker-{index}", process, stop_timeout_seconds=20))
+            if worker.kind == SDK:
+                command, name = [*(self.phone_worker or []), str(spec_path)], f"phone-worker-{index}"
+            else:
+                command = [self.python, "-m", "examples.demo.fleet_worker", str(spec_path)]
+                name = f"fleet-worker-{index}"
+            process = spawn(command, self.directory / f"worker-{index}.log")
+            self.processes.append(children.add(name, process, stop_timeout_seconds=20))
             self.status_files.append(status)
         return self
 
@@ -180,6 +265,14 @@ class Fleet:
                 process.terminate()
         for process in self.processes:
             children.stop(process)
+
+    def agents_of(self, kind: str) -> int:
+        """Agents planned of ``kind`` (``python`` or ``sdk``)."""
+        return sum(len(w.agents) for w in self.plan if w.kind == kind)
+
+    def workers_of(self, kind: str) -> int:
+        """Worker processes of ``kind``."""
+        return sum(1 for w in self.plan if w.kind == kind)
 
     def snapshot(self) -> FleetSnapshot:
         """The latest status of every worker (a worker that has not written yet counts as none)."""

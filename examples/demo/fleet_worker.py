@@ -7,7 +7,8 @@ the eval set (inputs and labels) at a fixed rate. Only the process is shared: a 
 processes would not fit on a small machine, twenty-five agents per process do.
 
 Every second the worker writes what each agent runs to ``status_file`` (JSON, replaced
-atomically). SIGTERM or SIGINT stops the replays, then the agents (each closes its window and
+atomically; the phones' Node worker, ``sdk/js/demo/phone_fleet_worker.ts``, writes the same rows
+with ``kind: "sdk"``). SIGTERM or SIGINT stops the replays, then the agents (each closes its window and
 delivers its outbox), then the process exits 0. Imports only the agent side: no torch, no Flask.
 """
 
@@ -107,11 +108,13 @@ class Worker:
         for agent_spec, agent, replay in self.agents:
             status = agent.status()  # cohort: where its measurements go (stable if it refused the canary)
             rows.append({
-                "name": agent_spec["name"], "device_class": agent_spec["device_class"],
+                "name": agent_spec["name"], "device_class": agent_spec["device_class"], "kind": "python",
                 "device_id": status["device_id"], "version": status["version"],
-                "variant": status["variant"], "cohort": status["cohort"], "sent": replay.sent,
+                "variant": status["variant"], "cohort": status["cohort"], "rollout_id": status["rollout_id"],
+                "sent": replay.sent,
             })
-        return {"pid": os.getpid(), "time": time.time(), "planned": len(self.spec["agents"]), "agents": rows}
+        return {"pid": os.getpid(), "time": time.time(), "planned": len(self.spec["agents"]),
+                "kind": "python", "agents": rows}
 
     def write_status(self) -> None:
         temporary = self.status_file.with_suffix(".tmp")

@@ -6,7 +6,8 @@ over the last ``window_seconds`` per cohort: inferences per second, inference er
 load/golden-check failures, p95 latency (from the merged histogram buckets, at most 10% apart
 from 100 µs to 10 s, as Prometheus' ``histogram_quantile`` interpolates), the mean (from the
 histogram's ``_sum``) and accuracy on labelled samples. The rollout line comes
-from the rollouts API, the agent counts from the fleet's own status files.
+from the rollouts API, the agent counts (and, with phones, what each kind runs) from the
+fleet's own status files.
 
 On a terminal the block is redrawn in place; otherwise (a pipe, a log, a test) it is printed
 every ``print_every_seconds``. Events (a rollback, a new stage) are printed above it for good.
@@ -193,11 +194,24 @@ def render(elapsed_seconds: float, rollout: dict[str, Any] | None, window: tuple
         versions = ", ".join(f"v{v} ×{n}" for v, n in sorted(fleet.count("version").items(), key=str) if v)
         lines.append(f"  fleet: {fleet.started}/{fleet.planned} agents started; "
                      f"running {versions or 'nothing yet'}")
+        kinds = sorted({a.get("kind", "python") for a in fleet.agents}, key=lambda k: (k != "python", k))
+        if len(kinds) > 1:  # Python agents and SDK phones: what each kind runs, per cohort
+            lines.append("  by kind: " + " · ".join(f"{kind} {_runs(fleet, kind)}" for kind in kinds))
     if verdicts:
         lines.append("  guards: " + " · ".join(f"{v['guard']} {v['outcome']}" for v in verdicts))
     if alerts is not None:
         lines.append(f"  Prometheus alerts firing: {', '.join(alerts) or 'none'}")
     return lines
+
+
+def _runs(fleet: Any, kind: str) -> str:
+    """``canary v2 ×2, stable v1 ×18`` for the agents of one kind."""
+    counts: dict[str, int] = {}
+    for agent in fleet.agents:
+        if agent.get("kind", "python") == kind and agent.get("version") is not None:
+            what = f"{agent.get('cohort')} v{agent['version']}"
+            counts[what] = counts.get(what, 0) + 1
+    return ", ".join(f"{what} ×{n}" for what, n in sorted(counts.items())) or "nothing yet"
 
 
 class LiveView:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,8 @@ class Monitor:
         self.rollout: dict[str, Any] | None = None
         self.verdicts: list[dict[str, Any]] = []
         self.snapshot: FleetSnapshot | None = None
+        #: every ``(rollout_id, kind, device class, cohort, version)`` the fleet showed
+        self.arms_seen: set[tuple[Any, ...]] = set()
         self.alerts: list[str] | None = None
         self._alerts_at = 0.0
 
@@ -95,6 +98,7 @@ class Monitor:
         if self.fleet is not None:
             self.fleet.check_alive()
             self.snapshot = self.fleet.snapshot()
+            self.arms_seen.update(self.snapshot.rollout_arms())
         if self.prometheus is not None and time.monotonic() - self._alerts_at >= ALERT_POLL_SECONDS:
             self._alerts_at = time.monotonic()
             try:
@@ -125,6 +129,8 @@ class RolloutOutcome:
         stage_seconds: ``(percent, seconds spent)`` per stage left.
         failing: the ``fail`` verdicts of the deciding window (guard, reason).
         status: the final rollout status from the server.
+        arms: what the fleet ran at the last look before the end, by ``(kind, device class,
+            cohort, version)`` (a second later the agents are already moving).
     """
 
     id: int
@@ -135,6 +141,7 @@ class RolloutOutcome:
     stage_seconds: list[tuple[float, float]] = field(default_factory=list)
     failing: list[tuple[str, str]] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
+    arms: Counter = field(default_factory=Counter)
 
 
 def start_rollout(server: ServerProcess, body: dict[str, Any]) -> dict[str, Any]:
@@ -207,6 +214,7 @@ def follow_rollout(monitor: Monitor, rollout_id: int, timeout_seconds: float,
             outcome.status = server.api("GET", f"/v1/rollouts/{rollout_id}")
             monitor.verdicts = latest_verdicts(outcome.status)
         if summary["phase"] in TERMINAL:
+            outcome.arms = monitor.snapshot.arms() if monitor.snapshot is not None else Counter()
             outcome.stage_seconds.append((percent, now - stage_started))
             outcome.phase, outcome.reason = summary["phase"], summary["reason"]
             outcome.seconds = now - started

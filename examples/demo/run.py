@@ -2,7 +2,7 @@
 
 The loop, after set-up:
 
-1. start the fleet and wait until every agent runs v1 (the stable release);
+1. start the fleet (Python agents and SDK phones) and wait until every agent runs v1 (the stable release);
 2. gray release of v3, whose golden set does not match its model: the canary agents refuse it
    on-device (``golden_mismatch``), the load-failure guard fails, the controller rolls back;
 3. gray release of v2, which is good: 10% → 50% → promoted, and every agent moves to v2.
@@ -19,13 +19,15 @@ From Python (what the end-to-end test does)::
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from examples.demo.fleet import Fleet, FleetSettings, wait_for
+from examples.demo.fleet import PYTHON, SDK, Fleet, FleetSettings, fleet_text, phone_worker_command, wait_for
 from examples.demo.live import LiveView
 from examples.demo.prepare import ensure_releases, variant_table
 from examples.demo.processes import Children, sigint_ignored
@@ -39,6 +41,7 @@ from examples.demo.rollouts import (
     start_with_canaries,
 )
 from examples.demo.server import ServerProcess
+from examples.demo.typescript import Unavailable
 from examples.releases import MODEL_NAME
 
 STABLE, BAD, GOOD = "1", "3", "2"
@@ -52,7 +55,10 @@ class DemoConfig:
 
     Attributes:
         workdir: releases cache (``example/``) and this run's state (``run/``, wiped at start).
-        fleet: agents, worker processes and rates.
+        fleet: agents, worker processes, the phones' share and rates.
+        phones: run the phones (SDK agents in Node) — None: when Node and sdk/js/node_modules are
+            here (otherwise the fleet is Python agents only, and the output says why); True:
+            required (set-up fails without them); False: never.
         stages: canary percents of both rollouts.
         stage_seconds: minimum duration of each analysed stage.
         stage_samples: canary inferences each analysed stage needs.
@@ -71,6 +77,7 @@ class DemoConfig:
 
     workdir: Path = Path("build/demo")
     fleet: FleetSettings = field(default_factory=FleetSettings)
+    phones: bool | None = None
     stages: tuple[float, ...] = (10.0, 50.0, 100.0)
     stage_seconds: float = 30.0
     stage_samples: int = 400
@@ -114,8 +121,20 @@ class LoopResult:
     rollback_alert_seconds: float | None = None
     all_on_candidate_seconds: float = 0.0
     loop_seconds: float = 0.0
-    variants_by_class: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: agents and worker processes per kind (``python``, ``sdk``)
+    agents_by_kind: dict[str, int] = field(default_factory=dict)
+    workers_by_kind: dict[str, int] = field(default_factory=dict)
+    #: ``{(kind, device class): {variant: agents}}`` once the fleet runs v1
+    variants_by_class: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     refused_devices: int = 0
+    #: ``{device class: (canary devices that refused, canary devices)}`` at the rollback (the server's)
+    refused_by_class: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: ``Counter((kind, device class, cohort, version))`` at the rollback, at the promotion, at the end
+    at_rollback: Counter = field(default_factory=Counter)
+    at_promotion: Counter = field(default_factory=Counter)
+    at_end: Counter = field(default_factory=Counter)
+    #: every ``(kind, device class, cohort, version)`` seen in the good release's arms (its rollout id)
+    good_arms_seen: set[tuple[str, str, str | None, str | None]] = field(default_factory=set)
     final_versions: dict[str, int] = field(default_factory=dict)
 
 
@@ -136,6 +155,7 @@ class DemoStack:
         self.server: ServerProcess | None = None
         self.prometheus: PrometheusProcess | None = None
         self.fleet: Fleet | None = None
+        self.phone_worker: list[str] | None = None
         self.view = LiveView(self.out, print_every_seconds=config.print_every_seconds)
 
     def say(self, text: str) -> None:
@@ -186,12 +206,34 @@ class DemoStack:
                      f"{self.prometheus.url}/graph")
         else:
             self.say("prometheus: not installed, skipped (Debian: apt-get install prometheus)")
+        self.phone_worker = self._phone_worker()
+
+    def _phone_worker(self) -> list[str] | None:
+        """The phones' Node worker, built when stale; None (and why, plainly) when it cannot run."""
+        config = self.config
+        phones = config.fleet.phones()
+        if config.phones is False or phones == 0:
+            self.say("phones: none (the fleet runs Python agents only)")
+            return None
+        try:
+            command = phone_worker_command()
+        except (Unavailable, RuntimeError, OSError, subprocess.TimeoutExpired) as err:
+            if config.phones:
+                raise RuntimeError(f"phones required but the SDK cannot run: {err}") from err
+            why = " ".join(str(err).strip().splitlines()[:2])  # a compile error's first message too
+            self.say(f"phones: NONE — {why}. The fleet runs Python agents only "
+                     "(`make demo` sets the SDK up: Node.js 20.19+ and `npm ci --ignore-scripts` in sdk/js)")
+            return None
+        self.say(f"phones: {phones} SDK agent{'s' if phones > 1 else ''} (android, ios; TypeScript SDK on "
+                 "onnxruntime-node) in one Node process")
+        return command
 
     def start_fleet(self) -> Fleet:
         """Start the fleet workers."""
         assert self.server is not None
         self.fleet = Fleet(self.config.fleet, self.run_dir / "fleet", self.server.url, self.server.enroll,
-                           self.releases["keys"]["public"], self.releases["eval"], MODEL_NAME)
+                           self.releases["keys"]["public"], self.releases["eval"], MODEL_NAME,
+                           phone_worker=self.phone_worker)
         return self.fleet.start(self.children)
 
     def close(self) -> None:
@@ -224,7 +266,9 @@ def run_loop(stack: DemoStack) -> LoopResult:
     settings = config.fleet
     for warning in config.warnings():
         stack.say(f"warning: {warning}")
-    stack.say(f"fleet: {settings.agents} agents in {len(fleet.processes)} worker processes "
+    result.agents_by_kind = {kind: fleet.agents_of(kind) for kind in (PYTHON, SDK) if fleet.agents_of(kind)}
+    result.workers_by_kind = {kind: fleet.workers_of(kind) for kind in result.agents_by_kind}
+    stack.say(f"fleet: {settings.agents} agents: {fleet_text(result.agents_by_kind, result.workers_by_kind)} "
               f"({settings.rate_per_second:g} inferences/s each, real eval data with labels)")
     monitor = Monitor(stack.server, MODEL_NAME, stack.view, fleet, stack.prometheus,
                       config.view_window_seconds)
@@ -233,12 +277,15 @@ def run_loop(stack: DemoStack) -> LoopResult:
     result.fleet_ready_seconds = time.monotonic() - started
     snapshot = fleet.snapshot()
     result.variants_by_class = {c: dict(v) for c, v in sorted(snapshot.variants_by_class().items())}
-    monitor.event(f"fleet ready in {result.fleet_ready_seconds:.0f} s: every agent runs v{STABLE}; variants "
-                  + "; ".join(f"{c}: {', '.join(v)}" for c, v in result.variants_by_class.items()))
+    variants = "; ".join(f"{kind} {c}: {', '.join(v)}" for (kind, c), v in result.variants_by_class.items())
+    monitor.event(f"fleet ready in {result.fleet_ready_seconds:.0f} s: every agent runs v{STABLE}; "
+                  f"variants {variants}")
 
     result.bad = _rollout(stack, monitor, BAD, "golden set does not match the model", "rolled_back",
                           config.rollback_timeout_seconds)
     result.refused_devices, canary_devices = refusals(result.bad.status)
+    result.refused_by_class = refusals_by_class(result.bad.status)
+    result.at_rollback = result.bad.arms
     monitor.event(f"{result.refused_devices} of {canary_devices} canary agents refused v{BAD} on-device "
                   f"(golden check) and kept serving v{STABLE}; all agents get v{STABLE} again")
     if stack.prometheus is not None:
@@ -247,10 +294,14 @@ def run_loop(stack: DemoStack) -> LoopResult:
     result.good = _rollout(stack, monitor, GOOD, "retrained, good", "promoted",
                            config.promotion_timeout_seconds)
     promoted = time.monotonic()
+    result.good_arms_seen = {arm[1:] for arm in monitor.arms_seen if arm[0] == result.good.id}
+    result.at_promotion = result.good.arms
     wait_for(lambda: fleet.snapshot().running(GOOD) == settings.agents, config.fleet_timeout_seconds,
              f"all agents to run v{GOOD}", tick=monitor.tick, every_seconds=1.0)
     result.all_on_candidate_seconds = time.monotonic() - promoted
-    result.final_versions = {str(v): n for v, n in fleet.snapshot().count("version").items()}
+    final = fleet.snapshot()
+    result.final_versions = {str(v): n for v, n in final.count("version").items()}
+    result.at_end = final.arms()
     monitor.event(f"100%: all {settings.agents} agents run v{GOOD} "
                   f"({result.all_on_candidate_seconds:.0f} s after the promotion)")
     monitor.tick(force_print=True)
@@ -275,6 +326,17 @@ def _wait_for_alert(prometheus: PrometheusProcess, monitor: Monitor, name: str) 
     monitor.event(f"Prometheus: alert {name} firing ({waited:.0f} s after the rollback; "
                   f"{prometheus.url}/alerts)")
     return waited
+
+
+def refusals_by_class(status: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """``{device class: (canary devices that failed to load or golden-check, canary devices)}`` in
+    the newest load-failure verdict (the server judges every class on its own as well)."""
+    for verdict in status.get("verdicts") or []:
+        if verdict["guard"] == "load_failures":
+            classes = (verdict.get("stats") or {}).get("classes") or {}
+            return {c: (int(k.get("canary_failed_devices", 0)), int(k.get("canary_devices", 0)))
+                    for c, k in sorted(classes.items())}
+    return {}
 
 
 def refusals(status: dict[str, Any]) -> tuple[int, int]:

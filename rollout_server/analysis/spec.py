@@ -114,6 +114,8 @@ class Guard:
             within it (the one-sided test of "within" has p < ``pass_alpha``, at every look),
             and holds otherwise; for fleets whose devices differ so much that the canary's few
             devices may look better than they are (docs/rollout-analysis.md, "Passing a limit").
+        dry_run: evaluated every window and its verdicts stored, but never acting: no rollback,
+            no hold, and no share of the other guards' alpha (``dry_run.assess_split``).
     """
 
     metric: Metric
@@ -126,6 +128,7 @@ class Guard:
     quantile: float | None = None
     reasons: tuple[str, ...] | None = None
     pass_alpha: float | None = None
+    dry_run: bool = False
 
     def __post_init__(self) -> None:
         metric = _enum(Metric, self.metric, "metric")
@@ -151,6 +154,8 @@ class Guard:
             if value is not None and option not in allowed:
                 raise ValueError(f"{option}: does not apply to {metric.value} guards")
             set_(option, allowed.get(option) if value is None else value)
+        if not isinstance(self.dry_run, bool):
+            raise ValueError(f"dry_run must be true or false, got {self.dry_run!r}")
         self._check_ranges(float(threshold))
 
     def _set(self, key: str, value: Any) -> None:
@@ -207,6 +212,8 @@ class Guard:
             out[option] = list(value) if isinstance(value, tuple) else value
         if self.pass_alpha is not None:
             out["pass_alpha"] = self.pass_alpha
+        if self.dry_run:
+            out["dry_run"] = True
         return out
 
     @classmethod
@@ -283,6 +290,12 @@ class GuardSpec:
             raise ValueError(f"guards: duplicate name(s) {duplicates}; give each guard a distinct name")
         if not 0 < _number(self.alpha, "alpha") < 0.5:
             raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha!r}")
+        if all(g.dry_run for g in self.guards):
+            raise ValueError("guards: every guard is dry_run; at least one must act")
+
+    def acting(self) -> GuardSpec:
+        """The spec without its dry-run guards: what decides (and splits the alpha)."""
+        return replace(self, guards=tuple(g for g in self.guards if not g.dry_run))
 
     @classmethod
     def default(cls, shadow: bool = False) -> GuardSpec:

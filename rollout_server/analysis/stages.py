@@ -98,3 +98,34 @@ def check_stages(stages: Sequence[Stage]) -> None:
         raise ValueError(
             "stages[0].percent must be below 100: a 100% stage has no stable arm to compare with"
         )
+
+
+#: ``approve_before`` may name 100 even when no stage is 100%: passing the last analysed stage
+#: takes the candidate to every device, so a gate "before 100%" is a gate before promotion.
+PROMOTION_PERCENT = 100.0
+
+
+def parse_approve_before(data: Any, stages: Sequence[Stage]) -> tuple[float, ...]:
+    """Manual approval gates: the percents of the stages (100: promotion) that wait for an
+    operator before they start. ``None`` → no gate. The first stage is refused: it starts when
+    the rollout does (``start_at`` schedules that).
+
+    Raises:
+        ValueError: not a list of numbers, or a percent that is no later stage's.
+    """
+    if data is None:
+        return ()
+    if not isinstance(data, (list, tuple)):
+        raise ValueError(f"approve_before must be a list of stage percents, got {data!r}")
+    later = {s.percent for s in stages[1:]} | {PROMOTION_PERCENT}
+    gates = []
+    for i, value in enumerate(data):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"approve_before[{i}] must be a number, got {value!r}")
+        if value not in later:
+            first = f"; {stages[0].percent:g}% is the first stage, which starts with the rollout" \
+                if value == stages[0].percent else ""
+            raise ValueError(f"approve_before[{i}]: {value:g}% is not a later stage's percent (one of "
+                             f"{', '.join(f'{p:g}' for p in sorted(later))}){first}")
+        gates.append(float(value))
+    return tuple(sorted(set(gates)))

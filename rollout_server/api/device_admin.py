@@ -84,15 +84,7 @@ def list_devices():
 @requires_role("operator")
 def accept_device(device_id: str):
     """Admit a pending device (an active one: no change); 409 for a rejected or revoked one."""
-    device = _device(device_id)
-    before = state_of(device)
-    if before in ("rejected", "revoked"):
-        raise Conflict(f"device {device_id} is {before}: it must enroll again with a new enrollment token")
-    if before == "pending":
-        device.admission = ACCEPTED
-        audit("device.accept", f"device:{device_id}", device_class=device.device_class)
-    db().commit()
-    return jsonify(_view(device))
+    return jsonify(_view(change_device(device_id, "accept")))
 
 
 @bp.post("/<device_id>/reject")
@@ -100,28 +92,49 @@ def accept_device(device_id: str):
 def reject_device(device_id: str):
     """Refuse a pending device for good (a rejected one: no change); 409 for an active or revoked
     one (revoke those)."""
-    device = _device(device_id)
-    before = state_of(device)
-    if before in ("active", "revoked"):
-        raise Conflict(f"device {device_id} is {before}, not pending; revoke it instead")
-    if before == "pending":
-        device.admission, device.revoked = REJECTED, True
-        audit("device.reject", f"device:{device_id}", device_class=device.device_class)
-    db().commit()
-    return jsonify(_view(device))
+    return jsonify(_view(change_device(device_id, "reject")))
 
 
 @bp.post("/<device_id>/revoke")
 @requires_role("operator")
 def revoke_device(device_id: str):
     """Refuse a device's credential for good, whatever its state (again: no change)."""
+    return jsonify(_view(change_device(device_id, "revoke")))
+
+
+#: what an operator may do to a device (the API's routes and the console's buttons)
+DEVICE_ACTIONS = ("accept", "reject", "revoke")
+
+
+def change_device(device_id: str, action: str) -> Device:
+    """Accept, reject or revoke a device as the request's operator, audited, and commit.
+
+    Raises:
+        NotFound: no such device. Conflict: the action does not apply in the device's state.
+    """
     device = _device(device_id)
     before = state_of(device)
-    if not device.revoked:
-        device.revoked = True
-        audit("device.revoke", f"device:{device_id}", was=before)
+    if action == "accept":
+        if before in ("rejected", "revoked"):
+            raise Conflict(f"device {device_id} is {before}: it must enroll again with a new "
+                           "enrollment token")
+        if before == "pending":
+            device.admission = ACCEPTED
+            audit("device.accept", f"device:{device_id}", device_class=device.device_class)
+    elif action == "reject":
+        if before in ("active", "revoked"):
+            raise Conflict(f"device {device_id} is {before}, not pending; revoke it instead")
+        if before == "pending":
+            device.admission, device.revoked = REJECTED, True
+            audit("device.reject", f"device:{device_id}", device_class=device.device_class)
+    elif action == "revoke":
+        if not device.revoked:
+            device.revoked = True
+            audit("device.revoke", f"device:{device_id}", was=before)
+    else:
+        raise NotFound(f"no action {action!r}; one of {', '.join(DEVICE_ACTIONS)}")
     db().commit()
-    return jsonify(_view(device))
+    return device
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -11,13 +11,14 @@ from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import select, update
 
 from rollout_server import clock, device_access, hot_cache
-from rollout_server.assignment import ReleaseInfo, VariantInfo, cohort_for, refused_variants
+from rollout_server.assignment import ReleaseInfo, VariantInfo, cohort_for, in_target, refused_variants
 from rollout_server.auth import ACCEPTED, ENROLL, PENDING, bearer, current_device, hash_secret, new_secret
 from rollout_server.db import db
 from rollout_server.enrollment import check_policy, starts_pending, take_use
 from rollout_server.errors import ApiError, Conflict, NotFound, Unauthorized
 from rollout_server.hot_cache import DeviceSnapshot, HotCache, ModelState
 from rollout_server.models import AuditEntry, Device, Token
+from rollout_server.targeting import TargetError, check_attributes
 from rollout_server.validation import DEVICE_CLASS, NAME, count, field, json_body, short_text
 
 bp = Blueprint("devices", __name__, url_prefix="/v1/devices")
@@ -43,6 +44,7 @@ def register():
         os=short_text(data, "os", max_length=64),
         ram_bytes=count(data, "ram_bytes"),
         runtimes=runtimes,
+        attributes=device_attributes(data, required=False),
         credential_hash=hash_secret(credential),
         credential_issued_at=now,
         enrollment_token_id=enrollment.id,
@@ -122,7 +124,10 @@ def assignment_document(cache: HotCache, device: DeviceSnapshot, model: ModelSta
     load (:func:`refused_in_query`); they only change which variant of that release it gets."""
     rollout = model.rollout
     cohort, release_id = "stable", model.stable_release_id
-    if rollout is not None and cohort_for(device, rollout) == "canary":
+    if rollout is not None and not in_target(device, rollout):
+        rollout = None  # outside the rollout: its baseline, no rollout id, no shadow (targeting.py)
+        release_id = model.rollout.baseline_id
+    elif rollout is not None and cohort_for(device, rollout) == "canary":
         cohort, release_id = "canary", rollout.candidate_id
     elif rollout is not None:
         release_id = rollout.baseline_id
@@ -244,3 +249,30 @@ def update_runtimes(device_id: str):
         row.runtimes = runtimes
         db().commit()
     return jsonify(device_id=device.id, runtimes=runtimes)
+
+
+# -- attributes (docs/protocol.md §2.2, §3.8) ------------------------------------------------------
+
+
+def device_attributes(data: dict, *, required: bool = True) -> dict[str, str] | None:
+    """The ``attributes`` field of a registration (optional) or an attributes update, checked
+    (:func:`rollout_server.targeting.check_attributes`)."""
+    if data.get("attributes") is None and not required:
+        return None
+    try:
+        return check_attributes(field(data, "attributes", dict))
+    except TargetError as err:
+        raise ApiError(f"field 'attributes': {err}") from None
+
+
+@bp.put("/<device_id>/attributes")
+def update_attributes(device_id: str):
+    """Replace what a device claims of itself for targeting (its app was updated, it moved):
+    rollouts that target by attribute see it within ``ASSIGNMENT_CACHE_SECONDS``."""
+    device = current_device(device_id, pending_ok=True)
+    attributes = device_attributes(json_body())
+    row = db().get(Device, device.id)
+    if (row.attributes or {}) != attributes:  # unchanged: no write, no cache flush
+        row.attributes = attributes
+        db().commit()
+    return jsonify(device_id=device.id, attributes=attributes)

@@ -29,7 +29,7 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from edgeship.contract.latency import (
@@ -42,8 +42,25 @@ from edgeship.contract.metrics import METRICS
 from edgeship.contract.reports import ERROR_REASONS
 from rollout_server.analysis import Phase, RolloutState
 from rollout_server.counter_buffer import EXTENSION as COUNTER_BUFFER
-from rollout_server.counters import AUTH_FAILURES, CONTROLLER_ERRORS, COUNTERS, RATE_LIMITED, REPORT_REFUSALS
-from rollout_server.models import Counter, Device, LatencyTotal, Model, ReportTotal, Rollout, utcnow
+from rollout_server.counters import (
+    AUTH_FAILURES,
+    CONTROLLER_ERRORS,
+    COUNTERS,
+    RATE_LIMITED,
+    REPORT_REFUSALS,
+    WEBHOOK_OUTCOMES,
+)
+from rollout_server.models import (
+    Counter,
+    Device,
+    LatencyTotal,
+    Model,
+    ReportTotal,
+    Rollout,
+    WebhookDelivery,
+    utcnow,
+)
+from rollout_server.notifications.events import PENDING
 
 bp = Blueprint("metrics", __name__)
 ACTIVE_DEVICE_SECONDS = 300
@@ -61,6 +78,7 @@ class DatabaseCollector:
             yield from _rollout_metrics(session)
             yield from _device_metrics(session)
             yield from _report_metrics(session)
+            yield from _webhook_metrics(session)
 
 
 def _family(kind, name: str, extra_labels: tuple[str, ...] = ()):
@@ -224,6 +242,22 @@ def _report_metrics(session: Session) -> Iterator:
     for reason in AUTH_FAILURES:
         failures.add_metric([reason], values.get(f"auth_failures_{reason}", 0))
     yield from (limited, failures)
+
+
+def _webhook_metrics(session: Session) -> Iterator:
+    """Delivery attempts by outcome (counters) and the deliveries still to do (a gauge)."""
+    deliveries = _family(CounterMetricFamily, "edgeship_webhook_deliveries_total")
+    values = {c.name: c.value for c in session.scalars(
+        select(Counter).where(Counter.name.in_([f"webhook_deliveries_{o}" for o in WEBHOOK_OUTCOMES])))}
+    for outcome in WEBHOOK_OUTCOMES:
+        deliveries.add_metric([outcome], values.get(f"webhook_deliveries_{outcome}", 0))
+    pending = _family(GaugeMetricFamily, "edgeship_webhook_deliveries_pending")
+    total, retrying = session.execute(
+        select(func.count(), func.sum(case((WebhookDelivery.attempts > 0, 1), else_=0)))
+        .where(WebhookDelivery.status == PENDING)).one()
+    pending.add_metric(["queued"], total - (retrying or 0))
+    pending.add_metric(["retrying"], retrying or 0)
+    yield from (deliveries, pending)
 
 
 @bp.get("/metrics")

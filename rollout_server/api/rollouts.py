@@ -1,7 +1,8 @@
-"""Rollouts: create, inspect, and the manual actions (pause, resume, promote, abort)."""
+"""Rollouts: create, inspect, and the manual actions (pause, resume, promote, abort, approve)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 
 from flask import Blueprint, jsonify, request
@@ -14,21 +15,27 @@ from rollout_server.analysis import (
     Phase,
     RolloutState,
     abort,
+    approve,
     parse_stages,
     pause,
     promote,
     resume,
     start,
 )
+from rollout_server.analysis.schedule import Schedule
+from rollout_server.analysis.stages import parse_approve_before
 from rollout_server.auth import audit, requires_role
+from rollout_server.clock import as_utc
+from rollout_server.clock import now as clock_now
 from rollout_server.controller import apply_decision, assigned_arms
 from rollout_server.db import db
 from rollout_server.errors import ApiError, Conflict, NotFound
-from rollout_server.models import Model, Release, Rollout, Verdict, utcnow
+from rollout_server.models import Model, Release, Rollout, Verdict
+from rollout_server.targeting import TargetError, parse_target
 from rollout_server.validation import NAME, field, json_body, request_json, short_text
 
 bp = Blueprint("rollouts", __name__, url_prefix="/v1/rollouts")
-ACTIONS = {"pause": pause, "resume": resume, "promote": promote, "abort": abort}
+ACTIONS = {"pause": pause, "resume": resume, "promote": promote, "abort": abort, "approve": approve}
 
 
 @bp.post("")
@@ -37,7 +44,11 @@ def create():
     """Start a gray release of ``candidate_version`` against the model's stable release.
 
     Body: ``{"model", "candidate_version", "stages"?, "guards"?, "stratify"?, "shadow"?,
-    "shadow_share"?}``; stages default to 10% → 50% → 100%, guards to the default set.
+    "shadow_share"?, "target"?, "approve_before"?, "start_at"?, "windows"?}``; stages default to
+    10% → 50% → 100%, guards to the default set; ``target`` (conditions on device attributes,
+    rollout_server/targeting.py) to every device. ``approve_before`` gates stages on an operator's
+    approval; ``start_at`` and ``windows`` keep it pending, and later holding, outside its
+    schedule (:mod:`rollout_server.analysis.schedule`).
     """
     data = json_body()
     session = db()
@@ -60,26 +71,41 @@ def create():
     if not 0 < share <= 1:
         raise ApiError("field 'shadow_share' must be in (0, 1]")
     try:
-        state = RolloutState(stages=parse_stages(data.get("stages")))
+        target = parse_target(data.get("target"))
+    except TargetError as err:
+        raise ApiError(f"field 'target': {err}") from None
+    try:
+        stages = parse_stages(data.get("stages"))
+        gates = parse_approve_before(data.get("approve_before"), stages)
+        state = RolloutState(stages=stages, approve_before=gates)
+        schedule = Schedule.from_dict({k: data.get(k) for k in ("start_at", "windows")})
         guards = GuardSpec.from_dict(data["guards"]) if data.get("guards") is not None \
             else GuardSpec.default(shadow=shadow)
     except ValueError as err:
         raise ApiError(str(err)) from None
-    active = [p.value for p in Phase.active()]
-    if session.scalar(select(Rollout.id).where(Rollout.model_id == model.id, Rollout.phase.in_(active))):
-        raise Conflict(f"model {model.name!r} already has an active rollout")
-    now = utcnow()
+    active = [p.value for p in (Phase.PENDING, *Phase.active())]  # a scheduled one is about to run
+    other = session.scalar(select(Rollout).where(Rollout.model_id == model.id, Rollout.phase.in_(active)))
+    if other is not None:
+        scheduled = " (scheduled: abort it to replace it)" if other.phase == Phase.PENDING.value else ""
+        raise Conflict(f"model {model.name!r} already has an active rollout: #{other.id}{scheduled}")
+    now = clock_now()
     rollout = Rollout(
         model_id=model.id, candidate_id=candidate.id, baseline_id=model.stable_release_id,
         salt=secrets.token_hex(16), phase=Phase.PENDING.value, stage_index=0, state=state.to_dict(),
         spec={"guards": guards.to_dict(), "stratify": field(data, "stratify", bool, required=False,
                                                             default=False),
-              "shadow": shadow, "shadow_share": share},
+              "shadow": shadow, "shadow_share": share,
+              **({"target": [c.to_dict() for c in target]} if target else {}),
+              **({"schedule": schedule.to_dict()} if schedule.start_at or schedule.windows else {})},
         created_at=now,
     )
     session.add(rollout)
     session.flush()
-    apply_decision(session, rollout, start(state, now.timestamp()), _actor(), now)
+    hold = schedule.hold_reason(now)
+    if hold is None:
+        apply_decision(session, rollout, start(state, now.timestamp()), _actor(), now)
+    else:  # the controller starts it when its schedule allows (controller.start_if_due)
+        rollout.reason = f"pending: {hold}"
     audit("rollout.create", f"rollout:{rollout.id}", model=model.name, candidate=version)
     try:
         session.commit()
@@ -118,19 +144,33 @@ def act(rollout_id: int, action: str):
     reason = (data or {}).get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
         raise ApiError("field 'reason' must be a string of at most 500 characters")
+    rollout = perform(rollout_id, action, _actor(), reason)
+    return jsonify(status_body(rollout))
+
+
+def perform(rollout_id: int, action: str, actor: str, reason: str | None = None) -> Rollout:
+    """Apply a manual action (one of :data:`ACTIONS`) as ``actor`` and commit; the API and the
+    console both act through here.
+
+    Raises:
+        NotFound: no such rollout. Conflict: the action does not apply in the rollout's phase.
+    """
     session = db()
     rollout = session.scalar(select(Rollout).where(Rollout.id == rollout_id).with_for_update())
     if rollout is None:
         raise NotFound(f"no rollout {rollout_id}")
-    now = utcnow()
-    kwargs = {"reason": f"{action} by {_actor()}: {reason}"} if reason else {}
+    now = clock_now()
+    if action == "approve":  # who approved is in the reason too (the status shows it)
+        kwargs = {"reason": f"approved by {actor}" + (f": {reason}" if reason else "")}
+    else:
+        kwargs = {"reason": f"{action} by {actor}: {reason}"} if reason else {}
     try:
         decision = ACTIONS[action](RolloutState.from_dict(rollout.state), now.timestamp(), **kwargs)
     except InvalidTransition as err:
         raise Conflict(str(err)) from None
-    apply_decision(session, rollout, decision, _actor(), now)
+    apply_decision(session, rollout, decision, actor, now)
     session.commit()
-    return jsonify(status_body(rollout))
+    return rollout
 
 
 def _actor() -> str:
@@ -153,6 +193,7 @@ def summary(rollout: Rollout) -> dict:
         "baseline": rollout.baseline.version, "phase": rollout.phase,
         "stage": rollout.stage_index + 1, "stages": len(state.stages),
         "canary_percent": state.canary_percent, "reason": rollout.reason,
+        "hold_reason": hold_reason(rollout), "approval": approval_view(state),
         "created_at": rollout.created_at.isoformat(), "updated_at": rollout.updated_at.isoformat(),
     }
 
@@ -167,7 +208,7 @@ def status_body(rollout: Rollout, limit: int = 200) -> dict:
         "state": rollout.state,
         "verdicts": [{"window_end": v.window_end.isoformat(), "stage": v.stage_index + 1, "guard": v.guard,
                       "scope": v.scope, "outcome": v.outcome, "reason": v.reason, "decision": v.decision,
-                      "stats": v.stats} for v in verdicts],
+                      "stats": v.stats, "dry_run": bool(v.dry_run)} for v in verdicts],
     }
 
 
@@ -181,3 +222,21 @@ def assigned_devices(rollout: Rollout) -> dict[str, int] | None:
     arms = assigned_arms(db(), rollout, state)
     canary = sum(arms.values())
     return {"canary": canary, "stable": len(arms) - canary}
+
+
+def hold_reason(rollout: Rollout) -> str | None:
+    """Why the schedule keeps the rollout from moving forward now (pending or active), else None."""
+    if not (rollout.phase == Phase.PENDING.value or rollout.phase in {p.value for p in Phase.active()}):
+        return None
+    return Schedule.from_dict(rollout.spec.get("schedule")).hold_reason(as_utc(clock_now()))
+
+
+def approval_view(state: RolloutState) -> dict | None:
+    """The approval awaited (also while paused from it): the stage it starts, or promotion."""
+    if not state.approval_pending:
+        return None
+    requested = state.approval_requested_at
+    return {"stage": state.stage_index + 2 if state.next_percent < 100 else None,
+            "percent": state.next_percent, "action": state.next_move,
+            "requested_at": None if requested is None else
+            dt.datetime.fromtimestamp(requested, dt.timezone.utc).isoformat()}

@@ -1,9 +1,11 @@
 """The demo's loop, smaller, with a real Prometheus scraping throughout; and Ctrl-C of ``edgeship demo``.
 
-The loop test runs 20 real agents in 2 worker processes against a real server: the release
-whose golden set mismatches is rolled back with the load-failure guard's reason, the good one
-is promoted stage by stage, and then every dashboard panel's query (``panel_queries``) is
-valid and returns data through Prometheus' ``/api/v1/query``.
+The loop test runs 20 real agents against a real server: 12 Python agents in 2 worker processes
+and 8 phones (TypeScript SDK agents, android and ios, on onnxruntime-node) in one Node process.
+The release whose golden set mismatches is rolled back with the load-failure guard's reason,
+the good one is promoted stage by stage with phones in both arms, every agent of both kinds ends
+on it, and then every dashboard panel's query (``panel_queries``) is valid and returns data
+through Prometheus' ``/api/v1/query``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from examples.demo.fleet import FleetSettings
 from examples.demo.processes import ROOT, child_env
 from examples.demo.rollouts import GuardMinimums
 from examples.demo.run import DemoConfig, DemoStack, run_loop
+from examples.demo.summary import summary_lines
 from tests.monitoring.conftest import require_binary
+from tests.skip_policy import missing
 
 MODEL = "digits-cnn"
 #: how finely the run is searched for an instant at which a panel has data (scrapes are 1 s apart).
@@ -32,16 +36,21 @@ SCAN_STEP_SECONDS = 0.5
 
 
 def small_loop(workdir: Path) -> DemoConfig:
-    """The demo's loop at test scale: 20 agents, stages of 8 s, 1 s windows and scrapes.
+    """The demo's loop at test scale: 20 agents (8 of them SDK phones), stages of 8 s, 1 s windows
+    and scrapes.
 
     The stages are 45% and 55% (not 10% and 50%) so that 20 agents give both arms of every
     analysed stage the 3 devices the load-failure guard needs, with near certainty (a binomial
-    tail of about 0.1% per stage).
+    tail of about 0.1% per stage). 8 phones rather than the demo's 20%: the phones miss the
+    canary of the 55% stage, or the stable arm of the 45% stage, with probability 0.45^8 each
+    (0.2%); with 4 it would be 4%.
     """
     return DemoConfig(
         workdir=workdir,
-        fleet=FleetSettings(agents=20, workers=2, rate_per_second=5.0, check_interval_seconds=0.5,
-                            report_interval_seconds=1.0, variant_backoff_seconds=5.0),
+        fleet=FleetSettings(agents=20, workers=2, phone_share=0.4, rate_per_second=5.0,
+                            check_interval_seconds=0.5, report_interval_seconds=1.0,
+                            variant_backoff_seconds=5.0),
+        phones=True,
         stages=(45.0, 55.0, 100.0), stage_seconds=8.0, stage_samples=100,
         guards=GuardMinimums(error_rate=150, latency=100, accuracy=100, load_failures=3),
         report_seconds=1.0, controller_seconds=1.0, window_seconds=1.0, prometheus=True,
@@ -84,8 +93,23 @@ def alert_fires(prometheus, name: str, timeout_seconds: float = 180.0) -> bool:
     return False
 
 
+def require_phones() -> None:
+    """The phones' Node worker builds (skips without Node.js or sdk/js/node_modules; fails under CI)."""
+    from examples.demo.fleet import phone_worker_command
+    from examples.demo.typescript import Unavailable
+
+    try:
+        phone_worker_command()
+    except Unavailable as err:
+        missing(f"SDK phones in the demo: {err}")
+
+
+PHONES = ("android", "ios")
+
+
 def test_bad_release_rolls_back_good_one_is_promoted_and_every_panel_has_data(demo_workdir):
     require_binary("prometheus")
+    require_phones()
     from examples.demo.prepare import cached_releases
     from tests.monitoring.panel_queries import panel_queries
 
@@ -108,6 +132,22 @@ def test_bad_release_rolls_back_good_one_is_promoted_and_every_panel_has_data(de
         assert result.final_versions == {"2": 20}
         assert {variant for variants in result.variants_by_class.values() for variant in variants} == {
             "onnx-fp32", "tflite-fp32"}  # the runtimes' mix gives different variants
+        # the phones are SDK agents of their own classes, on onnxruntime, and took part throughout
+        assert result.agents_by_kind == {"python": 12, "sdk": 8}
+        assert {c for kind, c in result.variants_by_class if kind == "sdk"} == set(PHONES)
+        assert {v for (kind, _), vs in result.variants_by_class.items() if kind == "sdk" for v in vs} == {
+            "onnx-fp32"}
+        refused = {c: failed == canary for c, (failed, canary) in result.refused_by_class.items()}
+        assert set(refused) >= {"rpi4", "rpi5", "linux-x86_64"}
+        assert all(refused.values())  # no canary device of any class served v3
+        phones_seen = {(cohort, version) for kind, c, cohort, version in result.good_arms_seen
+                       if kind == "sdk" and c in PHONES}
+        assert {("canary", "2"), ("stable", "1")} <= phones_seen  # phones in both arms of the good release
+        assert {(kind, version) for kind, _, _, version in result.at_end.elements()} == {
+            ("python", "2"), ("sdk", "2")}  # both kinds end on the promoted release
+        assert sum(n for (kind, *_), n in result.at_end.items() if kind == "sdk") == 8
+        summary = "\n".join(summary_lines(result, config, 0.0, prometheus.url, str(stack.run_dir)))
+        assert re.search(r"at the promotion +python .*\n +sdk +android: .*ios: ", summary)
         # EdgeshipRolloutRolledBack fired: within the demo's own 30 s wait, or (a loaded host's
         # Prometheus evaluates late) while this test waits on the event itself
         assert result.rollback_alert_seconds is not None or alert_fires(prometheus, ROLLBACK_ALERT)
@@ -122,6 +162,7 @@ def test_bad_release_rolls_back_good_one_is_promoted_and_every_panel_has_data(de
     printed = out.getvalue()
     assert "ROLLED BACK automatically" in printed and "PROMOTED" in printed
     assert re.search(r"canary\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+%", printed)  # the live view's canary row
+    assert re.search(r"by kind: python .* · sdk ", printed)  # the live view shows both kinds
     assert "stopping" in printed
 
 
@@ -183,6 +224,8 @@ def test_ctrl_c_stops_every_process_the_demo_started(demo_workdir, tmp_path, tar
         tree = process_tree(demo.pid)
         commands = " ".join(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ") for pid in tree)
         assert commands.count("examples.demo.fleet_worker") == 2 and " server " in commands
+        if "phones: 1 SDK agent " in log.read_text():  # 20% of 4 agents, when Node.js and the SDK are here
+            assert commands.count("phone_fleet_worker.js") == 1
         if "prometheus" in log.read_text():
             assert "--storage.tsdb.path" in commands
         if target == "process group":

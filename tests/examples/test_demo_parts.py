@@ -1,8 +1,11 @@
-"""The demo's pure parts: /metrics parsing and rates, the live block, the fleet plan, the rollout body."""
+"""The demo's pure parts: /metrics parsing and rates, the live block, the fleet plan (Python agents and
+SDK phones), the status rows of both kinds, the summary, the rollout body."""
 
 from __future__ import annotations
 
 import io
+import json
+import re
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,7 +14,7 @@ import pytest
 
 from edgeship.contract.latency import METRIC_BUCKETS_SECONDS
 from examples.demo import live
-from examples.demo.fleet import PROFILES, FleetSettings, FleetSnapshot, plan_fleet
+from examples.demo.fleet import PHONE_PROFILES, PROFILES, Fleet, FleetSettings, FleetSnapshot, plan_fleet
 from examples.demo.live import LiveView, MetricsHistory, latest_verdicts, parse_metrics, render
 from examples.demo.rollouts import GuardMinimums, rollout_body, start_with_canaries
 
@@ -132,19 +135,43 @@ def test_piped_live_view_prints_the_first_block_at_once_even_right_after_boot(mo
     assert piped.getvalue() == "a\n"
 
 
-def test_plan_spreads_every_device_class_over_every_worker(tmp_path: Path):
-    plan = plan_fleet(FleetSettings(agents=100, workers=4), tmp_path)
-    assert [len(agents) for agents in plan] == [25, 25, 25, 25]
-    names = [a["name"] for agents in plan for a in agents]
-    assert len(set(names)) == 100 and len({a["state_dir"] for agents in plan for a in agents}) == 100
-    for agents in plan:
-        assert {a["device_class"] for a in agents} == {p.device_class for p in PROFILES}
-    classes = Counter(a["device_class"] for agents in plan for a in agents)
-    assert sorted(classes.values()) == [25, 25, 25, 25]
-    assert {tuple(a["runtimes"]) for agents in plan for a in agents} >= {("litert",), ("onnxruntime",)}
+def test_plan_spreads_every_device_class_over_every_python_worker(tmp_path: Path):
+    plan = plan_fleet(FleetSettings(agents=120, workers=4, phone_share=0.0), tmp_path)
+    assert [(w.kind, len(w.agents)) for w in plan] == [("python", 30)] * 4
+    names = [a["name"] for w in plan for a in w.agents]
+    assert len(set(names)) == 120 and len({a["state_dir"] for w in plan for a in w.agents}) == 120
+    for worker in plan:
+        assert {a["device_class"] for a in worker.agents} == {p.device_class for p in PROFILES}
+    classes = Counter(a["device_class"] for w in plan for a in w.agents)
+    assert sorted(classes.values()) == [40, 40, 40]
+    assert {tuple(a["runtimes"]) for w in plan for a in w.agents} >= {("litert",), ("onnxruntime",)}
 
 
-@pytest.mark.parametrize("bad", [dict(agents=0), dict(workers=0), dict(rate_per_second=0)])
+def test_plan_puts_the_phone_share_in_one_node_worker_and_the_rest_in_python_workers(tmp_path: Path):
+    plan = plan_fleet(FleetSettings(agents=100, workers=4, phone_share=0.2), tmp_path)
+    assert [(w.kind, len(w.agents)) for w in plan] == [("python", 20)] * 4 + [("sdk", 20)]
+    phones = plan[-1].agents
+    assert Counter(a["device_class"] for a in phones) == {"android": 10, "ios": 10}
+    assert all(a["runtimes"] == ["onnxruntime"] and 4 * 2**30 <= a["ram_bytes"] <= 6 * 2**30 for a in phones)
+    python_classes = {a["device_class"] for w in plan[:-1] for a in w.agents}
+    assert python_classes.isdisjoint({p.device_class for p in PHONE_PROFILES})
+    entries = [a for w in plan for a in w.agents]
+    assert len({a["name"] for a in entries}) == 100 and len({a["state_dir"] for a in entries}) == 100
+    # without the SDK (no Node.js) the same fleet is Python agents only
+    assert [(w.kind, len(w.agents)) for w in plan_fleet(FleetSettings(agents=100, workers=4), tmp_path,
+                                                        phones=False)] == [("python", 25)] * 4
+
+
+@pytest.mark.parametrize(("agents", "phones"), [(20, 4), (4, 1), (2, 0), (1, 0)])
+def test_a_small_fleet_gets_fewer_phones(tmp_path: Path, agents, phones):
+    plan = plan_fleet(FleetSettings(agents=agents, workers=2), tmp_path)
+    assert sum(len(w.agents) for w in plan if w.kind == "sdk") == phones
+    assert sum(len(w.agents) for w in plan) == agents
+    assert sum(1 for w in plan if w.kind == "sdk") == (1 if phones else 0)
+
+
+@pytest.mark.parametrize("bad", [dict(agents=0), dict(workers=0), dict(rate_per_second=0),
+                                 dict(phone_share=1.0), dict(phone_share=-0.1)])
 def test_fleet_settings_refuse_nonsense(bad):
     with pytest.raises(ValueError):
         FleetSettings(**bad)
@@ -192,3 +219,104 @@ def test_a_canary_split_too_small_for_the_guards_is_started_again_with_the_reaso
     assert len(aborts) == 1 and aborts[0][0] == "/v1/rollouts/1/abort"
     assert "only 2 of 100 agents fell in the canary" in aborts[0][1]["reason"]
     assert events and "rollout #1 aborted" in events[0]
+
+
+class FakeAgent:
+    def __init__(self, version: str, cohort: str) -> None:
+        self.version, self.cohort = version, cohort
+
+    def status(self) -> dict:
+        return {"device_id": "d-1", "version": self.version, "variant": "tflite-fp32", "cohort": self.cohort,
+                "rollout_id": 2}
+
+
+def test_status_rows_of_both_kinds_add_up_per_kind_class_cohort_and_version(tmp_path: Path):
+    from examples.demo.fleet_worker import Worker
+
+    status_file = tmp_path / "worker-0.status.json"
+    worker = Worker({"status_file": str(status_file), "agents": [{}, {}]})
+    worker.agents = [
+        ({"name": "agent-000", "device_class": "rpi4"}, FakeAgent("1", "stable"), SimpleNamespace(sent=3)),
+        ({"name": "agent-001", "device_class": "rpi5"}, FakeAgent("2", "canary"), SimpleNamespace(sent=4))]
+    worker.write_status()
+    python = json.loads(status_file.read_text())
+    assert python["kind"] == "python" and {row["kind"] for row in python["agents"]} == {"python"}
+    # the Node worker's rows (sdk/js/demo/phone_fleet_worker.ts) have the same fields, kind "sdk"
+    phones = [
+        {"name": "phone-000", "device_class": "android", "kind": "sdk", "device_id": "p-0", "version": "2",
+         "variant": "onnx-fp32", "cohort": "canary", "rollout_id": 2, "sent": 5},
+        {"name": "phone-001", "device_class": "ios", "kind": "sdk", "device_id": "p-1", "version": "1",
+         "variant": "onnx-fp32", "cohort": "stable", "rollout_id": 2, "sent": 5}]
+    (tmp_path / "worker-1.status.json").write_text(json.dumps(
+        {"pid": 1, "time": 0, "planned": 2, "kind": "sdk", "agents": phones}))
+    fleet = Fleet(FleetSettings(agents=4, workers=1), tmp_path, "http://127.0.0.1:1", "t", __file__, __file__,
+                  "m")
+    fleet.status_files = [status_file, tmp_path / "worker-1.status.json"]
+    snapshot = fleet.snapshot()
+    assert snapshot.started == 4 and snapshot.running("2") == 2
+    assert snapshot.arms() == {("python", "rpi4", "stable", "1"): 1, ("python", "rpi5", "canary", "2"): 1,
+                               ("sdk", "android", "canary", "2"): 1, ("sdk", "ios", "stable", "1"): 1}
+    assert snapshot.variants_by_class()[("sdk", "android")] == {"onnx-fp32": 1}
+    assert ((2, "sdk", "ios", "stable", "1") in snapshot.rollout_arms()
+            and {arm[0] for arm in snapshot.rollout_arms()} == {2})
+    text = "\n".join(render(5, None, None, snapshot, [], None))
+    assert "by kind: python canary v2 ×1, stable v1 ×1 · sdk canary v2 ×1, stable v1 ×1" in text
+
+
+def test_summary_shows_both_kinds_at_the_rollback_and_at_the_promotion():
+    from examples.demo.rollouts import RolloutOutcome
+    from examples.demo.run import DemoConfig, LoopResult
+    from examples.demo.summary import summary_lines
+
+    at_rollback = Counter({("python", "rpi4", "stable", "1"): 8, ("sdk", "android", "stable", "1"): 2})
+    at_promotion = Counter({("python", "rpi4", "canary", "2"): 4, ("python", "rpi4", "stable", "1"): 4,
+                            ("sdk", "android", "canary", "2"): 1, ("sdk", "android", "stable", "1"): 1})
+    bad = RolloutOutcome(1, "3", "rolled_back", "load_failures failed", 4.0, [(10.0, 4.0)],
+                         [("load_failures", "load_failures failed pooled: 100% (4/4)")], {}, at_rollback)
+    good = RolloutOutcome(2, "2", "promoted", "", 62.0, [(10.0, 31.0), (50.0, 31.0)], [], {"verdicts": []},
+                          at_promotion)
+    result = LoopResult(
+        fleet_ready_seconds=9, bad=bad, good=good, loop_seconds=80, agents_by_kind={"python": 8, "sdk": 2},
+        workers_by_kind={"python": 2, "sdk": 1},
+        variants_by_class={("python", "rpi4"): {"tflite-fp32": 8}, ("sdk", "android"): {"onnx-fp32": 2}},
+        refused_devices=4, refused_by_class={"android": (1, 1), "rpi4": (3, 3)},
+        at_rollback=bad.arms, at_promotion=good.arms,
+        at_end=Counter({("python", "rpi4", "stable", "2"): 8, ("sdk", "android", "stable", "2"): 2}),
+        final_versions={"2": 10})
+    config = DemoConfig(fleet=FleetSettings(agents=10, workers=2))
+    text = "\n".join(summary_lines(result, config, 10.0, None, "/run"))
+    assert "8 Python agents in 2 worker processes, 2 SDK phones (android, ios) in 1 Node process" in text
+    assert "sdk     android ×2 → onnx-fp32" in text
+    assert "refused on-device, per class (canary devices): android 1/1 · rpi4 3/3" in text
+    assert re.search(r"at the rollback +python +rpi4: stable v1 ×8\n +sdk +android: stable v1 ×2", text)
+    assert re.search(r"at the promotion +python +rpi4: canary v2 ×4, stable v1 ×4\n"
+                     r" +sdk +android: canary v2 ×1, stable v1 ×1", text)
+    assert "now      v2: 10 agents (python 8, sdk 2)" in text
+
+
+def test_node_programs_need_node_and_the_sdk_packages(monkeypatch, tmp_path: Path):
+    from examples.demo import typescript
+
+    monkeypatch.setattr(typescript.shutil, "which", lambda name: None)
+    with pytest.raises(typescript.Unavailable, match="node is not installed"):
+        typescript.node_program(tmp_path / "tsconfig.json", tmp_path / "out.js", [])
+    monkeypatch.setattr(typescript.shutil, "which", lambda name: "/usr/bin/node")
+    monkeypatch.setattr(typescript, "SDK", tmp_path)
+    with pytest.raises(typescript.Unavailable, match="npm ci"):
+        typescript.node_program(tmp_path / "tsconfig.json", tmp_path / "out.js", [])
+
+
+def test_an_output_older_than_a_source_is_stale(tmp_path: Path):
+    import os
+
+    from examples.demo.typescript import stale
+
+    source, output = tmp_path / "a.ts", tmp_path / "a.js"
+    source.write_text("")
+    assert stale(output, [source])
+    output.write_text("")
+    os.utime(source, (1000, 1000))
+    os.utime(output, (2000, 2000))
+    assert not stale(output, [source])
+    os.utime(source, (3000, 3000))
+    assert stale(output, [source])

@@ -6,7 +6,7 @@ import ast
 import inspect
 from types import SimpleNamespace
 
-from rollout_server import assignment
+from rollout_server import assignment, targeting
 from rollout_server.assignment import ReleaseInfo, VariantInfo, choose_variant, cohort_for
 
 GIB = 2**30
@@ -39,9 +39,15 @@ def test_the_cohort_follows_the_rollout_share():
     assert cohort_for(device(), SimpleNamespace(salt="salt", canary_percent=100.0, stratify=True)) == "canary"
 
 
-def test_assignment_imports_neither_the_database_nor_the_cache():
-    tree = ast.parse(inspect.getsource(assignment))
+def imports_of(module) -> set[str]:
+    tree = ast.parse(inspect.getsource(module))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                 for alias in node.names}
-    assert imported <= {"__future__", "collections.abc", "dataclasses", "typing", "rollout_server.bucketing"}
+    return imported | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                       for alias in node.names}
+
+
+def test_assignment_imports_neither_the_database_nor_the_cache():
+    assert imports_of(assignment) <= {"__future__", "collections.abc", "dataclasses", "typing",
+                                      "rollout_server.bucketing", "rollout_server.targeting"}
+    assert imports_of(targeting) <= {"__future__", "collections.abc", "dataclasses", "functools", "re",
+                                     "typing"}

@@ -42,13 +42,13 @@ export interface Storage {
 
 /** One HTTP request. */
 export interface HttpRequest {
-  method: "GET" | "POST";
+  method: "GET" | "POST" | "PUT";
   url: string;
   headers: Record<string, string>;
   body?: string;
   /** Longest wait for the answer's headers, and then between two chunks of its body. */
   timeoutMs: number;
-  /** GETs follow redirects (the adapter must not forward `Authorization` to another origin); POSTs never do. */
+  /** GETs follow redirects (the adapter must not forward `Authorization` to another origin); POSTs and PUTs never do. */
   followRedirects: boolean;
 }
 
@@ -100,6 +100,6 @@ export const systemClock: Clock = {
 /** Random bytes from the platform's CSPRNG (React Native: install react-native-get-random-values). */
 export function cryptoRandomBytes(length: number): Uint8Array {
   const crypto = (globalThis as { crypto?: { getRandomValues(a: Uint8Array): Uint8Array } }).crypto;
-  if (crypto === undefined) throw new Error("no crypto.getRandomValues: install a polyfill (react-native-get-random-values)");
+  if (crypto === undefined) throw new Error("no crypto.getRandomValues (react-native-get-random-values)");
   return crypto.getRandomValues(new Uint8Array(length));
 }

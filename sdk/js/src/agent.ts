@@ -20,14 +20,15 @@ import { ServerApi } from "./api.js";
 import { Backoff, VariantBackoff } from "./backoff.js";
 import { CheckIn } from "./checkin.js";
 import { Delivery } from "./delivery.js";
-import { InferenceError, NoModel } from "./errors.js";
+import { check, firstLine, InferenceError, NoModel } from "./errors.js";
 import { fetchHttp } from "./fetch-http.js";
-import { Identity, Revocation } from "./identity.js";
+import { AnnouncedRuntimes, Identity, Revocation } from "./identity.js";
 import { Installer } from "./installer.js";
-import type { LoadedModel } from "./model.js";
+import { releaseModel, type LoadedModel } from "./model.js";
 import { top1 } from "./fidelity.js";
 import { checkOptions, type AgentOptions, type LogLevel } from "./options.js";
 import { Outbox, OutboxError } from "./outbox.js";
+import { ShadowRunner } from "./shadow.js";
 import { trustedKeys } from "./signing.js";
 import { ModelStore } from "./store.js";
 import { newReportId, WindowSet, type Report, type WindowKey } from "./window.js";
@@ -53,6 +54,8 @@ export interface AgentStatus {
   revoked: boolean;
   /** registered and waiting for an operator to accept it */
   pending: boolean;
+  /** the variant id of the shadow candidate running beside the model, null when none (§7.3) */
+  shadow: string | null;
   stopped: boolean;
 }
 
@@ -76,6 +79,7 @@ export class EdgeshipAgent<T> {
     readonly windows: WindowSet,
     readonly control: CheckIn<T>,
     private readonly delivery: Delivery,
+    readonly shadow: ShadowRunner<T>,
   ) {}
 
   /**
@@ -89,37 +93,37 @@ export class EdgeshipAgent<T> {
     const clock = options.clock ?? systemClock;
     const http = options.http ?? fetchHttp();
     const full = { ...options, clock, http };
-    const log = (level: LogLevel, message: string) => (options.log ?? defaultLog)(level, message);
-    const api = new ServerApi(options.server, http, options.requestTimeoutMs ?? 10_000, () => clock.nowMs());
+    const log = options.log ?? defaultLog;
+    const nowMs = () => clock.nowMs();
+    const info = (message: string) => log("info", message);
+    // undefined options take each part's own default
+    const api = new ServerApi(options.server, http, options.requestTimeoutMs, nowMs);
     const identity = await Identity.open(options.secureStore);
-    const outbox = await Outbox.open(options.storage, {
-      maxReports: options.outboxMaxReports ?? 10_000, log: (m) => log("warn", m) });
+    const { storage, runtime, random } = options;
+    const outbox = await Outbox.open(storage, {
+      maxReports: options.outboxMaxReports, log: (m) => log("warn", m) });
     const randomBytes = options.randomBytes ?? cryptoRandomBytes;
-    const windows = new WindowSet(() => clock.nowMs(), () => newReportId(randomBytes), options.peakRssBytes);
-    const store = new ModelStore(options.storage, "models", (m) => log("info", m));
+    const windows = new WindowSet(nowMs, () => newReportId(randomBytes), options.peakRssBytes);
+    const store = new ModelStore(storage, "models", info);
     const installer = new Installer<T>({
-      api, http, storage: options.storage, clock, store, keys, runtime: options.runtime,
-      goldenSlack: options.goldenSlack ?? 0.1, maxBytes: options.downloadMaxBytes ?? 512 * 2 ** 20,
-      deadlineMs: options.downloadDeadlineMs ?? 600_000, log: (m) => log("info", m),
+      api, http, storage, clock, store, keys, runtime,
+      goldenSlack: options.goldenSlack ?? 0.1, maxBytes: options.downloadMaxBytes,
+      deadlineMs: options.downloadDeadlineMs, log: info,
     });
-    const holder: { agent?: EdgeshipAgent<T> } = {};
+    const shadow = new ShadowRunner<T>(windows, runtime, random,
+      (err) => log("debug", `shadow: ${firstLine(err)}`));
+    let agent: EdgeshipAgent<T> | undefined; // the check-in reaches the agent's model through these two
     const control = new CheckIn<T>({
-      options: full, api, identity, installer, windows, revocation: new Revocation(options.storage),
-      serverBackoff: new Backoff(options.backoffInitialSeconds ?? 1, options.backoffMaxSeconds ?? 300, options.random),
-      variantBackoff: new VariantBackoff(options.variantBackoffMs ?? 600_000),
-      getActive: () => holder.agent!.active,
-      setActive: (active) => holder.agent!.swap(active),
+      options: full, api, identity, installer, windows, revocation: new Revocation(storage),
+      serverBackoff: new Backoff(options.backoffInitialSeconds, options.backoffMaxSeconds, random),
+      variantBackoff: new VariantBackoff(options.variantBackoffMs),
+      shadow, announced: new AnnouncedRuntimes(storage),
+      getActive: () => agent!.active,
+      setActive: (active) => agent!.swap(active),
       log,
     });
-    const delivery = new Delivery(api, outbox, {
-      ensureRegistered: () => control.ensureRegistered(),
-      serverAway: (err) => control.serverAway(err),
-      unauthorized: (err) => control.unauthorized(err),
-      stopped: () => control.revoked,
-      log,
-    });
-    const agent = new EdgeshipAgent<T>(full, identity, outbox, windows, control, delivery);
-    holder.agent = agent;
+    const delivery = new Delivery(api, outbox, control);
+    agent = new EdgeshipAgent<T>(full, identity, outbox, windows, control, delivery, shadow);
     await control.restore();
     agent.windowOpenedAt = clock.monotonicMs();
     if (!control.revoked) agent.schedule(0);
@@ -127,9 +131,8 @@ export class EdgeshipAgent<T> {
   }
 
   /** Resolves once a model answers `predict` (restored or installed). */
-  ready(): Promise<void> {
-    if (this.active !== null) return Promise.resolve();
-    return new Promise((resolve) => this.readyWaiters.push(resolve));
+  async ready(): Promise<void> {
+    if (this.active === null) await new Promise<void>((resolve) => this.readyWaiters.push(resolve));
   }
 
   /**
@@ -141,7 +144,7 @@ export class EdgeshipAgent<T> {
   async predict(feeds: Record<string, T>, options: { label?: number | bigint | readonly (number | bigint)[] } = {}):
       Promise<Record<string, T>> {
     const active = this.active;
-    if (active === null) throw new NoModel("no model loaded yet: the agent is still fetching its first assignment");
+    check(active !== null, "no model loaded yet", NoModel);
     const { model, key } = active;
     const clock = this.options.clock;
     const started = clock.monotonicMs();
@@ -153,6 +156,7 @@ export class EdgeshipAgent<T> {
       throw new InferenceError(`${model.release.variant.id}: ${(err as Error).message ?? err}`);
     }
     this.windows.recordInference(key, Math.max(0, clock.monotonicMs() - started) / 1000);
+    if (this.shadow.model !== null) this.shadow.submit(key, feeds, outputs, model.outputNames[0]!);
     const label = options.label;
     const first = outputs[model.outputNames[0]!];
     if (label !== undefined && model.classification && first !== undefined) {
@@ -184,7 +188,7 @@ export class EdgeshipAgent<T> {
       if (!(err instanceof OutboxError)) throw err;
       this.unstored = reports.slice(-this.outbox.maxReports);
       await this.outbox.noteDropped(reports.length - this.unstored.length).catch(() => {});
-      this.log("error", `${err.message}; keeping ${this.unstored.length} report(s) in memory`);
+      (this.options.log ?? defaultLog)("error", `${err.message}; ${this.unstored.length} reports kept in memory`);
     }
   }
 
@@ -194,17 +198,19 @@ export class EdgeshipAgent<T> {
   }
 
   status(): AgentStatus {
-    const active = this.active;
+    const release = this.active?.model.release;
+    const key = this.active?.key;
     return {
       deviceId: this.identity.current?.deviceId ?? null,
-      model: active?.model.release.model ?? null,
-      version: active?.model.release.version ?? null,
-      variant: active?.model.release.variant.id ?? null,
-      cohort: active?.key.cohort ?? null,
-      rolloutId: active?.key.rolloutId ?? null,
+      model: release?.model ?? null,
+      version: release?.version ?? null,
+      variant: release?.variant.id ?? null,
+      cohort: key?.cohort ?? null,
+      rolloutId: key?.rolloutId ?? null,
       outbox: this.outbox.length,
       revoked: this.control.revoked,
       pending: this.control.pending,
+      shadow: this.shadow.model?.release.variant.id ?? null,
       stopped: this.stopped,
     };
   }
@@ -217,8 +223,9 @@ export class EdgeshipAgent<T> {
     this.stopped = true;
     const clock = this.options.clock;
     if (this.timer !== null) clock.clearTimer(this.timer);
-    let waited: unknown = null; // a running check-in (a download) gets the flush time to finish, no more
-    await Promise.race([this.control.idle(), new Promise<void>((resolve) => {
+    // a running check-in (a download) and queued shadow comparisons get the flush time to finish, no more
+    let waited: unknown = null;
+    await Promise.race([Promise.all([this.control.idle(), this.shadow.idle()]), new Promise<void>((resolve) => {
       waited = clock.setTimer(resolve, flushTimeoutMs);
     })]);
     clock.clearTimer(waited);
@@ -230,33 +237,30 @@ export class EdgeshipAgent<T> {
     const status = this.status();
     const active = this.active;
     this.active = null;
-    await active?.model.session.release().catch(() => {});
+    this.shadow.clear();
+    if (active) await releaseModel(active.model);
     return status;
-  }
-
-  private log(level: LogLevel, message: string): void {
-    (this.options.log ?? defaultLog)(level, message);
   }
 
   private swap(active: Active<T>): void {
     if (this.stopped) { // a check-in that finished after stop(): nothing serves any more
-      if (active.model !== this.active?.model) void active.model.session.release().catch(() => {});
+      if (active.model !== this.active?.model) void releaseModel(active.model);
       return;
     }
     const old = this.active;
     this.active = active; // one reference: predict sees the old model or the new one, whole
     if (old !== null && old.model !== active.model) {
       // in-flight predictions hold their own reference; give them time before freeing native memory
-      this.options.clock.setTimer(() => void old.model.session.release().catch(() => {}), 10_000);
+      this.options.clock.setTimer(() => void releaseModel(old.model), 10_000);
     }
     for (const resolve of this.readyWaiters.splice(0)) resolve();
   }
 
+  /** The reports of the running model's windows carry how long it took to load. */
   private withLoadTime(reports: Report[]): Report[] {
     const model = this.active?.model;
-    if (model === undefined) return reports;
     for (const report of reports) {
-      if (report.model === model.release.model && report.version === model.release.version &&
+      if (model && report.model === model.release.model && report.version === model.release.version &&
           report.variant === model.release.variant.id) {
         report.load_seconds = Math.round(model.loadSeconds * 1e6) / 1e6;
       }
@@ -269,8 +273,8 @@ export class EdgeshipAgent<T> {
     if (this.stopped || this.control.revoked) return;
     const clock = this.options.clock;
     const now = clock.monotonicMs();
-    const intervalMs = this.control.reportIntervalMs;
-    let wake = Math.min(this.windowOpenedAt + intervalMs, this.options.checkIntervalMs === null ? Infinity : this.nextCheckAt);
+    let wake = Math.min(this.windowOpenedAt + this.control.reportIntervalMs,
+      this.options.checkIntervalMs === null ? Infinity : this.nextCheckAt);
     if (this.undelivered) wake = Math.min(wake, Math.max(this.control.retryAt, now + 50));
     if (this.timer !== null) clock.clearTimer(this.timer);
     this.timer = clock.setTimer(() => {

@@ -6,7 +6,7 @@
  */
 
 import type { Http, HttpResponse } from "./adapters.js";
-import { firstLine, ServerRejected, ServerUnavailable } from "./errors.js";
+import { check, firstLine, httpError, retriable, ServerRejected, ServerUnavailable } from "./errors.js";
 import { isJsonObject, parseJson, toPlain, type JsonValue } from "./json.js";
 
 /** A signed block of the assignment (the assignment itself, or its `shadow`). */
@@ -35,6 +35,7 @@ export interface DeviceDescription {
   os: string;
   ram_bytes: number;
   runtimes: Record<string, string>;
+  attributes?: Record<string, string>;
 }
 
 /** The assignment answer's hint that the credential is old enough to rotate (§2.5). */
@@ -71,29 +72,39 @@ export class ServerApi {
     const [, body] = await this.request("POST", "/v1/devices/register",
       JSON.stringify({ enrollment_token: enrollmentToken, ...device }), {}, false);
     const data = toPlain(body) as { device_id?: unknown; credential?: unknown; state?: unknown };
-    if (typeof data.device_id !== "string" || typeof data.credential !== "string") {
-      throw new ServerUnavailable("register: the answer lacks device_id or credential");
-    }
-    return { deviceId: data.device_id, credential: data.credential, pending: data.state === "pending" };
+    return { deviceId: field(data.device_id, "device_id"), credential: field(data.credential, "credential"),
+      pending: data.state === "pending" };
   }
 
   /** A new credential for this device; the current one stays valid until the new one is used (§2.5). */
   async rotateCredential(deviceId: string): Promise<string> {
-    const [, body] = await this.request("POST", `/v1/devices/${encodeURIComponent(deviceId)}/credential`);
-    const data = toPlain(body) as { credential?: unknown };
-    if (typeof data.credential !== "string") throw new ServerUnavailable("rotate: the answer lacks a credential");
-    return data.credential;
+    const [, body] = await this.request("POST", devicePath(deviceId, "credential"));
+    return field((toPlain(body) as { credential?: unknown }).credential, "credential");
   }
 
-  /** The assignment, or `null` when unchanged since `etag` (304); with the ETag to send next. */
-  async assignment(deviceId: string, model: string, etag: string | null): Promise<[Assignment | null, string | null]> {
+  /**
+   * The assignment, or `null` when unchanged since `etag` (304); with the ETag to send next.
+   * `exclude` names variants of release `excludeVersion` this device refused: the server then
+   * offers the next-best variant of that release (§3.1).
+   */
+  async assignment(deviceId: string, model: string, etag: string | null, excludeVersion: string | null = null,
+                   exclude: readonly string[] = []): Promise<[Assignment | null, string | null]> {
     const headers: Record<string, string> = etag ? { "If-None-Match": `"${etag}"` } : {};
-    const path = `/v1/devices/${encodeURIComponent(deviceId)}/assignment?model=${encodeURIComponent(model)}`;
-    const [response, body] = await this.request("GET", path, undefined, headers);
+    let query = `model=${encodeURIComponent(model)}`;
+    if (exclude.length && excludeVersion !== null) {
+      query += `&exclude_version=${encodeURIComponent(excludeVersion)}`;
+      for (const id of exclude) query += `&exclude=${encodeURIComponent(id)}`;
+    }
+    const [response, body] = await this.request("GET", devicePath(deviceId, `assignment?${query}`), undefined, headers);
     this.rotationRequested = (response.header(ROTATE_HEADER) ?? "").trim() === "1";
     if (response.status === 304) return [null, etag];
     const newEtag = (response.header("ETag") ?? "").replace(/^"|"$/g, "") || null;
     return [assignmentOf(body), newEtag];
+  }
+
+  /** Tell the server which runtimes this device loads now (they changed since registration, §3.7). */
+  async updateRuntimes(deviceId: string, runtimes: Record<string, string>): Promise<void> {
+    await this.request("PUT", devicePath(deviceId, "runtimes"), JSON.stringify({ runtimes }));
   }
 
   /** Send a batch; the ids the server now holds (accepted now or before). */
@@ -104,7 +115,7 @@ export class ServerApi {
     return new Set(ids.filter((id): id is string => typeof id === "string"));
   }
 
-  private async request(method: "GET" | "POST", path: string, body?: string, headers: Record<string, string> = {},
+  private async request(method: "GET" | "POST" | "PUT", path: string, body?: string, headers: Record<string, string> = {},
                         auth = true): Promise<[HttpResponse, JsonValue]> {
     const url = this.url(path);
     const all: Record<string, string> = { Accept: "application/json", ...headers, ...(auth ? this.authHeaders(url) : {}) };
@@ -120,30 +131,30 @@ export class ServerApi {
     }
     const status = response.status;
     if (status === 304) return [response, null];
-    let parsed: JsonValue = null;
-    let jsonError: string | null = null;
-    try {
-      parsed = text ? parseJson(text) : Object.create(null);
-    } catch (err) {
-      jsonError = firstLine(err);
-    }
     if (status >= 200 && status < 300) {
-      if (jsonError !== null) throw new ServerUnavailable(`${method} ${path}: answer is not JSON (${jsonError})`);
-      return [response, parsed];
+      try {
+        return [response, text ? parseJson(text) : Object.create(null)];
+      } catch (err) {
+        throw new ServerUnavailable(`${method} ${path}: answer is not JSON (${firstLine(err)})`);
+      }
     }
-    const error = isJsonObject(parsed) && typeof parsed["error"] === "string" ? parsed["error"] : "";
-    const detail = isJsonObject(parsed) && typeof parsed["detail"] === "string" ? parsed["detail"] : error;
-    const message = `${method} ${path}: HTTP ${status}${detail ? `: ${detail}` : ""}`;
+    const [message, error] = httpError(status, text);
     const retryAfter = retryAfterSeconds(response.header("Retry-After"), this.nowMs());
-    if (status >= 500 || status === 429 || status < 200 || (status >= 300 && status < 400)) {
-      throw new ServerUnavailable(message, retryAfter);
-    }
-    throw new ServerRejected(message, status, error, retryAfter);
+    if (retriable(status) || status < 400) throw new ServerUnavailable(`${method} ${path}: ${message}`, retryAfter);
+    throw new ServerRejected(`${method} ${path}: ${message}`, status, error, retryAfter);
   }
 }
 
+const devicePath = (deviceId: string, rest: string): string => `/v1/devices/${encodeURIComponent(deviceId)}/${rest}`;
+
+/** A string field of an answer; an answer without it is the server's fault (retry later). */
+function field(value: unknown, name: string): string {
+  check(typeof value === "string", `answer lacks ${name}`, ServerUnavailable);
+  return value;
+}
+
 function assignmentOf(body: JsonValue): Assignment {
-  if (!isJsonObject(body)) throw new ServerUnavailable("assignment: the answer is not an object");
+  check(isJsonObject(body), "assignment is not an object", ServerUnavailable);
   const plain = toPlain(body) as Assignment & { shadow?: { manifest: JsonValue } };
   plain.manifest = body["manifest"] ?? null;
   const shadow = body["shadow"];

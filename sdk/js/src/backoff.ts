@@ -33,21 +33,20 @@ export class Backoff {
  * the wait doubles per new failure of the same `version:sha256`, up to 16× (§7.4).
  */
 export class VariantBackoff {
-  private readonly until = new Map<string, number>();
-  private readonly failures = new Map<string, number>();
+  /** `version:sha256` → [failures, unix ms until it may be tried again] */
+  private readonly state = new Map<string, [number, number]>();
 
   constructor(readonly initialMs = 600_000, readonly maxMs = initialMs * 16) {}
 
   /** Record a failure at `nowMs`; when the variant may be tried again. */
   failed(key: string, nowMs: number): number {
-    const count = this.failures.get(key) ?? 0;
-    this.failures.set(key, count + 1);
+    const count = this.state.get(key)?.[0] ?? 0;
     const until = nowMs + Math.min(this.maxMs, this.initialMs * 2 ** count);
-    this.until.set(key, until);
+    this.state.set(key, [count + 1, until]);
     return until;
   }
 
   blocked(key: string, nowMs: number): boolean {
-    return (this.until.get(key) ?? -Infinity) > nowMs;
+    return (this.state.get(key)?.[1] ?? -Infinity) > nowMs;
   }
 }

@@ -7,18 +7,19 @@
 
 import { sha256 as nobleSha256 } from "@noble/hashes/sha2.js";
 
+/** A sha256 as this SDK writes and accepts it: 64 lowercase hex digits. */
+export const SHA256_HEX = /^[0-9a-f]{64}$/;
+
 /** UTF-8 bytes of `text`; a lone surrogate is an error (it cannot be encoded). */
 export function utf8Encode(text: string): Uint8Array {
   const out: number[] = [];
   for (let i = 0; i < text.length; i++) {
     let cp = text.charCodeAt(i);
-    if (cp >= 0xd800 && cp <= 0xdbff) {
+    if (cp >= 0xd800 && cp <= 0xdfff) {
       const next = text.charCodeAt(i + 1);
-      if (!(next >= 0xdc00 && next <= 0xdfff)) throw new RangeError("lone surrogate cannot be UTF-8 encoded");
+      if (cp > 0xdbff || !(next >= 0xdc00 && next <= 0xdfff)) throw new RangeError("lone surrogate cannot be UTF-8 encoded");
       cp = 0x10000 + ((cp - 0xd800) << 10) + (next - 0xdc00);
       i++;
-    } else if (cp >= 0xdc00 && cp <= 0xdfff) {
-      throw new RangeError("lone surrogate cannot be UTF-8 encoded");
     }
     if (cp < 0x80) out.push(cp);
     else if (cp < 0x800) out.push(0xc0 | (cp >> 6), 0x80 | (cp & 63));
@@ -31,24 +32,20 @@ export function utf8Encode(text: string): Uint8Array {
 /** Text of UTF-8 `bytes`; malformed sequences are an error, never replaced silently. */
 export function utf8Decode(bytes: Uint8Array): string {
   let out = "";
-  let i = 0;
-  while (i < bytes.length) {
+  for (let i = 0; i < bytes.length;) {
     const b0 = bytes[i]!;
-    let cp: number;
-    let extra: number;
-    if (b0 < 0x80) [cp, extra] = [b0, 0];
-    else if (b0 >= 0xc2 && b0 < 0xe0) [cp, extra] = [b0 & 31, 1];
-    else if (b0 >= 0xe0 && b0 < 0xf0) [cp, extra] = [b0 & 15, 2];
-    else if (b0 >= 0xf0 && b0 < 0xf5) [cp, extra] = [b0 & 7, 3];
-    else throw new RangeError(`invalid UTF-8 byte 0x${b0.toString(16)} at ${i}`);
+    // continuation bytes after the lead byte (-1: not a lead byte), and the lead byte's payload
+    const extra = b0 < 0x80 ? 0 : b0 < 0xc2 ? -1 : b0 < 0xe0 ? 1 : b0 < 0xf0 ? 2 : b0 < 0xf5 ? 3 : -1;
+    let cp = extra > 0 ? b0 & (0x7f >> (extra + 1)) : b0;
+    let ok = extra >= 0;
     for (let k = 1; k <= extra; k++) {
       const b = bytes[i + k];
-      if (b === undefined || (b & 0xc0) !== 0x80) throw new RangeError(`truncated UTF-8 sequence at ${i}`);
-      cp = (cp << 6) | (b & 63);
+      ok &&= b !== undefined && (b & 0xc0) === 0x80;
+      cp = (cp << 6) | (b! & 63);
     }
-    const min = [0, 0x80, 0x800, 0x10000][extra]!;
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-      throw new RangeError(`invalid UTF-8 sequence at ${i}`);
+    // overlong forms, beyond U+10FFFF and surrogates are malformed too
+    if (!ok || cp < [0, 0x80, 0x800, 0x10000][extra]! || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+      throw new RangeError(`invalid UTF-8 at byte ${i}`);
     }
     out += String.fromCodePoint(cp);
     i += extra + 1;
@@ -72,7 +69,7 @@ const STRICT_B64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}
  * @throws RangeError on whitespace, another alphabet, missing or misplaced padding.
  */
 export function base64DecodeStrict(text: string): Uint8Array {
-  if (!STRICT_B64.test(text)) throw new RangeError("not strict base64 (RFC 4648 §4, padded)");
+  if (!STRICT_B64.test(text)) throw new RangeError("not strict base64");
   const out: number[] = [];
   for (let i = 0; i < text.length; i += 4) {
     const quad = text.slice(i, i + 4);
@@ -83,11 +80,6 @@ export function base64DecodeStrict(text: string): Uint8Array {
     if (quad[3] !== "=") out.push(n & 255);
   }
   return Uint8Array.from(out);
-}
-
-/** Base64 of PEM bodies and similar: whitespace between characters is ignored. */
-export function base64DecodeLenient(text: string): Uint8Array {
-  return base64DecodeStrict(text.replace(/\s+/g, ""));
 }
 
 export function base64Encode(bytes: Uint8Array): string {

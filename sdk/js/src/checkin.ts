@@ -1,18 +1,24 @@
 /**
  * The check-in (docs/protocol.md §3, §7; reference `Agent.check_in` / `_apply` in
- * `edge_agent/agent.py`): register when needed, ask for the assignment with ETag, install what
- * it names if the device does not run it yet (refusals reported and backed off), point the
- * measurements at the assignment's rollout and cohort, and react to 401 / 403 / 5xx.
+ * `edge_agent/agent.py`): register when needed (or re-announce the runtimes once per start when
+ * they changed, §3.7), ask for the assignment with ETag, install what it names if the device does
+ * not run it yet (refusals reported and backed off, then the next-best variant of the same release
+ * asked for at once with `exclude`, §7.4), load a shadow candidate (§7.3), point the measurements
+ * at the assignment's rollout and cohort, and react to 401 / 403 / 5xx.
  */
 
 import type { AgentOptions, LogLevel } from "./options.js";
 import type { Active } from "./agent.js";
 import type { Assignment, ServerApi } from "./api.js";
-import type { Backoff, VariantBackoff } from "./backoff.js";
-import { DownloadError, firstLine, ModelRefused, ServerRejected, ServerUnavailable } from "./errors.js";
-import type { Identity, Revocation } from "./identity.js";
+import { Backoff, type VariantBackoff } from "./backoff.js";
+import type { DeliveryHooks } from "./delivery.js";
+import { DownloadError, firstLine, isUnauthorized, ModelRefused, ServerRejected, ServerUnavailable } from "./errors.js";
+import type { AnnouncedRuntimes, Identity, Revocation } from "./identity.js";
 import type { Installer } from "./installer.js";
 import type { LoadedModel } from "./model.js";
+import { announcedRuntimes } from "./runtime.js";
+import { RefusedVariants, releaseVariantKey } from "./refusals.js";
+import type { ShadowRunner } from "./shadow.js";
 import { isoUtc, sameKey, type WindowKey, type WindowSet } from "./window.js";
 import type { Clock } from "./adapters.js";
 
@@ -23,7 +29,12 @@ export const DEVICE_REJECTED = "device_rejected";
 export const DEVICE_PENDING = "device_pending";
 /** 403 at registration: the enrollment token does not enroll this device class */
 export const ENROLLMENT_SCOPE = "enrollment_scope";
+/** the server's `error` when no variant of the release runs on this device (or none but those it excluded) */
+export const NO_VARIANT = "no_variant";
+/** assignment polls in one check-in while variants of the release are refused */
+export const MAX_VARIANT_TRIES = 8;
 const PENDING_RETRY_SECONDS = 60;
+const REVOKED = "revoked: needs a new enrollToken";
 const ROTATE_RETRY_MS = 300_000;
 
 export interface CheckInParts<T> {
@@ -35,18 +46,20 @@ export interface CheckInParts<T> {
   windows: WindowSet;
   serverBackoff: Backoff;
   variantBackoff: VariantBackoff;
+  /** the shadow candidate (§7.3), shared with `predict` */
+  shadow: ShadowRunner<T>;
+  /** the runtimes the server last took for this device, kept across starts */
+  announced: AnnouncedRuntimes;
   getActive(): Active<T> | null;
   setActive(active: Active<T>): void;
   log(level: LogLevel, message: string): void;
 }
 
-export class CheckIn<T> {
+export class CheckIn<T> implements DeliveryHooks {
   /** monotonic ms before which the server is not asked anything (backoff) */
   retryAt = 0;
   reportIntervalMs: number;
   revoked = false;
-  /** how the server refused this device once `revoked`: `device_revoked` or `device_rejected` */
-  refusedBy: string | null = null;
   /** the server last said this device waits for an operator */
   pending = false;
   private rotateAfter = 0;
@@ -54,13 +67,39 @@ export class CheckIn<T> {
   private assignment: Assignment | null = null;
   private inflight: Promise<void> | null = null;
   private registering: Promise<void> | null = null;
+  private readonly refusals: RefusedVariants;
+  /** a variant was refused in this check-in: ask for the next one */
+  private refusedNow = false;
+  /** the last "no variant left" logged, so it is logged once, not at every poll of the backoff */
+  private exhausted: string | null = null;
+  /** the server holds this run's runtimes (checked once per start) */
+  private runtimesSent = false;
+  private runtimesRetryAt = 0;
+  private readonly runtimesBackoff: Backoff;
 
   constructor(private readonly p: CheckInParts<T>) {
     this.reportIntervalMs = p.options.reportIntervalMs ?? 30_000;
+    this.refusals = new RefusedVariants(p.variantBackoff);
+    this.runtimesBackoff = new Backoff(p.options.backoffInitialSeconds, p.options.backoffMaxSeconds, p.options.random);
   }
 
   private get now(): number {
     return this.p.options.clock.monotonicMs();
+  }
+
+  log(level: LogLevel, message: string): void {
+    this.p.log(level, message);
+  }
+
+  /** No more traffic: revoked or rejected by an operator. */
+  stopped(): boolean {
+    return this.revoked;
+  }
+
+  /** Leave the server alone for `seconds` (returned). */
+  private retryIn(seconds: number): number {
+    this.retryAt = this.now + seconds * 1000;
+    return seconds;
   }
 
   /** Restore the store's model; a device revoked before (same token) does not talk to the server. */
@@ -68,21 +107,20 @@ export class CheckIn<T> {
     const restored = await this.p.installer.restore();
     if (restored !== null) {
       const [model] = restored;
-      this.p.setActive({ model, key: keyOf(model, null, "stable") });
+      this.p.setActive({ model, key: keyOf(model.release, null, "stable") });
     }
     if (this.p.identity.current === null && (await this.p.revocation.blocks(this.p.options.enrollToken ?? null))) {
       this.revoked = true;
-      this.p.log("error", "this device was revoked by an operator: not enrolling again with the same enrollment token");
+      this.log("error", REVOKED);
     }
   }
 
   /** One check-in; a second call while one runs shares it. Never throws. */
-  checkIn(): Promise<void> {
-    if (this.revoked) return Promise.resolve();
-    this.inflight ??= this.run().catch((err: unknown) => this.stepFailed(err)).finally(() => {
+  async checkIn(): Promise<void> {
+    if (this.revoked) return;
+    await (this.inflight ??= this.tries().catch((err: unknown) => this.stepFailed(err)).finally(() => {
       this.inflight = null;
-    });
-    return this.inflight;
+    }));
   }
 
   /** Resolves when no check-in runs. */
@@ -92,15 +130,30 @@ export class CheckIn<T> {
 
   /** An unexpected failure of a loop step: logged, and the server left alone for a backoff. */
   stepFailed(err: unknown): void {
-    this.p.log("error", `agent step failed (${firstLine(err)}); retrying later`);
-    this.retryAt = this.now + this.p.serverBackoff.failure() * 1000;
+    this.log("error", `step failed: ${firstLine(err)}`);
+    this.retryIn(this.p.serverBackoff.failure());
+  }
+
+  /**
+   * Poll and apply; when the assigned variant is refused, poll again at once naming it (and the
+   * release's other refused variants): the server offers the next-best variant of the same
+   * release, until none is left (409 `no_variant`) and the variant backoff decides when to retry.
+   */
+  private async tries(): Promise<void> {
+    for (let i = 0; i < MAX_VARIANT_TRIES; i++) {
+      this.refusedNow = false;
+      await this.run();
+      if (!this.refusedNow || this.revoked) return;
+    }
   }
 
   private async run(): Promise<void> {
+    const version = this.assignment !== null ? String(this.assignment.version) : null;
+    const excluded = this.refusals.excluded(version, this.now);
     try {
       await this.ensureRegistered();
       const deviceId = this.p.identity.current!.deviceId;
-      const [body, etag] = await this.p.api.assignment(deviceId, this.p.options.model, this.etag);
+      const [body, etag] = await this.p.api.assignment(deviceId, this.p.options.model, this.etag, version, excluded);
       this.etag = etag;
       if (body !== null) {
         this.assignment = body;
@@ -115,7 +168,13 @@ export class CheckIn<T> {
       if (!(err instanceof ServerRejected)) throw err;
       if (err.status === 401 || err.error === ENROLLMENT_SCOPE) return this.unauthorized(err);
       if (err.error === DEVICE_PENDING) return this.waiting(err);
-      this.p.log("warn", `assignment refused: ${err.message}`);
+      if (err.error === NO_VARIANT && excluded.length) {
+        const what = `v${version} (${excluded.join(", ")} refused)`;
+        if (what !== this.exhausted) this.log("warn", `no variant of ${what} left`);
+        this.exhausted = what;
+        return;
+      }
+      this.log("warn", `assignment refused: ${err.message}`);
       return;
     }
     if (this.assignment !== null) await this.apply(this.assignment);
@@ -134,27 +193,64 @@ export class CheckIn<T> {
     if (identity.current === null) {
       const token = options.enrollToken ?? null;
       if (await this.p.revocation.blocks(token)) {
-        throw new ServerRejected("this device was revoked; it enrolls again only with a new enrollment token", 401,
-          DEVICE_REVOKED);
+        throw new ServerRejected(REVOKED, 401, DEVICE_REVOKED);
       }
-      if (!token) throw new ServerRejected("device is not registered and no enrollToken is configured", 401);
-      const { device, runtime } = options;
+      if (!token) throw new ServerRejected("not registered and no enrollToken", 401);
+      const { device } = options;
+      const runtimes = announcedRuntimes(options.runtime);
       const registration = await api.register(token, {
         device_class: device.deviceClass, arch: device.arch || "unknown", os: device.os || "unknown",
-        ram_bytes: device.ramBytes ?? 0, runtimes: { [runtime.name]: runtime.version },
+        ram_bytes: device.ramBytes ?? 0, runtimes,
+        ...(options.attributes ? { attributes: { ...options.attributes } } : {}),
       });
       await identity.save(registration);
-      if (await this.p.revocation.exists()) await this.p.revocation.clear();
-      this.p.log("info", `registered as device ${registration.deviceId} (${device.deviceClass})` +
-        (registration.pending ? "; it waits for an operator to accept it" : ""));
+      this.runtimesSent = true;
+      await this.recordRuntimes(registration.deviceId, runtimes);
+      await this.p.revocation.clear();
+      this.log("info", `registered as ${registration.deviceId}${registration.pending ? ", pending" : ""}`);
     }
     api.credential = identity.current!.credential;
+    if (!this.runtimesSent) await this.sendRuntimes();
+  }
+
+  /**
+   * Once per start, tell the server what this device loads now if it differs from what the
+   * server last took (the app updated onnxruntime, or changed its runtime; §3.7). Never in the
+   * way of the assignment: a server that does not take them now is asked again later, backed off.
+   */
+  private async sendRuntimes(): Promise<void> {
+    if (this.now < this.runtimesRetryAt) return;
+    const deviceId = this.p.identity.current!.deviceId;
+    const runtimes = announcedRuntimes(this.p.options.runtime);
+    if (await this.p.announced.holds(deviceId, runtimes)) {
+      this.runtimesSent = true;
+      return;
+    }
+    try {
+      await this.p.api.updateRuntimes(deviceId, runtimes);
+    } catch (err) {
+      if (err instanceof ServerUnavailable) {
+        this.runtimesRetryAt = this.now + this.runtimesBackoff.failure(err.retryAfterSeconds) * 1000;
+      } else if (!(err instanceof ServerRejected) || isUnauthorized(err)) {
+        throw err;
+      } else {
+        this.runtimesSent = true; // not taken (4xx): the server keeps those it has
+      }
+      this.log("warn", `runtimes not updated: ${err.message}`);
+      return;
+    }
+    this.runtimesSent = true;
+    this.log("info", `runtimes updated: ${JSON.stringify(runtimes)}`);
+    await this.recordRuntimes(deviceId, runtimes);
+  }
+
+  private recordRuntimes(deviceId: string, runtimes: Record<string, string>): Promise<void> {
+    return this.p.announced.record(deviceId, runtimes).catch((err: unknown) => this.log("warn", firstLine(err)));
   }
 
   serverAway(err: ServerUnavailable): void {
-    const delay = this.p.serverBackoff.failure(err.retryAfterSeconds);
-    this.retryAt = this.now + delay * 1000;
-    this.p.log("warn", `server unavailable (${err.message}); retrying in ${delay.toFixed(1)} s, still serving`);
+    const delay = this.retryIn(this.p.serverBackoff.failure(err.retryAfterSeconds));
+    this.log("warn", `server away (${err.message}); retry in ${delay.toFixed(1)} s`);
   }
 
   /** A 401: revoked (stop for good), or a credential / token not accepted (register again after a backoff). */
@@ -163,22 +259,19 @@ export class CheckIn<T> {
     if (err.error === DEVICE_REVOKED || err.error === DEVICE_REJECTED) {
       if (this.revoked) return;
       this.revoked = true;
-      this.refusedBy = err.error;
-      const deviceId = identity.current?.deviceId ?? null;
       api.credential = null;
-      await this.p.revocation.record(deviceId, options.enrollToken ?? null, err.message, isoUtc(options.clock.nowMs()));
+      await this.p.revocation.record(identity.current?.deviceId ?? null, options.enrollToken ?? null, err.message,
+        isoUtc(options.clock.nowMs()));
       await identity.forget();
-      this.p.log("error", `device ${deviceId} was ${err.error === DEVICE_REJECTED ? "rejected" : "revoked"} by an ` +
-        `operator (${err.message}): stopping, until given a new enrollment token`);
+      this.log("error", `${err.error} (${err.message}): stopping until a new enrollToken`);
       return;
     }
-    const delay = this.p.serverBackoff.failure();
-    this.retryAt = this.now + delay * 1000;
+    const delay = this.retryIn(this.p.serverBackoff.failure());
     if (identity.current === null) {
-      this.p.log("error", `cannot register (${err.message}); trying again in ${delay.toFixed(1)} s`);
+      this.log("error", `cannot register (${err.message}); retry in ${delay.toFixed(1)} s`);
       return;
     }
-    this.p.log("warn", `the server does not accept this device's credential (${err.message}); registering again`);
+    this.log("warn", `credential refused (${err.message}); registering again`);
     api.credential = null;
     await identity.forget();
   }
@@ -186,14 +279,13 @@ export class CheckIn<T> {
   /** 403 `device_pending`: keep the identity (registering again only adds a pending device), ask again later. */
   private waiting(err: ServerRejected): void {
     const interval = (this.p.options.checkIntervalMs ?? 10_000) / 1000;
-    const delay = Math.max(err.retryAfterSeconds ?? PENDING_RETRY_SECONDS, interval);
-    this.retryAt = this.now + delay * 1000;
-    if (!this.pending) this.p.log("warn", `waiting for an operator to accept this device; asking again every ${delay} s`);
+    const delay = this.retryIn(Math.max(err.retryAfterSeconds ?? PENDING_RETRY_SECONDS, interval));
+    if (!this.pending) this.log("warn", `pending an operator; asking every ${delay} s`);
     this.pending = true;
   }
 
   private accepted(): void {
-    if (this.pending) this.p.log("info", "an operator accepted this device");
+    if (this.pending) this.log("info", "accepted");
     this.pending = false;
   }
 
@@ -211,33 +303,57 @@ export class CheckIn<T> {
       credential = await api.rotateCredential(deviceId);
       await identity.save({ deviceId, credential });
     } catch (err) {
-      if (err instanceof ServerRejected && err.status === 401) throw err;
-      this.p.log("warn", `credential rotation not done (${firstLine(err)}); keeping the current credential`);
+      if (isUnauthorized(err)) throw err;
+      this.log("warn", `credential not rotated: ${firstLine(err)}`);
       return;
     }
     api.credential = credential;
     api.rotationRequested = false;
-    this.p.log("info", `rotated the credential of device ${deviceId}`);
+    this.log("info", "credential rotated");
   }
 
   private async apply(assignment: Assignment): Promise<void> {
-    const assigned: WindowKey = { model: assignment.model, version: assignment.version, variant: assignment.variant.id,
-      rolloutId: assignment.rollout_id ?? null, cohort: assignment.cohort };
+    const assigned = keyOf(assignment, assignment.rollout_id ?? null, assignment.cohort);
     const active = this.p.getActive();
     if (active === null || !runs(active.model, assignment)) {
-      const key = `${assignment.version}:${assignment.variant.sha256}`;
       const nowMs = this.now;
-      if (!this.p.variantBackoff.blocked(key, nowMs)) await this.install(assignment, assigned, key, nowMs);
+      if (!this.refusals.blocked(assignment, nowMs)) await this.install(assignment, assigned, nowMs);
     }
     this.rekey(assignment);
     const current = this.p.getActive();
     if (current !== null && assignment.cohort === "stable" && runs(current.model, assignment)) {
-      await this.p.installer.confirmStable(current.model.release.sha256);
+      await this.p.installer.confirmStable(current.model.release.sha256, this.p.shadow.blobs);
     }
+    await this.applyShadow(assignment.shadow);
   }
 
-  private async install(assignment: Assignment, assigned: WindowKey, backoffKey: string, nowMs: number): Promise<void> {
-    this.p.log("info", `installing ${assigned.model} v${assigned.version} (${assigned.variant}, ${assigned.cohort})`);
+  /** Load the shadow block's candidate beside the current model (never swapped in), or drop it. */
+  private async applyShadow(block: Assignment["shadow"]): Promise<void> {
+    const { shadow, variantBackoff } = this.p;
+    if (block === undefined || block === null) {
+      shadow.clear();
+      return;
+    }
+    const sha = block.sha256 ?? block.variant?.sha256 ?? "";
+    const key = releaseVariantKey(block);
+    if (shadow.runs(sha) || variantBackoff.blocked(key, this.now)) return;
+    let model: LoadedModel<T>;
+    let entry;
+    try {
+      [model, entry] = await this.p.installer.install(block);
+    } catch (err) { // only logged and backed off, never reported (§7.3)
+      if (isUnauthorized(err)) throw err;
+      variantBackoff.failed(key, this.now);
+      this.log("warn", `shadow candidate ${block.variant?.id} not loaded: ${firstLine(err)}`);
+      return;
+    }
+    const share = typeof block.sample_share === "number" ? block.sample_share : 0.1;
+    shadow.set(model, share, Object.values(entry.blobs));
+    this.log("info", `shadowing v${model.release.version} (${model.release.variant.id})`);
+  }
+
+  private async install(assignment: Assignment, assigned: WindowKey, nowMs: number): Promise<void> {
+    this.log("info", `installing ${assigned.model} v${assigned.version} (${assigned.variant}, ${assigned.cohort})`);
     let model: LoadedModel<T>;
     let entry;
     try {
@@ -245,19 +361,20 @@ export class CheckIn<T> {
     } catch (err) {
       if (err instanceof ModelRefused) {
         this.p.windows.recordError(assigned, err.reason);
-        const until = this.p.variantBackoff.failed(backoffKey, nowMs);
-        this.p.log("error", `refused v${assigned.version}: ${err.message} [${err.reason}]; staying on the current ` +
-          `model, not retrying for ${Math.round((until - nowMs) / 1000)} s`);
+        const until = this.refusals.refuse(assignment, nowMs);
+        this.refusedNow = true;
+        this.log("error", `refused v${assigned.version} (${assigned.variant}): ${err.message} [${err.reason}]; ` +
+          `next variant, this one again in ${Math.round((until - nowMs) / 1000)} s`);
       } else if (err instanceof DownloadError) {
-        this.p.log("warn", `download of v${assigned.version} interrupted (${err.message}); resuming at the next check-in`);
+        this.log("warn", `download of v${assigned.version} cut (${err.message}); resuming later`);
       } else {
-        this.p.log("error", `cannot install v${assigned.version} (${firstLine(err)}); staying on the current model`);
+        this.log("error", `cannot install v${assigned.version}: ${firstLine(err)}`);
       }
       return;
     }
-    await this.p.installer.commit(entry);
+    await this.p.installer.commit(entry, this.p.shadow.blobs);
     this.p.setActive({ model, key: assigned });
-    this.p.log("info", `now running ${assigned.model} v${assigned.version} (${assigned.variant})`);
+    this.log("info", `now running ${assigned.model} v${assigned.version} (${assigned.variant})`);
   }
 
   /** Point the running model's measurements at the assignment's rollout; `stable` unless it is the assigned model. */
@@ -265,13 +382,14 @@ export class CheckIn<T> {
     const active = this.p.getActive();
     if (active === null) return;
     const cohort = runs(active.model, assignment) ? assignment.cohort : "stable";
-    const key = keyOf(active.model, assignment.rollout_id ?? null, cohort);
+    const key = keyOf(active.model.release, assignment.rollout_id ?? null, cohort);
     if (!sameKey(key, active.key)) this.p.setActive({ model: active.model, key });
   }
 }
 
-function keyOf<T>(model: LoadedModel<T>, rolloutId: number | null, cohort: "stable" | "canary"): WindowKey {
-  const { release } = model;
+/** The window of a release (an assignment, or a loaded model's release) under a rollout and cohort. */
+function keyOf(release: { model: string; version: string; variant: { id: string } }, rolloutId: number | null,
+               cohort: "stable" | "canary"): WindowKey {
   return { model: release.model, version: release.version, variant: release.variant.id, rolloutId, cohort };
 }
 

@@ -5,7 +5,7 @@
  */
 
 import type { ServerApi } from "./api.js";
-import { firstLine, ServerRejected, ServerUnavailable } from "./errors.js";
+import { firstLine, isUnauthorized, ServerRejected, ServerUnavailable } from "./errors.js";
 import type { Outbox } from "./outbox.js";
 
 export const REPORT_BATCH = 100;
@@ -66,7 +66,7 @@ export class Delivery {
       try {
         for (const id of await this.api.postReports([report])) held.add(id);
       } catch (err) {
-        if (err instanceof ServerRejected && err.status === 401) {
+        if (isUnauthorized(err)) {
           await this.hooks.unauthorized(err);
           break;
         }
@@ -74,7 +74,7 @@ export class Delivery {
           if (err instanceof ServerUnavailable) this.hooks.serverAway(err);
           break;
         }
-        this.hooks.log("error", `server refused report ${report.id} and it is dropped: ${firstLine(err)}`);
+        this.hooks.log("error", `report ${report.id} refused, dropped: ${firstLine(err)}`);
         await this.outbox.noteDropped(1 + (report.dropped_windows || 0));
         held.add(report.id);
       }

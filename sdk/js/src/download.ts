@@ -10,12 +10,11 @@
  */
 
 import type { Clock, Http, HttpResponse, Storage } from "./adapters.js";
-import { sha256Hasher } from "./bytes.js";
-import { DownloadError, firstLine, IntegrityError, TooLarge, TransferError } from "./errors.js";
+import { SHA256_HEX, sha256Hasher } from "./bytes.js";
+import { check, DownloadError, firstLine, httpError, IntegrityError, retriable, TooLarge, TransferError } from "./errors.js";
 
 const HASH_BLOCK_BYTES = 1 << 20;
 const CONTENT_RANGE = /^bytes (\d+)-(\d+)\/(\d+|\*)$/;
-const SHA256 = /^[0-9a-f]{64}$/;
 
 export interface DownloadOptions {
   http: Http;
@@ -41,13 +40,17 @@ export const partialPath = (dest: string): string => `${dest}.part`;
 /** sha256 (hex) of a stored file, or of its first `limitBytes` bytes, read in 1 MiB pieces. */
 export async function fileSha256(storage: Storage, path: string, limitBytes?: number): Promise<string> {
   if (limitBytes === undefined && storage.sha256 !== undefined) return storage.sha256(path);
-  const hasher = sha256Hasher();
   const size = (await storage.size(path)) ?? 0;
-  const end = Math.min(size, limitBytes ?? size);
+  return (await hashPrefix(storage, path, Math.min(size, limitBytes ?? size))).hex();
+}
+
+/** A sha256 hasher fed the first `end` bytes of a stored file, read in 1 MiB pieces. */
+async function hashPrefix(storage: Storage, path: string, end: number): Promise<ReturnType<typeof sha256Hasher>> {
+  const hasher = sha256Hasher();
   for (let at = 0; at < end; at += HASH_BLOCK_BYTES) {
     hasher.update(await storage.readRange(path, at, Math.min(HASH_BLOCK_BYTES, end - at)));
   }
-  return hasher.hex();
+  return hasher;
 }
 
 async function verified(storage: Storage, path: string, sha256: string, sizeBytes: number | null): Promise<boolean> {
@@ -62,10 +65,8 @@ async function verified(storage: Storage, path: string, sha256: string, sizeByte
 export async function download(options: DownloadOptions): Promise<void> {
   const { storage, url, dest, sha256, sizeBytes } = options;
   const maxBytes = options.maxBytes ?? 512 * 2 ** 20;
-  if (!SHA256.test(sha256)) throw new RangeError(`sha256 must be 64 lowercase hex digits, got ${sha256}`);
-  if (sizeBytes !== null && sizeBytes > maxBytes) {
-    throw new TooLarge(url, `artifact is ${sizeBytes} bytes, over the limit of ${maxBytes}`);
-  }
+  check(SHA256_HEX.test(sha256), `sha256 ${sha256} is not 64 lowercase hex digits`);
+  if (sizeBytes !== null && sizeBytes > maxBytes) throw new TooLarge(url, `${sizeBytes} bytes, over the limit of ${maxBytes}`);
   if (await verified(storage, dest, sha256, sizeBytes)) return;
   const partial = partialPath(dest);
   const deadline = options.clock.monotonicMs() + (options.deadlineMs ?? 600_000);
@@ -83,7 +84,7 @@ export async function download(options: DownloadOptions): Promise<void> {
         return;
       }
       await storage.remove(partial);
-      if (restarted) throw new IntegrityError(url, "the partial neither verifies nor resumes, even after a restart");
+      if (restarted) throw new IntegrityError(url, "partial unusable after a restart");
       restarted = true;
       continue;
     }
@@ -97,7 +98,7 @@ export async function download(options: DownloadOptions): Promise<void> {
 async function open(options: DownloadOptions, offset: number, deadline: number): Promise<HttpResponse | null> {
   const { url } = options;
   const remaining = deadline - options.clock.monotonicMs();
-  if (remaining <= 0) throw new TransferError(url, "download deadline exceeded (partial kept)");
+  if (remaining <= 0) throw new TransferError(url, "deadline exceeded (partial kept)");
   const headers: Record<string, string> = { "Accept-Encoding": "identity", ...options.headers };
   if (offset > 0) headers["Range"] = `bytes=${offset}-`;
   let response: HttpResponse;
@@ -113,24 +114,12 @@ async function open(options: DownloadOptions, offset: number, deadline: number):
     await response.cancel();
     return null;
   }
-  if (response.status !== 200 && response.status !== 206) {
-    const detail = await errorDetail(response);
-    const message = `HTTP ${response.status}${detail ? `: ${detail}` : ""}`;
-    if (response.status >= 500 || response.status === 429 || response.status < 200) {
-      throw new TransferError(url, message, response.status);
-    }
-    throw new DownloadError(url, message, response.status);
+  const { status } = response;
+  if (status !== 200 && status !== 206) {
+    const [message] = httpError(status, await response.text().catch(() => ""));
+    throw new (retriable(status) ? TransferError : DownloadError)(url, message, status);
   }
   return response;
-}
-
-async function errorDetail(response: HttpResponse): Promise<string | null> {
-  try {
-    const body = JSON.parse(await response.text()) as { detail?: unknown };
-    return body.detail === undefined ? null : String(body.detail);
-  } catch {
-    return null;
-  }
 }
 
 /** `[where the body starts in the artifact, the artifact's size if known]`, headers checked. */
@@ -147,23 +136,20 @@ async function startOffset(options: DownloadOptions, response: HttpResponse, off
     const match = CONTENT_RANGE.exec(contentRange);
     if (match === null) {
       await response.cancel();
-      throw new TransferError(url, `206 with a malformed Content-Range ${JSON.stringify(contentRange)}`, 206);
+      throw new TransferError(url, `206 with Content-Range ${JSON.stringify(contentRange)}`, 206);
     }
     [start, total] = [Number(match[1]), match[3] === "*" ? null : Number(match[3])];
   }
-  if (total !== null && sizeBytes !== null && total !== sizeBytes) {
+  const wrongSize = total !== null && sizeBytes !== null && total !== sizeBytes;
+  if (wrongSize || (total !== null && total > maxBytes)) {
     await response.cancel();
     await storage.remove(partialPath(options.dest));
-    throw new IntegrityError(url, `server sends ${total} bytes, expected ${sizeBytes}`, response.status);
-  }
-  if (total !== null && total > maxBytes) {
-    await response.cancel();
-    await storage.remove(partialPath(options.dest));
-    throw new TooLarge(url, `server sends ${total} bytes, over the limit of ${maxBytes}`, response.status);
+    throw wrongSize ? new IntegrityError(url, `server sends ${total} bytes, expected ${sizeBytes}`, response.status)
+      : new TooLarge(url, `server sends ${total} bytes, over the limit of ${maxBytes}`, response.status);
   }
   if (start !== (response.status === 206 ? offset : 0)) {
     await response.cancel();
-    throw new TransferError(url, `asked for bytes=${offset}-, server sent a range starting at ${start}`);
+    throw new TransferError(url, `asked for bytes=${offset}-, got a range from ${start}`);
   }
   return [start, sizeBytes ?? total];
 }
@@ -173,40 +159,33 @@ async function receive(options: DownloadOptions, response: HttpResponse, offset:
                        maxBytes: number, deadline: number): Promise<void> {
   const { storage, url, sha256, clock } = options;
   const partial = partialPath(options.dest);
-  const hasher = sha256Hasher();
-  for (let at = 0; at < offset; at += HASH_BLOCK_BYTES) {
-    hasher.update(await storage.readRange(partial, at, Math.min(HASH_BLOCK_BYTES, offset - at)));
-  }
+  const hasher = await hashPrefix(storage, partial, offset);
   const limit = total ?? maxBytes;
   let received = offset;
   const file = await storage.openAppend(partial, offset === 0);
   let discard = false;
+  const progress = () => `after ${received} of ${total ?? "?"} bytes (partial kept)`;
   try {
     try {
       for await (const chunk of response.chunks()) {
-        if (clock.monotonicMs() > deadline) {
-          throw new TransferError(url, `download deadline exceeded after ${received} of ${total ?? "?"} bytes (partial kept)`);
-        }
+        if (clock.monotonicMs() > deadline) throw new TransferError(url, `deadline exceeded ${progress()}`);
         if (received + chunk.length > limit) {
           discard = true;
-          if (total === null) throw new TooLarge(url, `server sent more than the limit of ${maxBytes} bytes`);
-          throw new IntegrityError(url, `server sent more than the expected ${total} bytes`);
+          throw new (total === null ? TooLarge : IntegrityError)(url, `server sent over ${limit} bytes`);
         }
         try {
           await file.write(chunk);
         } catch (err) {
-          throw new DownloadError(url, `cannot write the download (partial kept): ${firstLine(err)}`);
+          throw new DownloadError(url, `cannot write (partial kept): ${firstLine(err)}`);
         }
         hasher.update(chunk);
         received += chunk.length;
       }
     } catch (err) {
       if (err instanceof DownloadError) throw err;
-      throw new TransferError(url, `transfer failed after ${received} of ${total ?? "?"} bytes: ${firstLine(err)} (partial kept)`);
+      throw new TransferError(url, `${firstLine(err)} ${progress()}`);
     }
-    if (total !== null && received < total) {
-      throw new TransferError(url, `connection closed after ${received} of ${total} bytes (partial kept)`);
-    }
+    if (total !== null && received < total) throw new TransferError(url, `connection closed ${progress()}`);
     if (hasher.hex() !== sha256) {
       discard = true;
       throw new IntegrityError(url, `sha256 mismatch: got ${hasher.hex()}, expected ${sha256}`);

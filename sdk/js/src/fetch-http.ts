@@ -13,28 +13,23 @@ type FetchLike = typeof fetch;
 
 export function fetchHttp(fetchImpl: FetchLike = (...args) => globalThis.fetch(...args)): Http {
   return {
-    async request(request: HttpRequest): Promise<HttpResponse> {
+    async request({ method, url, headers, body, timeoutMs, followRedirects }: HttpRequest): Promise<HttpResponse> {
       const abort = new AbortController();
       let timer: ReturnType<typeof setTimeout> | undefined;
-      const arm = () => {
-        if (timer !== undefined) clearTimeout(timer);
-        timer = setTimeout(() => abort.abort(new Error(`timed out after ${request.timeoutMs} ms`)), request.timeoutMs);
-      };
       const disarm = () => {
-        if (timer !== undefined) clearTimeout(timer);
+        clearTimeout(timer); // a no-op for undefined
         timer = undefined;
+      };
+      const arm = () => {
+        disarm();
+        timer = setTimeout(() => abort.abort(new Error(`timed out after ${timeoutMs} ms`)), timeoutMs);
       };
       arm();
       let response: Response;
       try {
-        const init: RequestInit = {
-          method: request.method,
-          headers: request.headers,
-          redirect: request.followRedirects ? "follow" : "manual",
-          signal: abort.signal,
-        };
-        if (request.body !== undefined) init.body = request.body;
-        response = await fetchImpl(request.url, init);
+        const init: RequestInit = { method, headers, redirect: followRedirects ? "follow" : "manual", signal: abort.signal };
+        if (body !== undefined) init.body = body;
+        response = await fetchImpl(url, init);
       } finally {
         disarm();
       }

@@ -5,6 +5,8 @@
  * output is not finite), and the mean cosine.
  */
 
+import { check } from "./errors.js";
+
 /** non-classification outputs agree when their cosine similarity is at least this. */
 export const AGREEMENT_COSINE = 0.99;
 
@@ -68,14 +70,9 @@ export function perSampleCosine(a: Array2[], b: Array2[], rows: number): number[
  */
 export function fidelity(outputs: Array2[], reference: Array2[], classification: boolean,
                          agreementCosine = AGREEMENT_COSINE): Fidelity {
-  if (outputs.length !== reference.length) {
-    throw new RangeError(`variant has ${outputs.length} outputs, reference has ${reference.length}`);
-  }
-  outputs.forEach((o, i) => {
-    if (sizeOf(o) !== sizeOf(reference[i]!)) {
-      throw new RangeError(`output ${i}: shape [${o.shape}] differs from reference [${reference[i]!.shape}]`);
-    }
-  });
+  check(outputs.length === reference.length, `variant has ${outputs.length} outputs, reference has ${reference.length}`);
+  outputs.forEach((o, i) => check(sizeOf(o) === sizeOf(reference[i]!),
+    `output ${i}: shape [${o.shape}] differs from reference [${reference[i]!.shape}]`));
   const reshaped = outputs.map((o, i) => ({ data: o.data, shape: reference[i]!.shape }));
   const rows = rowsOf(reference[0]!);
   const cosine = perSampleCosine(reshaped, reference, rows);

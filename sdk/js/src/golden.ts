@@ -4,6 +4,7 @@
  * measured, minus a small slack, with finite outputs, before it may be swapped in.
  */
 
+import { check } from "./errors.js";
 import { fidelity, type Array2 } from "./fidelity.js";
 import type { Manifest, VariantEntry } from "./manifest.js";
 import { readNpz, type NdArray } from "./npz.js";
@@ -30,12 +31,14 @@ export interface GoldenResult {
  */
 export function loadGolden(bytes: Uint8Array, inputNames: string[], outputNames: string[]): GoldenSet {
   const arrays = readNpz(bytes);
-  const missing = [...inputNames.map((n) => `input:${n}`), ...outputNames.map((n) => `output:${n}`)]
-    .filter((name) => !arrays.has(name));
-  if (missing.length) throw new RangeError(`golden set lacks ${missing.join(", ")}`);
+  const get = (name: string): NdArray => {
+    const array = arrays.get(name);
+    check(array, `golden set lacks ${name}`);
+    return array;
+  };
   return {
-    inputs: new Map(inputNames.map((n) => [n, arrays.get(`input:${n}`)!])),
-    outputs: outputNames.map((n) => arrays.get(`output:${n}`)!),
+    inputs: new Map(inputNames.map((n) => [n, get(`input:${n}`)])),
+    outputs: outputNames.map((n) => get(`output:${n}`)),
   };
 }
 
@@ -50,11 +53,11 @@ export async function runProbe<T>(session: RuntimeSession<T>, runtime: ModelRunt
     const result = await session.run(feeds);
     chunks.push(outputNames.map((name) => {
       const tensor = result[name];
-      if (tensor === undefined) throw new RangeError(`the model did not return output ${name}`);
+      check(tensor !== undefined, `no output ${name}`);
       return runtime.read(tensor);
     }));
   }
-  if (!chunks.length) throw new RangeError(`the golden set has ${rows} rows, fewer than one batch of ${batch}`);
+  check(chunks.length, `golden set: ${rows} rows < batch of ${batch}`);
   return outputNames.map((_, k) => stackRows(chunks.map((c) => c[k]!)));
 }
 
@@ -64,20 +67,15 @@ export function checkGolden(outputs: Array2[], golden: GoldenSet, classification
   const rows = outputs[0]?.shape[0] ?? 0;
   const reference = golden.outputs.map((r) => sliceRows(r, 0, rows));
   const required = Math.max(0, Math.min(1, expectedAgreement) - slack);
-  let measured;
+  let [agreement, maxAbsErr, reason] = [0, Infinity, ""];
   try {
-    measured = fidelity(outputs, reference, classification);
+    ({ agreement, maxAbsErr } = fidelity(outputs, reference, classification));
+    if (!Number.isFinite(maxAbsErr)) reason = "outputs hold NaN or Inf";
+    else if (agreement < required) reason = `golden agreement ${agreement.toFixed(3)} below the required ${required.toFixed(3)}`;
   } catch (err) {
-    return { passed: false, agreement: 0, required, maxAbsErr: Infinity,
-      reason: `outputs do not match the reference: ${(err as Error).message}` };
+    reason = `outputs do not match the reference: ${(err as Error).message}`;
   }
-  const { agreement, maxAbsErr } = measured;
-  if (!Number.isFinite(maxAbsErr)) return { passed: false, agreement, required, maxAbsErr, reason: "outputs hold NaN or Inf" };
-  if (agreement < required) {
-    return { passed: false, agreement, required, maxAbsErr,
-      reason: `golden agreement ${agreement.toFixed(3)} below the required ${required.toFixed(3)}` };
-  }
-  return { passed: true, agreement, required, maxAbsErr, reason: "" };
+  return { passed: !reason, agreement, required, maxAbsErr, reason };
 }
 
 /** The probe's batch size: `task.inputs[0].shape[0]`, at least 1. */
@@ -92,12 +90,8 @@ export function expectedAgreement(variant: VariantEntry): number {
   return typeof value === "number" ? value : 1.0;
 }
 
-function rowWidth(array: { shape: readonly number[] }): number {
-  return array.shape.slice(1).reduce((a, b) => a * b, 1);
-}
-
 function sliceRows(array: NdArray, start: number, count: number): NdArray {
-  const width = rowWidth(array);
+  const width = array.shape.slice(1).reduce((a, b) => a * b, 1);
   const data = array.data.subarray(start * width, (start + count) * width) as NdArray["data"];
   return { dtype: array.dtype, shape: [count, ...array.shape.slice(1)], data };
 }

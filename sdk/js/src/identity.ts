@@ -5,10 +5,13 @@
  */
 
 import type { SecureStore, Storage } from "./adapters.js";
-import { sha256Hex, utf8Decode, utf8Encode } from "./bytes.js";
+import { sha256Hex, utf8Encode } from "./bytes.js";
+import { readJson, writeJson } from "./files.js";
+import { isObject } from "./json.js";
 
 export const IDENTITY_KEY = "edgeship.identity";
 const REVOKED_PATH = "revoked.json";
+const RUNTIMES_PATH = "runtimes.json";
 
 export interface DeviceIdentity {
   deviceId: string;
@@ -24,15 +27,13 @@ export class Identity {
   static async open(store: SecureStore): Promise<Identity> {
     const identity = new Identity(store);
     const text = await store.get(IDENTITY_KEY);
-    if (text !== null) {
-      try {
-        const data = JSON.parse(text) as { device_id?: unknown; credential?: unknown };
-        if (typeof data.device_id === "string" && typeof data.credential === "string") {
-          identity.cached = { deviceId: data.device_id, credential: data.credential };
-        }
-      } catch {
-        // unreadable: register again
+    try {
+      const data = JSON.parse(text ?? "null") as { device_id?: unknown; credential?: unknown } | null;
+      if (typeof data?.device_id === "string" && typeof data.credential === "string") {
+        identity.cached = { deviceId: data.device_id, credential: data.credential };
       }
+    } catch {
+      // unreadable: register again
     }
     return identity;
   }
@@ -56,30 +57,43 @@ export class Identity {
 export class Revocation {
   constructor(private readonly storage: Storage) {}
 
-  async record(deviceId: string | null, enrollToken: string | null, detail: string, nowIso: string): Promise<void> {
-    const data = { device_id: deviceId, revoked_at: nowIso, enroll_token_sha256: tokenHash(enrollToken), detail };
-    await this.storage.writeAtomic(REVOKED_PATH, utf8Encode(JSON.stringify(data)));
+  record(deviceId: string | null, enrollToken: string | null, detail: string, nowIso: string): Promise<void> {
+    return writeJson(this.storage, REVOKED_PATH,
+      { device_id: deviceId, revoked_at: nowIso, enroll_token_sha256: tokenHash(enrollToken), detail });
   }
 
   /** Whether a revocation blocks enrolling with `enrollToken` (the same token, or an unreadable record). */
   async blocks(enrollToken: string | null): Promise<boolean> {
-    const bytes = await this.storage.read(REVOKED_PATH);
-    if (bytes === null) return false;
-    try {
-      const data = JSON.parse(utf8Decode(bytes)) as { enroll_token_sha256?: unknown };
-      return data.enroll_token_sha256 === tokenHash(enrollToken);
-    } catch {
-      return true;
-    }
+    const data = await readJson(this.storage, REVOKED_PATH, false);
+    return data !== undefined && (!isObject(data) || data["enroll_token_sha256"] === tokenHash(enrollToken));
   }
 
-  async exists(): Promise<boolean> {
-    return (await this.storage.size(REVOKED_PATH)) !== null;
-  }
-
+  /** Forget a revocation (a new enrollment token enrolled the device); nothing when there is none. */
   clear(): Promise<void> {
     return this.storage.remove(REVOKED_PATH);
   }
+}
+
+/**
+ * `runtimes.json`: the runtimes the server last took for this device (at registration or with
+ * `PUT …/runtimes`), so that a start re-announces them only when they changed (§3.7).
+ */
+export class AnnouncedRuntimes {
+  constructor(private readonly storage: Storage, private readonly path = RUNTIMES_PATH) {}
+
+  /** Whether the server holds exactly `runtimes` for `deviceId` (false when unknown or unreadable). */
+  async holds(deviceId: string, runtimes: Record<string, string>): Promise<boolean> {
+    const data = await readJson(this.storage, this.path);
+    return isObject(data) && data["device_id"] === deviceId && sorted(data["runtimes"]) === sorted(runtimes);
+  }
+
+  record(deviceId: string, runtimes: Record<string, string>): Promise<void> {
+    return writeJson(this.storage, this.path, { device_id: deviceId, runtimes });
+  }
+}
+
+function sorted(value: unknown): string {
+  return isObject(value) ? JSON.stringify(Object.entries(value).sort(([a], [b]) => (a < b ? -1 : 1))) : "";
 }
 
 function tokenHash(token: string | null): string | null {

@@ -12,7 +12,8 @@ export { onnxRuntime, type ModelRuntime, type ModelSource, type RuntimeSession, 
 export { systemClock, cryptoRandomBytes, type AppendHandle, type Clock, type Http, type HttpRequest, type HttpResponse,
   type SecureStore, type Storage } from "./adapters.js";
 export { fetchHttp } from "./fetch-http.js";
-export * from "./errors.js";
+export { EdgeshipError, ManifestError, SigningError, ModelRefused, DownloadError, TransferError, IntegrityError, TooLarge,
+  ServerUnavailable, ServerRejected, NoModel, InferenceError, firstLine, type RefusalReason } from "./errors.js";
 export { canonicalJson, parseJson, toPlain, JsonNumber, type JsonValue, type JsonObject } from "./json.js";
 export { keyId, publicKeyFromPem, trustedKeys, verifyManifest, type TrustedKeys } from "./signing.js";
 export { checkManifest, Release, type Manifest, type VariantEntry } from "./manifest.js";

@@ -9,7 +9,7 @@ import type { Clock, Http, Storage } from "./adapters.js";
 import type { AssignedRelease, ServerApi } from "./api.js";
 import { utf8Decode } from "./bytes.js";
 import { download } from "./download.js";
-import { DownloadError, IntegrityError, ModelRefused, TooLarge } from "./errors.js";
+import { check, DownloadError, firstLine, IntegrityError, loadFailed, ModelRefused, TooLarge } from "./errors.js";
 import { canonicalJson, parseJson } from "./json.js";
 import { Release } from "./manifest.js";
 import { loadModel, type LoadedModel } from "./model.js";
@@ -26,8 +26,9 @@ export interface InstallerOptions<T> {
   keys: TrustedKeys;
   runtime: ModelRuntime<T>;
   goldenSlack: number;
-  maxBytes: number;
-  deadlineMs: number;
+  /** download limits; undefined: download's defaults */
+  maxBytes?: number;
+  deadlineMs?: number;
   log: (message: string) => void;
 }
 
@@ -66,7 +67,7 @@ export class Installer<T> {
       const [current] = await this.o.store.state();
       await this.o.store.promote(entry, { currentWasGood: current === null || proven(current), keep });
     } catch (err) {
-      this.o.log(`could not record the new model (${(err as Error).message}); running it anyway`);
+      this.o.log(`model not recorded (${firstLine(err)}); running it`);
       return;
     }
     this.provenModel = proven(entry) ? entry.blobs.model : null;
@@ -79,10 +80,10 @@ export class Installer<T> {
       const [current] = await this.o.store.state();
       if (current !== null && current.blobs.model === modelSha256 && !proven(current)) {
         await this.o.store.promote({ ...current, cohort: "stable" }, { keep });
-        this.o.log(`model ${modelSha256.slice(0, 12)} now runs as stable: it may be the fallback from now on`);
+        this.o.log(`model ${modelSha256.slice(0, 12)} is stable: a fallback now`);
       }
     } catch (err) {
-      this.o.log(`could not record model ${modelSha256.slice(0, 12)} as stable (${(err as Error).message})`);
+      this.o.log(`model ${modelSha256.slice(0, 12)} not recorded as stable: ${firstLine(err)}`);
       return;
     }
     this.provenModel = modelSha256;
@@ -93,18 +94,16 @@ export class Installer<T> {
     for (const entry of await this.o.store.startup()) {
       try {
         const bytes = await this.o.storage.read(this.o.store.blobPath(entry.blobs.manifest));
-        if (bytes === null) throw new Error("manifest blob missing");
+        check(bytes !== null, "manifest blob missing", Error);
         const info = entry.release;
         const release = Release.fromAssignment({
-          ...info, manifest: parseJson(utf8Decode(bytes)),
-          variant: { id: info.variant_id, sha256: entry.blobs.model },
-          artifact_url: info.artifact_url, golden_url: info.golden_url,
+          ...info, manifest: parseJson(utf8Decode(bytes)), variant: { id: info.variant_id, sha256: entry.blobs.model },
         }, this.o.keys);
         const model = await this.load(release);
-        this.o.log(`restored ${release.model} v${release.version} (${release.variant.id}) from the model store`);
+        this.o.log(`restored ${release.model} v${release.version} (${release.variant.id})`);
         return [model, entry];
       } catch (err) {
-        this.o.log(`stored model ${entry.release?.version} is not usable (${(err as Error).message}); trying the next one`);
+        this.o.log(`stored v${entry.release?.version} unusable: ${firstLine(err)}`);
       }
     }
     return null;
@@ -114,12 +113,12 @@ export class Installer<T> {
     const { storage, store, runtime } = this.o;
     const modelPath = store.blobPath(release.sha256);
     const golden = await storage.read(store.blobPath(release.goldenSha256));
-    if (golden === null) throw new ModelRefused("golden_mismatch", "golden set missing from the store");
+    if (golden === null) throw new ModelRefused("golden_mismatch", "golden set missing");
     const source = {
       ...(storage.localPath ? { path: storage.localPath(modelPath) } : {}),
       bytes: async () => {
         const bytes = await storage.read(modelPath);
-        if (bytes === null) throw new Error(`model blob ${release.sha256} missing`);
+        check(bytes !== null, `model blob ${release.sha256} missing`, Error);
         return bytes;
       },
     };
@@ -132,16 +131,15 @@ export class Installer<T> {
     const url = api.url(path);
     try {
       await download({
-        http: this.o.http, storage: this.o.storage, clock: this.o.clock, url, dest: store.blobPath(sha256), sha256,
-        sizeBytes, headers: api.authHeaders(url), maxBytes: this.o.maxBytes, timeoutMs: api.timeoutMs,
-        deadlineMs: this.o.deadlineMs,
+        ...this.o, // http, storage, clock, maxBytes, deadlineMs
+        url, dest: store.blobPath(sha256), sha256, sizeBytes, headers: api.authHeaders(url), timeoutMs: api.timeoutMs,
       });
     } catch (err) {
       if (err instanceof IntegrityError || err instanceof TooLarge) {
-        throw new ModelRefused("load_failed", `artifact refused: ${err.message}`);
+        throw loadFailed(`artifact refused: ${err.message}`);
       }
       if (err instanceof DownloadError && err.status === 404) {
-        throw new ModelRefused("load_failed", `artifact missing on the server: ${err.message}`);
+        throw loadFailed(`artifact missing: ${err.message}`);
       }
       throw err;
     }

@@ -9,6 +9,7 @@
  */
 
 import { utf8Encode } from "./bytes.js";
+import { check } from "./errors.js";
 
 /** A JSON number as its source text, e.g. `"1.0"`, `"2.1e-07"`, `"20480"`. */
 export class JsonNumber {
@@ -41,96 +42,63 @@ export function parseJson(text: string): JsonValue {
     throw new SyntaxError(`JSON: ${what} at offset ${at}`);
   };
   const ws = () => {
-    while (at < text.length && " \t\n\r".includes(text[at]!)) at++;
+    while (" \t\n\r".includes(text[at]!)) at++;
+  };
+  /** skip whitespace, then take `c` if it is next */
+  const eat = (c: string): boolean => {
+    ws();
+    return text[at] === c && ++at > 0;
   };
   const value = (depth: number): JsonValue => {
     if (depth > MAX_DEPTH) fail("nesting too deep");
-    ws();
-    const c = text[at];
-    if (c === "{") return object(depth);
-    if (c === "[") return array(depth);
-    if (c === '"') return string();
-    if (c === "-" || (c !== undefined && c >= "0" && c <= "9")) return number();
+    if (eat("{") || eat("[")) {
+      const close = text[at - 1] === "{" ? "}" : "]";
+      const object: JsonObject | null = close === "}" ? Object.create(null) as JsonObject : null;
+      const array: JsonValue[] = [];
+      if (!eat(close)) {
+        do {
+          if (object === null) array.push(value(depth + 1));
+          else {
+            if (!eat('"')) fail("expected a key");
+            const key = string();
+            if (!eat(":")) fail("expected ':'");
+            object[key] = value(depth + 1);
+          }
+        } while (eat(","));
+        if (!eat(close)) fail(`expected ',' or '${close}'`);
+      }
+      return object ?? array;
+    }
+    if (eat('"')) return string();
     for (const [word, v] of [["true", true], ["false", false], ["null", null]] as const) {
       if (text.startsWith(word, at)) {
         at += word.length;
         return v;
       }
     }
-    return fail("unexpected character");
+    const number = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/.exec(text.slice(at, at + 400));
+    if (!number) return fail("unexpected character");
+    at += number[0].length;
+    return new JsonNumber(number[0]);
   };
-  const object = (depth: number): JsonObject => {
-    const out: JsonObject = Object.create(null) as JsonObject;
-    at++;
-    ws();
-    if (text[at] === "}") {
-      at++;
-      return out;
-    }
-    for (;;) {
-      ws();
-      if (text[at] !== '"') fail("expected a key");
-      const key = string();
-      ws();
-      if (text[at] !== ":") fail("expected ':'");
-      at++;
-      out[key] = value(depth + 1);
-      ws();
-      if (text[at] === ",") at++;
-      else if (text[at] === "}") {
-        at++;
-        return out;
-      } else fail("expected ',' or '}'");
-    }
-  };
-  const array = (depth: number): JsonValue[] => {
-    const out: JsonValue[] = [];
-    at++;
-    ws();
-    if (text[at] === "]") {
-      at++;
-      return out;
-    }
-    for (;;) {
-      out.push(value(depth + 1));
-      ws();
-      if (text[at] === ",") at++;
-      else if (text[at] === "]") {
-        at++;
-        return out;
-      } else fail("expected ',' or ']'");
-    }
-  };
-  const number = (): JsonNumber => {
-    const match = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/.exec(text.slice(at, at + 400));
-    if (!match) return fail("malformed number");
-    at += match[0].length;
-    return new JsonNumber(match[0]);
-  };
+  /** the rest of a string whose opening quote was taken */
   const string = (): string => {
-    at++;
     let out = "";
     for (;;) {
       const c = text[at];
       if (c === undefined) return fail("unterminated string");
-      if (c === '"') {
-        at++;
-        return out;
-      }
+      at++;
+      if (c === '"') return out;
       if (c < " ") fail("control character in string");
       if (c !== "\\") {
         out += c;
-        at++;
         continue;
       }
-      const e = text[at + 1];
-      const simple: Record<string, string> = { '"': '"', "\\": "\\", "/": "/", b: "\b", f: "\f", n: "\n", r: "\r", t: "\t" };
-      if (e !== undefined && e in simple) {
-        out += simple[e];
-        at += 2;
-      } else if (e === "u" && /^[0-9a-fA-F]{4}$/.test(text.slice(at + 2, at + 6))) {
-        out += String.fromCharCode(parseInt(text.slice(at + 2, at + 6), 16));
-        at += 6;
+      const e = text[at++]!;
+      if (e in UNESCAPES) out += UNESCAPES[e];
+      else if (e === "u" && /^[0-9a-fA-F]{4}$/.test(text.slice(at, at + 4))) {
+        out += String.fromCharCode(parseInt(text.slice(at, at + 4), 16));
+        at += 4;
       } else fail("bad escape");
     }
   };
@@ -144,20 +112,18 @@ export function parseJson(text: string): JsonValue {
 export function toPlain(value: JsonValue): unknown {
   if (value instanceof JsonNumber) return value.value;
   if (Array.isArray(value)) return value.map(toPlain);
-  if (value !== null && typeof value === "object") {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) {
-      Object.defineProperty(out, k, { value: toPlain(v), enumerable: true, writable: true, configurable: true });
-    }
-    return out;
-  }
+  // fromEntries defines own properties: a "__proto__" key stays a key
+  if (value !== null && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toPlain(v)]));
   return value;
 }
 
+/** An object (not null, not an array): the shape every record and answer must have. */
+export const isObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value);
+
 /** `isObject` for the lossless tree. */
-export function isJsonObject(value: JsonValue | undefined): value is JsonObject {
-  return value !== null && typeof value === "object" && !Array.isArray(value) && !(value instanceof JsonNumber);
-}
+export const isJsonObject = (value: JsonValue | undefined): value is JsonObject =>
+  isObject(value) && !(value instanceof JsonNumber);
 
 /**
  * The canonical bytes of §4.2 (Python's `canonical_json`): sorted keys by code point, no
@@ -172,9 +138,7 @@ export function canonicalJson(value: JsonValue | unknown): Uint8Array {
 }
 
 function canonicalText(value: unknown): string {
-  if (value === null) return "null";
-  if (value === true) return "true";
-  if (value === false) return "false";
+  if (value === null || typeof value === "boolean") return String(value);
   if (typeof value === "string") return quote(value);
   if (value instanceof JsonNumber) return pythonNumber(value.text);
   if (typeof value === "number") {
@@ -202,23 +166,14 @@ export function compareCodePoints(a: string, b: string): number {
   return x.length - y.length;
 }
 
-const ESCAPES: Record<string, string> = { '"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+/** the characters JSON escapes by a letter (or themselves), and those letters */
+const ESCAPES: Record<string, string> = { '"': '"', "\\": "\\", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t" };
+const UNESCAPES: Record<string, string> = Object.fromEntries([["/", "/"], ...Object.entries(ESCAPES).map(([c, e]) => [e, c])]);
 
+/** A JSON string as Python's `json.dumps(ensure_ascii=False)` writes it (lone surrogates fail in `utf8Encode`). */
 function quote(text: string): string {
-  let out = '"';
-  for (let i = 0; i < text.length; i++) {
-    const c = text[i]!;
-    const code = c.charCodeAt(0);
-    if (code >= 0xd800 && code <= 0xdfff) {
-      const pair = code <= 0xdbff && /[\udc00-\udfff]/.test(text[i + 1] ?? "");
-      if (!pair) throw new RangeError("a lone surrogate cannot be signed");
-      out += c + text[i + 1];
-      i++;
-    } else if (c in ESCAPES) out += ESCAPES[c];
-    else if (code < 0x20) out += `\\u${code.toString(16).padStart(4, "0")}`;
-    else out += c;
-  }
-  return `${out}"`;
+  const escape = (c: string) => (c in ESCAPES ? `\\${ESCAPES[c]}` : `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return `"${text.replace(/["\\\u0000-\u001f]/g, escape)}"`;
 }
 
 /** A JSON number lexeme as Python's `json.dumps(json.loads(lexeme))` prints it. */
@@ -229,7 +184,7 @@ export function pythonNumber(lexeme: string): string {
 
 /** Python's `repr(float)`: shortest round-trip digits, `.0` on integers, exponent outside [1e-4, 1e16). */
 export function pythonFloat(x: number): string {
-  if (!Number.isFinite(x)) throw new RangeError(`${x} cannot be signed (Python refuses NaN and infinities)`);
+  check(Number.isFinite(x), `${x} cannot be signed`);
   if (x === 0) return Object.is(x, -0) ? "-0.0" : "0.0";
   const sign = x < 0 ? "-" : "";
   const [mantissa, exp] = Math.abs(x).toExponential().split("e") as [string, string];

@@ -7,15 +7,16 @@
  * sha256.
  */
 
-import { ManifestError, ModelRefused, SigningError } from "./errors.js";
+import { SHA256_HEX } from "./bytes.js";
+import { loadFailed, ManifestError, SigningError } from "./errors.js";
 import { isJsonObject, JsonNumber, toPlain, type JsonObject, type JsonValue } from "./json.js";
 import { verifyManifest, type TrustedKeys } from "./signing.js";
 
 export const MANIFEST_SCHEMA = "edgeship.manifest/v1";
 const TASK_KINDS = ["classification", "embedding", "regression", "generic"];
 const VALIDATION_STATES = ["passed", "failed", "not_validated"];
-const MODEL_NAME = /^[a-z0-9]+(-[a-z0-9]+)*$/;
-const SHA256 = /^[0-9a-f]{64}$/;
+/** a registry model name (the server's rule) */
+export const MODEL_NAME = /^[a-z0-9]+(-[a-z0-9]+)*$/;
 
 /** A tensor spec of `task.inputs` / `task.outputs`. */
 export interface TensorSpec {
@@ -49,9 +50,10 @@ export interface Manifest {
   [k: string]: unknown;
 }
 
-type Kind = "string" | "list" | "object";
+/** Python's names for the JSON types */
+type Kind = "str" | "list" | "dict";
 const is = (v: JsonValue | undefined, kind: Kind): boolean =>
-  kind === "string" ? typeof v === "string" : kind === "list" ? Array.isArray(v) : isJsonObject(v);
+  kind === "str" ? typeof v === "string" : kind === "list" ? Array.isArray(v) : isJsonObject(v);
 
 function require(ok: boolean, where: string, message: string): asserts ok {
   if (!ok) throw new ManifestError(`manifest ${where}: ${message}`);
@@ -59,13 +61,13 @@ function require(ok: boolean, where: string, message: string): asserts ok {
 
 /** A plain file name: no path parts, no traversal. */
 export function isSafeFileName(name: unknown): boolean {
-  return typeof name === "string" && name !== "" && name !== "." && name !== ".." && !/[/\\\0]/.test(name);
+  return typeof name === "string" && !/^\.{0,2}$|[/\\\0]/.test(name); // not "", ".", "..", nor a path
 }
 
 function checkFileRef(entry: JsonObject, where: string): void {
   require(isSafeFileName(entry["file"]), `${where}.file`, "must be a plain file name");
   const sha = entry["sha256"];
-  require(typeof sha === "string" && SHA256.test(sha), `${where}.sha256`, "must be 64 lowercase hex digits");
+  require(typeof sha === "string" && SHA256_HEX.test(sha), `${where}.sha256`, "must be 64 lowercase hex digits");
 }
 
 /**
@@ -104,11 +106,9 @@ export function checkManifest(data: JsonValue | undefined): asserts data is Json
   variants.forEach((entry, i) => {
     const where = `variants[${i}]`;
     require(isJsonObject(entry), where, "must be an object");
-    const fields: [string, Kind][] = [["id", "string"], ["format", "string"], ["precision", "string"],
-      ["compression", "list"], ["runtime", "object"], ["metrics", "object"], ["validation", "string"]];
-    for (const [key, kind] of fields) {
-      require(is(entry[key], kind), `${where}.${key}`, `must be ${kind === "object" ? "dict" : kind === "list" ? "list" : "str"}`);
-    }
+    const fields: [string, Kind][] = [["id", "str"], ["format", "str"], ["precision", "str"],
+      ["compression", "list"], ["runtime", "dict"], ["metrics", "dict"], ["validation", "str"]];
+    for (const [key, kind] of fields) require(is(entry[key], kind), `${where}.${key}`, `must be ${kind}`);
     const id = entry["id"] as string;
     require(!seen.has(id), `${where}.id`, `repeats '${id}'`);
     seen.add(id);
@@ -170,7 +170,7 @@ export class Release {
       verifyManifest(signed, trusted);
     } catch (err) {
       if (err instanceof ManifestError || err instanceof SigningError) {
-        throw new ModelRefused("load_failed", `manifest refused: ${err.message}`);
+        throw loadFailed(`manifest refused: ${err.message}`);
       }
       throw err;
     }
@@ -178,14 +178,13 @@ export class Release {
     const wanted = block.variant ?? {};
     const variant = manifest.variants.find((v) => v.id === wanted.id);
     if (variant === undefined || variant.sha256 !== wanted.sha256) {
-      throw new ModelRefused("load_failed",
-        `variant ${JSON.stringify(wanted.id)} is not the one the signed manifest describes`);
+      throw loadFailed(`variant ${JSON.stringify(wanted.id)} is not in the signed manifest`);
     }
     if (manifest.model !== (block.model ?? manifest.model) || manifest.version !== block.version) {
-      throw new ModelRefused("load_failed", "assignment names another release than its manifest");
+      throw loadFailed("assignment and manifest name other releases");
     }
     if (typeof block.artifact_url !== "string" || typeof block.golden_url !== "string") {
-      throw new ModelRefused("load_failed", "assignment lacks artifact_url or golden_url");
+      throw loadFailed("assignment lacks artifact_url or golden_url");
     }
     return new Release(manifest.model, manifest.version, variant, manifest, signed, block.artifact_url,
       block.golden_url);

@@ -4,6 +4,7 @@
  */
 
 import { utf8Decode } from "./bytes.js";
+import { check } from "./errors.js";
 
 /** An array read from a `.npy`: flat data in C order and its shape. */
 export interface NdArray {
@@ -15,83 +16,65 @@ export interface NdArray {
 /** onnxruntime's tensor type names for the numpy dtypes a golden set may hold. */
 export type DType = "float32" | "float64" | "int32" | "int64" | "int8" | "uint8" | "bool" | "float16";
 
-const DESCR: Record<string, DType> = {
-  "<f4": "float32", "<f8": "float64", "<i4": "int32", "<i8": "int64", "|i1": "int8", "|u1": "uint8",
-  "|b1": "bool", "<f2": "float16",
+type TypedArrayOf = { new (buffer: ArrayBuffer): NdArray["data"]; BYTES_PER_ELEMENT: number };
+
+/** numpy `descr` → the dtype name and the typed array holding it (float16 as its raw bits). */
+const DESCR: Record<string, [DType, TypedArrayOf]> = {
+  "<f4": ["float32", Float32Array], "<f8": ["float64", Float64Array], "<i4": ["int32", Int32Array],
+  "<i8": ["int64", BigInt64Array], "|i1": ["int8", Int8Array], "|u1": ["uint8", Uint8Array], "|b1": ["bool", Uint8Array],
+  "<f2": ["float16", Uint16Array],
 };
 
 /** Every array of an npz file by name (`input:image`, `output:logits`, `labels`...). */
 export function readNpz(bytes: Uint8Array): Map<string, NdArray> {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const u16 = (at: number) => view.getUint16(at, true);
+  const u32 = (at: number) => view.getUint32(at, true);
+  const u64 = (at: number) => Number(view.getBigUint64(at, true));
+  let eocd = -1;
+  for (let i = bytes.length - 22; i >= Math.max(0, bytes.length - 22 - 65535) && eocd < 0; i--) {
+    if (u32(i) === 0x06054b50) eocd = i;
+  }
+  check(eocd >= 0, "not a zip file");
+  let count = u16(eocd + 10);
+  let offset = u32(eocd + 16);
+  if ((offset === 0xffffffff || count === 0xffff) && eocd >= 20 && u32(eocd - 20) === 0x07064b50) {
+    const zip64 = u64(eocd - 12);
+    count = u64(zip64 + 32);
+    offset = u64(zip64 + 48);
+  }
   const out = new Map<string, NdArray>();
-  for (const entry of centralDirectory(view)) {
-    if (entry.method !== 0) throw new RangeError(`npz member ${entry.name} is compressed; golden sets are stored`);
-    if (view.getUint32(entry.localOffset, true) !== 0x04034b50) throw new RangeError(`npz member ${entry.name}: bad header`);
-    const start = entry.localOffset + 30 + view.getUint16(entry.localOffset + 26, true) +
-      view.getUint16(entry.localOffset + 28, true);
-    if (start + entry.size > bytes.length) throw new RangeError(`npz member ${entry.name} is truncated`);
-    out.set(entry.name.replace(/\.npy$/, ""), readNpy(bytes.subarray(start, start + entry.size)));
+  for (let i = 0; i < count; i++) { // the central directory
+    check(u32(offset) === 0x02014b50, "corrupt zip directory");
+    const [nameLength, extraLength, commentLength] = [u16(offset + 28), u16(offset + 30), u16(offset + 32)];
+    const name = utf8Decode(bytes.subarray(offset + 46, offset + 46 + nameLength));
+    let size = u32(offset + 20);
+    const uncompressed = u32(offset + 24);
+    let local = u32(offset + 42);
+    // Zip64 extra field (id 1): the 64-bit values of the fields set to 0xffffffff, in order.
+    for (let at = offset + 46 + nameLength; at + 4 <= offset + 46 + nameLength + extraLength; at += 4 + u16(at + 2)) {
+      if (u16(at) !== 1) continue;
+      let field = at + 4;
+      if (uncompressed === 0xffffffff) field += 8;
+      if (size === 0xffffffff) {
+        size = u64(field);
+        field += 8;
+      }
+      if (local === 0xffffffff) local = u64(field);
+    }
+    check(u16(offset + 10) === 0, `npz member ${name} is compressed`);
+    check(u32(local) === 0x04034b50, `npz member ${name}: bad header`);
+    const start = local + 30 + u16(local + 26) + u16(local + 28);
+    check(start + size <= bytes.length, `npz member ${name} is truncated`);
+    out.set(name.replace(/\.npy$/, ""), readNpy(bytes.subarray(start, start + size)));
+    offset += 46 + nameLength + extraLength + commentLength;
   }
   return out;
 }
 
-interface ZipEntry {
-  name: string;
-  method: number;
-  size: number;
-  localOffset: number;
-}
-
-function centralDirectory(view: DataView): ZipEntry[] {
-  let eocd = -1;
-  for (let i = view.byteLength - 22; i >= Math.max(0, view.byteLength - 22 - 65535); i--) {
-    if (view.getUint32(i, true) === 0x06054b50) {
-      eocd = i;
-      break;
-    }
-  }
-  if (eocd < 0) throw new RangeError("not a zip file (no end of central directory)");
-  let count = view.getUint16(eocd + 10, true);
-  let offset = view.getUint32(eocd + 16, true);
-  if ((offset === 0xffffffff || count === 0xffff) && eocd >= 20 && view.getUint32(eocd - 20, true) === 0x07064b50) {
-    const zip64 = Number(view.getBigUint64(eocd - 12, true));
-    count = Number(view.getBigUint64(zip64 + 32, true));
-    offset = Number(view.getBigUint64(zip64 + 48, true));
-  }
-  const entries: ZipEntry[] = [];
-  for (let i = 0; i < count; i++) {
-    if (view.getUint32(offset, true) !== 0x02014b50) throw new RangeError("zip central directory is corrupt");
-    const nameLength = view.getUint16(offset + 28, true);
-    const extraLength = view.getUint16(offset + 30, true);
-    const commentLength = view.getUint16(offset + 32, true);
-    const name = utf8Decode(new Uint8Array(view.buffer, view.byteOffset + offset + 46, nameLength));
-    let size = view.getUint32(offset + 20, true);
-    const uncompressed = view.getUint32(offset + 24, true);
-    let localOffset = view.getUint32(offset + 42, true);
-    // Zip64 extra field (id 1): the 64-bit values of the fields set to 0xffffffff, in order.
-    for (let at = offset + 46 + nameLength; at + 4 <= offset + 46 + nameLength + extraLength;) {
-      const id = view.getUint16(at, true);
-      const length = view.getUint16(at + 2, true);
-      if (id === 1) {
-        let field = at + 4;
-        if (uncompressed === 0xffffffff) field += 8;
-        if (size === 0xffffffff) {
-          size = Number(view.getBigUint64(field, true));
-          field += 8;
-        }
-        if (localOffset === 0xffffffff) localOffset = Number(view.getBigUint64(field, true));
-      }
-      at += 4 + length;
-    }
-    entries.push({ name, method: view.getUint16(offset + 10, true), size, localOffset });
-    offset += 46 + nameLength + extraLength + commentLength;
-  }
-  return entries;
-}
-
 /** One `.npy` array (format versions 1–3). */
 export function readNpy(bytes: Uint8Array): NdArray {
-  if (bytes[0] !== 0x93 || utf8Decode(bytes.subarray(1, 6)) !== "NUMPY") throw new RangeError("not a .npy array");
+  check(bytes[0] === 0x93 && utf8Decode(bytes.subarray(1, 6)) === "NUMPY", "not a .npy array");
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const major = bytes[6];
   const [headerLength, headerStart] = major === 1 ? [view.getUint16(8, true), 10] : [view.getUint32(8, true), 12];
@@ -99,32 +82,15 @@ export function readNpy(bytes: Uint8Array): NdArray {
   const descr = /'descr':\s*'([^']+)'/.exec(header)?.[1];
   const fortran = /'fortran_order':\s*(True|False)/.exec(header)?.[1];
   const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header)?.[1];
-  if (descr === undefined || fortran === undefined || shapeText === undefined) {
-    throw new RangeError(`.npy header not understood: ${header.trim()}`);
-  }
-  const dtype = DESCR[descr];
-  if (dtype === undefined) throw new RangeError(`.npy dtype ${descr} is not supported (object arrays never are)`);
-  if (fortran === "True") throw new RangeError(".npy in Fortran order is not supported");
+  check(descr !== undefined && fortran !== undefined && shapeText !== undefined, `bad .npy header: ${header.trim()}`);
+  const known = DESCR[descr];
+  check(known !== undefined, `.npy dtype ${descr} is not supported`);
+  check(fortran === "False", ".npy in Fortran order");
+  const [dtype, Typed] = known;
   const shape = shapeText.split(",").map((s) => s.trim()).filter((s) => s !== "").map(Number);
-  const count = shape.reduce((a, b) => a * b, 1);
+  const size = shape.reduce((a, b) => a * b, Typed.BYTES_PER_ELEMENT);
   const start = headerStart + headerLength;
-  const raw = bytes.slice(start, start + count * itemSize(dtype)); // a copy: aligned for typed arrays
-  if (raw.length !== count * itemSize(dtype)) throw new RangeError(".npy data is truncated");
-  return { dtype, shape, data: typed(dtype, raw.buffer) };
-}
-
-function itemSize(dtype: DType): number {
-  return { float32: 4, float64: 8, int32: 4, int64: 8, int8: 1, uint8: 1, bool: 1, float16: 2 }[dtype];
-}
-
-function typed(dtype: DType, buffer: ArrayBuffer): NdArray["data"] {
-  switch (dtype) {
-    case "float32": return new Float32Array(buffer);
-    case "float64": return new Float64Array(buffer);
-    case "int32": return new Int32Array(buffer);
-    case "int64": return new BigInt64Array(buffer);
-    case "int8": return new Int8Array(buffer);
-    case "float16": return new Uint16Array(buffer);
-    default: return new Uint8Array(buffer);
-  }
+  const raw = bytes.slice(start, start + size); // a copy: aligned for typed arrays
+  check(raw.length === size, ".npy data is truncated");
+  return { dtype, shape, data: new Typed(raw.buffer) };
 }

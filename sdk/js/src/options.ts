@@ -4,6 +4,8 @@
  */
 
 import type { Clock, Http, SecureStore, Storage } from "./adapters.js";
+import { check } from "./errors.js";
+import { MODEL_NAME } from "./manifest.js";
 import type { ModelRuntime } from "./runtime.js";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
@@ -35,6 +37,9 @@ export interface AgentOptions<T> {
   secureStore: SecureStore;
   runtime: ModelRuntime<T>;
   device: DeviceInfo;
+  /** claims for canary targeting, sent at registration (docs/protocol.md §2.2): `app_version`,
+   *  `region`, custom tags; ≤ 32, names `^[a-z][a-z0-9_.-]*$` ≤ 64 chars, values ≤ 128 chars */
+  attributes?: Readonly<Record<string, string>>;
   http?: Http;
   clock?: Clock;
   /** the scheduled check-in's gate (Wi-Fi, charging...); `checkIn()` called by the app always runs */
@@ -62,21 +67,22 @@ export interface AgentOptions<T> {
 }
 
 const DEVICE_CLASS = /^[a-z0-9]+([_-][a-z0-9]+)*$/;
-const MODEL_NAME = /^[a-z0-9]+(-[a-z0-9]+)*$/;
+const ATTRIBUTE = /^[a-z][a-z0-9_.-]{0,63}$/;
 const LOOPBACK = /^https?:\/\/(localhost|127(?:\.\d{1,3}){3}|\[::1\])(?::\d+)?(?:[/?#]|$)/i;
 
 /** @throws RangeError naming the first bad option. */
 export function checkOptions<T>(options: AgentOptions<T>): void {
   const { server, model, device } = options;
-  if (!/^https?:\/\/[^/?#]+/i.test(server)) throw new RangeError(`server must be an http(s) URL, got ${server}`);
-  if (/^http:/i.test(server) && !LOOPBACK.test(server) && !options.allowInsecureHttp) {
-    throw new RangeError(`server ${server} is plain HTTP: use https, or set allowInsecureHttp for a trusted network`);
-  }
-  if (!MODEL_NAME.test(model) || model.length > 64) throw new RangeError(`model ${model} is not a model name`);
-  if (!DEVICE_CLASS.test(device.deviceClass) || device.deviceClass.length > 32) {
-    throw new RangeError(`device.deviceClass ${device.deviceClass} must match ${DEVICE_CLASS.source}, ≤ 32 chars`);
-  }
-  if (!options.trustedKeys.length) throw new RangeError("trustedKeys must pin at least one publisher key");
+  check(/^https?:\/\/[^/?#]+/i.test(server), `server ${server} is not an http(s) URL`);
+  check(!/^http:/i.test(server) || LOOPBACK.test(server) || options.allowInsecureHttp,
+    `server ${server} is plain HTTP: use https, or set allowInsecureHttp`);
+  check(MODEL_NAME.test(model) && model.length <= 64, `model ${model} is not a model name`);
+  check(DEVICE_CLASS.test(device.deviceClass) && device.deviceClass.length <= 32,
+    `device.deviceClass ${device.deviceClass} must match ${DEVICE_CLASS.source}, <= 32 chars`);
+  check(options.trustedKeys.length, "trustedKeys is empty");
+  const attributes = Object.entries(options.attributes ?? {});
+  check(attributes.length <= 32 && attributes.every(([k, v]) => ATTRIBUTE.test(k) && typeof v === "string"
+    && v.length <= 128), `attributes: at most 32, names ${ATTRIBUTE.source}, string values <= 128 chars`);
   const ram = device.ramBytes ?? 0;
-  if (!Number.isInteger(ram) || ram < 0 || ram > 1e12) throw new RangeError(`device.ramBytes ${ram} is not 0..1e12`);
+  check(Number.isInteger(ram) && ram >= 0 && ram <= 1e12, `device.ramBytes ${ram} is not 0..1e12`);
 }

@@ -11,17 +11,17 @@
  */
 
 import type { Storage } from "./adapters.js";
-import { utf8Decode, utf8Encode } from "./bytes.js";
-import { EdgeshipError, firstLine } from "./errors.js";
+import { utf8Encode } from "./bytes.js";
+import { check, EdgeshipError, firstLine, nameErrors } from "./errors.js";
+import { readJson, writeJson } from "./files.js";
 import type { Report } from "./window.js";
 
 /** the server's bound on one report's `dropped_windows`; the excess rides on the next ones. */
 export const MAX_DROPPED_PER_REPORT = 1_000_000;
 
 /** A write or read of the outbox failed (disk full...); nothing changed, retry later. */
-export class OutboxError extends EdgeshipError {
-  override name = "OutboxError";
-}
+export class OutboxError extends EdgeshipError {}
+nameErrors({ OutboxError });
 
 interface Batch {
   seq: number;
@@ -45,13 +45,15 @@ export class Outbox {
   readonly maxReports: number;
   readonly maxBytes: number;
   private readonly log: (message: string) => void;
+  /** a failure that changed nothing (an OutboxError says "outbox: ..."), logged */
+  private readonly logError = (err: unknown) => this.log(firstLine(err));
 
   private constructor(private readonly storage: Storage, options: OutboxOptions) {
     this.dir = options.dir ?? "outbox";
     this.maxReports = options.maxReports ?? 10_000;
     this.maxBytes = options.maxBytes ?? 8 * 2 ** 20;
     this.log = options.log ?? (() => {});
-    if (this.maxReports < 1 || this.maxBytes < 1) throw new RangeError("maxReports and maxBytes must be >= 1");
+    check(this.maxReports >= 1 && this.maxBytes >= 1, "maxReports and maxBytes must be >= 1");
   }
 
   /** Open the outbox in `storage`, reading what an earlier run left. */
@@ -82,12 +84,10 @@ export class Outbox {
     return this.serial(async () => {
       if (!reports.length) return;
       const queued = new Set(this.batches.flatMap((b) => b.reports.map((r) => r.id)));
-      for (const report of reports) {
-        if (typeof report.id !== "string" || report.id.length < 1 || report.id.length > 64) {
-          throw new RangeError(`report id must be 1 to 64 characters, got ${JSON.stringify(report.id)}`);
-        }
-        if (queued.has(report.id)) throw new RangeError(`report id ${report.id} is already queued`);
-        queued.add(report.id);
+      for (const { id } of reports) {
+        check(typeof id === "string" && id.length >= 1 && id.length <= 64, `report id ${JSON.stringify(id)}: not 1-64 chars`);
+        check(!queued.has(id), `report id ${id} is already queued`);
+        queued.add(id);
       }
       let left = this.droppedPending;
       const stored = reports.map((report) => {
@@ -102,8 +102,8 @@ export class Outbox {
       this.lastSeq = batch.seq;
       this.droppedPending = left;
       // the batch is stored: a failed meta write is repaired at the next open (see the module doc)
-      await this.saveMeta().catch((err: unknown) => this.log(`outbox: ${firstLine(err)}`));
-      await this.makeRoom().catch((err: unknown) => this.log(`outbox: cannot make room: ${firstLine(err)}`));
+      await this.saveMeta().catch(this.logError);
+      await this.makeRoom().catch(this.logError);
     });
   }
 
@@ -158,11 +158,11 @@ export class Outbox {
       await this.saveMeta();
     } catch (err) {
       this.droppedPending -= dropped; // nothing dropped: over the bound until the next add
-      this.log(`outbox: cannot make room: ${firstLine(err)}`);
+      this.logError(err);
       return;
     }
     for (const [batch, cut] of cuts) await this.replace(batch, batch.reports.slice(cut));
-    this.log(`outbox full: dropped the ${dropped} oldest windows`);
+    this.log(`outbox full: dropped ${dropped} oldest windows`);
   }
 
   private async replace(batch: Batch, reports: Report[]): Promise<void> {
@@ -173,14 +173,15 @@ export class Outbox {
   }
 
   private async load(): Promise<void> {
-    const meta = await this.readJson(`${this.dir}/meta.json`) as { dropped_pending?: number; last_seq?: number } | null;
+    const meta = await readJson(this.storage, `${this.dir}/meta.json`) as { dropped_pending?: number; last_seq?: number } | undefined;
     this.droppedPending = meta?.dropped_pending ?? 0;
     this.lastSeq = meta?.last_seq ?? 0;
     const names = (await this.storage.list(this.dir)).filter((n) => /^\d{12}\.json$/.test(n)).sort();
     for (const name of names) {
-      const batch = await this.readJson(`${this.dir}/${name}`) as Batch | null;
-      if (batch === null || !Array.isArray(batch.reports) || typeof batch.seq !== "number") {
-        await this.storage.rename(`${this.dir}/${name}`, `${this.dir}/${name}.corrupt`);
+      const path = `${this.dir}/${name}`;
+      const batch = await readJson(this.storage, path) as Batch | undefined;
+      if (!Array.isArray(batch?.reports) || typeof batch.seq !== "number") {
+        await this.storage.rename(path, `${path}.corrupt`);
         this.log(`outbox file ${name} is corrupt; moved aside`);
         continue;
       }
@@ -192,22 +193,12 @@ export class Outbox {
     }
   }
 
-  private async readJson(path: string): Promise<unknown> {
-    const bytes = await this.storage.read(path);
-    if (bytes === null) return null;
-    try {
-      return JSON.parse(utf8Decode(bytes));
-    } catch {
-      return null;
-    }
-  }
-
   private saveMeta(): Promise<void> {
     return this.write(`${this.dir}/meta.json`, { dropped_pending: this.droppedPending, last_seq: this.lastSeq });
   }
 
   private write(path: string, data: unknown): Promise<void> {
-    return this.attempt(() => this.storage.writeAtomic(path, utf8Encode(JSON.stringify(data))));
+    return this.attempt(() => writeJson(this.storage, path, data));
   }
 
   private async attempt(step: () => Promise<void>): Promise<void> {

@@ -8,6 +8,8 @@
 
 import type { Array2 } from "./fidelity.js";
 import type { VariantEntry } from "./manifest.js";
+import { check } from "./errors.js";
+import { isObject } from "./json.js";
 import type { NdArray } from "./npz.js";
 
 /** Where a model file is: a path the runtime can open, else its bytes. */
@@ -27,6 +29,11 @@ export interface ModelRuntime<T> {
   /** the name announced at registration; the server matches it to a variant's `runtime.name` */
   readonly name: string;
   readonly version: string;
+  /**
+   * What to announce to the server (§2.2) when it is not just `{[name]: version}`: a runtime that
+   * loads several formats, or one the app knows cannot run here. Re-announced when it changes (§3.7).
+   */
+  readonly runtimes?: Readonly<Record<string, string>>;
   /** manifest `format`s it can load */
   readonly formats: readonly string[];
   load(source: ModelSource, variant: VariantEntry): Promise<RuntimeSession<T>>;
@@ -69,18 +76,18 @@ export interface OnnxRuntimeOptions {
  */
 export function onnxRuntime<T extends OrtTensor>(ort: OrtModule<T>, options: OnnxRuntimeOptions = {}): ModelRuntime<T> {
   const version = options.version ?? ort.env.versions?.common;
-  if (!version) throw new Error("onnxRuntime: the module does not say its version; pass options.version");
-  const sessionOptions: Record<string, unknown> = {};
-  if (options.executionProviders) sessionOptions["executionProviders"] = options.executionProviders;
-  if (options.intraOpNumThreads) sessionOptions["intraOpNumThreads"] = options.intraOpNumThreads;
+  check(version, "onnxRuntime: version unknown; pass options.version", Error);
+  const { executionProviders, intraOpNumThreads } = options;
+  const sessionOptions = { ...(executionProviders ? { executionProviders } : {}),
+    ...(intraOpNumThreads ? { intraOpNumThreads } : {}) };
   return {
     name: "onnxruntime",
     version,
     formats: ["onnx"],
     async load(source, variant) {
-      if (hasQuantizedIo(variant.io)) {
-        throw new Error(`${variant.id}: integer-quantized I/O is not supported by this SDK yet`);
-      }
+      // The converter writes `io` only for full-integer TFLite variants, and the server assigns an
+      // onnxruntime device ONNX variants only (§3.4): this is a release built by other means.
+      check(!hasQuantizedIo(variant.io), `${variant.id} has integer-quantized I/O (io), written only for TFLite variants`, Error);
       const model = source.path ?? (await source.bytes());
       const session = await ort.InferenceSession.create(model, sessionOptions);
       return {
@@ -93,8 +100,13 @@ export function onnxRuntime<T extends OrtTensor>(ort: OrtModule<T>, options: Onn
   };
 }
 
+/** The runtimes a device with this runtime announces (§2.2): `runtime.runtimes`, else `{[name]: version}`. */
+export function announcedRuntimes<T>(runtime: ModelRuntime<T>): Record<string, string> {
+  return runtime.runtimes ? { ...runtime.runtimes } : { [runtime.name]: runtime.version };
+}
+
 function hasQuantizedIo(io: unknown): boolean {
-  if (typeof io !== "object" || io === null) return false;
-  const specs = Object.values(io as Record<string, unknown>).flatMap((v) => (Array.isArray(v) ? v : []));
+  if (!isObject(io)) return false;
+  const specs = Object.values(io).flatMap((v) => (Array.isArray(v) ? v : []));
   return specs.some((s) => (s as { scale?: unknown } | null)?.scale != null);
 }

@@ -9,8 +9,8 @@
 import * as ed from "@noble/ed25519";
 import { sha512 } from "@noble/hashes/sha2.js";
 
-import { base64DecodeLenient, base64DecodeStrict, sha256Hex, toHex } from "./bytes.js";
-import { SigningError } from "./errors.js";
+import { base64DecodeStrict, sha256Hex, toHex } from "./bytes.js";
+import { check, SigningError } from "./errors.js";
 import { canonicalJson, isJsonObject, type JsonObject, type JsonValue } from "./json.js";
 
 export const ALG = "ed25519";
@@ -29,12 +29,12 @@ export type TrustedKeys = ReadonlyMap<string, Uint8Array>;
  */
 export function publicKeyFromPem(pem: string): Uint8Array {
   const match = /-----BEGIN PUBLIC KEY-----([\s\S]*?)-----END PUBLIC KEY-----/.exec(pem);
-  if (!match) throw new SigningError("public key is not PEM (-----BEGIN PUBLIC KEY-----)");
+  check(match, "public key is not PEM", SigningError);
   let der: Uint8Array;
   try {
-    der = base64DecodeLenient(match[1]!);
+    der = base64DecodeStrict(match[1]!.replace(/\s+/g, "")); // PEM bodies are wrapped
   } catch {
-    throw new SigningError("public key PEM body is not base64");
+    throw new SigningError("PEM body is not base64");
   }
   if (der.length !== 44 || toHex(der.subarray(0, 12)) !== SPKI_PREFIX) {
     throw new SigningError("public key is not an Ed25519 key");
@@ -52,7 +52,7 @@ export function trustedKeys(keys: readonly (string | Uint8Array)[]): TrustedKeys
   const out = new Map<string, Uint8Array>();
   for (const key of keys) {
     const raw = typeof key === "string" ? publicKeyFromPem(key) : key;
-    if (raw.length !== 32) throw new SigningError(`a raw Ed25519 public key has 32 bytes, got ${raw.length}`);
+    check(raw.length === 32, `an Ed25519 key has 32 bytes, not ${raw.length}`, SigningError);
     out.set(keyId(raw), raw);
   }
   return out;
@@ -73,29 +73,21 @@ export function unsigned(manifest: JsonObject): JsonObject {
  * @throws SigningError unsigned, another algorithm, an unknown key, or a bad signature.
  */
 export function verifyManifest(manifest: JsonValue, trusted: TrustedKeys): string {
-  if (!isJsonObject(manifest)) throw new SigningError("manifest is not an object");
+  check(isJsonObject(manifest), "manifest is not an object", SigningError);
   const signature = manifest["signature"];
-  if (!isJsonObject(signature)) throw new SigningError("manifest is not signed");
-  if (signature["alg"] !== ALG) throw new SigningError(`manifest signature algorithm is not ${ALG}`);
+  check(isJsonObject(signature), "manifest is not signed", SigningError);
+  check(signature["alg"] === ALG, `manifest signature algorithm is not ${ALG}`, SigningError);
   const kid = signature["key_id"];
   const key = typeof kid === "string" ? trusted.get(kid) : undefined;
-  if (key === undefined) throw new SigningError(`manifest signed by unknown key ${JSON.stringify(kid)}`);
+  check(key !== undefined, `manifest signed by unknown key ${JSON.stringify(kid)}`, SigningError);
   const value = signature["value"];
-  let bytes: Uint8Array;
-  let message: Uint8Array;
-  try {
-    if (typeof value !== "string") throw new RangeError("no value");
-    bytes = base64DecodeStrict(value);
-    message = canonicalJson(unsigned(manifest));
-  } catch {
-    throw new SigningError(`manifest signature by key ${kid} does not verify`);
-  }
   let ok = false;
   try {
-    ok = bytes.length === 64 && ed.verify(bytes, message, key, { zip215: false });
+    const bytes = typeof value === "string" ? base64DecodeStrict(value) : new Uint8Array();
+    ok = bytes.length === 64 && ed.verify(bytes, canonicalJson(unsigned(manifest)), key, { zip215: false });
   } catch {
-    ok = false;
+    // not base64, a manifest Python could not sign, or a malformed signature: it does not verify
   }
-  if (!ok) throw new SigningError(`manifest signature by key ${kid} does not verify`);
+  check(ok, `manifest signature by key ${kid} does not verify`, SigningError);
   return kid as string;
 }

@@ -7,6 +7,8 @@
  * exact one at any scale, and merging adds counts. Only non-empty buckets are sent.
  */
 
+import { check } from "./errors.js";
+
 export const SKETCH_SCHEMA = 5;
 export const INDEX_SCALE = 2 ** SKETCH_SCHEMA;
 export const BASE = 2 ** (2 ** -SKETCH_SCHEMA);
@@ -54,23 +56,18 @@ export class LatencySketch {
   }
 
   get total(): number {
-    let sum = 0;
-    for (const count of this.counts.values()) sum += count;
-    return sum;
+    return [...this.counts.values()].reduce((sum, count) => sum + count, 0);
   }
 
   /** The `q` quantile (0..1) in seconds, null when empty; the sample of rank floor(q*(n-1)). */
   quantile(q: number): number | null {
-    if (!(q >= 0 && q <= 1)) throw new RangeError(`quantile ${q} is not in [0, 1]`);
+    check(q >= 0 && q <= 1, `quantile ${q} is not in [0, 1]`);
     const total = this.total;
     if (total === 0) return null;
     const rank = Math.floor(q * (total - 1));
-    let seen = 0;
-    for (const index of [...this.counts.keys()].sort((a, b) => a - b)) {
-      seen += this.counts.get(index)!;
-      if (seen > rank) return bucketValue(index);
-    }
-    throw new Error("unreachable: ranks are below the total");
+    let seen = 0; // ranks are below the total: some bucket reaches past it
+    const index = [...this.counts.keys()].sort((a, b) => a - b).find((i) => (seen += this.counts.get(i)!) > rank);
+    return bucketValue(index!);
   }
 
   toWire(): SketchWire {
@@ -83,16 +80,12 @@ export class LatencySketch {
 
   static fromWire(data: unknown): LatencySketch {
     const wire = data as SketchWire;
-    if (typeof wire !== "object" || wire === null || wire.schema !== SKETCH_SCHEMA || !Array.isArray(wire.buckets)) {
-      throw new RangeError(`a latency sketch is {"schema": ${SKETCH_SCHEMA}, "buckets": [...]}`);
-    }
+    check(wire?.schema === SKETCH_SCHEMA && Array.isArray(wire.buckets), `not a schema ${SKETCH_SCHEMA} latency sketch`);
     const sketch = new LatencySketch();
     for (const pair of wire.buckets) {
       const [index, count] = Array.isArray(pair) ? pair : [];
-      if (!Number.isInteger(index) || !Number.isInteger(count) || index! < MIN_INDEX || index! > MAX_INDEX ||
-          count! < 0 || sketch.counts.has(index!)) {
-        throw new RangeError(`latency sketch bucket ${JSON.stringify(pair)} is invalid`);
-      }
+      check(Number.isInteger(index) && Number.isInteger(count) && index! >= MIN_INDEX && index! <= MAX_INDEX &&
+        count! >= 0 && !sketch.counts.has(index!), `latency sketch bucket ${JSON.stringify(pair)} is invalid`);
       if (count) sketch.counts.set(index!, count);
     }
     return sketch;

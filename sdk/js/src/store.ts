@@ -11,12 +11,13 @@
  */
 
 import type { Storage } from "./adapters.js";
-import { sha256Hex, utf8Decode, utf8Encode } from "./bytes.js";
+import { SHA256_HEX, sha256Hex, utf8Decode, utf8Encode } from "./bytes.js";
 import { fileSha256 } from "./download.js";
+import { check, firstLine } from "./errors.js";
+import { isObject } from "./json.js";
 
 /** stale partial downloads and temp files are deleted after this long. */
-export const STALE_PARTIAL_MS = 24 * 3600 * 1000;
-const SHA256 = /^[0-9a-f]{64}$/;
+export const STALE_PARTIAL_MS = 86_400_000; // a day
 
 /** A model the store can restore: its blobs by role, the release it is, its cohort. */
 export interface StoreEntry {
@@ -46,7 +47,7 @@ export class ModelStore {
   }
 
   blobPath(sha256: string): string {
-    if (!SHA256.test(sha256)) throw new RangeError(`a blob is named by its sha256, got ${JSON.stringify(sha256)}`);
+    checkSha256(sha256);
     return `${this.blobsDir}/${sha256}`;
   }
 
@@ -57,8 +58,7 @@ export class ModelStore {
   }
 
   async verifyBlob(sha256: string): Promise<boolean> {
-    const path = this.blobPath(sha256);
-    return (await this.storage.size(path)) !== null && (await fileSha256(this.storage, path)) === sha256;
+    return (await this.hasBlob(sha256)) && (await fileSha256(this.storage, this.blobPath(sha256))) === sha256;
   }
 
   /** Store bytes as a blob and return their sha256. */
@@ -72,26 +72,22 @@ export class ModelStore {
 
   /** `[current, last_good]`; a corrupt state.json is moved aside and state.json.prev used. */
   async state(): Promise<[StoreEntry | null, StoreEntry | null]> {
-    let loaded: State | null = null;
+    let loaded: [State, Uint8Array] | null = null;
     try {
       loaded = await this.load(this.statePath);
     } catch (err) {
       const aside = `${this.statePath}.corrupt-${Date.now()}`;
       await this.storage.rename(this.statePath, aside);
-      this.log(`${this.statePath} is corrupt (${(err as Error).message}); moved it to ${aside}`);
+      this.log(`${this.statePath} corrupt (${firstLine(err)}); moved to ${aside}`);
     }
-    if (loaded !== null) return [loaded.current, loaded.last_good];
-    let previous: State | null;
-    try {
-      previous = await this.load(this.prevStatePath);
-    } catch {
-      return [null, null];
+    if (loaded === null) {
+      loaded = await this.load(this.prevStatePath).catch(() => null);
+      if (loaded !== null) {
+        this.log(`using ${this.prevStatePath}`);
+        await this.storage.writeAtomic(this.statePath, loaded[1]);
+      }
     }
-    if (previous === null) return [null, null];
-    this.log(`using the previous state from ${this.prevStatePath}`);
-    const bytes = await this.storage.read(this.prevStatePath);
-    if (bytes !== null) await this.storage.writeAtomic(this.statePath, bytes);
-    return [previous.current, previous.last_good];
+    return loaded === null ? [null, null] : [loaded[0].current, loaded[0].last_good];
   }
 
   /**
@@ -108,7 +104,7 @@ export class ModelStore {
         else if (!(await this.verifyBlob(sha))) {
           usable = false;
           await this.storage.remove(this.blobPath(sha));
-          this.log(`store: blob ${sha.slice(0, 12)} is corrupt; deleted`);
+          this.log(`store: blob ${sha.slice(0, 12)} corrupt; deleted`);
         }
       }
       if (usable) chosen.push(entry);
@@ -122,22 +118,14 @@ export class ModelStore {
    */
   async promote(entry: StoreEntry, options: { currentWasGood?: boolean; keep?: readonly string[] } = {}): Promise<void> {
     checkEntry(entry);
-    for (const sha of Object.values(entry.blobs)) {
-      if (!(await this.hasBlob(sha))) throw new RangeError(`cannot promote: blob ${sha} is not in the store`);
-    }
+    for (const sha of Object.values(entry.blobs)) check(await this.hasBlob(sha), `cannot promote: no blob ${sha}`);
     let [current, lastGood] = await this.state();
     if (current !== null && (options.currentWasGood ?? true) && current.blobs.model !== entry.blobs.model) {
       lastGood = current;
     }
-    const previous = await this.storage.read(this.statePath);
-    if (previous !== null) {
-      try {
-        await this.load(this.statePath);
-        await this.storage.writeAtomic(this.prevStatePath, previous);
-      } catch {
-        // never overwrite a good .prev with a corrupt state
-      }
-    }
+    // the state becomes .prev, unless it is corrupt: never overwrite a good .prev with that
+    const previous = await this.load(this.statePath).catch(() => null);
+    if (previous !== null) await this.storage.writeAtomic(this.prevStatePath, previous[1]).catch(() => {});
     const state: State = { current: entry, last_good: lastGood };
     await this.storage.writeAtomic(this.statePath, utf8Encode(`${JSON.stringify(state, null, 2)}\n`));
     await this.collectGarbage(options.keep ?? []);
@@ -151,10 +139,10 @@ export class ModelStore {
     const removed: string[] = [];
     for (const name of await this.storage.list(this.blobsDir)) {
       const path = `${this.blobsDir}/${name}`;
-      if (name.endsWith(".part") || name.endsWith(".tmp")) {
+      if (/\.(part|tmp)$/.test(name)) {
         const mtime = await this.storage.mtimeMs(path);
         if (mtime === null || nowMs - mtime < STALE_PARTIAL_MS) continue;
-      } else if (referenced.has(name) || !SHA256.test(name)) {
+      } else if (referenced.has(name) || !SHA256_HEX.test(name)) {
         continue;
       }
       await this.storage.remove(path);
@@ -163,16 +151,14 @@ export class ModelStore {
     return removed;
   }
 
-  private async load(path: string): Promise<State | null> {
+  /** The state file at `path` and its bytes, null when absent; throws when it is corrupt. */
+  private async load(path: string): Promise<[State, Uint8Array] | null> {
     const bytes = await this.storage.read(path);
     if (bytes === null) return null;
-    const data = JSON.parse(utf8Decode(bytes)) as State;
-    if (typeof data !== "object" || data === null || !("current" in data) || !("last_good" in data)) {
-      throw new Error("not a {current, last_good} object");
-    }
-    if (data.current !== null) checkEntry(data.current);
-    if (data.last_good !== null) checkEntry(data.last_good);
-    return data;
+    const data: unknown = JSON.parse(utf8Decode(bytes));
+    check(isObject(data) && "current" in data && "last_good" in data, "not a {current, last_good} object");
+    for (const entry of [data["current"], data["last_good"]]) if (entry !== null) checkEntry(entry);
+    return [data as unknown as State, bytes];
   }
 }
 
@@ -182,10 +168,10 @@ function sameBlobs(a: StoreEntry, b: StoreEntry): boolean {
 
 function checkEntry(entry: unknown): asserts entry is StoreEntry {
   const blobs = (entry as StoreEntry | null)?.blobs;
-  if (typeof blobs !== "object" || blobs === null || typeof blobs.model !== "string") {
-    throw new RangeError("an entry has a 'blobs' mapping including 'model'");
-  }
-  for (const sha of Object.values(blobs)) {
-    if (typeof sha !== "string" || !SHA256.test(sha)) throw new RangeError(`blob ${JSON.stringify(sha)} is not a sha256`);
-  }
+  check(isObject(blobs) && typeof blobs.model === "string", "an entry needs blobs.model");
+  Object.values(blobs).forEach(checkSha256);
+}
+
+function checkSha256(sha256: unknown): void {
+  check(typeof sha256 === "string" && SHA256_HEX.test(sha256), `blob name ${JSON.stringify(sha256)} is not a sha256`);
 }

@@ -8,6 +8,8 @@
  *     outbox.add(windows.close());
  */
 
+import { toHex } from "./bytes.js";
+import { check } from "./errors.js";
 import { LatencySketch } from "./sketch.js";
 
 export type Cohort = "stable" | "canary";
@@ -49,28 +51,45 @@ export interface Report {
   load_seconds?: number;
 }
 
-export const sameKey = (a: WindowKey, b: WindowKey): boolean =>
-  a.model === b.model && a.version === b.version && a.variant === b.variant && a.rolloutId === b.rolloutId &&
-  a.cohort === b.cohort;
+/** One open window's shadow comparisons; distances are null when none was measured. */
+export interface ShadowCounts {
+  key: WindowKey;
+  samples: number;
+  agree: number;
+  meanDistance: number | null;
+  maxDistance: number | null;
+}
 
 const keyText = (k: WindowKey): string => JSON.stringify([k.model, k.version, k.variant, k.rolloutId, k.cohort]);
 
-class Window {
-  inferences = 0;
-  errors = Object.fromEntries(ERROR_REASONS.map((r) => [r, 0])) as Record<ErrorReason, number>;
-  latency = new LatencySketch();
-  latencySumSeconds = 0;
-  labelled = 0;
-  correct = 0;
-  shadowSamples = 0;
-  shadowAgree = 0;
+export const sameKey = (a: WindowKey, b: WindowKey): boolean => keyText(a) === keyText(b);
 
-  constructor(readonly openedAtMs: number) {}
-
-  get isEmpty(): boolean {
-    return !(this.inferences || this.labelled || this.shadowSamples || Object.values(this.errors).some((n) => n));
-  }
+/** One open window's counts. */
+interface Window {
+  openedAtMs: number;
+  inferences: number;
+  errors: Record<ErrorReason, number>;
+  latency: LatencySketch;
+  latencySumSeconds: number;
+  labelled: number;
+  correct: number;
+  shadowSamples: number;
+  shadowAgree: number;
+  /** shadow comparisons that measured a distance (a failed candidate run measures none) */
+  distanceSamples: number;
+  /** sum and largest of the measured shadow output distances: kept locally, the report has no field for them */
+  distanceSum: number;
+  distanceMax: number;
 }
+
+const openWindow = (openedAtMs: number): Window => ({
+  openedAtMs, inferences: 0, errors: Object.fromEntries(ERROR_REASONS.map((r) => [r, 0])) as Record<ErrorReason, number>,
+  latency: new LatencySketch(), latencySumSeconds: 0, labelled: 0, correct: 0, shadowSamples: 0, shadowAgree: 0,
+  distanceSamples: 0, distanceSum: 0, distanceMax: 0,
+});
+
+const isEmpty = (w: Window): boolean =>
+  !(w.inferences || w.labelled || w.shadowSamples || Object.values(w.errors).some((n) => n));
 
 /**
  * The open windows. A key's window opens at its first record, or at the previous close if the
@@ -90,7 +109,7 @@ export class WindowSet {
     const text = keyText(key);
     let found = this.windows.get(text);
     if (found === undefined) {
-      found = [key, new Window(this.nowMs())];
+      found = [key, openWindow(this.nowMs())];
       this.windows.set(text, found);
     }
     return found[1];
@@ -99,7 +118,7 @@ export class WindowSet {
   /** One successful inference of `latencySeconds` (finite, ≥ 0). */
   recordInference(key: WindowKey, latencySeconds: number): void {
     if (!(Number.isFinite(latencySeconds) && latencySeconds >= 0)) {
-      throw new RangeError(`latency_seconds must be a finite number >= 0, got ${latencySeconds}`);
+      throw new RangeError(`latency ${latencySeconds} s is not finite and >= 0`);
     }
     const window = this.window(key);
     window.inferences += 1;
@@ -109,7 +128,7 @@ export class WindowSet {
 
   /** One error; an inference reason also counts one inference (without a latency). */
   recordError(key: WindowKey, reason: ErrorReason): void {
-    if (!ERROR_REASONS.includes(reason)) throw new RangeError(`unknown error reason ${reason}`);
+    check(ERROR_REASONS.includes(reason), `unknown error reason ${reason}`);
     const window = this.window(key);
     if (INFERENCE_REASONS.includes(reason)) window.inferences += 1;
     window.errors[reason] += 1;
@@ -121,10 +140,30 @@ export class WindowSet {
     window.correct += correct ? 1 : 0;
   }
 
-  recordShadow(key: WindowKey, agree: boolean): void {
+  /**
+   * One shadow comparison (§7.3): whether candidate and live model agreed, and the largest
+   * absolute difference of their outputs; `null` or +∞ when there is none (the candidate failed):
+   * the comparison counts, the distance statistics do not.
+   */
+  recordShadow(key: WindowKey, agree: boolean, distance: number | null = null): void {
+    check(distance === null || distance >= 0, `distance ${distance}`);
     const window = this.window(key);
     window.shadowSamples += 1;
     window.shadowAgree += agree ? 1 : 0;
+    if (distance !== null && distance !== Infinity) {
+      window.distanceSamples += 1;
+      window.distanceSum += distance;
+      window.distanceMax = Math.max(window.distanceMax, distance);
+    }
+  }
+
+  /** The open windows' shadow counts per key (for the app's own view; the report carries samples and agreement). */
+  shadowSnapshot(): ShadowCounts[] {
+    return [...this.windows.values()].filter(([, w]) => w.shadowSamples > 0).map(([key, w]) => ({
+      key, samples: w.shadowSamples, agree: w.shadowAgree,
+      meanDistance: w.distanceSamples ? w.distanceSum / w.distanceSamples : null,
+      maxDistance: w.distanceSamples ? w.distanceMax : null,
+    }));
   }
 
   /** End every window: one report per non-empty one (all sharing `window_end`). */
@@ -135,9 +174,9 @@ export class WindowSet {
     this.windows = new Map();
     const reports: Report[] = [];
     for (const [text, [key, window]] of closed) {
-      if (window.isEmpty) continue;
+      if (isEmpty(window)) continue;
       reports.push(toReport(key, window, closedAt, rss, this.newId()));
-      this.windows.set(text, [key, new Window(closedAt)]);
+      this.windows.set(text, [key, openWindow(closedAt)]);
     }
     return reports;
   }
@@ -167,5 +206,5 @@ export function newReportId(randomBytes: (n: number) => Uint8Array): string {
   const b = randomBytes(16);
   b[6] = (b[6]! & 0x0f) | 0x40;
   b[8] = (b[8]! & 0x3f) | 0x80;
-  return [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return toHex(b);
 }

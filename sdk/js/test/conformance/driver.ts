@@ -109,6 +109,7 @@ async function main(): Promise<void> {
       "ca-file": { type: "string" },
       "device-class": { type: "string", default: "android" },
       "check-interval-seconds": { type: "string" },
+      runtimes: { type: "string" },
     },
   });
   const required = ["server", "model", "trusted-key", "state-dir"] as const;
@@ -121,11 +122,14 @@ async function main(): Promise<void> {
     }
   }
   const interval = values["check-interval-seconds"];
+  const runtime = onnxRuntime(ort, { intraOpNumThreads: 1 });
+  // --runtimes: what the device announces instead of what it has (the kit changes it between starts)
+  const runtimes = values.runtimes === undefined ? undefined : JSON.parse(values.runtimes) as Record<string, string>;
   const agent = await EdgeshipAgent.start<Tensor>({
     server: values.server!, model: values.model!,
     enrollToken: values["enroll-token-file"] === undefined ? null : firstLine(values["enroll-token-file"]),
     trustedKeys: values["trusted-key"]!.map((file) => readFileSync(file, "utf8")),
-    runtime: onnxRuntime(ort, { intraOpNumThreads: 1 }),
+    runtime: runtimes === undefined ? runtime : { ...runtime, runtimes },
     ...nodePlatform(values["state-dir"]!, values["device-class"]),
     checkIntervalMs: interval === undefined ? null : Number(interval) * 1000,
     log: (level, message) => process.stderr.write(`${new Date().toISOString()} ${level} ${message}\n`),

@@ -45,6 +45,8 @@ export class FakeServer implements Http {
   admission: "auto" | "manual" = "auto";
   /** assignment answers carry Edgeship-Rotate-Credential: 1 */
   rotateHint = false;
+  /** a shadow rollout: stable devices get this release as their `shadow` block */
+  shadow: { version: string; sampleShare?: number } | null = null;
 
   publish(release: TestRelease): void {
     this.releases.set(release.version, release);
@@ -97,6 +99,13 @@ export class FakeServer implements Http {
     const artifact = /^\/v1\/artifacts\/([0-9a-f]{64})$/.exec(path);
     if (request.method === "GET" && artifact) return this.artifact(request, artifact[1]!);
     if (request.method === "POST" && path === "/v1/reports") return this.postReports(request, device);
+    const runtimes = /^\/v1\/devices\/([^/]+)\/runtimes$/.exec(path);
+    if (request.method === "PUT" && runtimes) {
+      const body = JSON.parse(request.body ?? "{}") as { runtimes?: unknown };
+      if (typeof body.runtimes !== "object" || body.runtimes === null) return respond(400, { error: "bad_request", detail: "runtimes" });
+      device.registration = { ...device.registration, runtimes: body.runtimes };
+      return respond(200, { device_id: device.id, runtimes: body.runtimes });
+    }
     return respond(404, { error: "not_found", detail: path });
   }
 
@@ -115,14 +124,28 @@ export class FakeServer implements Http {
   private assignment(request: HttpRequest): HttpResponse {
     const release = this.stable === null ? undefined : this.releases.get(this.stable);
     if (release === undefined) return respond(404, { error: "not_found", detail: "no stable release" });
-    const fields = {
-      artifact_url: `/v1/artifacts/${release.variant.sha256}`, cohort: this.cohort,
+    const url = new URL(request.url);
+    const excluded = url.searchParams.get("exclude_version") === release.version ? url.searchParams.getAll("exclude") : [];
+    const variant = release.variants.find((v) => !excluded.includes(v.id));
+    if (variant === undefined) return respond(409, { error: "no_variant", detail: `all excluded: ${excluded}` });
+    const fields: Record<string, unknown> = {
+      artifact_url: `/v1/artifacts/${variant.sha256}`, cohort: this.cohort,
       golden_url: `/v1/artifacts/${release.golden.sha256}`, model: "digits-cnn",
       report_interval_seconds: this.reportIntervalSeconds, rollout_id: this.rolloutId,
-      variant: { ...release.variant, io: null }, version: release.version,
+      variant: { ...variant, io: null }, version: release.version,
     };
+    const candidate = this.shadow && this.cohort === "stable" ? this.releases.get(this.shadow.version) : undefined;
+    let shadowText = "";
+    if (candidate !== undefined) {
+      const block = {
+        artifact_url: `/v1/artifacts/${candidate.variant.sha256}`, golden_url: `/v1/artifacts/${candidate.golden.sha256}`,
+        sample_share: this.shadow!.sampleShare ?? 0.1, sha256: candidate.variant.sha256,
+        variant: { ...candidate.variant, io: null }, variant_id: candidate.variant.id, version: candidate.version,
+      };
+      shadowText = `,"shadow":${JSON.stringify(block).replace(/^\{/, `{"manifest":${candidate.manifestText},`)}`;
+    }
     // the manifest goes in as signed text, as the server embeds it (number lexemes kept)
-    const text = JSON.stringify(fields).replace(/^\{/, `{"manifest":${release.manifestText},`);
+    const text = JSON.stringify(fields).replace(/^\{/, `{"manifest":${release.manifestText},`).replace(/\}$/, `${shadowText}}`);
     const etag = sha256Hex(utf8Encode(text)).slice(0, 32);
     const headers: Record<string, string> = { ETag: `"${etag}"`, ...(this.rotateHint ? { "Edgeship-Rotate-Credential": "1" } : {}) };
     if ((request.headers["If-None-Match"] ?? "") === `"${etag}"`) return respond(304, null, headers);

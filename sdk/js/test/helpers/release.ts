@@ -30,6 +30,8 @@ export interface TestRelease {
   version: string;
   manifestText: string;
   variant: Record<string, unknown> & { id: string; sha256: string; size_bytes: number };
+  /** every variant, the preferred (fastest) first; `variant` is the first */
+  variants: (Record<string, unknown> & { id: string; sha256: string; size_bytes: number })[];
   golden: { sha256: string };
   files: Map<string, Uint8Array>;
 }
@@ -38,29 +40,35 @@ export interface TestRelease {
  * A classification release whose model rolls rows by `shift` (0 passes the golden probe).
  * `tamper` changes the served model bytes after signing.
  */
-export function makeRelease(version: string, options: { shift?: number; seed?: Uint8Array; model?: string } = {}): TestRelease {
+export function makeRelease(version: string, options: { shift?: number; seed?: Uint8Array; model?: string;
+    /** more variants, each its own model file, offered after the first (slower) */
+    extra?: { id: string; shift?: number }[] } = {}): TestRelease {
   const rows = 16;
   const input = Float32Array.from({ length: rows * 10 }, (_, i) => Math.sin(i * 1.7 + Number(version)) * 3);
   const goldenBytes = writeNpz({
     "input:image": { descr: "<f4", shape: [rows, 10], data: input },
     "output:output": { descr: "<f4", shape: [rows, 10], data: input },
   });
-  const model = utf8Encode(JSON.stringify({ shift: options.shift ?? 0, version }));
-  const variant = {
-    id: "onnx-fp32", format: "onnx", precision: "fp32", compression: [], file: "onnx-fp32.onnx",
-    sha256: sha256Hex(model), size_bytes: model.length, runtime: { name: "onnxruntime", min_version: "1.20.1" },
-    metrics: { golden: { agreement: 1.0, max_abs_err: 0 }, latency_ms: { p50: 0.05 }, peak_rss_bytes: 1000 },
-    validation: "passed",
+  const files = new Map<string, Uint8Array>();
+  const entry = (id: string, shift: number, p50: number) => {
+    const model = utf8Encode(JSON.stringify({ shift, version, id }));
+    files.set(sha256Hex(model), model);
+    return {
+      id, format: "onnx", precision: "fp32", compression: [], file: `${id}.onnx`,
+      sha256: sha256Hex(model), size_bytes: model.length, runtime: { name: "onnxruntime", min_version: "1.20.1" },
+      metrics: { golden: { agreement: 1.0, max_abs_err: 0 }, latency_ms: { p50 }, peak_rss_bytes: 1000 },
+      validation: "passed",
+    };
   };
+  const variant = entry("onnx-fp32", options.shift ?? 0, 0.05);
+  const variants = [variant, ...(options.extra ?? []).map((e, i) => entry(e.id, e.shift ?? 0, 0.06 + i * 0.01))];
   const golden = { file: "golden.npz", sha256: sha256Hex(goldenBytes), count: rows };
   const manifest = {
     schema: "edgeship.manifest/v1", model: options.model ?? "digits-cnn", version,
     task: { kind: "classification", inputs: [{ name: "image", shape: [1, 10], dtype: "float32" }],
       outputs: [{ name: "output", shape: [1, 10], dtype: "float32" }] },
-    reference: { format: "torch" }, golden, variants: [variant],
+    reference: { format: "torch" }, golden, variants,
   };
-  return {
-    version, manifestText: signManifest(manifest, options.seed), variant, golden,
-    files: new Map([[variant.sha256, model], [golden.sha256, goldenBytes]]),
-  };
+  files.set(golden.sha256, goldenBytes);
+  return { version, manifestText: signManifest(manifest, options.seed), variant, variants, golden, files };
 }

@@ -38,6 +38,9 @@ export interface ReportRow {
   peak_rss_bytes: number | null;
   dropped_windows: number;
   release_id: number | null;
+  rollout_id: number | null;
+  shadow_samples: number;
+  shadow_agree: number;
 }
 
 export class ServerFixture {

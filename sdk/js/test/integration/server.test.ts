@@ -96,6 +96,33 @@ describe.skipIf(PYTHON === null)("EdgeshipAgent against the real server and onnx
     expect(rows.reduce((n, r) => n + r.inferences, 0)).toBe(3);
   });
 
+  it("runs a shadow candidate beside v1 on the sampled inputs and reports the comparisons under v1", async () => {
+    const { agent } = await start(tempDir(), { random: () => 0 }); // every predict is sampled
+    await agent.checkIn();
+    const { id } = await fixture.admin("POST", "/v1/rollouts", { model: fixture.info.model, candidate_version: "2",
+      shadow: true, shadow_share: 1, stages: [{ percent: 0.01 }, { percent: 100 }] }) as { id: number };
+    try {
+      // other server processes see the rollout within ASSIGNMENT_CACHE_SECONDS (1 s)
+      for (let i = 0; i < 40 && agent.status().shadow === null; i++) {
+        await agent.checkIn();
+        if (agent.status().shadow === null) await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+      expect(agent.status()).toMatchObject({ version: "1", cohort: "stable", rolloutId: id, shadow: "onnx-fp32" });
+      await feed(agent, 20);
+      await agent.shadow.idle();
+    } finally {
+      await fixture.admin("POST", `/v1/rollouts/${id}/abort`, { reason: "test over" });
+    }
+    const { deviceId } = await agent.stop();
+    const rows = await fixture.reports(deviceId!);
+    const shadowed = rows.filter((r) => r.shadow_samples > 0);
+    expect(shadowed.every((r) => r.cohort === "stable" && r.rollout_id === id && r.inferences > 0)).toBe(true);
+    expect(shadowed.reduce((n, r) => n + r.shadow_samples, 0)).toBe(20);
+    const agree = shadowed.reduce((n, r) => n + r.shadow_agree, 0);
+    expect(agree).toBeGreaterThanOrEqual(16); // two trainings of the same CNN mostly agree on real digits
+    expect(rows.reduce((n, r) => n + r.err_load_failed + r.err_golden_mismatch, 0)).toBe(0);
+  }, 60_000);
+
   it("delivers every report exactly once across a server outage and an app restart", async () => {
     const dir = tempDir();
     const first = await start(dir);
