@@ -79,6 +79,7 @@ VARIANT_KINDS: MappingProxyType = MappingProxyType(
                 "QDQ int8 weights and activations from calibration (quantize_static)",
                 calibration="minmax", per_channel=True, percentile=99.999,
                 activation_type="uint8", reduce_range=True, float_layers=(),
+                per_tensor_layers="auto", granularity_tolerance=0.25, compact=True,
             ),
             _kind(
                 "onnx-int8-weights", "onnx", "int8-weights", _ORT, "onnx_weights:build_int8_weights",
@@ -95,13 +96,14 @@ VARIANT_KINDS: MappingProxyType = MappingProxyType(
                 "tflite-int8-dynamic", "tflite", "int8-dynamic", _LITERT, "tflite_quant:build_int8_dynamic",
                 "int8 weights, dynamic-range activations (ai-edge-quantizer); sensitive ops kept "
                 "in float by tuning",
-                float_layers=(),
+                float_layers=(), per_tensor_layers="auto", granularity_tolerance=0.25,
+                granularity_min_share=0.03, compact=True,
             ),
             _kind(
                 "tflite-int8", "tflite", "int8", _LITERT, "tflite_static:build_int8_static",
                 "full-integer int8 from calibration (ai-edge-quantizer static)",
                 integer_io=False, float_output_layer=True, calibration="minmax", per_channel=True,
-                float_layers=(),
+                float_layers=(), per_tensor_layers="auto", granularity_tolerance=0.25, compact=True,
             ),
             _kind(
                 "coreml-fp16", "coreml", "fp16", _COREML, "coreml:build_fp16",

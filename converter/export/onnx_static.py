@@ -9,7 +9,10 @@ int8 weights per channel or per tensor. Integer inputs (token ids, masks) pass t
 (``nodes_to_exclude``): the accuracy-aware tuner (:mod:`converter.tuning`) fills it with the
 most sensitive layers when the variant misses its gates. Calibration ranges are cached per
 method in the export's work directory, so tuning attempts and sensitivity runs on the same
-model calibrate once.
+model calibrate once. With per-channel weights, the layers where per tensor costs nothing
+measurable are stored per tensor (``per_tensor_layers = "auto"``,
+:mod:`converter.tuning.granularity`), and the file is stored compactly
+(:mod:`converter.export.onnx_compact`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from converter.export.onnx_common import (
     runs,
     toolchain_step,
 )
+from converter.export.onnx_compact import compact_qdq
 
 #: op types quantize_static quantizes in transformer-style graphs (see _static_op_types).
 TRANSFORMER_STATIC_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather"})
@@ -47,21 +51,25 @@ def build_int8_static(
     Options: ``calibration`` (minmax / entropy / percentile), ``percentile``, ``per_channel``,
     ``activation_type`` (uint8 / int8), ``reduce_range`` (7-bit weights, the default: x86 CPUs
     without VNNI saturate with 8-bit ones; docs/formats-onnx.md), ``float_layers`` (node names
-    kept in float).
+    kept in float), ``per_tensor_layers`` (with per-channel weights: ``"auto"`` chooses by
+    measured sensitivity, or a list of weight names), ``granularity_tolerance``, ``compact``.
     """
     method, act, settings = static_settings(request, base)
     float_layers = list(request.options.get("float_layers") or [])
     if float_layers:
         settings["nodes_to_exclude"] = float_layers
-    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
-        pre = preprocess(base, Path(tmp), ctx)
-        quantize_file(request.id, pre, out, ctx, settings)
-        require_quantized(request, out, "quantize_static found nothing to quantize")
-        if pre != base and not runs(out, ctx):
-            ctx.progress.say(f"{request.id}: result does not load; quantizing without pre-processing")
-            quantize_file(request.id, base, out, ctx, settings)
+    pre = static_source(base, ctx)
+    choice = _per_tensor_weights(request, pre, ctx, settings)
+    quantize_file(request.id, pre, out, ctx, settings)
+    require_quantized(request, out, "quantize_static found nothing to quantize")
+    if pre != base and not runs(out, ctx):
+        ctx.progress.say(f"{request.id}: result does not load; quantizing without pre-processing")
+        quantize_file(request.id, base, out, ctx, settings)
+    compacted = compact_qdq(out) if request.options.get("compact", True) else None
     check_runs(request, out, ctx)
     granularity = "per-channel" if settings["per_channel"] else "per-tensor"
+    if choice is not None and choice["per_tensor_layers"]:
+        granularity = "per-layer"
     op_types = settings["op_types_to_quantize"]
     steps = [f"quant:static:{method}:{granularity}"]
     if float_layers:
@@ -71,7 +79,43 @@ def build_int8_static(
         activation_type=act, weight_type="int8", reduce_range=settings["reduce_range"],
         calibration_samples=ctx.calibration_count,
         op_types="all" if op_types is None else op_types, float_layers=float_layers,
+        weight_granularity=choice, compacted=compacted,
     )
+
+
+def static_source(base: Path, ctx: ExportContext) -> Path:
+    """The pre-processed graph ``quantize_static`` reads, made once per base export (cached in
+    ``ctx``); the granularity choice names its weights."""
+    key = ("onnx-static-source", str(base))
+    if key not in ctx.cache or not Path(ctx.cache[key]).exists():
+        work = ctx.work_dir / "_onnx_static"
+        work.mkdir(parents=True, exist_ok=True)
+        ctx.cache[key] = preprocess(base, work, ctx)
+    return ctx.cache[key]
+
+
+def _per_tensor_weights(request: VariantRequest, source: Path, ctx: ExportContext,
+                        settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Put the weights chosen per tensor into ``settings`` (``TensorQuantOverrides``); returns
+    the choice's summary for the report, or ``None`` when every weight has one granularity."""
+    from converter.tuning.granularity import granularity_for, granularity_options
+
+    chosen, tolerance = granularity_options(request.options, request.id)
+    if not settings["per_channel"] or not chosen:
+        return None
+    if chosen == "auto":
+        found = granularity_for(source, ctx, settings["reduce_range"], tolerance)
+        if found is None:
+            return None
+        weights, summary = found.per_tensor, found.summary()
+    else:
+        weights = list(chosen)
+        summary = {"per_tensor_layers": len(weights), "per_tensor": weights}
+    overrides = {name: [{"symmetric": True, "reduce_range": settings["reduce_range"]}]
+                 for name in weights}
+    if overrides:
+        settings["extra_options"] = {**settings["extra_options"], "TensorQuantOverrides": overrides}
+    return summary
 
 
 def static_settings(request: VariantRequest, base: Path) -> tuple[str, str, dict[str, Any]]:

@@ -112,7 +112,13 @@ def keep_float(quantizer: Any, scopes: list[str]) -> None:
 
     if scopes:
         quantizer.update_quantization_recipe(
-            regex="|".join(f"(?:^|;){re.escape(name)};" for name in scopes),
+            regex=scope_regex(scopes),
             operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
             algorithm_key=AlgorithmName.NO_QUANTIZE,
         )
+
+
+def scope_regex(scopes: list[str]) -> str:
+    """A recipe regex matching exactly the ops named by ``scopes`` (their output tensors;
+    ai-edge-quantizer names an op ``"out1;out2;"``)."""
+    return "|".join(f"(?:^|;){re.escape(name)};" for name in scopes)

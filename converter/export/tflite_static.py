@@ -1,6 +1,7 @@
 """``tflite-int8``: full-integer int8 from calibration, with ai-edge-quantizer's static recipe.
 
-The static recipe quantizes weights (int8, symmetric, per output channel) and activations
+The static recipe quantizes weights (int8, symmetric, per output channel, or per tensor in the
+layers where that costs nothing measurable: :mod:`converter.export.tflite_granularity`) and activations
 (int8, asymmetric, per tensor) from calibration. Left to itself, ai-edge-quantizer also turns
 the model's float inputs and outputs into int8 tensors; with ``integer_io=False`` (the
 default) the virtual INPUT/OUTPUT ops are set to ``NO_QUANTIZE`` so the model keeps float32
@@ -38,8 +39,10 @@ from converter.export.tflite_common import (
     load_interpreter,
     quantized_facts,
     quantizer_errors,
+    scope_regex,
     write_quantized,
 )
+from converter.export.tflite_compact import short_tensor_names
 from converter.quiet import hidden_progress_bars
 
 #: calibration methods of ``tflite-int8``: min/max over all samples, or the quantizer's default.
@@ -74,13 +77,20 @@ def build_int8_static(
         float_layers, extra_float = settings["float_output_tensors"], settings["float_layers"]
         stats, seen = calibration_stats(q, base, ctx, request.id, settings["calibration"],
                                         settings["calibration_key"])
-        keep_float(q, extra_float)  # after calibration: the cached ranges cover every op
+        # after calibration (the cached ranges cover every op), before the float rules win
+        granularity = _per_tensor_ops(request, q, base, ctx, settings)
+        keep_float(q, [*float_layers, *extra_float])
         with warnings.catch_warnings(), hidden_progress_bars():
             write_quantized(q, out, stats)
+        names_saved = short_tensor_names(out) if _bool_option(request, "compact", True) else 0
         details = quantized_facts(out, "int8", "weights or activations")
-        details.update(calibration_samples=seen,
+        details.update(calibration_samples=seen, weight_granularity=granularity,
+                       compacted={"bytes_saved": names_saved},
                        **{k: v for k, v in settings.items() if k != "calibration_key"})
-        steps = [f"quant:static:int8:{'per-channel' if settings['per_channel'] else 'per-tensor'}"]
+        label = "per-channel" if settings["per_channel"] else "per-tensor"
+        if granularity and granularity.get("tflite_ops_per_tensor"):
+            label = "per-layer"
+        steps = [f"quant:static:int8:{label}"]
         if float_layers:
             steps.append("keep-float:output-layer")
         if extra_float:
@@ -129,6 +139,27 @@ def static_quantizer(request: VariantRequest, base: Path) -> tuple[Any, dict[str
         "float_layers": [str(name) for name in request.options.get("float_layers") or ()],
         "calibration_key": (integer_io, tuple(float_layers), per_channel),
     }
+
+
+def _per_tensor_ops(request: VariantRequest, q: Any, base: Path, ctx: ExportContext,
+                    settings: dict[str, Any]) -> dict[str, Any] | None:
+    """With per-channel weights, store the ops chosen per tensor
+    (:func:`converter.export.tflite_granularity.per_tensor_scopes`) with per-tensor weights;
+    returns the report's summary."""
+    from ai_edge_quantizer import qtyping
+
+    from converter.export.tflite_granularity import per_tensor_scopes
+
+    if not settings["per_channel"]:
+        return None
+    fixed = set(settings["float_output_tensors"]) | set(settings["float_layers"])
+    scopes, summary = per_tensor_scopes(request, base, ctx, fixed)
+    if scopes:
+        q.add_static_config(
+            regex=scope_regex(scopes), operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            activation_num_bits=8, weight_num_bits=8, weight_granularity=weight_granularity(False),
+        )
+    return summary
 
 
 def weight_granularity(per_channel: bool) -> Any:

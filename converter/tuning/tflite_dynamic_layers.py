@@ -21,12 +21,9 @@ from typing import Any
 import numpy as np
 
 from converter.export.base import ExportContext
+from converter.export.tflite_ops import WEIGHTED_OPS, computing_ops, module_of_scope, resolve_module
 from converter.tuning.scoring import Accept, output_error
-from converter.tuning.tflite_layers import computing_ops, module_of_scope, resolve_module, run_tflite
-
-#: ops the dynamic recipe quantizes (they hold weights).
-WEIGHTED_OPS = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV",
-                "EMBEDDING_LOOKUP", "BATCH_MATMUL"}
+from converter.tuning.tflite_layers import run_tflite
 
 
 def tflite_dynamic_sensitivity(

@@ -20,11 +20,10 @@ import numpy as np
 
 from converter.catalogue import VARIANT_KINDS
 from converter.export.base import ExportContext, VariantRequest
+from converter.export.tflite_ops import computing_ops, module_of_scope, resolve_module
 from converter.tuning.scoring import output_error
 
-#: ops that only move data around: quantizing one alone says nothing about the model.
-_SKIP_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "QUANTIZE", "DEQUANTIZE"}
-
+__all__ = ["computing_ops", "module_of_scope", "resolve_module", "run_tflite", "tflite_sensitivity"]
 
 def tflite_sensitivity(
     base: Path, ctx: ExportContext, options: dict[str, Any], samples: list[dict[str, np.ndarray]],
@@ -85,23 +84,6 @@ def tflite_sensitivity(
     return rows
 
 
-def computing_ops(path: Path) -> list[tuple[str, str]]:
-    """``(first output tensor name, op name)`` of the main subgraph's ops, layout ops left out."""
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
-
-    model = fb.read_model(path.read_bytes())
-    graph = model.subgraphs[0]
-    ops = []
-    for op in graph.operators:
-        code = fb.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
-        name = code.name if code is not None else "CUSTOM"
-        outputs = [int(t) for t in op.outputs if t >= 0]
-        if name in _SKIP_OPS or not outputs:
-            continue
-        ops.append((fb.get_tensor_name(graph.tensors[outputs[0]]), name))
-    return ops
-
-
 def run_tflite(path: Path, samples: list[dict[str, np.ndarray]], names: list[str],
                output_names: list[str]) -> list[np.ndarray]:
     """Run ``path`` with the agent's LiteRT runner (one thread) over the samples."""
@@ -110,43 +92,6 @@ def run_tflite(path: Path, samples: list[dict[str, np.ndarray]], names: list[str
     runner = LiteRTRunner(path, names, threads=1, output_names=output_names)
     collected = [runner.run(sample) for sample in samples]
     return [np.concatenate([c[k] for c in collected]) for k in range(len(collected[0]))]
-
-
-def module_of_scope(scope: str) -> str | None:
-    """The PyTorch module path in a litert-torch tensor name, e.g. ``features.7`` from
-    ``pkg.Net/torch.nn.modules.container.Sequential_features/torch.nn.modules.conv.Conv2d_7;1``.
-
-    A fused op names all its parts (``ReLU_9;;BatchNorm2d_8;;Conv2d_7``): the Conv/Linear part
-    is preferred.
-    """
-    pieces = [p for p in scope.split(";") if "/" in p]
-    if not pieces:
-        return None
-    weighted = [p for p in pieces if any(k in p.rsplit("/", 1)[-1] for k in ("Conv", "Linear"))]
-    parts = (weighted or pieces)[0].split("/")[1:]
-    names = [part.rsplit(".", 1)[-1].split("_", 1)[1] for part in parts if "_" in part.rsplit(".", 1)[-1]]
-    return ".".join(names) or None
-
-
-def resolve_module(model: Any, dotted: str | None) -> str | None:
-    """``dotted`` as a real module path of ``model``: litert-torch names a ``ModuleList`` item by
-    its index alone (``bert.encoder.0``), so the list's own name is put back
-    (``bert.encoder.layer.0``). Unchanged when it cannot be resolved."""
-    if not dotted or model is None:
-        return dotted
-    current, path = model, []
-    for token in dotted.split("."):
-        children = dict(current.named_children())
-        if token not in children:
-            holders = [name for name, child in children.items() if token in dict(child.named_children())]
-            if len(holders) != 1:
-                return dotted
-            path.append(holders[0])
-            current = children[holders[0]]
-            children = dict(current.named_children())
-        path.append(token)
-        current = children[token]
-    return ".".join(path)
 
 
 def _escape(name: str) -> str:

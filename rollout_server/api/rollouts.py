@@ -50,7 +50,17 @@ def create():
     approval; ``start_at`` and ``windows`` keep it pending, and later holding, outside its
     schedule (:mod:`rollout_server.analysis.schedule`).
     """
-    data = json_body()
+    return jsonify(status_body(create_rollout(json_body(), _actor()))), 201
+
+
+def create_rollout(data: dict, actor: str) -> Rollout:
+    """Check ``data`` (the body :func:`create` documents), store the rollout, start it unless its
+    schedule holds it, and commit; the API and the console both create through here.
+
+    Raises:
+        ApiError: 400 for a bad field, 404 for an unknown model or release, 409 when the model has
+            no stable release or already an active rollout.
+    """
     session = db()
     model = session.scalar(select(Model).where(Model.name == short_text(data, "model", pattern=NAME)))
     if model is None:
@@ -103,7 +113,7 @@ def create():
     session.flush()
     hold = schedule.hold_reason(now)
     if hold is None:
-        apply_decision(session, rollout, start(state, now.timestamp()), _actor(), now)
+        apply_decision(session, rollout, start(state, now.timestamp()), actor, now)
     else:  # the controller starts it when its schedule allows (controller.start_if_due)
         rollout.reason = f"pending: {hold}"
     audit("rollout.create", f"rollout:{rollout.id}", model=model.name, candidate=version)
@@ -112,7 +122,7 @@ def create():
     except IntegrityError:
         session.rollback()
         raise Conflict("the rollout could not be stored; retry") from None
-    return jsonify(status_body(rollout)), 201
+    return rollout
 
 
 @bp.get("")

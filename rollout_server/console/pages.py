@@ -75,6 +75,12 @@ def signed_in(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@bp.app_template_filter("pct")
+def percent_text(value: float | int | None) -> str:
+    """``50`` and ``50.0`` → ``50%``, ``12.5`` → ``12.5%`` (a share as people write it)."""
+    return "—" if value is None else f"{round(float(value), 1):g}%"
+
+
 def page(template: str, status: int = 200, **context: Any) -> Response:
     response = Response(render_template(f"console/{template}", who=getattr(g, "console", None), **context),
                         status=status, mimetype="text/html")

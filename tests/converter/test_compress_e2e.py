@@ -88,8 +88,9 @@ steps = [{DISTILL}]
                       "tflite-student": "passed", "coreml-student": "not_validated"}, proc.stdout
     # the manifest records the model steps first, then the export's
     assert shipped["onnx-pruned"]["compression"] == ["prune:channel:bn-scale:0.3", "fuse"]
-    assert shipped["tflite-int8-pruned"]["compression"][:3] == [
-        "prune:channel:bn-scale:0.3", "fuse", "quant:static:int8:per-channel"]
+    assert shipped["tflite-int8-pruned"]["compression"][:2] == ["prune:channel:bn-scale:0.3", "fuse"]
+    assert shipped["tflite-int8-pruned"]["compression"][2] in (  # per tensor where harmless
+        "quant:static:int8:per-channel", "quant:static:int8:per-layer")
     assert shipped["coreml-student"]["compression"][0] == "distill:T4->1:alpha0.5"
     # the fp32 export reproduces the compressed model; accuracy is measured against the source
     export = shipped["onnx-pruned"]["metrics"]["export"]

@@ -176,10 +176,16 @@ def test_weight_quantized_variants_run(kind, tol, which, samples, request):
             assert np.max(np.abs(g - w)) <= tol * max(1.0, float(np.max(np.abs(w))))
 
 
+def _granularity(built) -> str:
+    """The weight granularity label the build's recorded per-layer choice implies."""
+    chosen = built.details["weight_granularity"]
+    return "per-layer" if chosen and chosen["tflite_ops_per_tensor"] else "per-channel"
+
+
 def test_cnn_int8_full_integer(cnn):
     ctx, base = cnn
     built = _build(ctx, base, "tflite-int8")
-    assert built.compression == ["quant:static:int8:per-channel", "keep-float:output-layer"]
+    assert built.compression == [f"quant:static:int8:{_granularity(built)}", "keep-float:output-layer"]
     assert built.details["calibration"] == "minmax" and built.details["float_output_layer"]
     assert built.io is None  # float I/O, QUANTIZE/DEQUANTIZE inside the model
     assert built.details["ops"].get("QUANTIZE") and built.details["ops"].get("DEQUANTIZE")
@@ -272,7 +278,7 @@ def test_int8_float_output_layer_does_not_clip_outputs(tmp_path):
     assert built.details["float_output_layer"] and "keep-float:output-layer" in built.compression
     assert err <= 0.02 * peak  # ~0.1: the tanh units' int8 step, summed
     clipped = _build(ctx, base, "tflite-int8", "int8-int8-head", float_output_layer=False)
-    assert clipped.compression == ["quant:static:int8:per-channel"]
+    assert clipped.compression == [f"quant:static:int8:{_granularity(clipped)}"]
     assert _max_err(ctx, clipped, evals)[0] > 0.25 * peak  # clipped at the calibrated range
     # int8 outputs come from int8 ops: the option does not apply
     io = _build(ctx, base, "tflite-int8", "int8-io", integer_io=True)

@@ -71,7 +71,8 @@ def test_target_search_prunes_until_the_size_target_is_met(digits_dir, signing_k
     from converter.progress import Progress
 
     recipe = tmp_path / "recipe.toml"
-    # The sizes (so the bisection's rates) follow from the architecture alone; accuracy after
+    # Unpruned, static int8 of this CNN is 28 KB (per-layer weight granularity), so 24 KB needs
+    # pruning. The sizes (so the bisection's rates) follow from the architecture alone; accuracy after
     # pruning and fine-tuning depends on the CPU's float kernels: with a 1-point target, 17.5%
     # met it by 1.5 eval samples here. 3 points leave the 17.5% and 35% rates a wide margin and
     # still refuse 70% (~7 points); int8's agreement with the pruned model gets a margin too. The
@@ -82,7 +83,7 @@ min_agreement = 0.97
 [compression]
 fine_tune_epochs = 2
 [targets]
-max_size_mb = 0.030
+max_size_mb = 0.024
 max_accuracy_drop = 0.03
 bisect_steps = 2
 [[variants]]
@@ -95,14 +96,14 @@ kind = "onnx-fp32"
     )
     result = {r.id: r for r in conversion.results}["onnx-target"]
     assert result.status == "passed", result.reason
-    assert result.size_bytes <= 30_000 and result.metrics["accuracy_drop"] <= 0.03
+    assert result.size_bytes <= 24_000 and result.metrics["accuracy_drop"] <= 0.03
     assert result.compression[0].startswith("prune:channel:bn-scale:")
     (log,) = conversion.search
     loops = [step["loop"] for step in log["steps"]]
     assert loops[0] == "quantize" and loops[1:] == ["prune"] * 3  # max_prune, then 2 bisections
     assert log["steps"][0]["accuracy_met"] and not log["steps"][0]["performance_met"]
     for step in log["steps"]:  # each verdict is the targets applied to what was measured
-        assert step["performance_met"] == (step["metrics"]["size_bytes"] <= 30_000), step
+        assert step["performance_met"] == (step["metrics"]["size_bytes"] <= 24_000), step
         assert step["metrics"]["accuracy_drop"] <= 0.03 or not step["accuracy_met"], step
     rates = [step["rate"] for step in log["steps"][1:]]
     assert rates == [0.7, 0.35, 0.175]  # every rate met the size, so each bisection went lower

@@ -150,3 +150,41 @@ def test_the_rollout_page_says_who_may_be_a_canary(client, app, tokens) -> None:
     start = html.index('id="target"')
     shown = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html[start:html.index("</p>", start)]))
     assert "app_version &gt;= 4.2 and region in eu, us" in shown and "stay on 1" in shown
+
+
+def test_an_operator_starts_a_gated_scheduled_targeted_rollout_from_the_form(client, app, tokens) -> None:
+    seed_release(app, "1", [variant_entry("onnx-fp32", "onnxruntime", 1.0, "a" * 64)], stable=True)
+    seed_release(app, "2", [variant_entry("onnx-int8", "onnxruntime", 0.5, "b" * 64)])
+    sign_in(client, tokens["admin"])
+    form = client.get("/console/rollouts/new").text
+    assert 'value="digits-cnn/2"' in form and 'value="digits-cnn/1"' not in form  # not the stable one
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    fields = {"csrf": csrf, "release": "digits-cnn/2", "stages": "10,50,100", "min_minutes": "30",
+              "min_samples": "1000", "approve_before": "50", "windows": "mon-fri 09:00-17:00 Nowhere/City",
+              "target": "app_version>=4.2\nregion in eu,us", "dry_run": ["latency"]}
+    refused = client.post("/console/rollouts/new", data=fields)
+    assert refused.status_code == 400 and "Nowhere/City" in refused.text  # the API's reason, the form kept
+    assert "app_version&gt;=4.2" in refused.text and 'value="latency" checked' in refused.text
+    fields["windows"] = "daily 00:00-24:00 UTC"
+    created = client.post("/console/rollouts/new", data=fields)
+    assert created.status_code == 303, created.text[:2000]
+    rollout_id = int(created.headers["Location"].rsplit("/", 1)[1])
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    status = client.get(f"/v1/rollouts/{rollout_id}", headers=admin).json
+    assert [s["percent"] for s in status["state"]["stages"]] == [10, 50, 100]
+    assert status["state"]["stages"][0]["min_duration_seconds"] == 1800
+    assert status["spec"]["target"][1] == {"attribute": "region", "op": "in", "value": ["eu", "us"]}
+    dry_run = [g.get("dry_run", False) for g in status["spec"]["guards"]["guards"]]
+    assert dry_run == [False, True, False, False]
+    assert status["spec"]["schedule"]["windows"][0]["days"][0] == "mon"
+    assert status["state"]["approve_before"] == [50]
+    again = client.post("/console/rollouts/new", data=fields)
+    assert again.status_code == 409 and "already has an active rollout" in again.text
+
+
+def test_a_viewer_gets_no_rollout_form(client, app, tokens) -> None:
+    viewer = client.post("/v1/tokens", headers={"Authorization": f"Bearer {tokens['admin']}"},
+                         json={"name": "v", "role": "viewer"}).json["token"]
+    sign_in(client, viewer)
+    assert client.get("/console/rollouts/new").status_code == 403
+    assert "New rollout" not in client.get("/console/rollouts").text

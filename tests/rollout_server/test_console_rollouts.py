@@ -16,7 +16,7 @@ from rollout_server.simulator import Profile, ProfileTable, Simulation
 from tests.browser import Page
 from tests.rollout_server.conftest import auth, serving
 from tests.rollout_server.test_console_sessions import form_csrf
-from tests.rollout_server.test_simulator import GUARDS, STAGES, config, seed, start_rollout
+from tests.rollout_server.test_simulator import config, seed, start_rollout
 
 #: how long the page may take to show what the controller decided (it redraws every 5 s)
 FOLLOW_MS = 90_000
@@ -127,14 +127,18 @@ def test_an_operator_pauses_and_resumes_after_confirming_and_a_viewer_cannot(app
 def test_an_operator_watches_a_good_canary_advance_and_approves_its_gate(app, server, tokens,
                                                                           browser_page) -> None:
     seed(app, "1", "2")
-    created = app.test_client().post("/v1/rollouts", headers=auth(tokens["admin"]), json={
-        "model": "digits-cnn", "candidate_version": "2", "stages": STAGES, "guards": GUARDS,
-        "approve_before": [50]})
-    assert created.status_code == 201, created.json
-    rollout_id = created.json["id"]
-    path = f"/console/rollouts/{rollout_id}"
     tab = browser_page
-    sign_in(tab, server, tokens["admin"], path)
+    sign_in(tab, server, tokens["admin"], "/console/rollouts")
+    tab.page.click("#new-rollout-link")  # started from the form, as a person would
+    tab.page.select_option("#release", "digits-cnn/2")
+    tab.page.fill("#min_minutes", "0.05")
+    tab.page.fill("#min_samples", "2000")
+    tab.page.fill("#approve_before", "50")
+    tab.page.check("input[name=dry_run][value=latency]")
+    tab.page.click("#start-rollout")
+    tab.page.wait_for_url("**/console/rollouts/*")
+    rollout_id = int(tab.page.url.rsplit("/", 1)[1])
+    path = f"/console/rollouts/{rollout_id}"
     same = Profile(error_rate=0.01, load_failure_rate=0.0)
     thread, _ = fleet_in_background(server, tokens, rollout_id, ProfileTable({"1": same, "2": same}),
                                     duration_seconds=90)
@@ -151,4 +155,5 @@ def test_an_operator_watches_a_good_canary_advance_and_approves_its_gate(app, se
     assert re.search(r"admin\s+rollout\.approve", tab.page.inner_text("#audit"))
     tab.page.locator("#phase.phase-promoted").wait_for(timeout=FOLLOW_MS)  # and on to the end
     thread.join(timeout=120)
+    assert tab.page.locator("#verdicts .badge.dry-run").count() > 0  # the dry-run guard, marked
     assert tab.errors == []
