@@ -10,7 +10,7 @@ BUILD ?= build
 # it too, with the server and the converter in $(VENV) as subprocesses.
 AGENT_VENV ?= .venv-agent
 
-.PHONY: setup system-deps demo test test-agent-only sdk-test conformance lint bench clean
+.PHONY: setup system-deps sdk-deps demo test test-agent-only sdk-test conformance lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,11 +23,17 @@ $(VENV)/.installed: pyproject.toml
 
 # The whole loop (docs/demo.md): train + convert (cached in $(BUILD)/demo/example), a rollout
 # server, Prometheus when installed, 100 agents, a bad release rolled back, a good one promoted.
-# 20 of the agents are TypeScript SDK phones in Node (sdk/js, set up here when npm exists).
-demo: setup
-	@if command -v npm >/dev/null && [ ! -x sdk/js/node_modules/.bin/tsc ]; then \
-		cd sdk/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; fi
+# 20 of the agents are TypeScript SDK phones in Node (sdk/js, set up by sdk-deps when npm exists).
+demo: setup sdk-deps
 	$(EDGESHIP) demo --workdir $(BUILD)/demo
+
+# sdk/js's packages (npm ci --ignore-scripts: onnxruntime-node's CPU binaries are in the package),
+# installed when npm exists and the lock file is newer than what is installed. The demo's phones,
+# the dev suite's demo test, the SDK's tests and the conformance kit's TypeScript driver use them.
+sdk-deps:
+	@if command -v npm >/dev/null && { [ ! -f sdk/js/node_modules/.package-lock.json ] || \
+		[ sdk/js/package-lock.json -nt sdk/js/node_modules/.package-lock.json ]; }; then \
+		cd sdk/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; fi
 
 # System packages some tests need, installed from Debian's packages when missing and we may
 # (root); otherwise those tests skip locally and fail under CI=true:
@@ -55,7 +61,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 
-test: system-deps lint
+test: system-deps lint sdk-deps
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory test-agent-only
 	$(MAKE) --no-print-directory sdk-test
@@ -74,21 +80,18 @@ test-agent-only: setup $(AGENT_VENV)/.installed
 # The TypeScript device SDK (sdk/js, docs/phones.md): npm ci, type check, unit tests and the
 # integration tests against the real server from $(VENV). Without npm the SDK's tests are skipped
 # locally and fail under CI=true.
-sdk-test: setup
+sdk-test: setup sdk-deps
 	@ci=$$(printf '%s' "$$CI" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]'); \
 	if ! command -v npm >/dev/null; then \
 		case "$$ci" in ""|0|false|no) echo "npm not found: skipping the SDK tests (sdk/js)"; exit 0;; \
 		*) echo "CI=$$CI and npm is missing: the SDK tests (sdk/js) need Node.js 20.19+"; exit 1;; esac; \
 	fi; \
-	cd sdk/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && npx tsc --noEmit && \
-		EDGESHIP_TOOLCHAIN_PYTHON=$(abspath $(PY)) npx vitest run
+	cd sdk/js && npx tsc --noEmit && EDGESHIP_TOOLCHAIN_PYTHON=$(abspath $(PY)) npx vitest run
 
 # The device conformance kit (docs/conformance.md): every scenario against the real server, for the
 # Python agent and the TypeScript SDK (its driver built with sdk/js's tsc). Without npm the
 # TypeScript half is skipped locally and fails under CI=true.
-conformance: setup
-	@if command -v npm >/dev/null && [ ! -x sdk/js/node_modules/.bin/tsc ]; then \
-		cd sdk/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; fi
+conformance: setup sdk-deps
 	$(PY) -m pytest -q -p no:cacheprovider conformance
 
 bench: setup

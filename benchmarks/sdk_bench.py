@@ -139,7 +139,7 @@ def tables(overhead: list[dict], bundle: dict[str, Any], memory: list[dict]) -> 
               f"{r['control_diff_median_us']:+.2f} {_interval(r['control_diff_ci95_us'])}",
               f"{r['separate_session_diff_median_us']:+.2f} {_interval(r['separate_session_diff_ci95_us'])}")
              for r in overhead], left=1)
-        out.append("window recording alone (WindowSet.recordInference): "
+        out.append("window recording alone (WindowSet.recordInference, in a loop: caches warm): "
                    f"{overhead[0]['record_inference_ns']:.0f} ns per call")
     if bundle:
         out += ["", f"bundle: esbuild {bundle['esbuild']} --bundle --minify, ESM, platform neutral, "

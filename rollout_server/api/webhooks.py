@@ -38,7 +38,17 @@ MAX_DELIVERIES = 500
 @requires_role("admin")
 def create():
     """Subscribe ``url`` to events. Body: ``{"url", "secret"?, "kinds"?, "format"?, "model"?}``."""
-    data = json_body()
+    subscription, secret = create_webhook(json_body())
+    return jsonify({**view(subscription), "secret": secret}), 201
+
+
+def create_webhook(data: dict) -> tuple[WebhookSubscription, str]:
+    """Check ``data`` (the body :func:`create` documents), store the webhook, audit and commit;
+    returns it and its secret (shown once). The API and the console both create through here.
+
+    Raises:
+        ApiError: 400 naming the bad field.
+    """
     url = field(data, "url", str)
     try:
         check_url(url, current_app.config["WEBHOOK_ALLOWED_HOSTS"])
@@ -65,7 +75,7 @@ def create():
     audit("webhook.create", f"webhook:{subscription.id}", host=urlsplit(url).hostname, format=fmt,
           kinds=subscription.kinds, model=model)
     session.commit()
-    return jsonify({**view(subscription), "secret": secret}), 201
+    return subscription, secret
 
 
 @bp.get("")
@@ -82,13 +92,18 @@ def list_webhooks():
 @requires_role("admin")
 def remove(webhook_id: int):
     """Remove a webhook and its deliveries (pending ones are never sent)."""
+    remove_webhook(webhook_id)
+    return jsonify(id=webhook_id, removed=True)
+
+
+def remove_webhook(webhook_id: int) -> None:
+    """Delete the webhook and its deliveries, audited; 404 if there is none."""
     session = db()
     subscription = _subscription(webhook_id)
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.subscription_id == subscription.id))
     session.delete(subscription)
     audit("webhook.remove", f"webhook:{webhook_id}", host=urlsplit(subscription.url).hostname)
     session.commit()
-    return jsonify(id=webhook_id, removed=True)
 
 
 @bp.get(f"/{WEBHOOK_ID}/deliveries")
@@ -110,6 +125,12 @@ def deliveries(webhook_id: int):
 @requires_role("admin")
 def test(webhook_id: int):
     """Queue a ``test`` event for this webhook only (sent by the next dispatcher pass)."""
+    event_id, delivery = queue_test(webhook_id)
+    return jsonify(webhook_id=webhook_id, event_id=event_id, delivery_id=delivery), 202
+
+
+def queue_test(webhook_id: int) -> tuple[int, int | None]:
+    """Queue a ``test`` event for this webhook only, audited; its event and delivery ids."""
     session = db()
     subscription = _subscription(webhook_id)
     event = record_event(session, TEST, None, {"reason": "a test sent by an operator",
@@ -118,7 +139,7 @@ def test(webhook_id: int):
     delivery = session.scalar(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id))
     audit("webhook.test", f"webhook:{webhook_id}", event=event.id)
     session.commit()
-    return jsonify(webhook_id=webhook_id, event_id=event.id, delivery_id=delivery), 202
+    return event.id, delivery
 
 
 def view(subscription: WebhookSubscription) -> dict[str, Any]:

@@ -5,7 +5,12 @@ Server-rendered HTML (Jinja, shipped with Flask), a stylesheet and small scripts
 session (:mod:`rollout_server.console.sessions`). docs/console.md shows the pages.
 """
 
-from rollout_server.console import action_pages, create_pages, read_pages  # noqa: F401 (routes join bp)
+from rollout_server.console import (  # noqa: F401 (their routes join bp)
+    action_pages,
+    create_pages,
+    read_pages,
+    webhook_pages,
+)
 from rollout_server.console.pages import bp
 
 __all__ = ["bp"]

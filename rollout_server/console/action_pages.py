@@ -4,6 +4,7 @@ function as the API, audited under the signed-in token's name."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 
 from flask import Response, g, redirect, request, url_for
@@ -31,12 +32,8 @@ def rollout_action(rollout_id: int, action: str) -> Response:
     reason = (request.form.get("reason") or "").strip()[:500] or None
     if request.form.get("confirm") != "yes":
         return page("confirm.html", rollout=summary(row), action=action, reason=reason or "")
-    try:
-        perform(rollout_id, action, who.name, reason)
-    except ApiError as err:
-        db().rollback()
-        return page("error.html", status=err.status, message=str(err))
-    return redirect(url_for("console.rollout", rollout_id=rollout_id), code=303)
+    return act(who, lambda: perform(rollout_id, action, who.name, reason),
+               url_for("console.rollout", rollout_id=rollout_id))
 
 
 @bp.post("/devices/<device_id>/<action>")
@@ -52,10 +49,16 @@ def device_action(device_id: str, action: str) -> Response:
         return page("error.html", status=404, message=f"No device {device_id!r} or no action {action!r}.")
     if request.form.get("confirm") != "yes":
         return page("confirm_device.html", device=device, state=state_of(device), action=action)
-    g.actor = SimpleNamespace(name=who.name)  # whom the audit trail names
+    return act(who, lambda: change_device(device_id, action), url_for("console.fleet"))
+
+
+def act(who: sessions.SignedIn, action: Callable[[], object], then: str) -> Response:
+    """Run a confirmed action as the signed-in token (the audit trail names it) and go to ``then``;
+    a refusal (the API's :class:`ApiError`: 404, 409...) shows its reason and changes nothing."""
+    g.actor = SimpleNamespace(name=who.name)
     try:
-        change_device(device_id, action)
+        action()
     except ApiError as err:
         db().rollback()
         return page("error.html", status=err.status, message=str(err))
-    return redirect(url_for("console.fleet"), code=303)
+    return redirect(then, code=303)

@@ -144,12 +144,13 @@ def logout() -> Response:
     return response
 
 
-def refuse_operator_form(who: sessions.SignedIn, what: str) -> Response | None:
+def refuse_operator_form(who: sessions.SignedIn, what: str, minimum: str = "operator") -> Response | None:
     """The error page for a form that is forged, stale, from another site, or from a role below
-    operator; None when it may act."""
+    ``minimum``; None when it may act."""
     if not same_origin() or not sessions.csrf_ok(who.csrf, request.form.get("csrf")):
         return page("error.html", status=400, message="This form expired; reload the page and try again.")
-    if not who.may("operator"):
-        return page("error.html", status=403, message=f"Role {who.role!r} may not {what}; an operator or "
-                                                      "admin may.")
+    if not who.may(minimum):
+        article = "an" if minimum[0] in "aeiou" else "a"
+        return page("error.html", status=403,
+                    message=f"Role {who.role!r} may not {what}; {article} {minimum} may.")
     return None

@@ -14,7 +14,6 @@ from rollout_server.console.fleet import fleet_view
 from rollout_server.console.pages import bp, page, signed_in
 from rollout_server.console.releases import model_view, models_view, release_view
 from rollout_server.console.rollout_view import allowed_actions, audit_trail, rollout_series, stage_timeline
-from rollout_server.console.webhook_view import webhooks_view
 from rollout_server.db import db
 from rollout_server.models import Rollout
 
@@ -88,12 +87,3 @@ def rollout_live(rollout_id: int) -> Response:
     return jsonify(summary=summary(row), devices=body["devices"], verdicts=body["verdicts"], series=series,
                    actions=allowed_actions(row))
 
-
-@bp.get("/webhooks")
-@signed_in
-def webhooks() -> Response:
-    """Webhooks and their deliveries: an admin's page, as in the API (URLs may hold secrets)."""
-    if not g.console.may("admin"):
-        return page("error.html", status=403, message="Webhooks are shown to admins only (their URLs may "
-                                                      "hold secrets).")
-    return page("webhooks.html", webhooks=webhooks_view(db()))

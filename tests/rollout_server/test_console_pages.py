@@ -188,3 +188,32 @@ def test_a_viewer_gets_no_rollout_form(client, app, tokens) -> None:
     sign_in(client, viewer)
     assert client.get("/console/rollouts/new").status_code == 403
     assert "New rollout" not in client.get("/console/rollouts").text
+
+
+def test_an_admin_adds_tests_and_removes_a_webhook_from_the_console(client, app, tokens) -> None:
+    sign_in(client, tokens["admin"])
+    page = client.get("/console/webhooks").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    bad = client.post("/console/webhooks", data={"csrf": csrf, "url": "ftp://example.com/x"})
+    assert bad.status_code == 400 and "field &#39;url&#39;" in bad.text and "ftp://example.com/x" in bad.text
+    added = client.post("/console/webhooks", data={"csrf": csrf, "url": "http://127.0.0.1:9/hook",
+                                                   "format": "slack", "kinds": ["verdict_failed"]})
+    assert added.status_code == 201
+    secret = re.search(r'id="webhook-secret".*?<code>(whsec_[^<]+)</code>', added.text, re.S).group(1)
+    assert secret not in client.get("/console/webhooks").text  # shown once, on the answer to the form
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    hooks = client.get("/v1/webhooks", headers=admin).json["webhooks"]
+    assert [(h["url"], h["format"], h["kinds"]) for h in hooks] == [("http://127.0.0.1:9/hook", "slack",
+                                                                    ["verdict_failed"])]
+    hook = hooks[0]["id"]
+    assert client.post(f"/console/webhooks/{hook}/test", data={"csrf": csrf}).status_code == 303
+    deliveries = client.get(f"/v1/webhooks/{hook}/deliveries", headers=admin).json["deliveries"]
+    assert deliveries[0]["kind"] == "test"
+    asked = client.post(f"/console/webhooks/{hook}/remove", data={"csrf": csrf})
+    assert asked.status_code == 200 and 'id="confirm"' in asked.text
+    removed = client.post(f"/console/webhooks/{hook}/remove", data={"csrf": csrf, "confirm": "yes"})
+    assert removed.status_code == 303
+    assert client.get("/v1/webhooks", headers=admin).json["webhooks"] == []
+    entries = client.get("/v1/audit", headers=admin).json["entries"]
+    assert {e["action"] for e in entries if e["actor"] == "admin"} >= {"webhook.create", "webhook.test",
+                                                                       "webhook.remove"}

@@ -141,7 +141,7 @@ export class EdgeshipAgent<T> {
    *
    * @throws NoModel no model yet; InferenceError the runtime failed (counted as `runtime_error`).
    */
-  async predict(feeds: Record<string, T>, options: { label?: number | bigint | readonly (number | bigint)[] } = {}):
+  async predict(feeds: Record<string, T>, options?: { label?: number | bigint | readonly (number | bigint)[] }):
       Promise<Record<string, T>> {
     const active = this.active;
     check(active !== null, "no model loaded yet", NoModel);
@@ -157,7 +157,7 @@ export class EdgeshipAgent<T> {
     }
     this.windows.recordInference(key, Math.max(0, clock.monotonicMs() - started) / 1000);
     if (this.shadow.model !== null) this.shadow.submit(key, feeds, outputs, model.outputNames[0]!);
-    const label = options.label;
+    const label = options?.label;
     const first = outputs[model.outputNames[0]!];
     if (label !== undefined && model.classification && first !== undefined) {
       const predicted = top1(this.options.runtime.read(first));

@@ -91,7 +91,8 @@ export function onnxRuntime<T extends OrtTensor>(ort: OrtModule<T>, options: Onn
       const model = source.path ?? (await source.bytes());
       const session = await ort.InferenceSession.create(model, sessionOptions);
       return {
-        run: async (feeds) => (await session.run(feeds)) as Record<string, T>,
+        // no async wrapper: one promise and one microtask fewer between the model and the caller
+        run: (feeds) => session.run(feeds) as Promise<Record<string, T>>,
         release: () => session.release(),
       };
     },

@@ -101,17 +101,30 @@ const isEmpty = (w: Window): boolean =>
  */
 export class WindowSet {
   private windows = new Map<string, [WindowKey, Window]>();
+  /**
+   * The last key (its fields) and its window, found without building the key's text: `predict`
+   * records right after the model ran, with the CPU caches cold, where JSON.stringify and a
+   * string-keyed lookup took ~5 µs (docs/benchmarks-sdk.md). Emptied by `close()`.
+   */
+  private last: WindowKey & { window: Window } | null = null;
 
   constructor(private readonly nowMs: () => number, private readonly newId: () => string,
               private readonly peakRssBytes: () => number | null = () => null) {}
 
   private window(key: WindowKey): Window {
+    const last = this.last;
+    if (last !== null && last.model === key.model && last.version === key.version &&
+        last.variant === key.variant && last.rolloutId === key.rolloutId && last.cohort === key.cohort) {
+      return last.window;
+    }
     const text = keyText(key);
     let found = this.windows.get(text);
     if (found === undefined) {
       found = [key, openWindow(this.nowMs())];
       this.windows.set(text, found);
     }
+    const { model, version, variant, rolloutId, cohort } = key;
+    this.last = { model, version, variant, rolloutId, cohort, window: found[1] };
     return found[1];
   }
 
@@ -172,6 +185,7 @@ export class WindowSet {
     const rss = this.peakRssBytes();
     const closed = this.windows;
     this.windows = new Map();
+    this.last = null;
     const reports: Report[] = [];
     for (const [text, [key, window]] of closed) {
       if (isEmpty(window)) continue;
