@@ -191,6 +191,8 @@ class Report(Base):
         UniqueConstraint("device_id", "report_id"),
         # a device's reports by time: its baseline's latest reports (rollout_server/device_rows.py)
         Index("ix_reports_device_id_window_end", "device_id", "window_end"),
+        # a rollout's windows (console charts, controller) and the fleet's recent reports: 0010
+        Index("ix_reports_rollout_id_window_end", "rollout_id", "window_end"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     report_id: Mapped[str] = mapped_column(String(64))
@@ -198,7 +200,7 @@ class Report(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     release_id: Mapped[int | None] = mapped_column(ForeignKey("releases.id"), nullable=True)
     variant_id: Mapped[str] = mapped_column(String(64))
-    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"), nullable=True, index=True)
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"), nullable=True)
     cohort: Mapped[str] = mapped_column(String(8))
     device_class: Mapped[str] = mapped_column(String(32))
     window_start: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

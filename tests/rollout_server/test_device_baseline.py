@@ -439,7 +439,7 @@ def test_sketches_are_merged_alike_whichever_way_they_are_read():
                                                for _ in range(rng.randrange(0, 30))}))
                     for _ in range(rng.randrange(1, 8))]
         concatenated = ",".join(sketches)
-        assert device_rows._merged(concatenated) == by_json(concatenated)
+        assert device_rows.merged_sketches(concatenated) == by_json(concatenated)
         if any(len(s) > 30 for s in sketches):
             assert device_rows._merged_fast(concatenated) is not None  # the stored form takes the fast path
     # anything but the stored form goes through the decoder, with the same result
@@ -447,6 +447,6 @@ def test_sketches_are_merged_alike_whichever_way_they_are_read():
            '{"schema":5,"buckets":[[-250,2.0]]}', '{"schema":5,"buckets":[]}']
     for text in odd:
         assert device_rows._merged_fast(text) is None
-    assert device_rows._merged(",".join(odd[:2])) == {-250: 5, -249: 1}
-    assert device_rows._merged('{"schema":5,"buckets":[]},{"schema":5,"buckets":[[7,1]]}') == {7: 1}
-    assert device_rows._merged(None) == device_rows._merged("") == {}
+    assert device_rows.merged_sketches(",".join(odd[:2])) == {-250: 5, -249: 1}
+    assert device_rows.merged_sketches('{"schema":5,"buckets":[]},{"schema":5,"buckets":[[7,1]]}') == {7: 1}
+    assert device_rows.merged_sketches(None) == device_rows.merged_sketches("") == {}
