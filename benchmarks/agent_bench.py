@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results_file import write_results
+from benchmarks.results_file import load_before_run, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "agent_bench.json"
@@ -294,10 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     opts.rounds = opts.rounds or (4 if opts.quick else 10)
     opts.settle = 1.0 if opts.quick else 2.0
     opts.breakdown_rounds = 20 if opts.quick else 60
-    load_before = os.getloadavg()
-    if load_before[0] > 0.5 * (os.cpu_count() or 1):
-        log(f"warning: load average {load_before[0]:.1f} on {os.cpu_count()} CPUs; ratios are paired "
-            "(alternating blocks), absolute times are not")
+    load_before = load_before_run(log, "ratios are paired (alternating blocks)")
     started = time.monotonic()
     releases = build_releases(opts.cache.resolve())
     inference: list[dict] = []

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +32,12 @@ def write_results(out: Path, table: str, load_before: tuple[float, float, float]
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def load_before_run(log: Callable[[str], None], paired: str) -> tuple[float, float, float]:
+    """The load average now, warning through ``log`` when other processes already keep half the
+    CPUs busy; ``paired`` says what the benchmark pairs so that load falls on both sides alike."""
+    load = os.getloadavg()
+    if load[0] > 0.5 * (os.cpu_count() or 1):
+        log(f"warning: load average {load[0]:.1f} on {os.cpu_count()} CPUs; {paired}, absolute times are not")
+    return load

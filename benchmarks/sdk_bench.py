@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.agent_bench import DIGITS, LARGE, _fixed, _yes, build_releases, log, start_server
-from benchmarks.results_file import write_results
+from benchmarks.results_file import load_before_run, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK = ROOT / "sdk" / "js"
@@ -172,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     opts.pairs_tiny = opts.rounds_tiny or (5_000 if opts.quick else 40_000)
     opts.pairs_1ms = opts.rounds_1ms or (1_000 if opts.quick else 20_000)
     opts.memory_runs = 1 if opts.quick else 3
-    load_before = os.getloadavg()
-    if load_before[0] > 0.5 * (os.cpu_count() or 1):
-        log(f"warning: load average {load_before[0]:.1f} on {os.cpu_count()} CPUs; differences are paired, "
-            "absolute times are not")
+    load_before = load_before_run(log, "differences are paired")
     started = time.monotonic()
     releases = build_releases(opts.cache.resolve())
     log("bundling sdk/js/bench/*.ts with esbuild")

@@ -43,7 +43,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results_file import write_results
+from benchmarks.results_file import load_before_run, write_results
 from benchmarks.server_results import TARGETS, Row, judge, median_row, table
 from benchmarks.server_setup import (
     MODEL,
@@ -301,10 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
     from edgeship.contract.signing import generate_keypair
 
-    load_before = os.getloadavg()
-    if load_before[0] > 0.5 * (os.cpu_count() or 1):
-        log(f"warning: load average {load_before[0]:.1f} before starting; other processes will "
-            "share the CPUs (the ratio to the bare app is paired per scenario, absolute numbers are not)")
+    load_before = load_before_run(log, "the ratio to the bare app is paired per scenario")
     rows: list[Row] = []
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="edgeship-bench-") as tmp, contextlib.ExitStack() as stack:
