@@ -137,9 +137,10 @@ def test_bad_release_rolls_back_good_one_is_promoted_and_every_panel_has_data(de
         assert {c for kind, c in result.variants_by_class if kind == "sdk"} == set(PHONES)
         assert {v for (kind, _), vs in result.variants_by_class.items() if kind == "sdk" for v in vs} == {
             "onnx-fp32"}
+        # every canary device of every class that had one refused v3 (which classes had canary
+        # devices is the split's luck: 4 devices per class at 45% leave a class out ~9% of the time)
         refused = {c: failed == canary for c, (failed, canary) in result.refused_by_class.items()}
-        assert set(refused) >= {"rpi4", "rpi5", "linux-x86_64"}
-        assert all(refused.values())  # no canary device of any class served v3
+        assert refused and all(refused.values()), result.refused_by_class
         phones_seen = {(cohort, version) for kind, c, cohort, version in result.good_arms_seen
                        if kind == "sdk" and c in PHONES}
         assert {("canary", "2"), ("stable", "1")} <= phones_seen  # phones in both arms of the good release
