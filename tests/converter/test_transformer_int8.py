@@ -102,12 +102,19 @@ def test_onnx_int8_dynamic_runs_its_matmuls_in_integer(conversion) -> None:
     assert result.size_bytes < 0.4 * results["onnx-fp32"].size_bytes
 
 
-def test_weight_only_int8_is_not_built_once_dynamic_int8_passed(conversion) -> None:
+def test_weight_only_int8_is_built_only_where_dynamic_int8_is_not_faster(conversion) -> None:
+    """The rule follows the measured latencies: skipped when int8-dynamic passed faster than fp32,
+    built otherwise. On this tiny encoder the two p50s are close, and a busy machine can invert
+    them (CI saw it), so the test checks the rule against what was measured, not one outcome."""
     results = {r.id: r for r in conversion.results}
-    weights = results["onnx-int8-weights"]
-    assert results["onnx-int8-dynamic"].status == "passed"
-    assert weights.status == "skipped" and weights.built is None
-    assert weights.reason.startswith("not built: onnx-int8-dynamic passed its gates at p50 ")
+    dynamic, weights, fp32 = results["onnx-int8-dynamic"], results["onnx-int8-weights"], results["onnx-fp32"]
+    assert dynamic.status == "passed"
+    ratio = dynamic.metrics["latency_ms"]["p50"] / fp32.metrics["latency_ms"]["p50"]
+    if ratio < 1:
+        assert weights.status == "skipped" and weights.built is None
+        assert weights.reason.startswith(f"not built: onnx-int8-dynamic passed its gates at p50 {ratio:.2f}x")
+    else:
+        assert weights.status != "skipped" and weights.built is not None, weights.reason
 
 
 @pytest.mark.parametrize("variant_id", ["onnx-int8-static", "tflite-int8"])
