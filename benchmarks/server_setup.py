@@ -20,14 +20,15 @@ DEVICE = {"device_class": "rpi4", "arch": "aarch64", "os": "Raspberry Pi OS 12",
           "runtimes": {"onnxruntime": "1.20.1", "litert": "2.3.0"}}
 
 
-def make_release(directory: Path, private_key: Path) -> Path:
-    """A small release signed by hand: two variants and a golden file of random bytes."""
+def make_release(directory: Path, private_key: Path, figures: dict[str, bytes] | None = None) -> Path:
+    """A small release signed by hand: two variants and a golden file of random bytes, and the
+    report ``figures`` given (``{file name: PNG bytes}``)."""
     from edgeship.contract.signing import load_private_key, sign_manifest
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     blobs = {"model-fp32.onnx": rng.randbytes(8_000), "model-int8.tflite": rng.randbytes(2_000),
-             "golden.npz": rng.randbytes(500)}
+             "golden.npz": rng.randbytes(500), **(figures or {})}
     for name, blob in blobs.items():
         (directory / name).write_bytes(blob)
     sha = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
@@ -49,6 +50,9 @@ def make_release(directory: Path, private_key: Path) -> Path:
         "variants": [variant("onnx-fp32", "onnx", "onnxruntime", "model-fp32.onnx", 0.2),
                      variant("tflite-int8", "tflite", "litert", "model-int8.tflite", 0.1)],
     }
+    if figures:
+        manifest["figures"] = [{"file": name, "sha256": sha[name], "size_bytes": len(blobs[name]),
+                                "title": f"figure {name}"} for name in figures]
     signed = sign_manifest(manifest, load_private_key(private_key))
     (directory / "manifest.json").write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
     return directory

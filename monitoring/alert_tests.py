@@ -186,10 +186,13 @@ def promtool_cases() -> list[dict[str, Any]]:
                *_rollout("done-net", "rolled_back", 0.0)],
               _check("3m", paused),
               _check("20m", paused, expect(paused, model="paused-net"))),
-        _case("stalled: a rollout holding one stage for 6h fires; one that advanced 2h ago, a paused "
-              "one and a promoted one do not",
+        _case("stalled: a rollout holding one stage for 6h fires; one that advanced 2h ago, one its "
+              "schedule holds (overnight), a paused one and a promoted one do not",
               [*_rollout("held-net", "running", 0.1, minutes=day),
                *_rollout("moving-net", "running", 0.1, minutes=day, ratios=f"0.1x{day - 120} 0.5x120"),
+               *_rollout("overnight-net", "running", 0.1, minutes=day),
+               _series("edgeship_rollout_schedule_held", f"1x{day}", model="overnight-net"),
+               _series("edgeship_rollout_schedule_held", f"0x{day}", model="held-net"),
                *_rollout("paused-net", "paused", 0.1, minutes=day),
                *_rollout("done-net", "promoted", 0.0, minutes=day)],
               _check("5h", stalled),

@@ -167,7 +167,8 @@ ALERTS: tuple[AlertRule, ...] = (
             "verdicts say why: too few samples (a small or idle canary cohort), or a guard that is "
             "inconclusive (a regression observed but not significant, e.g. errors clustered on a few "
             "devices). Decide: abort, promote by hand, or widen the cohort. Silence it for stages that "
-            "are meant to last longer."),
+            "are meant to last longer. A rollout its schedule holds (outside its windows) does not "
+            "fire; the 6h start again when its window opens."),
     ),
     AlertRule(
         name="EdgeshipCohortSilent",

@@ -290,8 +290,10 @@ QUERIES: dict[str, Query] = {
     "rollouts_unchanged": Query(
         f"max by (model) ({_sel('edgeship_rollout_phase', _MODEL, _RUNNING)}) == 1\n"
         f"and on (model)\nmax by (model) (changes({_sel('edgeship_rollout_canary_ratio', _MODEL)}"
-        "[$window])) == 0",
-        "Running rollouts whose canary share did not change in the window (holding their stage).",
+        "[$window])) == 0\n"
+        f"unless on (model)\nmax by (model) ({_sel('edgeship_rollout_schedule_held', _MODEL)}) == 1",
+        "Running rollouts whose canary share did not change in the window (holding their stage), "
+        "unless their schedule holds them now.",
         "short", "{{model}}"),
     "silent_cohorts": Query(
         f"{_silent('canary', '> 0')}\nor\n{_silent('stable', '< 1')}",

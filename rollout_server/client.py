@@ -113,7 +113,8 @@ class ServerClient:
 
 
 def release_files(directory: Path) -> list[tuple[str, Path]]:
-    """``(part name, path)`` for the manifest and each file it lists (variants, golden set).
+    """``(part name, path)`` for the manifest and each file it lists (variants, golden set, the
+    report's figures).
 
     Raises:
         ClientError: no readable manifest, or a listed file is missing or not a plain name.
@@ -121,7 +122,7 @@ def release_files(directory: Path) -> list[tuple[str, Path]]:
     manifest = directory / MANIFEST_FILE
     try:
         data = json.loads(manifest.read_text())
-        entries = [data["golden"], *data["variants"]]
+        entries = [data["golden"], *data["variants"], *data.get("figures", [])]
         names = list(dict.fromkeys(entry["file"] for entry in entries))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ClientError(0, "bad_release", f"{directory} is not a release directory: {err}") from None

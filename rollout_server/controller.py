@@ -33,15 +33,18 @@ from rollout_server.analysis.sample_ratio import SRM_ALPHA, SRM_GRACE_SECONDS, S
 from rollout_server.analysis.schedule import Schedule
 from rollout_server.analysis.stats import look_alpha
 from rollout_server.bucketing import assign_cohort
+from rollout_server.clock import as_utc
 from rollout_server.config import DEFAULTS
 from rollout_server.counters import bump
 from rollout_server.db import session_scope
 from rollout_server.db_files import database_file_problem
 from rollout_server.device_rows import BaselineCache, arm_fields, stage_devices
+from rollout_server.fleet_activity import take_if_due
 from rollout_server.hot_cache import LAST_SEEN_RESOLUTION_SECONDS
 from rollout_server.models import AuditEntry, Device, Report, Rollout, Verdict, utcnow
 from rollout_server.notifications import events
 from rollout_server.targeting import matches, parse_target
+from rollout_server.window_points import record_window_points
 
 
 def apply_decision(
@@ -116,10 +119,13 @@ def assigned_arms(session: Session, rollout: Rollout, state: RolloutState,
     seen_since = (dt.datetime.fromtimestamp(started, dt.timezone.utc)
                   - dt.timedelta(seconds=LAST_SEEN_RESOLUTION_SECONDS))
     target = parse_target(rollout.spec.get("target"))
-    active = {device: cls for device, cls, attributes in session.execute(
-        select(Device.id, Device.device_class, Device.attributes)
-        .where(Device.last_seen_at >= seen_since, Device.revoked.is_(False)))
-        if matches(target, cls, attributes)}
+    recent = (Device.last_seen_at >= seen_since, Device.revoked.is_(False))
+    if target:
+        active = {device: cls for device, cls, attributes in session.execute(
+            select(Device.id, Device.device_class, Device.attributes).where(*recent))
+            if matches(target, cls, attributes)}
+    else:  # every device is admitted: no JSON to read
+        active = dict(session.execute(select(Device.id, Device.device_class).where(*recent)).tuples().all())
     stratify = bool(rollout.spec.get("stratify"))
     return {device: assign_cohort(rollout.salt, device, percent, cls if stratify else None) == "canary"
             for device, cls in {**active, **(extra or {})}.items()}
@@ -154,8 +160,11 @@ def step_rollout(
 ) -> Decision | None:
     """Analyse one window of one rollout if it is due; returns the decision, or None when not due.
     Baselines come from the cache in ``session.info[BASELINES]``, else are read uncached."""
+    previous = session.scalar(select(Rollout.analyzed_until).where(Rollout.id == rollout_id))
     if not claim_window(session, rollout_id, now, window_seconds):
         return None
+    record_window_points(session, rollout_id, as_utc(previous) if previous is not None else None, now,
+                         window_seconds)
     rollout = session.get(Rollout, rollout_id)
     state = RolloutState.from_dict(rollout.state)
     measurements = load_measurements(session, rollout, state, session.info.get(BASELINES))
@@ -205,8 +214,9 @@ def start_if_due(session: Session, rollout_id: int, now: dt.datetime) -> Decisio
 
 
 def step_all(app: Flask, now: dt.datetime | None = None) -> dict[int, Decision]:
-    """One controller pass: start the scheduled rollouts that are due, then analyse every active
-    rollout; each in its own transaction. ``now`` defaults to the app's ``CLOCK``."""
+    """One controller pass: the fleet page's snapshot when due, start the scheduled rollouts that
+    are due, then analyse every active rollout; each in its own transaction. ``now`` defaults to
+    the app's ``CLOCK``."""
     if database_file_problem(app) is not None:  # logged there; writes would land in a lost file
         return {}
     clock = app.config.get("CLOCK")
@@ -217,6 +227,13 @@ def step_all(app: Flask, now: dt.datetime | None = None) -> dict[int, Decision]:
         baselines = app.extensions[BASELINES] = BaselineCache(float(app.config["BASELINE_SECONDS"]),
                                                               reports=int(app.config["BASELINE_REPORTS"]))
     decisions = {}
+    try:
+        with session_scope(app) as session:
+            take_if_due(session, now, dt.timedelta(seconds=window),
+                        dt.timedelta(minutes=float(app.config["CONSOLE_RECENT_MINUTES"])))
+    except Exception:  # the console's snapshot must not stop the rollouts' analysis
+        app.logger.exception("controller: the fleet snapshot failed")
+        count_controller_error(app, "pass_failed")
     for rollout_id in pending_rollout_ids(app):
         try:
             with session_scope(app) as session:

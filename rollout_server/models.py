@@ -183,6 +183,38 @@ class Verdict(Base):
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class WindowPoint(Base):
+    """One arm of a rollout in one analysis window, as the console charts it: sums, distinct
+    reporting devices and merged latency quantiles of the reports whose window ended in it.
+
+    The controller writes them when it analyses a window (:mod:`rollout_server.window_points`), so
+    a chart reads a few rows per window instead of every report of every device."""
+
+    __tablename__ = "window_points"
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    #: the window's end on the grid of ``ANALYSIS_WINDOW_SECONDS`` (epoch seconds)
+    window_end: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    arm: Mapped[str] = mapped_column(String(8), primary_key=True)
+    inferences: Mapped[int] = mapped_column(BigInteger)
+    labelled: Mapped[int] = mapped_column(BigInteger)
+    correct: Mapped[int] = mapped_column(BigInteger)
+    load_failures: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    devices: Mapped[int] = mapped_column(Integer)
+    p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p95_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class FleetSnapshot(Base):
+    """What the fleet ran and who failed over the last minutes, as the controller last took it
+    (:mod:`rollout_server.fleet_activity`); one row per snapshot kind."""
+
+    __tablename__ = "fleet_snapshots"
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    taken_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class Report(Base):
     """One device's aggregates for one reporting window; ``(device_id, report_id)`` is unique."""
 

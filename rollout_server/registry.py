@@ -122,14 +122,15 @@ def verify_signature(data: dict[str, Any], trusted: Mapping[str, Any]) -> str:
 
 
 def expected_files(data: dict[str, Any]) -> dict[str, ExpectedFile]:
-    """Every file the release needs (variants and golden set), by file name.
+    """Every file the release needs (variants, golden set and the report's figures), by file name.
 
     Raises:
         ApiError: 400 ``invalid_manifest`` if one name is listed with two digests or sizes, or a
             file is named like the manifest part.
     """
     files: dict[str, ExpectedFile] = {}
-    entries = [("golden", data["golden"]), *((f"variant {v['id']}", v) for v in data["variants"])]
+    entries = [("golden", data["golden"]), *((f"variant {v['id']}", v) for v in data["variants"]),
+               *((f"figure {f['file']}", f) for f in data.get("figures", []))]
     for where, entry in entries:
         size = entry.get("size_bytes")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):

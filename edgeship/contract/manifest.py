@@ -19,6 +19,8 @@ VALIDATION_STATES = ("passed", "failed", "not_validated")
 TASK_KINDS = ("classification", "embedding", "regression", "generic")
 MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*\Z")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: the most report figures a manifest may list
+MAX_FIGURES = 16
 
 
 class ManifestError(ValueError):
@@ -59,6 +61,9 @@ class Manifest:
     variants: list[VariantEntry]
     signature: dict[str, str] | None = None
     created_at: str | None = None
+    #: the conversion report's figures (PNG): ``{"file", "sha256", "size_bytes", "title"}`` each,
+    #: signed with the rest so the console shows what the converter drew; devices never fetch them
+    figures: list[dict[str, Any]] = field(default_factory=list)
     schema: str = field(default=SCHEMA)
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +78,8 @@ class Manifest:
         }
         if self.created_at:
             data["created_at"] = self.created_at
+        if self.figures:
+            data["figures"] = self.figures
         if self.signature:
             data["signature"] = self.signature
         return data
@@ -113,6 +120,7 @@ class Manifest:
             variants=variants,
             signature=data.get("signature"),
             created_at=data.get("created_at"),
+            figures=list(data.get("figures") or []),
         )
 
     @classmethod
@@ -174,6 +182,18 @@ def check_manifest(data: Any) -> None:
                  f"must be one of {VALIDATION_STATES}")
         _require(isinstance(entry.get("size_bytes"), int) and entry["size_bytes"] >= 0,
                  f"{where}.size_bytes", "must be a non-negative integer")
+    figures = data.get("figures", [])
+    _require(isinstance(figures, list) and len(figures) <= MAX_FIGURES, "figures",
+             f"must be a list of at most {MAX_FIGURES}")
+    for i, entry in enumerate(figures):
+        where = f"figures[{i}]"
+        _require(isinstance(entry, dict), where, "must be an object")
+        _check_file_ref(entry, where)
+        _require(entry["file"].endswith(".png"), f"{where}.file", "must name a .png file")
+        _require(isinstance(entry.get("size_bytes"), int) and entry["size_bytes"] >= 0,
+                 f"{where}.size_bytes", "must be a non-negative integer")
+        _require(isinstance(entry.get("title"), str) and len(entry["title"]) <= 200, f"{where}.title",
+                 "must be a string of at most 200 characters")
     signature = data.get("signature")
     if signature is not None:
         _require(isinstance(signature, dict) and {"alg", "key_id", "value"} <= set(signature),

@@ -62,6 +62,9 @@ METRICS: dict[str, MetricSpec] = {
                    ("model",)),
         MetricSpec("edgeship_rollout_phase", "gauge", "1 for the phase the model's latest rollout is in.",
                    ("model", "phase")),
+        MetricSpec("edgeship_rollout_schedule_held", "gauge",
+                   "1 while the schedule of the model's latest rollout holds it (outside its windows, "
+                   "or before its start).", ("model",)),
         MetricSpec("edgeship_rollbacks_total", "counter", "Rollouts rolled back automatically.", ("model",)),
         MetricSpec("edgeship_reports_refused_total", "counter",
                    "Reports refused because the server's records contradict them, by reason.", ("reason",)),

@@ -41,6 +41,7 @@ from edgeship.contract.latency import (
 from edgeship.contract.metrics import METRICS
 from edgeship.contract.reports import ERROR_REASONS
 from rollout_server.analysis import Phase, RolloutState
+from rollout_server.api.rollouts import hold_reason
 from rollout_server.counter_buffer import EXTENSION as COUNTER_BUFFER
 from rollout_server.counters import (
     AUTH_FAILURES,
@@ -193,12 +194,14 @@ def _latency_sketches(session: Session) -> dict[tuple[str, str, str, str], dict[
 def _rollout_metrics(session: Session) -> Iterator:
     ratio = _family(GaugeMetricFamily, "edgeship_rollout_canary_ratio")
     phase = _family(GaugeMetricFamily, "edgeship_rollout_phase")
+    held = _family(GaugeMetricFamily, "edgeship_rollout_schedule_held")
     rollbacks = _family(CounterMetricFamily, "edgeship_rollbacks_total")
     latest = select(Rollout.model_id, func.max(Rollout.id)).group_by(Rollout.model_id).subquery()
     for rollout in session.scalars(select(Rollout).join(latest, Rollout.id == latest.c[1])):
         state = RolloutState.from_dict(rollout.state)
         active = state.phase.is_active
         ratio.add_metric([rollout.model.name], state.canary_percent / 100 if active else 0.0)
+        held.add_metric([rollout.model.name], 1.0 if hold_reason(rollout) is not None else 0.0)
         for each in Phase:  # one series per phase, 1 for the current one
             phase.add_metric([rollout.model.name, each.value], 1.0 if rollout.phase == each.value else 0.0)
     counts = session.execute(
@@ -206,7 +209,7 @@ def _rollout_metrics(session: Session) -> Iterator:
         .where(Rollout.phase == Phase.ROLLED_BACK.value).group_by(Model.name))
     for model, count in counts:
         rollbacks.add_metric([model], count)
-    yield from (ratio, phase, rollbacks)
+    yield from (ratio, phase, held, rollbacks)
 
 
 def _device_metrics(session: Session) -> Iterator:

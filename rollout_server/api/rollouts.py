@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -208,12 +208,13 @@ def summary(rollout: Rollout) -> dict:
     }
 
 
-def status_body(rollout: Rollout, limit: int = 200) -> dict:
+def status_body(rollout: Rollout, limit: int = 200, per_window: bool = False) -> dict:
+    """The rollout's summary, arm counts (:func:`assigned_devices`), spec, state and newest verdicts."""
     verdicts = db().scalars(select(Verdict).where(Verdict.rollout_id == rollout.id)
                             .order_by(Verdict.id.desc()).limit(limit))
     return {
         **summary(rollout),
-        "devices": assigned_devices(rollout),
+        "devices": assigned_devices(rollout, per_window),
         "spec": rollout.spec,
         "state": rollout.state,
         "verdicts": [{"window_end": v.window_end.isoformat(), "stage": v.stage_index + 1, "guard": v.guard,
@@ -222,16 +223,35 @@ def status_body(rollout: Rollout, limit: int = 200) -> dict:
     }
 
 
-def assigned_devices(rollout: Rollout) -> dict[str, int] | None:
+def assigned_devices(rollout: Rollout, per_window: bool = False) -> dict[str, int] | None:
     """How many of the devices active in this stage the bucketing puts in each arm, while a
     stage splits the fleet (else None): an operator sees at once a canary too small for the
-    guards' device minimums, which would otherwise hold the rollout until more devices come."""
+    guards' device minimums, which would otherwise hold the rollout until more devices come.
+
+    ``per_window``: counted once per analysis window per process (it reads every active device:
+    a tenth of a second at 10,000), as the guards count them once per window; for the console,
+    whose pages poll it every few seconds."""
     state = RolloutState.from_dict(rollout.state)
     if rollout.phase not in {p.value for p in Phase.active()} or not 0 < state.stage.percent < 100:
         return None
-    arms = assigned_arms(db(), rollout, state)
-    canary = sum(arms.values())
-    return {"canary": canary, "stable": len(arms) - canary}
+    if not per_window:
+        arms = assigned_arms(db(), rollout, state)
+        return {"canary": sum(arms.values()), "stable": len(arms) - sum(arms.values())}
+    window = float(current_app.config["ANALYSIS_WINDOW_SECONDS"])
+    key = (rollout.id, state.stage_index, state.stage.percent, state.stage_started_at,
+           int(clock_now().timestamp() // max(1.0, window)))
+    counted: dict[tuple, dict[str, int]] = current_app.extensions.setdefault(_ARM_COUNTS, {})
+    if key not in counted:
+        arms = assigned_arms(db(), rollout, state)
+        canary = sum(arms.values())
+        if len(counted) >= 256:  # a few per rollout and window: drop the old ones
+            counted.clear()
+        counted[key] = {"canary": canary, "stable": len(arms) - canary}
+    return dict(counted[key])
+
+
+#: ``app.extensions`` key of :func:`assigned_devices`' counts
+_ARM_COUNTS = "edgeship.arm_counts"
 
 
 def hold_reason(rollout: Rollout) -> str | None:

@@ -1,6 +1,7 @@
 """What the fleet page shows: devices by class, runtime, admission; what they run; who is silent
 or failing; who waits for admission. Aggregates in SQL (a fleet of 100,000 devices is one page),
-lists capped at :data:`LIST_LIMIT` rows each.
+lists capped at :data:`LIST_LIMIT` rows each; what runs and who fails from the reports, as the
+controller last summed them (:mod:`rollout_server.fleet_activity`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, cast, func, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
 
-from edgeship.contract.reports import ERROR_REASONS
-from rollout_server import clock
-from rollout_server.models import Device, Model, Release, Report, Rollout
+from rollout_server import clock, fleet_activity
+from rollout_server.models import Device
 
-LIST_LIMIT = 50
+LIST_LIMIT = fleet_activity.LIST_LIMIT
 
 
 @dataclass
@@ -35,11 +35,14 @@ class FleetView:
     silent_total: int = 0
     failing: list[dict[str, Any]] = field(default_factory=list)
     pending: list[dict[str, Any]] = field(default_factory=list)
+    as_of: dt.datetime | None = None
+    as_of_ago: str = ""
 
 
-def fleet_view(session: Session, now: dt.datetime, recent: dt.timedelta,
-               silent_after: dt.timedelta) -> FleetView:
-    """Read the fleet page's numbers at ``now``."""
+def fleet_view(session: Session, now: dt.datetime, recent: dt.timedelta, silent_after: dt.timedelta,
+               snapshot_age: dt.timedelta = dt.timedelta(0)) -> FleetView:
+    """Read the fleet page's numbers at ``now``; what runs and who fails from the controller's
+    snapshot when it is at most ``snapshot_age`` old (:mod:`rollout_server.fleet_activity`)."""
     view = FleetView(recent=recent, silent_after=silent_after)
     states = (Device.admission, Device.revoked)
     by_admission = select(*states, func.count()).group_by(*states)
@@ -56,70 +59,16 @@ def fleet_view(session: Session, now: dt.datetime, recent: dt.timedelta,
     for runtimes, count in session.execute(select(as_text, func.count()).where(live).group_by(as_text)):
         for name in _runtime_names(runtimes):  # JSON keys: read here (SQLite and PostgreSQL differ)
             view.by_runtime[name] += count
-    view.running = _running(session, now - recent)
+    activity = fleet_activity.latest(session, now, recent, max_age=snapshot_age)
+    view.running, view.failing, view.as_of = activity["running"], activity["failing"], activity["taken_at"]
+    view.as_of_ago = ago(now - view.as_of)
     view.silent_total = session.scalar(select(func.count()).select_from(Device).where(live, is_silent)) or 0
     oldest_first = Device.last_seen_at.asc().nulls_first()
     view.silent = [_device_row(d, now) for d in session.scalars(
         select(Device).where(live, is_silent).order_by(oldest_first).limit(LIST_LIMIT))]
-    view.failing = _failing(session, now - recent)
     view.pending = [_device_row(d, now) for d in session.scalars(
         select(Device).where(Device.admission == "pending").order_by(Device.created_at).limit(LIST_LIMIT))]
     return view
-
-
-def _running(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
-    """Devices per model, version, variant, cohort and class among the reports since ``since``.
-
-    The reports are summed per device first (ids, no join), then those rows per group: no
-    ``COUNT(DISTINCT)`` and no join per report."""
-    keys = (Report.model_id, Report.release_id, Report.variant_id, Report.cohort, Report.device_class)
-    per_device = (select(*keys, func.sum(Report.inferences).label("inferences"))
-                  .where(*_recent(since)).group_by(*keys, Report.device_id).subquery())
-    c = per_device.c
-    rows = session.execute(
-        select(Model.name, Release.version, c.variant_id, c.cohort, c.device_class, func.count(),
-               func.sum(c.inferences))
-        .join(Model, Model.id == c.model_id).outerjoin(Release, Release.id == c.release_id)
-        .group_by(Model.name, Release.version, c.variant_id, c.cohort, c.device_class)
-        .order_by(Model.name, Release.version, c.cohort, c.device_class))
-    return [{"model": m, "version": v or "?", "variant": variant, "cohort": cohort, "device_class": cls,
-             "devices": devices, "inferences": int(inferences or 0)}
-            for m, v, variant, cohort, cls, devices, inferences in rows]
-
-
-def _failing(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
-    """Devices with errors in their reports since ``since``, most errors first.
-
-    Only the reports with errors are grouped to find them (most reports have none); their
-    inferences are then summed over all their recent reports, for those devices only. Grouped by
-    class first: by device first, SQLite (without statistics: the server runs no ``ANALYZE``)
-    would walk the whole table in device order to save a sort, not the last minutes by time.
-    """
-    errors = sum(getattr(Report, f"err_{reason}") for reason in ERROR_REASONS)
-    per_reason = [func.sum(getattr(Report, f"err_{reason}")) for reason in ERROR_REASONS]
-    rows = session.execute(
-        select(Report.device_id, Report.device_class, func.sum(errors), *per_reason)
-        .where(*_recent(since), errors > 0)
-        .group_by(Report.device_class, Report.device_id)  # class first: see the docstring
-        .order_by(func.sum(errors).desc(), Report.device_id).limit(LIST_LIMIT)).all()
-    inferences = dict(session.execute(
-        select(Report.device_id, func.sum(Report.inferences))
-        .where(Report.window_end >= since, Report.device_id.in_({row[0] for row in rows}))
-        .group_by(Report.device_id)).all()) if rows else {}
-    out = []
-    for device_id, device_class, total, *reasons in rows:
-        counts = {reason: int(n or 0) for reason, n in zip(ERROR_REASONS, reasons, strict=True) if n}
-        out.append({"device_id": device_id, "device_class": device_class, "errors": int(total or 0),
-                    "inferences": int(inferences.get(device_id) or 0), "reasons": counts})
-    return out
-
-
-def _recent(since: dt.datetime) -> tuple[ColumnElement[bool], ...]:
-    """Reports whose window ended at ``since`` or later, as ranges of
-    ``ix_reports_rollout_id_window_end``: one per rollout and one outside any (every report is
-    in one of them), not a scan of the whole table."""
-    return (Report.window_end >= since,
-            or_(Report.rollout_id.is_(None), Report.rollout_id.in_(select(Rollout.id).scalar_subquery())))
 
 
 def _runtime_names(stored: str | None) -> list[str]:

@@ -74,7 +74,16 @@ def release_view(session: Session, name: str, version: str) -> dict[str, Any] | 
         "reference": {"format": reference.get("format"), "params": reference.get("params")},
         "variants": [_variant(v, by_id.get(v.variant_id, {}), fp32_sizes.get(v.format))
                      for v in release.variants],
+        "figures": release_figures(manifest),
     }
+
+
+def release_figures(manifest: dict[str, Any]) -> list[dict[str, str]]:
+    """The report's figures the signed manifest lists: ``{"file", "sha256", "title"}`` each (the
+    publish checked them against the schema and stored each file under its digest)."""
+    figures = manifest.get("figures")
+    return [{"file": f["file"], "sha256": f["sha256"], "title": f.get("title") or f["file"]}
+            for f in (figures if isinstance(figures, list) else []) if isinstance(f, dict)]
 
 
 def _fp32_sizes(by_id: dict[Any, dict[str, Any]]) -> dict[str, int]:

@@ -14,6 +14,7 @@ from edgeship.contract.signing import generate_keypair
 from examples.demo.server import ServerProcess
 from tests.browser import Page
 from tests.rollout_server.conftest import edgeship
+from tests.rollout_server.test_release_figures import png
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
     private, public = generate_keypair(root / "keys")
     process = ServerProcess(root / "server", str(public)).start()
     try:
-        release = make_release(root / "release", private)
+        release = make_release(root / "release", private, figures={"report.png": png(320, 120)})
         for command in (("publish", release), ("models", "set-stable", MODEL, VERSION)):
             done = edgeship(*command, "--server", process.url, token=process.admin)
             assert done.returncode == 0, done.stderr
@@ -91,6 +92,11 @@ def test_a_release_shows_its_variants_and_who_signed_and_published_it(browser_pa
     variants = tab.page.locator("#variants tbody tr").all_inner_texts()
     assert [v.split("\t")[0] for v in variants] == ["onnx-fp32", "tflite-int8"]
     assert "passed" in variants[0] and "0.200" in variants[0]  # p50 as the converter measured it
+    figure = tab.page.locator("#figures img")
+    assert figure.count() == 1 and "figure report.png" in tab.page.inner_text("#figures")
+    figure.scroll_into_view_if_needed()
+    tab.page.wait_for_function("document.querySelector('#figures img').complete")
+    assert figure.evaluate("img => img.naturalWidth") == 320  # served, allowed by the CSP, decoded
     tab.screenshot("console-release")
     assert tab.errors == []
 

@@ -182,9 +182,12 @@ def test_created_outside_its_windows_it_waits_for_the_next_one(app, clock, clien
     assert created["phase"] == "pending" and created["hold_reason"] == CLOSED
     step_all(app)
     assert status_of(client, tokens, created["id"])["phase"] == "pending"
+    held = 'edgeship_rollout_schedule_held{model="digits-cnn"}'  # the stalled alert leaves it alone
+    assert f"{held} 1.0" in client.get("/metrics", headers=auth(tokens["admin"])).text
     clock.now = NEXT_MORNING
     step_all(app)
     assert status_of(client, tokens, created["id"])["phase"] == "running"
+    assert f"{held} 0.0" in client.get("/metrics", headers=auth(tokens["admin"])).text
 
 
 def test_outside_the_windows_a_passing_stage_holds_and_advances_when_one_opens(app, clock, client, tokens,

@@ -1,6 +1,8 @@
 // The rollout page, live: every few seconds it asks /console/rollouts/<id>/live for the summary,
 // the per-window series and the newest verdicts, and redraws the tiles, the charts (uPlot) and
 // the verdict table in place. Only textContent is written: nothing from the server becomes HTML.
+// After the first answer it asks only for the windows from two before its newest one (the server
+// sums the last windows again as late reports arrive) and splices them in.
 "use strict";
 (function () {
   const root = document.getElementById("rollout");
@@ -9,6 +11,31 @@
   const EVERY_MS = 5000;
   const COLOURS = { canary: "#cf222e", stable: "#1f6feb" };
   const charts = new Map();
+  const MAX_POINTS = 1440;
+  let held = null;
+
+  function since() {
+    if (!held || held.t.length === 0) return null;
+    return held.t[held.t.length - 1] - 2 * held.window_seconds;
+  }
+
+  function merge(series) {
+    if (!held || series.since === null || series.since === undefined) {
+      held = series;
+      return held;
+    }
+    let cut = held.t.findIndex((t) => t >= series.since);
+    if (cut === -1) cut = held.t.length;
+    const from = Math.max(0, cut + series.t.length - MAX_POINTS);
+    held.t = held.t.slice(0, cut).concat(series.t).slice(from);
+    ["canary", "stable"].forEach((arm) => {
+      Object.keys(series[arm]).forEach((name) => {
+        held[arm][name] = (held[arm][name] || []).slice(0, cut).concat(series[arm][name]).slice(from);
+      });
+    });
+    held.window_seconds = series.window_seconds;
+    return held;
+  }
 
   function text(id, value) {
     const el = document.getElementById(id);
@@ -105,12 +132,14 @@
 
   async function refresh() {
     try {
-      const response = await fetch(liveUrl, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      const from = since();
+      const url = from === null ? liveUrl : liveUrl + "?since=" + encodeURIComponent(String(from));
+      const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
       if (response.status === 401 || response.redirected) { window.location.reload(); return; }
       if (!response.ok) return;
       const live = await response.json();
       drawSummary(live);
-      drawCharts(live.series);
+      drawCharts(merge(live.series));
       drawVerdicts(live.verdicts);
       root.dataset.refreshed = String(Date.now());
     } catch (err) {
