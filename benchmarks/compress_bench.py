@@ -1,6 +1,7 @@
 """Compression benchmark: channel pruning, distillation and accuracy-aware int8 tuning, one run.
 
-    python -m benchmarks.compress_bench [--out build/bench] [--only pruning,distill,tuning]
+    python -m benchmarks.compress_bench [--out build/bench]
+        [--only pruning,distill,tuning,nas,multiteacher,ternary,openvino,runtimes,precision]
 
 * **pruning**: 30% structured channel pruning (BN-scale importance, torch-pruning) of the
   ResNet-style network trained on digits at 32x32, fine-tuned on the training split, exported to
@@ -14,6 +15,19 @@
   (``examples.outlier``), static int8 in ONNX and TFLite, plain and with accuracy-aware tuning.
   Target: tuning brings the accuracy drop under the 0.5-point gate where plain static int8
   does not.
+* **nas** (:mod:`benchmarks.compress_nas`): the ResNet-style network searched (stage widths,
+  residual depth) under half its fp32 p50 on onnxruntime, against its uniform int8 variant.
+* **multiteacher**, **ternary** (:mod:`benchmarks.compress_ternary`): a student distilled from
+  one teacher vs two; the digits CNN ternarised and shipped packed (ONNX) and as 2-bit Core ML
+  palettes; both against the uniform int8 variant of the same model.
+* **openvino** (:mod:`benchmarks.compress_openvino`): openvino-fp16 / openvino-int8 (NNCF) size,
+  accuracy and p50 against onnx-int8-static of the same model; NNCF accuracy control on the
+  outlier-channel digits CNN.
+* **runtimes** (:mod:`benchmarks.compress_runtimes`): the ResNet-style network's ``mnn-int8``
+  and ``executorch-xnnpack-int8`` against its uniform int8 variant, each on its own runtime.
+* **precision** (:mod:`benchmarks.compress_precision`): the MiniLM-L6-style encoder's
+  ``*-int4-weights`` and ``*-mixed`` (size budget 0.4x) against its uniform int8 variant, ONNX
+  and TFLite, in one conversion.
 
 Trained models are cached under ``--out`` (shared with ``benchmarks.convert_bench``). Prints a
 table with PASS/MISS per target and writes ``benchmarks/results/compress.json``.
@@ -29,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.compress_rows import p50_ratio, pts, row, size_ratio
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "compress.json"
 SEEDS = (0, 1, 2, 3, 4)
@@ -38,13 +54,13 @@ PRUNE_FINE_TUNE_EPOCHS = 3
 
 def bench_pruning(out: Path, key: Path) -> list[dict[str, Any]]:
     """ResNet-style, 30% channel pruning + fine-tune, through the converter (ONNX)."""
-    from benchmarks.convert_bench import bench_models, prepare
+    from benchmarks.convert_bench import bench_models
     from converter import run_conversion
     from converter.progress import Progress
     from examples.vision import digits32
 
     model = bench_models()["resnet-style"]
-    directory = prepare(model, out)
+    directory = model.prepare(out)
     x_tr, y_tr, _, _ = digits32()
     np.savez(directory / "train.npz", image=x_tr, labels=y_tr)
     recipe = directory / "compress-recipe.toml"
@@ -75,16 +91,16 @@ steps = ["prune:channel:bn-scale:0.3"]
     drop = pruned.metrics.get("accuracy_drop")
     seconds = round(time.monotonic() - started)
     return [
-        _row("pruning", "resnet-style MACs after 30% channel pruning (×source)", step["macs_ratio"],
+        row("pruning", "resnet-style MACs after 30% channel pruning (×source)", step["macs_ratio"],
              "<= 0.55", step["macs_ratio"] <= 0.55,
              f"{step['macs_before']:,} -> {step['macs_after']:,} MACs; params ×{step['params_ratio']:.3f}"),
-        _row("pruning", "resnet-style accuracy drop after fine-tune (pts, onnxruntime)",
+        row("pruning", "resnet-style accuracy drop after fine-tune (pts, onnxruntime)",
              None if drop is None else round(drop * 100, 2), "<= 1.00",
              drop is not None and drop <= 0.01,
              f"source {dense.metrics.get('accuracy')}, pruned {pruned.metrics.get('accuracy')}, "
              f"{PRUNE_FINE_TUNE_EPOCHS} fine-tune epochs, {seconds}s, variant {pruned.status}"),
-        _row("pruning", "resnet-style pruned ONNX p50 latency (×dense fp32)",
-             _ratio(pruned.metrics, dense.metrics), "info", None,
+        row("pruning", "resnet-style pruned ONNX p50 latency (×dense fp32)",
+             p50_ratio(pruned.metrics, dense.metrics), "info", None,
              f"file {pruned.size_bytes / 1e6:.2f} MB vs {dense.size_bytes / 1e6:.2f} MB"),
     ]
 
@@ -94,7 +110,7 @@ def bench_distillation(out: Path) -> list[dict[str, Any]]:
     import torch
     from torch.nn import functional
 
-    from benchmarks.convert_bench import bench_models, prepare
+    from benchmarks.convert_bench import bench_models
     from converter.compress.chain import ModelChain, torch_threads
     from converter.compress.env import StepEnv
     from converter.compress.steps import DistillStep, Training
@@ -105,7 +121,7 @@ def bench_distillation(out: Path) -> list[dict[str, Any]]:
     from examples.digits import DigitsStudent, load_split
 
     model = bench_models()["digits-cnn"]
-    teacher = torch.load(prepare(model, out) / "model.pt", weights_only=False).eval()
+    teacher = torch.load(model.prepare(out) / "model.pt", weights_only=False).eval()
     specs = [parse_input_spec(model.input_spec)]
     x_tr, y_tr, x_te, y_te = load_split()
     train, test = SampleSet(specs, {"image": x_tr}, y_tr), SampleSet(specs, {"image": x_te}, y_te)
@@ -137,12 +153,12 @@ def bench_distillation(out: Path) -> list[dict[str, Any]]:
     ratio = params["student_params"] / params["teacher_params"]
     per_seed = ", ".join(f"{a:.4f}/{b:.4f}" for a, b in zip(distilled, plain, strict=True))
     return [
-        _row("distill", "student parameters (×teacher)", round(ratio, 4), "<= 0.25", ratio <= 0.25,
+        row("distill", "student parameters (×teacher)", round(ratio, 4), "<= 0.25", ratio <= 0.25,
              f"{params['student_params']:,} vs {params['teacher_params']:,}"),
-        _row("distill", "distilled student accuracy gap to teacher (pts, mean of 5 seeds)",
+        row("distill", "distilled student accuracy gap to teacher (pts, mean of 5 seeds)",
              round((teacher_acc - kd) * 100, 2), "<= 2.00", teacher_acc - kd <= 0.02,
              f"teacher {teacher_acc:.4f}, distilled {kd:.4f}"),
-        _row("distill", "distilled minus label-only student (pts, mean of 5 seeds)",
+        row("distill", "distilled minus label-only student (pts, mean of 5 seeds)",
              round((kd - ce) * 100, 2), "> 0", kd > ce,
              f"label-only {ce:.4f}; per seed distilled/label-only {per_seed}"),
     ]
@@ -150,21 +166,11 @@ def bench_distillation(out: Path) -> list[dict[str, Any]]:
 
 def bench_tuning(out: Path, key: Path) -> list[dict[str, Any]]:
     """The outlier-channel digits CNN: plain static int8 against tuned, ONNX and TFLite."""
-    import os
-
-    from benchmarks.convert_bench import bench_models, prepare
+    from benchmarks.convert_bench import outlier_digits
     from converter import run_conversion
     from converter.progress import Progress
 
-    directory = prepare(bench_models()["digits-cnn"], out)
-    digits_dir = out / "digits-weights"
-    if not (digits_dir / "weights.pt").exists():
-        import torch
-
-        digits_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(torch.load(directory / "model.pt", weights_only=False).state_dict(),
-                   digits_dir / "weights.pt")
-    os.environ["EDGESHIP_DIGITS_DIR"] = str(digits_dir)
+    directory = outlier_digits(out)
     recipe = directory / "tuning-recipe.toml"
     recipe.write_text("""
 [[variants]]
@@ -197,33 +203,15 @@ id = "tflite-int8-tuned"
         record = tuned.tuning or {}
         kept = record.get("kept", {})
         rows += [
-            _row("tuning", f"{fmt} plain static int8 accuracy drop (pts)", _pts(p_drop), "> 0.50 (fails)",
+            row("tuning", f"{fmt} plain static int8 accuracy drop (pts)", pts(p_drop), "> 0.50 (fails)",
                  p_drop is not None and p_drop > 0.005, f"status {plain.status}"),
-            _row("tuning", f"{fmt} tuned static int8 accuracy drop (pts)", _pts(t_drop), "<= 0.50",
+            row("tuning", f"{fmt} tuned static int8 accuracy drop (pts)", pts(t_drop), "<= 0.50",
                  t_drop is not None and t_drop <= 0.005 and tuned.status == "passed",
                  f"{len(record.get('attempts', []))} attempts, {record.get('seconds')}s; kept "
                  f"{kept.get('calibration')}, {len(kept.get('float_layers') or [])} float layers; "
-                 f"size ×{_size_ratio(tuned, plain)} of plain"),
+                 f"size ×{size_ratio(tuned, plain)} of plain"),
         ]
     return rows
-
-
-def _row(bench: str, metric: str, value: Any, target: str, met: bool | None, detail: str) -> dict[str, Any]:
-    return {"benchmark": bench, "metric": metric, "value": value, "target": target, "met": met,
-            "detail": detail}
-
-
-def _pts(drop: float | None) -> float | None:
-    return None if drop is None else round(drop * 100, 2)
-
-
-def _ratio(metrics: dict[str, Any], base: dict[str, Any]) -> float | None:
-    a, b = (metrics.get("latency_ms") or {}).get("p50"), (base.get("latency_ms") or {}).get("p50")
-    return round(a / b, 3) if a and b else None
-
-
-def _size_ratio(a: Any, b: Any) -> str:
-    return f"{a.size_bytes / b.size_bytes:.2f}" if a.size_bytes and b.size_bytes else "–"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -243,7 +231,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
-    parser.add_argument("--only", default="pruning,distill,tuning")
+    parser.add_argument("--only", default="pruning,distill,tuning,nas,multiteacher,ternary,openvino,"
+                        "runtimes,precision")
     args = parser.parse_args()
     from converter.quiet import quiet_toolchains
     from edgeship.contract.signing import generate_keypair
@@ -261,6 +250,30 @@ def main() -> None:
         rows += bench_distillation(args.out)
     if "tuning" in chosen:
         rows += bench_tuning(args.out, key)
+    if "nas" in chosen:
+        from benchmarks.compress_nas import bench_nas
+
+        rows += bench_nas(args.out, key)
+    if "multiteacher" in chosen:
+        from benchmarks.compress_ternary import bench_multi_teacher
+
+        rows += bench_multi_teacher(args.out, key)
+    if "ternary" in chosen:
+        from benchmarks.compress_ternary import bench_ternary
+
+        rows += bench_ternary(args.out, key)
+    if "openvino" in chosen:
+        from benchmarks.compress_openvino import bench_openvino
+
+        rows += bench_openvino(args.out, key)
+    if "precision" in chosen:
+        from benchmarks.compress_precision import bench_precision
+
+        rows += bench_precision(args.out, key)
+    if "runtimes" in chosen:
+        from benchmarks.compress_runtimes import bench_runtimes
+
+        rows += bench_runtimes(args.out, key)
     print()
     print_table(rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

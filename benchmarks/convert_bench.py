@@ -69,6 +69,24 @@ def bench_models() -> dict[str, BenchModel]:
     }
 
 
+def outlier_digits(out: Path) -> Path:
+    """The benchmark's digits CNN prepared under ``out``, its weights where ``examples.outlier``
+    reads them (``$EDGESHIP_DIGITS_DIR``, set here): the outlier-channel model is built from them.
+    Returns the digits CNN's directory (its eval and calibration files)."""
+    import os
+
+    import torch
+
+    directory = bench_models()["digits-cnn"].prepare(out)
+    digits_dir = out / "digits-weights"
+    if not (digits_dir / "weights.pt").exists():
+        digits_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(torch.load(directory / "model.pt", weights_only=False).state_dict(),
+                   digits_dir / "weights.pt")
+    os.environ["EDGESHIP_DIGITS_DIR"] = str(digits_dir)
+    return directory
+
+
 def prepare_cnn(name: str, build: Callable, data: Callable, epochs: int, lr: float, out: Path) -> Path:
     """Train (once; cached) and write ``model.pt``, ``calib.npz`` and ``eval.npz``."""
     import torch

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 from converter.compress.steps import DistillStep, needs_training_data
 from converter.data import SampleSet, load_samples
 from converter.errors import ConverterError, DataError, UnsupportedModelError
-from converter.golden import write_golden
+from converter.golden import sha256_file, write_golden
 from converter.loading import as_eval, load_model
 from converter.progress import Progress, VariantClock
 from converter.recipe import Recipe, VariantPlan, load_recipe
 from converter.reference import Reference, compute_reference, fit_check
-from converter.report import write_report
+from converter.report import write_figures, write_report
 from converter.results import VariantResult
 from converter.specs import TensorSpec, parse_input_spec
 from converter.staging import check_writable, staged_directory
@@ -161,13 +161,17 @@ def run_conversion(
         if not any(r.shipped for r in results):
             raise NoVariantPassed(results)
         golden = write_golden(stage, eval_set, reference, recipe.validation.golden_count)
+        accuracy = reference_accuracy(reference, eval_set, task_kind)
+        figures = write_figures(stage, results, accuracy, search_log)
         manifest = _manifest(model_name, version, task_kind, specs, reference, eval_set,
                              golden, results)
+        manifest.figures = [{"file": name, "sha256": sha256_file(stage / name),
+                             "size_bytes": (stage / name).stat().st_size, "title": title}
+                            for name, title in figures.items()]
         signed = signing.sign_manifest(manifest.to_dict(), private_key)
         manifest = Manifest.from_dict(signed)
         manifest.write(stage)
-        write_report(stage, manifest, results, reference_accuracy(reference, eval_set, task_kind),
-                     search_log)
+        write_report(stage, manifest, results, search_log)
     progress.say(f"release written to {out}")
     return Conversion(manifest, results, out, search_log)
 
@@ -275,7 +279,8 @@ def _check_compression_inputs(recipe: Recipe, train_set: SampleSet | None) -> No
     """
     students = {s.student for p in recipe.variants for s in p.steps if isinstance(s, DistillStep)}
     if train_set is None and any(needs_training_data(p.steps) for p in recipe.variants):
-        raise DataError("the recipe distills a student, which needs training data: pass "
+        raise DataError("the recipe distills a student or searches an architecture, which needs "
+                        "training data: pass "
                         "--train FILE.npz (arrays keyed by input name, labels under 'labels')")
     for student in sorted(students):
         load_model(student)

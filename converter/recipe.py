@@ -33,7 +33,7 @@ A recipe is TOML. Every key is optional; what is left out takes the default::
     max_accuracy_drop = 0.01
     formats = ["onnx"]
 
-    [[variants]]                  # leave out to build every kind in the catalogue
+    [[variants]]                  # leave out to build every kind in the catalogue but opt-in ones
     kind = "onnx-int8-static"     # (or only the [targets] variants when [targets] is set)
     id = "onnx-int8-entropy"      # default: the kind
     calibration = "entropy"       # kind options, see converter.catalogue
@@ -183,7 +183,7 @@ class Recipe:
 
 
 def default_recipe() -> Recipe:
-    """Every kind in the catalogue with its default options and the default gates."""
+    """Every kind in the catalogue but the opt-in ones, with default options and gates."""
     return parse_recipe({})
 
 
@@ -218,7 +218,8 @@ def parse_recipe(data: dict[str, Any], where: str = "recipe") -> Recipe:
     targets = _parse_targets(dict(data["targets"]), where) if "targets" in data else None
     entries = data.get("variants")
     if entries is None:
-        entries = [] if targets is not None else [{"kind": kind} for kind in VARIANT_KINDS]
+        entries = [] if targets is not None else [
+            {"kind": name} for name, kind in VARIANT_KINDS.items() if not kind.opt_in]
     if not isinstance(entries, list) or (not entries and targets is None):
         raise RecipeError(f"{where}: [[variants]] must be a non-empty list of tables")
     plans = [_parse_variant(entry, gates, compression, tuning, where) for entry in entries]

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from converter.report_mixed import mixed_sections, write_mixed_plots
+from converter.report_nas import write_search_plots
 from converter.report_plots import write_pareto, write_plot
 from converter.report_sections import (
     compression_sections,
@@ -121,19 +123,35 @@ def format_table(results: list[VariantResult]) -> str:
     return "\n".join(lines)
 
 
-def write_report(
-    directory: Path, manifest: Manifest, results: list[VariantResult], reference_accuracy: float | None,
-    search: list[dict[str, Any]] | None = None,
-) -> None:
-    """Write ``report.md``, ``report.json`` and ``report.png`` into the release directory."""
+def write_figures(directory: Path, results: list[VariantResult], reference_accuracy: float | None,
+                  search: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """Draw the report's figures into the release directory; returns ``{file name: title}`` of
+    those drawn (none without matplotlib). Drawn before the manifest is signed: it lists them."""
+    directory = Path(directory)
+    drawn = {}
+    if write_plot(directory / REPORT_PNG, results, reference_accuracy):
+        drawn[REPORT_PNG] = "Size, latency and quality per variant"
+    if write_pareto(directory / PARETO_PNG, results, search):
+        drawn[PARETO_PNG] = "Pareto view: every measured candidate by size, latency and accuracy"
+    for name in write_search_plots(directory, results):
+        drawn[name] = "Architecture search: p50 latency against quality of every candidate"
+    for name in write_mixed_plots(directory, results):
+        drawn[name] = "Mixed precision: error against size and latency of every assignment"
+    return drawn
+
+
+def write_report(directory: Path, manifest: Manifest, results: list[VariantResult],
+                 search: list[dict[str, Any]] | None = None) -> None:
+    """Write ``report.md`` and ``report.json`` into the release directory (its figures, drawn by
+    :func:`write_figures`, are those the manifest lists)."""
     directory = Path(directory)
     (directory / REPORT_JSON).write_text(json.dumps({
         "model": manifest.model, "version": manifest.version, "reference": manifest.reference,
         "variants": [r.to_dict() for r in results], "search": search or [],
     }, indent=2, default=str) + "\n")
-    plotted = write_plot(directory / REPORT_PNG, results, reference_accuracy)
-    pareto = write_pareto(directory / PARETO_PNG, results, search)
-    (directory / REPORT_MD).write_text(markdown(manifest, results, plotted, search, pareto))
+    drawn = {entry["file"] for entry in manifest.figures}
+    (directory / REPORT_MD).write_text(markdown(manifest, results, REPORT_PNG in drawn, search,
+                                                PARETO_PNG in drawn))
 
 
 def markdown(manifest: Manifest, results: list[VariantResult], plotted: bool,
@@ -175,6 +193,7 @@ def markdown(manifest: Manifest, results: list[VariantResult], plotted: bool,
     lines += output_sections(results, [o["name"] for o in manifest.task["outputs"]])
     lines += compression_sections(results)
     lines += tuning_sections(results)
+    lines += mixed_sections(results)
     lines += search_sections(search)
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from converter.report_nas import is_search, search_lines
 from converter.results import VariantResult
 
 
@@ -25,6 +26,20 @@ def compression_sections(results: list[VariantResult]) -> list[str]:
         lines += [f"### {' → '.join(key)}", "", f"Variants: {', '.join(ids)}.", ""]
         for step in steps:
             lines += _step_lines(step)
+        lines += _packed_lines([r for r in results if r.id in ids])
+    return lines
+
+
+def _packed_lines(results: list[VariantResult]) -> list[str]:
+    """Packed variants ship fewer bytes than the runtime keeps: say both."""
+    lines = []
+    for r in results:
+        d = r.built.details if r.built else {}
+        if "packing" in d:
+            lines += [f"`{r.id}` ships {d['wire_bytes']:,} B ({d['packed_weights']:,} weights at "
+                      f"{d['packing']['bits_per_weight']} bits + a float32 scale per channel); "
+                      f"onnxruntime unpacks them at load and keeps {d['runtime_weight_bytes']:,} B "
+                      f"of float32 weights (the fp32 file is {d['fp32_file_bytes']:,} B).", ""]
     return lines
 
 
@@ -49,6 +64,15 @@ def _step_lines(step: dict[str, Any]) -> list[str]:
             "| layer | channels before | after |", "|---|---|---|",
         ]
         lines += [f"| {name} | {b} | {a} |" for name, (b, a) in step["channels"].items()]
+    elif is_search(step):
+        lines += search_lines(step)
+    elif label.startswith("ternary"):
+        lines += [f"{step['ternary_share']:.1%} of the Conv/Linear weights are ternary; kept in "
+                  f"float: {', '.join(step['kept_layers']) or 'none'}.", "",
+                  "| layer | weights | zeros | scale min | scale max | values per channel |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {v['weights']:,} | {v['zeros']:.1%} | {v['scale_min']:.4g} | "
+                  f"{v['scale_max']:.4g} | {v['values_per_channel']} |" for name, v in step["layers"].items()]
     elif label.startswith("distill"):
         lines += [
             f"Student `{step['student']}`: {step['student_params']:,} parameters "
@@ -58,6 +82,11 @@ def _step_lines(step: dict[str, Any]) -> list[str]:
             + (f", features {', '.join(' → '.join(p) for p in step['features'])}"
                if step["features"] else "") + ".",
         ]
+        if step.get("teachers"):
+            lines += ["", f"Teachers ({step['weighting']} weighting; features match the first): "
+                      + ", ".join(f"`{t}` (mean weight {w:.3f}, eval accuracy {_cell(a)})" for t, w, a
+                                  in zip(step["teachers"], step["mean_teacher_weights"],
+                                         step["teacher_accuracy"], strict=False)) + "."]
     history = step.get("fine_tune") or step.get("history") or []
     if history:
         lines += ["", _history_table(history, "fine-tune" if "fine_tune" in step else "training")]

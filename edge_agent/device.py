@@ -13,8 +13,12 @@ from importlib import metadata
 #: runtime name the server knows → distributions that provide it, in the agent's preference.
 RUNTIME_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    # onnxruntime behind edgeship's unpacking of 2-bit ternary weights (edgeship/runtimes/packed.py)
+    "onnxruntime-packed": ("onnxruntime", "onnxruntime-gpu"),
     "litert": ("ai-edge-litert", "tflite-runtime", "tensorflow", "tensorflow-cpu"),
     "coreml": ("coremltools",),
+    "mnn": ("mnn",),
+    "openvino": ("openvino",),
 }
 
 

@@ -45,7 +45,8 @@ PROBE_FORMAT = 1
 STDERR_TAIL_LINES, STDERR_TAIL_CHARS = 3, 600
 _PASSED = "edgeship-runtime-probe: passed"
 #: runtime → the format of the model its probe loads.
-PROBE_FORMATS = {"onnxruntime": "onnx", "litert": "tflite", "coreml": "coreml"}
+PROBE_FORMATS = {"onnxruntime": "onnx", "onnxruntime-packed": "onnx", "litert": "tflite", "coreml": "coreml",
+                 "mnn": "mnn", "openvino": "openvino"}
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ RUNTIME_ALIASES: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime",),
     "litert": ("litert", "ai-edge-litert", "tflite-runtime", "tensorflow"),
     "coreml": ("coreml", "coremltools"),
+    "mnn": ("mnn",),
+    "openvino": ("openvino",),
 }
 MEMORY_SHARE = 0.5
 

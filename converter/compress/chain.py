@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from converter.compress.env import StepEnv
+from converter.compress.nas_step import SearchStep
 from converter.compress.steps import (
     ChannelPruneStep,
     DistillStep,
     FuseStep,
     Step,
+    TernaryStep,
     UnstructuredPruneStep,
 )
 from converter.errors import CompressionError, ConverterError
@@ -56,13 +58,16 @@ class CompressedModel:
 
 def run_step(model: torch.nn.Module, step: Step, env: StepEnv) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Apply one step to (a copy of) ``model``."""
-    from converter.compress import channels, distill, fuse, prune
+    from converter.compress import channels, distill, fuse, prune, ternary
+    from converter.compress.nas import search_architecture
 
     runners: dict[type, Callable[..., tuple[Any, dict[str, Any]]]] = {
         FuseStep: lambda m, s, e: fuse.fuse_conv_bn(m),
         UnstructuredPruneStep: prune.prune_unstructured,
         ChannelPruneStep: channels.prune_channels,
+        SearchStep: search_architecture,
         DistillStep: distill.distill,
+        TernaryStep: ternary.ternarize,
     }
     return runners[type(step)](model, step, env)
 

@@ -14,6 +14,11 @@ module whose outputs should match; when the channel counts differ a learned 1x1 
 Without labels the hard-label term is dropped; models that are not classifiers (no labels at
 all) are distilled with MSE on every output. One progress line per epoch: loss, temperature
 and eval accuracy.
+
+Several teachers (``teachers = [...]``, after the current model): the soft target is their
+mixture, weighted per sample or fixed (:mod:`converter.compress.teachers`); without labels the
+MSE target is the fixed-weight mean of their outputs. Feature pairs always name layers of the
+current model (teacher 0): the others may have any architecture.
 """
 
 from __future__ import annotations
@@ -54,34 +59,46 @@ def distill(
     import torch
     from torch.nn import functional
 
-    from converter.compress.training import fit, frozen_outputs, outputs_of
+    from converter.compress.teachers import load_teachers, mixed_targets, teacher_weights
+    from converter.compress.training import accuracy_on, fit, frozen_outputs, outputs_of
     from converter.loading import load_model
 
     if env.train is None:
         raise CompressionError(f"{step.label()}: distillation needs training data (--train FILE.npz)")
+    example = env.example_tensors()
+    # teachers first: a factory that trains on first use must not move the seed the student uses
+    teachers = load_teachers(step, teacher, example)
     torch.manual_seed(env.training.seed)
     student = load_model(step.student)
-    example = env.example_tensors()
+    _check_outputs(student, teacher, example, step)  # before the taps hook the (cached) teacher
     taps = _FeatureTaps(student, teacher, step.features, example)
-    _check_outputs(student, teacher, example, step)
-    teacher_run = frozen_outputs(teacher)
+    teacher_runs = [frozen_outputs(t) for t in teachers]
     epochs = env.training.epochs if step.epochs is None else step.epochs
     state = {"T": step.temperature[0]}
     classify = env.train.labels is not None
+    if not classify and step.weighting != "fixed":
+        raise CompressionError(f"{step.label()}: {step.weighting} weighting needs integer labels "
+                               "in the training data; use weighting = 'fixed'")
+    weight_sums = torch.zeros(len(teachers))
 
     def loss_fn(inputs: list, labels: Any, epoch: int) -> torch.Tensor:
         t = state["T"]
-        targets = teacher_run(inputs)
+        targets = [run(inputs) for run in teacher_runs]
         outputs = outputs_of(student, inputs)
         if classify:
             s_logits = outputs[0].reshape(len(labels), -1)
-            t_logits = targets[0].reshape(len(labels), -1)
+            t_logits = [out[0].reshape(len(labels), -1) for out in targets]
+            weights = teacher_weights(t_logits, labels, step)
+            weight_sums.add_(weights.sum(dim=0))
             kd = functional.kl_div(functional.log_softmax(s_logits / t, dim=1),
-                                   functional.softmax(t_logits / t, dim=1),
+                                   mixed_targets(t_logits, weights, t),
                                    reduction="batchmean") * t * t
             loss = (1 - step.alpha) * kd + step.alpha * functional.cross_entropy(s_logits, labels)
         else:
-            loss = sum(functional.mse_loss(o, r) for o, r in zip(outputs, targets, strict=True))
+            fixed = teacher_weights([out[0].reshape(len(inputs[0]), -1) for out in targets], None, step)[0]
+            mixed = [sum(w * out[i] for w, out in zip(fixed, targets, strict=True))
+                     for i in range(len(outputs))]
+            loss = sum(functional.mse_loss(o, r) for o, r in zip(outputs, mixed, strict=True))
         return loss + step.feature_weight * taps.loss() if taps.pairs else loss
 
     def on_epoch(epoch: int) -> dict[str, Any]:
@@ -99,7 +116,7 @@ def distill(
     finally:
         taps.remove()
     after = env.size_facts(student)
-    return student.eval(), {
+    details: dict[str, Any] = {
         "student": step.student, "temperature": list(step.temperature), "alpha": step.alpha,
         "epochs": epochs, "features": [list(p) for p in step.features],
         "teacher_params": before["params"], "student_params": after["params"],
@@ -107,6 +124,16 @@ def distill(
         "teacher_macs": before["macs"], "student_macs": after["macs"],
         "history": history,
     }
+    if step.teachers:
+        total = float(weight_sums.sum()) or 1.0
+        details.update(
+            teachers=["(current model)", *step.teachers], weighting=step.weighting,
+            mean_teacher_weights=[round(float(w) / total, 4) for w in weight_sums] if classify
+            else [round(w / sum(step.teacher_weights or [1.0] * len(teachers)), 4)
+                  for w in step.teacher_weights or [1.0] * len(teachers)],
+            teacher_accuracy=[accuracy_on(t, env.eval_set) for t in teachers],
+        )
+    return student.eval(), details
 
 
 def _check_outputs(student: Any, teacher: Any, example: tuple, step: DistillStep) -> None:

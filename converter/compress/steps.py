@@ -8,6 +8,10 @@ that string under ``step`` plus keyword overrides::
         "prune:l1-unstructured:global:0.5",       # or ...:layer:0.5 (each layer to 50%)
         "prune:channel:bn-scale:0.3",             # or prune:channel:l1:0.3
         "distill:T4->1:alpha0.5",                 # student from [compression] student
+        "search:width+depth:0.5x",                # architecture search (converter.compress.nas_step)
+        { step = "distill:T4->1:alpha0.5:teachers2:confidence",    # several teachers
+          teachers = ["examples.digits_teachers:wide"] },
+        { step = "ternary:per-channel:0.7", keep = ["features.0", "head.3"] },
         { step = "distill:T4->1:alpha0.5", student = "examples.digits:student", epochs = 40,
           features = { "features.3" = "features.4" } },
         { step = "prune:channel:l1:0.3", keep = ["head.1"], fine_tune_epochs = 3 },
@@ -24,12 +28,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from converter.compress.nas_step import SearchStep, parse_search_step
 from converter.errors import RecipeError
 
 #: importance criteria for channel pruning.
 CHANNEL_IMPORTANCE = ("bn-scale", "l1")
 #: scopes for unstructured pruning: one threshold for all layers, or each layer to the amount.
 UNSTRUCTURED_SCOPES = ("global", "layer")
+#: how several distillation teachers are combined: fixed weights, or per sample by the teacher's
+#: confidence (its top softmax probability) or by its probability of the true label.
+TEACHER_WEIGHTINGS = ("fixed", "confidence", "true-label")
+#: how a ternary step scales each output channel's {-1, 0, +1}: TWN's mean, or a trained scale.
+TERNARY_SCALES = ("mean", "learned")
 
 
 @dataclass(frozen=True)
@@ -119,12 +129,14 @@ class ChannelPruneStep:
 
 @dataclass(frozen=True)
 class DistillStep:
-    """Train a student (its own factory) from the current model as teacher.
+    """Train a student (its own factory) from the current model (and more teachers) as teacher.
 
     Loss: ``(1 - alpha) * T² * KL(teacher_T || student_T) + alpha * CE(student, labels)``,
-    plus ``feature_weight * MSE`` on each ``features`` pair (student layer → teacher layer,
-    through a learned 1x1 adapter when the channel counts differ). ``T`` goes linearly from
-    ``temperature[0]`` to ``temperature[1]`` over the epochs.
+    plus ``feature_weight * MSE`` on each ``features`` pair (student layer → layer of the
+    current model, through a learned 1x1 adapter when the channel counts differ). ``T`` goes
+    linearly from ``temperature[0]`` to ``temperature[1]`` over the epochs. With ``teachers``
+    the soft target is a mixture of the current model's and theirs, weighted by ``weighting``
+    (:data:`TEACHER_WEIGHTINGS`; ``teacher_weights`` for ``fixed``, current model first).
     """
 
     student: str
@@ -133,18 +145,52 @@ class DistillStep:
     epochs: int | None = None
     features: tuple[tuple[str, str], ...] = ()
     feature_weight: float = 1.0
+    teachers: tuple[str, ...] = ()
+    weighting: str = "fixed"
+    teacher_weights: tuple[float, ...] = ()
 
     def label(self) -> str:
         t0, t1 = self.temperature
         temp = f"T{t0:g}" if t0 == t1 else f"T{t0:g}->{t1:g}"
-        return f"distill:{temp}:alpha{self.alpha:g}"
+        label = f"distill:{temp}:alpha{self.alpha:g}"
+        if not self.teachers:
+            return label
+        weighting = self.weighting
+        if weighting == "fixed" and self.teacher_weights:
+            weighting += ",".join(f"{w:g}" for w in self.teacher_weights)
+        return f"{label}:teachers{len(self.teachers) + 1}:{weighting}"
 
     @property
     def trains(self) -> bool:
         return True
 
 
-Step = FuseStep | UnstructuredPruneStep | ChannelPruneStep | DistillStep
+@dataclass(frozen=True)
+class TernaryStep:
+    """Ternary Conv/Linear weights: each output channel becomes ``scale_c * {-1, 0, +1}``.
+
+    Attributes:
+        threshold: weights with ``|w| <= threshold * mean|W_c|`` become 0 (TWN: 0.7).
+        scale: ``mean`` (mean |w| of the kept weights, recomputed every step) or ``learned``
+            (starts there and is trained).
+        fine_tune_epochs: straight-through fine-tuning epochs (``None``: the recipe's).
+        keep: module names left in float (e.g. the first and the last layer).
+    """
+
+    threshold: float = 0.7
+    scale: str = "mean"
+    fine_tune_epochs: int | None = None
+    keep: tuple[str, ...] = ()
+
+    def label(self) -> str:
+        return f"ternary:per-channel:{self.threshold:g}" + (":learned" if self.scale == "learned" else "")
+
+    @property
+    def trains(self) -> bool:
+        return True
+
+
+Step = FuseStep | UnstructuredPruneStep | ChannelPruneStep | DistillStep | TernaryStep | SearchStep
 
 
 @dataclass(frozen=True)
@@ -162,8 +208,9 @@ def chain_label(steps: tuple[Step, ...]) -> list[str]:
 
 
 def needs_training_data(steps: tuple[Step, ...]) -> bool:
-    """Whether the chain cannot run without ``--train`` (distillation trains from scratch)."""
-    return any(isinstance(s, DistillStep) for s in steps)
+    """Whether the chain cannot run without ``--train`` (distillation trains from scratch, an
+    architecture search fine-tunes and ranks its candidates on it)."""
+    return any(isinstance(s, DistillStep | SearchStep) for s in steps)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -172,6 +219,8 @@ _TRAINING_KEYS = {f.name for f in dataclasses.fields(Training)}
 _SECTION_KEYS = {"steps", "student"} | _TRAINING_KEYS
 _TEMPERATURE = re.compile(r"^T(\d+(?:\.\d+)?)(?:->(\d+(?:\.\d+)?))?$")
 _ALPHA = re.compile(r"^alpha(\d*\.?\d+)$")
+_TEACHERS = re.compile(r"^teachers(\d+)$")
+_FIXED = re.compile(r"^fixed((?:\d*\.?\d+)(?:,\d*\.?\d+)*)?$")
 
 
 def parse_compression_section(data: dict[str, Any], where: str) -> CompressionDefaults:
@@ -240,7 +289,7 @@ def parse_step(entry: Any, where: str, default_student: str | None = None) -> St
     else:
         raise RecipeError(f"{where}: a step is a string or a table, got {entry!r}")
     parts = text.strip().split(":")
-    head = parts[0]
+    head, declared = parts[0], None
     try:
         if head == "fuse" and len(parts) == 1:
             step: Step = FuseStep()
@@ -249,12 +298,22 @@ def parse_step(entry: Any, where: str, default_student: str | None = None) -> St
         elif head == "prune" and len(parts) >= 2 and parts[1] == "channel":
             step = _channel(parts[2:])
         elif head == "distill":
-            step = _distill(parts[1:], default_student)
+            step, declared = _distill(parts[1:], default_student)
+        elif head == "ternary":
+            step = _ternary(parts[1:])
+        elif head == "search":  # its own module parses its many keys
+            step, overrides = parse_search_step(parts[1:], overrides), {}
         else:
             raise ValueError("unknown step; known: fuse, prune:l1-unstructured:SCOPE:AMOUNT, "
                              "prune:channel:IMPORTANCE:AMOUNT, distill:T<start>->"
-                             "<end>:alpha<weight>")
+                             "<end>:alpha<weight>[:teachers<N>:<weighting>], "
+                             "ternary[:per-channel][:THRESHOLD][:learned], "
+                             "search:width[+depth]:<ms>ms|<ratio>x")
         step = _with_overrides(step, overrides)
+        if isinstance(step, DistillStep) and declared is not None \
+                and declared != len(step.teachers) + 1:
+            raise ValueError(f"teachers{declared} needs {declared - 1} teacher factories in "
+                             f"teachers = [...], got {len(step.teachers)}")
         _check(step)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{where}: step {text!r}: {err}") from None
@@ -273,25 +332,57 @@ def _channel(params: list[str]) -> ChannelPruneStep:
     return ChannelPruneStep(amount=float(params[1]), importance=params[0])
 
 
-def _distill(params: list[str], default_student: str | None) -> DistillStep:
-    temperature, alpha = (4.0, 1.0), 0.5
+def _distill(params: list[str], default_student: str | None) -> tuple[DistillStep, int | None]:
+    """The step and the teacher count its string declares (``teachers<N>``), if any."""
+    temperature, alpha, declared = (4.0, 1.0), 0.5, None
+    weighting, weights = "fixed", ()
     for part in params:
         t_match, a_match = _TEMPERATURE.match(part), _ALPHA.match(part)
+        n_match, f_match = _TEACHERS.match(part), _FIXED.match(part)
         if t_match:
             start = float(t_match.group(1))
             temperature = (start, float(t_match.group(2) or start))
         elif a_match:
             alpha = float(a_match.group(1))
+        elif n_match:
+            declared = int(n_match.group(1))
+        elif f_match:
+            weighting = "fixed"
+            weights = tuple(float(w) for w in (f_match.group(1) or "").split(",") if w)
+        elif part in TEACHER_WEIGHTINGS:
+            weighting = part
         else:
-            raise ValueError(f"{part!r} is neither T<start>[-><end>] nor alpha<weight>")
-    return DistillStep(student=default_student or "", temperature=temperature, alpha=alpha)
+            raise ValueError(f"{part!r} is neither T<start>[-><end>], alpha<weight>, "
+                             f"teachers<N> nor one of {', '.join(TEACHER_WEIGHTINGS)}")
+    step = DistillStep(student=default_student or "", temperature=temperature, alpha=alpha,
+                       weighting=weighting, teacher_weights=weights)
+    return step, declared
+
+
+def _ternary(params: list[str]) -> TernaryStep:
+    threshold, scale = 0.7, "mean"
+    for part in params:
+        if part == "per-channel":
+            continue
+        if part in TERNARY_SCALES:
+            scale = part
+        else:
+            try:
+                threshold = float(part)
+            except ValueError:
+                raise ValueError(f"{part!r} is neither per-channel, a threshold nor one of "
+                                 f"{', '.join(TERNARY_SCALES)}") from None
+    return TernaryStep(threshold=threshold, scale=scale)
 
 
 _OVERRIDES: dict[type, set[str]] = {
     FuseStep: set(),
     UnstructuredPruneStep: {"fine_tune_epochs", "keep"},
     ChannelPruneStep: {"fine_tune_epochs", "keep"},
-    DistillStep: {"student", "epochs", "features", "feature_weight", "temperature", "alpha"},
+    DistillStep: {"student", "epochs", "features", "feature_weight", "temperature", "alpha",
+                  "teachers", "weighting", "teacher_weights"},
+    TernaryStep: {"fine_tune_epochs", "keep", "threshold", "scale"},
+    SearchStep: set(),  # applied by parse_search_step
 }
 
 
@@ -318,6 +409,17 @@ def _with_overrides(step: Step, overrides: dict[str, Any]) -> Step:
             values[key] = value
         elif key == "student":
             values[key] = str(value)
+        elif key == "teachers":
+            if not isinstance(value, list) or not all(isinstance(v, str) and ":" in v for v in value):
+                raise ValueError("teachers must be a list of 'package.module:factory' strings")
+            values[key] = tuple(value)
+        elif key in ("weighting", "scale"):
+            values[key] = str(value)
+        elif key == "teacher_weights":
+            if not isinstance(value, list) or not all(
+                    isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+                raise ValueError("teacher_weights must be a list of numbers")
+            values[key] = tuple(float(v) for v in value)
         else:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{key} must be a number")
@@ -353,3 +455,23 @@ def _check(step: Step) -> None:
             raise ValueError(f"alpha must be in [0, 1], got {step.alpha:g}")
         if min(step.temperature) <= 0:
             raise ValueError("temperatures must be positive")
+        _check_teachers(step)
+    if isinstance(step, TernaryStep):
+        if not 0 < step.threshold < 2:
+            raise ValueError(f"threshold must be in (0, 2) times mean|W|, got {step.threshold:g}")
+        if step.scale not in TERNARY_SCALES:
+            raise ValueError(f"scale must be one of {', '.join(TERNARY_SCALES)}")
+
+
+def _check_teachers(step: DistillStep) -> None:
+    if step.weighting not in TEACHER_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(TEACHER_WEIGHTINGS)}")
+    if not step.teacher_weights:
+        return
+    if step.weighting != "fixed":
+        raise ValueError(f"teacher_weights are for weighting 'fixed', not {step.weighting!r}")
+    if len(step.teacher_weights) != len(step.teachers) + 1:
+        raise ValueError(f"teacher_weights needs {len(step.teachers) + 1} weights (the current "
+                         f"model first, then each teacher), got {len(step.teacher_weights)}")
+    if min(step.teacher_weights) < 0 or sum(step.teacher_weights) <= 0:
+        raise ValueError("teacher_weights must be non-negative with a positive sum")

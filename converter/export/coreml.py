@@ -344,13 +344,23 @@ def _palette_plan(request: VariantRequest) -> _Plan:
     if mode not in _PALETTE_MODES:
         raise VariantBuildError(f"{request.id}: mode {mode!r} is not one of {', '.join(_PALETTE_MODES)}")
 
+    # one LUT per group of output channels (group_size 1: per channel, exact for ternary weights)
+    granularity = str(request.options.get("granularity", "per_tensor"))
+    group_size = int(request.options.get("group_size", 0))
+    if granularity not in ("per_tensor", "per_grouped_channel"):
+        raise VariantBuildError(f"{request.id}: granularity {granularity!r} is not per_tensor or "
+                                "per_grouped_channel")
+    grouped = {"granularity": granularity, "group_size": group_size} if group_size else {}
+
     def compress(model: Any) -> Any:
         import coremltools.optimize.coreml as cto
 
-        op_config = cto.OpPalettizerConfig(mode=mode, nbits=nbits, weight_threshold=WEIGHT_THRESHOLD)
+        op_config = cto.OpPalettizerConfig(mode=mode, nbits=nbits, weight_threshold=WEIGHT_THRESHOLD,
+                                           **grouped)
         return cto.palettize_weights(model, cto.OptimizationConfig(global_config=op_config))
 
-    target = "iOS18" if nbits in _IOS18_NBITS else "iOS16"
+    target = "iOS18" if nbits in _IOS18_NBITS or grouped else "iOS16"
     precision = f"palettized-{nbits}bit"
-    return _Plan(precision, ["fp16:compute", f"palettize:{mode}:{nbits}bit"], target, compress)
+    step = f"palettize:{mode}:{nbits}bit" + (f":group{group_size}" if grouped else "")
+    return _Plan(precision, ["fp16:compute", step], target, compress)
 

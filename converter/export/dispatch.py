@@ -17,9 +17,17 @@ from typing import Any
 from converter.catalogue import VariantKind
 from converter.export.base import Builder, BuiltVariant, ExportContext, VariantRequest
 from converter.export.coreml_package import ZIP_SUFFIX
+from edgeship.runtimes.openvino import ZIP_SUFFIX as OPENVINO_SUFFIX
 
 #: file suffix of the artifact a variant ships, per format: ``<variant id><suffix>``.
-ARTIFACT_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ZIP_SUFFIX}
+ARTIFACT_SUFFIXES = {
+    "onnx": ".onnx",
+    "tflite": ".tflite",
+    "coreml": ZIP_SUFFIX,
+    "openvino": OPENVINO_SUFFIX,
+    "mnn": ".mnn",
+    "executorch": ".pte",
+}
 
 
 def builder_for(kind: VariantKind) -> Builder:

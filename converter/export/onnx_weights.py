@@ -30,6 +30,29 @@ from converter.export.onnx_common import (
 MIN_WEIGHT_COVERAGE = 0.5
 
 
+def load_matmul_heavy(base: Path, embeddings: bool, advice: str) -> tuple[Any, int, float]:
+    """The base export with Gemms rewritten as MatMuls, the number rewritten, and the share of the
+    float weights that weight-only quantization covers (MatMul, Gemm, and Gather tables when
+    ``embeddings``).
+
+    Raises:
+        NotApplicable: no such weights, or less than :data:`MIN_WEIGHT_COVERAGE` of them
+            (``advice`` says what to build instead).
+    """
+    import onnx
+
+    model = onnx.load(str(base))
+    total = float_params(model)
+    gemms = gemm_to_matmul(model)
+    covered = quantizable_params(model, embeddings)
+    if covered == 0:
+        raise NotApplicable("no MatMul, Gemm or Gather with constant float weights to quantize")
+    if covered < MIN_WEIGHT_COVERAGE * total:
+        raise NotApplicable(f"only {covered / total:.0%} of the float weights are in MatMul/Gemm/Gather "
+                            f"(the rest are e.g. Conv kernels); {advice}")
+    return model, gemms, round(covered / total, 4)
+
+
 def build_int8_weights(
     request: VariantRequest, base: Path, ctx: ExportContext, out: Path
 ) -> BuiltVariant:
@@ -45,17 +68,8 @@ def build_int8_weights(
     embeddings = bool(request.options.get("quantize_embeddings", True))
     if block < 16 or block & (block - 1):
         raise VariantBuildError(f"{request.id}: block_size {block} must be a power of two >= 16")
-    model = onnx.load(str(base))
-    total = float_params(model)
-    gemms = gemm_to_matmul(model)
-    covered = quantizable_params(model, embeddings)
-    if covered == 0:
-        raise NotApplicable("no MatMul, Gemm or Gather with constant float weights to quantize")
-    if covered < MIN_WEIGHT_COVERAGE * total:
-        raise NotApplicable(
-            f"only {covered / total:.0%} of the float weights are in MatMul/Gemm/Gather (the rest "
-            "are e.g. Conv kernels); use onnx-int8-dynamic or onnx-int8-static"
-        )
+    model, gemms, coverage = load_matmul_heavy(base, embeddings,
+                                               "use onnx-int8-dynamic or onnx-int8-static")
     with toolchain_step(request, "weight-only quantization"), quiet_ort():
         model = quantize_matmuls(model, block)
         gathers = quantize_gathers(model, block) if embeddings else 0
@@ -68,7 +82,7 @@ def build_int8_weights(
         steps.append(f"quant:embeddings:int8:block{block}")
     return built_variant(
         request, out, base, steps, block_size=block, gemm_converted=gemms,
-        embeddings_quantized=gathers, weight_coverage=round(covered / total, 4),
+        embeddings_quantized=gathers, weight_coverage=coverage,
     )
 
 

@@ -7,7 +7,9 @@ Order (the issue's, and what an engineer would do by hand):
    moving-average); a dynamic kind has no calibration: per-channel weights if it asked for
    per-tensor;
 2. with the best of those, keep the most sensitive layers in float, adding one at a time
-   (from the count the sensitivity run predicts to pass, when it predicts one).
+   (from the count the sensitivity run predicts to pass, when it predicts one); for the kinds
+   NNCF quantizes (``openvino-int8``) NNCF's accuracy control does this step instead: it ranks
+   and reverts layers itself under the gate's drop, and step 1 keeps the requested granularity.
 
 The first attempt that passes its gates wins. When none does, the closest one (smallest
 :func:`~converter.gates.gate_shortfall`) is kept and reported as failed.
@@ -24,8 +26,11 @@ CALIBRATIONS: dict[str, tuple[str, ...]] = {
     "tflite-int8": ("minmax", "moving-average"),
     "onnx-int8-dynamic": (),
     "tflite-int8-dynamic": (),
+    "openvino-int8": ("default", "minmax", "mean-quantile"),
 }
 TUNABLE = tuple(CALIBRATIONS)
+#: kinds whose step 2 is NNCF's accuracy-controlled quantization.
+ACCURACY_CONTROL_KINDS = ("openvino-int8",)
 
 
 @dataclass(frozen=True)
@@ -35,16 +40,21 @@ class Candidate:
     calibration: str | None
     per_channel: bool
     float_layers: tuple[str, ...] = ()
+    accuracy_control: bool = False
 
     def options(self) -> dict[str, Any]:
         calibration = {"calibration": self.calibration} if self.calibration else {}
-        return {**calibration, "per_channel": self.per_channel, "float_layers": list(self.float_layers)}
+        control = {"accuracy_control": True} if self.accuracy_control else {}
+        return {**calibration, "per_channel": self.per_channel, "float_layers": list(self.float_layers),
+                **control}
 
     def describe(self) -> str:
         granularity = "per-channel" if self.per_channel else "per-tensor"
         text = f"{self.calibration}, {granularity}" if self.calibration else granularity
         if self.float_layers:
             text += f", {len(self.float_layers)} float layer{'s' if len(self.float_layers) > 1 else ''}"
+        if self.accuracy_control:
+            text += ", NNCF accuracy control"
         return text
 
 
@@ -63,6 +73,8 @@ def calibration_candidates(kind: str, first: Candidate) -> list[Candidate]:
     if not methods:
         return [] if first.per_channel else [Candidate(None, True, first.float_layers)]
     same = [Candidate(m, first.per_channel, first.float_layers) for m in methods if m != first.calibration]
+    if kind in ACCURACY_CONTROL_KINDS:
+        return same
     flipped = [Candidate(m, not first.per_channel, first.float_layers) for m in methods]
     return same + flipped
 
@@ -75,3 +87,7 @@ def float_layer_candidates(best: Candidate, ranked_layers: list[str], limit: int
     return [Candidate(best.calibration, best.per_channel, (*best.float_layers, *layers[:k]))
             for k in range(max(1, first), min(limit, len(layers)) + 1)]
 
+
+def accuracy_control_candidate(best: Candidate) -> Candidate:
+    """Step 2 for :data:`ACCURACY_CONTROL_KINDS`: the best settings under NNCF accuracy control."""
+    return Candidate(best.calibration, best.per_channel, best.float_layers, accuracy_control=True)

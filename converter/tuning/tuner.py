@@ -22,8 +22,10 @@ from converter.recipe import VariantPlan
 from converter.results import VariantResult
 from converter.tuning.dynamic import DYNAMIC_KINDS, dynamic_sensitivity_for
 from converter.tuning.plan import (
+    ACCURACY_CONTROL_KINDS,
     TUNABLE,
     Candidate,
+    accuracy_control_candidate,
     calibration_candidates,
     float_layer_candidates,
     requested,
@@ -79,8 +81,9 @@ def tune_variant(runner: VariantRunner, plan: VariantPlan, first: VariantResult)
         candidate, result, _ = item
         return (_shortfall(plan, result), len(candidate.float_layers), result.size_bytes or 1 << 62)
 
-    def attempt(candidate: Candidate, change: str) -> bool:
-        result = runner.run(plan, f"{variant_id}.t{len(attempts)}", candidate.options())
+    def attempt(candidate: Candidate, change: str, extra: dict[str, Any] | None = None) -> bool:
+        options = {**candidate.options(), **(extra or {})}
+        result = runner.run(plan, f"{variant_id}.t{len(attempts)}", options)
         attempts.append((candidate, result, change))
         return result.status in ("passed", "not_validated")
 
@@ -91,7 +94,12 @@ def tune_variant(runner: VariantRunner, plan: VariantPlan, first: VariantResult)
         if attempt(candidate, f"calibration {candidate.describe()}"):
             passed = True
             break
-    if not passed and budget.trials_left > 0 and time.monotonic() < budget.deadline:
+    if not passed and kind in ACCURACY_CONTROL_KINDS and budget.take():
+        from converter.tuning.openvino_accuracy import accuracy_control_options
+
+        extra, change = accuracy_control_options(runner, plan)
+        passed = attempt(accuracy_control_candidate(min(attempts, key=key)[0]), change, extra)
+    elif not passed and budget.trials_left > 0 and time.monotonic() < budget.deadline:
         best = min(attempts, key=key)[0]
         sensitivity, first_count = _sensitivity(runner, plan, best, budget.deadline, start)
         ranked = [row["layer"] for row in sensitivity]

@@ -31,7 +31,7 @@ def open_runner(
 
     Args:
         path: the artifact file.
-        format: ``onnx``, ``tflite`` or ``coreml``.
+        format: ``onnx``, ``tflite``, ``coreml``, ``openvino``, ``mnn`` or ``executorch``.
         input_names: input names in the model's positional order (runtimes that rename inputs,
             such as TFLite, are fed by position).
         io: the manifest's ``io`` block for full-integer models (scale and zero point per
@@ -46,7 +46,10 @@ def open_runner(
     """
     if format == "onnx":
         from edgeship.runtimes.onnx import OnnxRunner
+        from edgeship.runtimes.packed import PackedOnnxRunner, is_packed
 
+        if is_packed(path):  # ternary weights shipped 2 bits each, unpacked here
+            return PackedOnnxRunner(path, input_names, threads=threads)
         return OnnxRunner(path, input_names, threads=threads)
     if format == "tflite":
         from edgeship.runtimes.litert import LiteRTRunner
@@ -56,4 +59,16 @@ def open_runner(
         from edgeship.runtimes.coreml import CoreMLRunner
 
         return CoreMLRunner(path, input_names)
+    if format == "openvino":
+        from edgeship.runtimes.openvino import OpenVINORunner
+
+        return OpenVINORunner(path, input_names, threads=threads)
+    if format == "mnn":
+        from edgeship.runtimes.mnn import MNNRunner
+
+        return MNNRunner(path, input_names, threads=threads)
+    if format == "executorch":
+        from edgeship.runtimes.executorch import ExecuTorchRunner
+
+        return ExecuTorchRunner(path, input_names, threads=threads)
     raise ValueError(f"unknown model format {format!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -107,6 +108,12 @@ def test_digits_golden_set_and_report(digits_release):
     status = {v["id"]: v["status"] for v in json.loads((out / "report.json").read_text())["variants"]}
     assert f"| onnx-int8-static | {status['onnx-int8-static']} |" in md and "report.png" in md
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    figures = {f["file"]: f for f in data["figures"]}  # signed with the manifest, uploaded with it
+    assert {"report.png", "pareto.png"} <= set(figures)
+    for name, figure in figures.items():
+        blob = (out / name).read_bytes()
+        assert hashlib.sha256(blob).hexdigest() == figure["sha256"] and len(blob) == figure["size_bytes"]
+        assert blob[:4] == b"\x89PNG" and figure["title"]
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no staging left
 
 

@@ -16,7 +16,7 @@ from converter.export.dispatch import artifact_path, builder_for
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "onnx", "onnxruntime", "litert_torch", "ai_edge_quantizer", "ai_edge_litert",
-         "coremltools")
+         "coremltools", "openvino", "nncf")
 
 
 @pytest.mark.parametrize("kind", list(VARIANT_KINDS))
@@ -34,7 +34,8 @@ def test_artifact_is_the_variant_id_with_the_format_suffix(tmp_path: Path) -> No
         path = artifact_path(VariantRequest("v1", kind, {}), ctx)
         assert path.parent == tmp_path and path.name.startswith("v1.")
         suffixes[kind.format] = path.name[len("v1"):]
-    assert suffixes == {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage.zip"}
+    assert {f: suffixes[f] for f in ("onnx", "tflite", "coreml", "openvino")} == {
+        "onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage.zip", "openvino": ".openvino.zip"}
 
 
 def test_resolving_every_builder_loads_no_toolchain() -> None:

@@ -10,8 +10,12 @@ from converter.recipe import Gates, default_recipe, load_recipe, parse_recipe
 
 def test_default_recipe_builds_every_kind_with_default_gates():
     recipe = default_recipe()
-    assert [p.request.id for p in recipe.variants] == list(VARIANT_KINDS)
-    assert recipe.formats == ["onnx", "tflite", "coreml"]
+    assert [p.request.id for p in recipe.variants] == [k for k, v in VARIANT_KINDS.items() if not v.opt_in]
+    assert {"onnx-mixed", "tflite-mixed"} <= {k for k, v in VARIANT_KINDS.items() if v.opt_in}
+    assert recipe.formats[:3] == ["onnx", "tflite", "coreml"]
+    # runtimes few fleets carry are built when a recipe names them, not by every default conversion
+    assert {"openvino-fp16", "openvino-int8", "mnn-fp32", "mnn-int8"} <= {
+        k for k, v in VARIANT_KINDS.items() if v.opt_in}
     gates = recipe.variants[0].gates
     assert (gates.max_accuracy_drop, gates.min_agreement, gates.max_abs_err_fp32) == (0.005, 0.99, 1e-4)
 
