@@ -89,6 +89,7 @@ class Agent:
                                          attributes=config.attributes)
         self._runtimes_known = device is not None and "runtimes" in device
         self._runtimes_sent = False  # the server holds this run's runtimes (sent once per start)
+        self._attributes_sent = False  # ... and its attributes (once per start, outbox delivered)
         self._runtimes_backoff = Backoff(config.backoff_initial_seconds, config.backoff_max_seconds)
         self._runtimes_retry_at = 0.0
         state = config.state_dir
@@ -429,7 +430,7 @@ class Agent:
                 raise ServerRejected("device is not registered and no enroll_token is configured", 401)
             registration = self.api.register(token, {**self.device, "runtimes": self._loadable_runtimes()})
             self.identity.save(registration.device_id, registration.credential)
-            self._runtimes_sent = True
+            self._runtimes_sent = self._attributes_sent = True
             if self.revocation.path.exists():
                 log.info("enrolled again with a new enrollment token after revocation")
                 self.revocation.clear()
@@ -438,6 +439,8 @@ class Agent:
         self.api.credential = self.identity.credential
         if not self._runtimes_sent:
             self._send_runtimes()
+        if not self._attributes_sent and not len(self.outbox):
+            self._send_attributes()
 
     def _loadable_runtimes(self) -> dict[str, str]:
         """The runtimes to announce: the caller's, or those that pass the probe (once per start)."""
@@ -468,6 +471,23 @@ class Agent:
                 raise
             log.warning("the server did not take this device's runtimes (%s); it keeps those it has", err)
         self._runtimes_sent = True
+
+    def _send_attributes(self) -> None:
+        """Once per start, replace what the server holds of this device's attributes with the
+        configured ones (an app upgrade changes ``app_version``; docs/protocol.md §3.8). Only with
+        the outbox delivered: reports still held under a rollout the new attributes leave would be
+        refused. A server that is away is asked again at a later check-in; one that refuses keeps
+        what it has."""
+        try:
+            self.api.update_attributes(self.identity.device_id, self.device.get("attributes") or {})
+        except ServerUnavailable as err:
+            log.warning("could not tell the server this device's attributes (%s); trying again later", err)
+            return
+        except ServerRejected as err:
+            if err.status == 401:
+                raise
+            log.warning("the server did not take this device's attributes (%s); it keeps those it has", err)
+        self._attributes_sent = True
 
     def _apply(self, assignment: dict[str, Any]) -> None:
         """Run what the assignment names, or stay on the current model if it cannot run."""

@@ -136,6 +136,11 @@ class ServerApi:
         """Tell the server which runtimes this device loads now (they changed since registration)."""
         self._request("PUT", f"/v1/devices/{urllib.parse.quote(device_id)}/runtimes", {"runtimes": runtimes})
 
+    def update_attributes(self, device_id: str, attributes: dict[str, str]) -> None:
+        """Replace what the server holds of this device's attributes (``{}`` clears them)."""
+        self._request("PUT", f"/v1/devices/{urllib.parse.quote(device_id)}/attributes",
+                      {"attributes": attributes})
+
     def post_reports(self, reports: list[dict[str, Any]]) -> set[str]:
         """Send a batch; returns the ids the server now holds (accepted now or before)."""
         _, _, body = self._request("POST", "/v1/reports", {"reports": reports})

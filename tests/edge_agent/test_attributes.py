@@ -1,8 +1,10 @@
 """Device attributes from the agent's settings (issue 21, targeting): read from TOML or the
-environment as strings, sent at registration, and a targeted rollout of the real server reaches
-only the agent whose attributes it admits."""
+environment as strings, sent at registration and again at every start, and a targeted rollout of
+the real server reaches only the agent whose attributes it admits."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -49,3 +51,29 @@ def test_a_targeted_rollout_reaches_only_the_agent_it_admits(agent_config, serve
     finally:
         admitted.stop()
         left_out.stop()
+
+
+def test_a_restarted_agent_tells_the_server_its_new_attributes(agent_config, server, tmp_path):
+    """The app was upgraded: the next start sends the new ``app_version`` (protocol §3.8) and the
+    device moves into the target it now meets, without registering again."""
+    state = tmp_path / "device"
+    old = Agent(agent_config(state_dir=state, attributes={"app_version": "4.1"}))
+    server.cli("rollout", "start", MODEL, "2", "--stages", "99.99,100", "--min-duration", "60",
+               "--target", "app_version>=4.2")
+    try:
+        old.check_in()
+        assert (old.current.version, old.status()["cohort"]) == ("1", "stable")
+        device_id = old.identity.device_id
+    finally:
+        old.stop()
+    upgraded = Agent(agent_config(state_dir=state, attributes={"app_version": "4.2.1"}))
+    try:
+        for _ in range(20):  # sends the attributes; an assignment follows them once the server's
+            upgraded.check_in()  # device cache (ASSIGNMENT_CACHE_SECONDS, 1 s) has them
+            if upgraded.status()["cohort"] == "canary":
+                break
+            time.sleep(0.25)
+        assert upgraded.identity.device_id == device_id  # the same device, not a new registration
+        assert (upgraded.current.version, upgraded.status()["cohort"]) == ("2", "canary")
+    finally:
+        upgraded.stop()
