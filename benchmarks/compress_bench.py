@@ -36,6 +36,7 @@ table with PASS/MISS per target and writes ``benchmarks/results/compress.json``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ steps = ["prune:channel:bn-scale:0.3"]
     ]
 
 
-def bench_distillation(out: Path) -> list[dict[str, Any]]:
+def bench_distillation(out: Path, _key: Path | None = None) -> list[dict[str, Any]]:
     """Digits CNN → student, distilled vs trained on labels only, five seeds."""
     import torch
     from torch.nn import functional
@@ -228,11 +229,24 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"  {r['metric']}: {r['detail']}")
 
 
+#: ``--only`` section → the ``module:function`` that runs it, ``(out, key) -> rows``, in table order
+SECTIONS = {
+    "pruning": "benchmarks.compress_bench:bench_pruning",
+    "distill": "benchmarks.compress_bench:bench_distillation",
+    "tuning": "benchmarks.compress_bench:bench_tuning",
+    "nas": "benchmarks.compress_nas:bench_nas",
+    "multiteacher": "benchmarks.compress_ternary:bench_multi_teacher",
+    "ternary": "benchmarks.compress_ternary:bench_ternary",
+    "openvino": "benchmarks.compress_openvino:bench_openvino",
+    "runtimes": "benchmarks.compress_runtimes:bench_runtimes",
+    "precision": "benchmarks.compress_precision:bench_precision",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
-    parser.add_argument("--only", default="pruning,distill,tuning,nas,multiteacher,ternary,openvino,"
-                        "runtimes,precision")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="sections, comma-separated")
     args = parser.parse_args()
     from converter.quiet import quiet_toolchains
     from edgeship.contract.signing import generate_keypair
@@ -242,38 +256,15 @@ def main() -> None:
     if not key.exists():
         generate_keypair(key.parent)
     chosen = args.only.split(",")
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
-    if "pruning" in chosen:
-        rows += bench_pruning(args.out, key)
-    if "distill" in chosen:
-        rows += bench_distillation(args.out)
-    if "tuning" in chosen:
-        rows += bench_tuning(args.out, key)
-    if "nas" in chosen:
-        from benchmarks.compress_nas import bench_nas
-
-        rows += bench_nas(args.out, key)
-    if "multiteacher" in chosen:
-        from benchmarks.compress_ternary import bench_multi_teacher
-
-        rows += bench_multi_teacher(args.out, key)
-    if "ternary" in chosen:
-        from benchmarks.compress_ternary import bench_ternary
-
-        rows += bench_ternary(args.out, key)
-    if "openvino" in chosen:
-        from benchmarks.compress_openvino import bench_openvino
-
-        rows += bench_openvino(args.out, key)
-    if "precision" in chosen:
-        from benchmarks.compress_precision import bench_precision
-
-        rows += bench_precision(args.out, key)
-    if "runtimes" in chosen:
-        from benchmarks.compress_runtimes import bench_runtimes
-
-        rows += bench_runtimes(args.out, key)
+    for name, target in SECTIONS.items():
+        if name in chosen:
+            module, _, function = target.partition(":")
+            rows += getattr(importlib.import_module(module), function)(args.out, key)
     print()
     print_table(rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
