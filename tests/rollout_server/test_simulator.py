@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -130,28 +131,40 @@ def test_reports_follow_the_profile_of_their_release(app, live_server, tokens):
     assert merged.quantile(0.95) == pytest.approx(0.3 * math.exp(0.5 * 1.645), rel=0.1)
 
 
+#: the fleet of the Ctrl-C test, in its own interpreter: SIGINT there reaches only the fleet, not
+#: the test runner (whose native libraries' threads, from earlier tests, have no business with it)
+_INTERRUPTED_FLEET = """
+import json, signal, sys, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell may ignore SIGINT
+from rollout_server.simulator import Simulation
+from tests.rollout_server.test_simulator import config
+summary = Simulation(config(sys.argv[1], sys.argv[2], devices=50, duration_seconds=60)).run()
+left = [t.name for t in threading.enumerate() if t.name.startswith("edgeship-simulate")]
+print(json.dumps({"summary": summary, "threads": left}, default=str))
+"""
+
+
 def test_ctrl_c_stops_the_fleet_cleanly(app, live_server, tokens):
     seed(app, "1")
-    # Ctrl-C as at a terminal: a suite started in the background by a non-interactive shell
-    # (``cmd &``, some CI runners) inherits SIGINT ignored, and the signal below would be lost
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def interrupt_after_the_first_report() -> None:  # waits on the event, not on a guess of time
-        for _ in range(500):
-            if scalar(app, select(func.count(Report.id))):
+    fleet = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_FLEET, live_server, tokens["enroll"]],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[2])
+    try:
+        for _ in range(1200):  # waits on the first stored report, not on a guess of time
+            if fleet.poll() is not None or scalar(app, select(func.count(Report.id))):
                 break
             threading.Event().wait(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    try:
-        threading.Thread(target=interrupt_after_the_first_report, daemon=True).start()
-        summary = Simulation(config(live_server, tokens["enroll"], devices=50, duration_seconds=60)).run()
+        fleet.send_signal(signal.SIGINT)  # Ctrl-C as at a terminal
+        out, err = fleet.communicate(timeout=60)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        fleet.kill()
+    assert fleet.returncode == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    summary = result["summary"]
     assert summary["stopped_because"] == "interrupted"
     assert summary["elapsed_seconds"] < 60  # stopped by the signal, long before its duration
     assert summary["reports"]["accepted"] > 0
-    assert not [t for t in threading.enumerate() if t.name.startswith("edgeship-simulate")]
+    assert result["threads"] == []
 
 
 # -- loopback only ------------------------------------------------------------------------------
