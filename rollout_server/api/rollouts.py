@@ -235,19 +235,22 @@ def assigned_devices(rollout: Rollout, per_window: bool = False) -> dict[str, in
     if rollout.phase not in {p.value for p in Phase.active()} or not 0 < state.stage.percent < 100:
         return None
     if not per_window:
-        arms = assigned_arms(db(), rollout, state)
-        return {"canary": sum(arms.values()), "stable": len(arms) - sum(arms.values())}
+        return _arm_counts(assigned_arms(db(), rollout, state))
     window = float(current_app.config["ANALYSIS_WINDOW_SECONDS"])
     key = (rollout.id, state.stage_index, state.stage.percent, state.stage_started_at,
            int(clock_now().timestamp() // max(1.0, window)))
     counted: dict[tuple, dict[str, int]] = current_app.extensions.setdefault(_ARM_COUNTS, {})
     if key not in counted:
-        arms = assigned_arms(db(), rollout, state)
-        canary = sum(arms.values())
         if len(counted) >= 256:  # a few per rollout and window: drop the old ones
             counted.clear()
-        counted[key] = {"canary": canary, "stable": len(arms) - canary}
+        counted[key] = _arm_counts(assigned_arms(db(), rollout, state))
     return dict(counted[key])
+
+
+def _arm_counts(arms: dict[str, bool]) -> dict[str, int]:
+    """``{"canary", "stable"}`` device counts of ``{device id: in the canary}``."""
+    canary = sum(arms.values())
+    return {"canary": canary, "stable": len(arms) - canary}
 
 
 #: ``app.extensions`` key of :func:`assigned_devices`' counts
